@@ -1,0 +1,537 @@
+//! The HTTP face of the stand-in: kube-apiserver's REST paths, verbs, content types and watch
+//! streams, served on loopback to an ordinary `kube::Client`.
+
+use crate::Shared;
+use crate::selector::Selectors;
+use crate::status::ApiError;
+use crate::store::{ResourceType, Write, resource_key};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::Duration;
+
+struct Target {
+    rt: ResourceType,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: String,
+}
+
+fn error_response(e: ApiError) -> Response {
+    let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        e.body().to_string(),
+    )
+        .into_response()
+}
+
+fn ok_json(code: StatusCode, v: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn parse_target(shared: &Shared, path: &str) -> Result<Target, ApiError> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return Err(ApiError::not_found("", "paths", path)),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, resource, more @ ..] => (Some(ns.to_string()), {
+            let mut v = vec![*resource];
+            v.extend_from_slice(more);
+            v
+        }),
+        other => (None, other.to_vec()),
+    };
+    let (plural, name, subresource) = match rest.as_slice() {
+        [plural] => (*plural, None, ""),
+        [plural, name] => (*plural, Some(name.to_string()), ""),
+        [plural, name, sub] => (*plural, Some(name.to_string()), *sub),
+        _ => return Err(ApiError::not_found(group, "paths", path)),
+    };
+    // `/api/v1/namespaces/{name}` addresses a Namespace object.
+    let (plural, name, namespace) = match (namespace, plural) {
+        (Some(ns), p)
+            if group.is_empty()
+                && rest.len() == 1
+                && p != "namespaces"
+                && !shared
+                    .store
+                    .lock()
+                    .unwrap()
+                    .types
+                    .contains_key(&resource_key("", p)) =>
+        {
+            ("namespaces", Some(p.to_string()), Some(ns))
+        }
+        (ns, p) => (p, name, ns),
+    };
+    let store = shared.store.lock().unwrap();
+    let rt = store
+        .types
+        .get(&resource_key(group, plural))
+        .filter(|rt| rt.version == version)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::not_found(
+                group,
+                plural,
+                "the server could not find the requested resource",
+            )
+        })?;
+    drop(store);
+    if !matches!(subresource, "" | "status") || (subresource == "status" && !rt.status_subresource)
+    {
+        return Err(ApiError::not_found(group, plural, subresource));
+    }
+    let namespace = if rt.plural == "namespaces" && group.is_empty() {
+        None
+    } else {
+        namespace
+    };
+    Ok(Target {
+        rt,
+        namespace,
+        name,
+        subresource: subresource.to_string(),
+    })
+}
+
+fn query_map(uri: &Uri) -> HashMap<String, String> {
+    uri.query().map(url_decode_pairs).unwrap_or_default()
+}
+
+fn url_decode_pairs(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub async fn handle(
+    shared: Shared,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    if path == "/version" {
+        return ok_json(
+            StatusCode::OK,
+            &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-kube-sim"}),
+        );
+    }
+    let target = match parse_target(&shared, &path) {
+        Ok(t) => t,
+        Err(e) => return error_response(e),
+    };
+    let query = query_map(&uri);
+    let watch = query.get("watch").is_some_and(|v| v == "true" || v == "1");
+    let verb = match (&method, target.name.is_some(), watch) {
+        (&Method::GET, _, true) => "watch",
+        (&Method::GET, true, _) => "get",
+        (&Method::GET, false, _) => "list",
+        (&Method::POST, _, _) => "create",
+        (&Method::PUT, _, _) => "update",
+        (&Method::PATCH, _, _) => "patch",
+        (&Method::DELETE, _, _) => "delete",
+        _ => return error_response(ApiError::bad_request("unsupported method")),
+    };
+    shared.record_request(verb, &target.rt.plural);
+    if let Some(code) = shared.take_fault(verb, &target.rt.plural) {
+        return error_response(ApiError::injected(code));
+    }
+    let manager = query.get("fieldManager").cloned().unwrap_or_else(|| {
+        headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.split('/').next().unwrap_or(ua).to_string())
+            .unwrap_or_else(|| "unknown".into())
+    });
+    let ns = target.namespace.clone().unwrap_or_default();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+
+    let parse_body = || -> Result<Value, ApiError> {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
+    };
+
+    match verb {
+        "watch" => watch_response(shared, target, query).await,
+        "list" => {
+            let selectors = match Selectors::parse(&query) {
+                Ok(s) => s,
+                Err(e) => return error_response(e),
+            };
+            let store = shared.store.lock().unwrap();
+            let items: Vec<Value> = store
+                .list(&target.rt, target.namespace.as_deref())
+                .into_iter()
+                .filter(|o| selectors.matches(o))
+                .collect();
+            let body = json!({
+                "kind": format!("{}List", target.rt.kind),
+                "apiVersion": target.rt.api_version(),
+                "metadata": {"resourceVersion": store.resource_version().to_string()},
+                "items": items,
+            });
+            ok_json(StatusCode::OK, &body)
+        }
+        "get" => {
+            let store = shared.store.lock().unwrap();
+            match store.get(&target.rt, &ns, target.name.as_deref().unwrap()) {
+                Ok(o) => ok_json(StatusCode::OK, &o),
+                Err(e) => error_response(e),
+            }
+        }
+        "create" => {
+            let object = match parse_body() {
+                Ok(o) => o,
+                Err(e) => return error_response(e),
+            };
+            if let Some(body_ns) = object["metadata"]["namespace"].as_str() {
+                if target.rt.namespaced && body_ns != ns {
+                    return error_response(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+            }
+            let mut store = shared.store.lock().unwrap();
+            let w = Write {
+                rt: &target.rt,
+                namespace: &ns,
+                name: "",
+                subresource: "",
+                manager: &manager,
+            };
+            match store.create(&w, object) {
+                Ok(o) => ok_json(StatusCode::CREATED, &o),
+                Err(e) => error_response(e),
+            }
+        }
+        "update" => {
+            let object = match parse_body() {
+                Ok(o) => o,
+                Err(e) => return error_response(e),
+            };
+            let name = target.name.clone().unwrap_or_default();
+            if object["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n != name)
+            {
+                return error_response(ApiError::bad_request(
+                    "the name of the object does not match the name on the URL",
+                ));
+            }
+            let precondition = object["metadata"]["resourceVersion"]
+                .as_str()
+                .map(str::to_string);
+            let w = Write {
+                rt: &target.rt,
+                namespace: &ns,
+                name: &name,
+                subresource: &target.subresource,
+                manager: &manager,
+            };
+            let mut store = shared.store.lock().unwrap();
+            let result = store.update(&w, precondition, |current, ownership| {
+                track_update(ownership, &manager, &target.subresource, current, &object);
+                Ok(object.clone())
+            });
+            match result {
+                Ok(o) => ok_json(StatusCode::OK, &o),
+                Err(e) => error_response(e),
+            }
+        }
+        "patch" => {
+            let name = target.name.clone().unwrap_or_default();
+            let w = Write {
+                rt: &target.rt,
+                namespace: &ns,
+                name: &name,
+                subresource: &target.subresource,
+                manager: &manager,
+            };
+            let patch = match parse_body() {
+                Ok(p) => p,
+                Err(e) => return error_response(e),
+            };
+            let mut store = shared.store.lock().unwrap();
+            let result = match content_type.as_str() {
+                "application/apply-patch+yaml" => {
+                    if !query.contains_key("fieldManager") {
+                        return error_response(ApiError::bad_request(
+                            "PATCH, application/apply-patch+yaml requests require fieldManager",
+                        ));
+                    }
+                    let force = query.get("force").is_some_and(|f| f == "true");
+                    store.apply(&w, patch, force)
+                }
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    if content_type.starts_with("application/strategic")
+                        && !target.rt.group.is_empty()
+                        && target.rt.group.contains('.')
+                        && ![
+                            "events.k8s.io",
+                            "coordination.k8s.io",
+                            "apiextensions.k8s.io",
+                        ]
+                        .contains(&target.rt.group.as_str())
+                    {
+                        return error_response(ApiError::unsupported_media(&content_type));
+                    }
+                    let precondition = patch["metadata"]["resourceVersion"]
+                        .as_str()
+                        .map(str::to_string);
+                    store.update(&w, precondition, |current, ownership| {
+                        let mut next = current.clone();
+                        json_patch::merge(&mut next, &patch);
+                        track_update(ownership, &manager, &target.subresource, current, &next);
+                        Ok(next)
+                    })
+                }
+                "application/json-patch+json" => {
+                    let ops: json_patch::Patch = match serde_json::from_value(patch.clone()) {
+                        Ok(ops) => ops,
+                        Err(e) => {
+                            return error_response(ApiError::bad_request(format!(
+                                "invalid JSON patch: {e}"
+                            )));
+                        }
+                    };
+                    store.update(&w, None, |current, ownership| {
+                        let mut next = current.clone();
+                        json_patch::patch(&mut next, &ops).map_err(|e| {
+                            ApiError::invalid(
+                                &target.rt.group,
+                                &target.rt.kind,
+                                &name,
+                                vec![("patch".into(), format!("Invalid value: {e}"))],
+                            )
+                        })?;
+                        track_update(ownership, &manager, &target.subresource, current, &next);
+                        Ok(next)
+                    })
+                }
+                other => return error_response(ApiError::unsupported_media(other)),
+            };
+            match result {
+                Ok(o) => ok_json(StatusCode::OK, &o),
+                Err(e) => error_response(e),
+            }
+        }
+        "delete" => {
+            let name = target.name.clone().unwrap_or_default();
+            let opts: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let precondition_rv = opts["preconditions"]["resourceVersion"]
+                .as_str()
+                .map(str::to_string);
+            let precondition_uid = opts["preconditions"]["uid"].as_str().map(str::to_string);
+            let mut store = shared.store.lock().unwrap();
+            match store.delete(&target.rt, &ns, &name, precondition_rv, precondition_uid) {
+                Ok(o) => ok_json(StatusCode::OK, &o),
+                Err(e) => error_response(e),
+            }
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn track_update(
+    ownership: &mut crate::fields::Ownership,
+    manager: &str,
+    subresource: &str,
+    current: &Value,
+    next: &Value,
+) {
+    let mut changed = crate::fields::changed_paths(current, next);
+    if subresource == "status" {
+        changed.retain(|p| p.first().map(String::as_str) == Some("status"));
+    }
+    ownership.take(
+        crate::fields::ManagerKey {
+            manager: manager.to_string(),
+            apply: false,
+            subresource: subresource.to_string(),
+        },
+        changed,
+    );
+}
+
+async fn watch_response(
+    shared: Shared,
+    target: Target,
+    query: HashMap<String, String>,
+) -> Response {
+    let selectors = match Selectors::parse(&query) {
+        Ok(s) => s,
+        Err(e) => return error_response(e),
+    };
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(1800);
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
+    let resource = resource_key(&target.rt.group, &target.rt.plural);
+    let ns = target.namespace.clone();
+    let from: Option<u64> = query
+        .get("resourceVersion")
+        .filter(|v| !v.is_empty() && *v != "0")
+        .and_then(|v| v.parse().ok());
+
+    // Subscribe before reading the backlog so no event falls between the two.
+    let (rx, backlog, current_rv) = {
+        let store = shared.store.lock().unwrap();
+        let rx = store.events.subscribe();
+        let backlog: Vec<Value> = match from {
+            Some(rv) if rv < store.oldest_watchable() => {
+                let status = ApiError::expired(format!(
+                    "too old resource version: {rv} ({})",
+                    store.oldest_watchable()
+                ));
+                vec![json!({"type": "ERROR", "object": status.body()})]
+            }
+            Some(rv) => store
+                .log_since(rv, &resource)
+                .into_iter()
+                .filter_map(|e| filter_event(&e, ns.as_deref(), &selectors))
+                .collect(),
+            None => store
+                .list(&target.rt, ns.as_deref())
+                .into_iter()
+                .filter(|o| selectors.matches(o))
+                .map(|o| json!({"type": "ADDED", "object": o}))
+                .collect(),
+        };
+        (rx, backlog, store.resource_version())
+    };
+    let expired = backlog.first().is_some_and(|e| e["type"] == "ERROR");
+    let last_sent = backlog
+        .last()
+        .and_then(|e| {
+            e["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+        })
+        .unwrap_or(from.unwrap_or(current_rv));
+    let head = futures::stream::iter(
+        backlog
+            .into_iter()
+            .map(|e| Ok::<_, std::io::Error>(Bytes::from(format!("{e}\n")))),
+    );
+    if expired {
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from_stream(head))
+            .unwrap();
+    }
+    let kind = target.rt.kind.clone();
+    let api_version = target.rt.api_version();
+    let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |item| {
+        let resource = resource.clone();
+        let ns = ns.clone();
+        let selectors = selectors.clone();
+        async move {
+            let event = item.ok()?;
+            if event.resource != resource || event.rv <= last_sent {
+                return None;
+            }
+            filter_event(&event, ns.as_deref(), &selectors)
+                .map(|e| Ok(Bytes::from(format!("{e}\n"))))
+        }
+    });
+    let bookmark_stream = futures::stream::unfold(shared.clone(), move |shared| {
+        let kind = kind.clone();
+        let api_version = api_version.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(if bookmarks { 5 } else { 3600 })).await;
+            let rv = shared.store.lock().unwrap().resource_version();
+            let e = json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rv.to_string()}}});
+            Some((Ok(Bytes::from(format!("{e}\n"))), shared))
+        }
+    });
+    let stream = head.chain(futures::stream::select(live, bookmark_stream));
+    let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+    let stream = stream.take_until(deadline);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// The event a watcher with these selectors sees: objects moving out of a selector are DELETED
+/// for it, objects moving in are ADDED, as kube-apiserver's cacher reports them.
+fn filter_event(
+    e: &crate::store::WatchEvent,
+    ns: Option<&str>,
+    selectors: &Selectors,
+) -> Option<Value> {
+    if let Some(ns) = ns {
+        if e.object["metadata"]["namespace"].as_str() != Some(ns) {
+            return None;
+        }
+    }
+    let now = selectors.matches(&e.object);
+    let before = e.previous.as_ref().is_some_and(|p| selectors.matches(p));
+    let kind = match (e.kind, before, now) {
+        ("MODIFIED", true, true) => "MODIFIED",
+        ("MODIFIED", false, true) => "ADDED",
+        ("MODIFIED", true, false) => "DELETED",
+        ("MODIFIED", false, false) => return None,
+        (k, _, true) => k,
+        ("DELETED", true, false) => "DELETED",
+        _ => return None,
+    };
+    Some(json!({"type": kind, "object": e.object}))
+}

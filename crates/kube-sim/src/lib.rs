@@ -1,0 +1,293 @@
+//! kube-sim: a stateful Kubernetes API stand-in served over HTTP on loopback, for integration
+//! tests and the embedded demo. It keeps kube-apiserver's semantics where the operator depends on
+//! them (resourceVersion and 409s, generation and the status subresource, server-side apply with
+//! field managers, watches from a resourceVersion, finalizers, 404/422 bodies) and runs a
+//! Deployment simulator that rolls pods the way the Deployment controller does.
+
+mod deploy;
+mod fields;
+mod http;
+mod schema;
+mod selector;
+mod status;
+mod store;
+
+use deploy::DeploySim;
+pub use deploy::{PodView, RolloutBehavior, RolloutRecord};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use store::{Store, Write, resource_key};
+
+pub(crate) fn b64_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// How long a new pod takes to become ready.
+    pub pod_ready_after: Duration,
+    /// How long a retired pod keeps running (holding the key it started with).
+    pub termination_grace: Duration,
+    /// How often the Deployment simulator runs.
+    pub tick: Duration,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            pod_ready_after: Duration::from_millis(100),
+            termination_grace: Duration::from_millis(50),
+            tick: Duration::from_millis(10),
+        }
+    }
+}
+
+struct Fault {
+    verb: String,
+    plural: String,
+    remaining: u32,
+    code: u16,
+}
+
+pub(crate) struct Inner {
+    pub store: Mutex<Store>,
+    deploy: Mutex<DeploySim>,
+    faults: Mutex<Vec<Fault>>,
+    requests: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+pub(crate) type Shared = Arc<Inner>;
+
+impl Inner {
+    pub fn record_request(&self, verb: &str, plural: &str) {
+        *self
+            .requests
+            .lock()
+            .unwrap()
+            .entry((verb.to_string(), plural.to_string()))
+            .or_default() += 1;
+    }
+
+    pub fn take_fault(&self, verb: &str, plural: &str) -> Option<u16> {
+        let mut faults = self.faults.lock().unwrap();
+        let fault = faults.iter_mut().find(|f| {
+            f.remaining > 0
+                && (f.verb == "*" || f.verb == verb)
+                && (f.plural == "*" || f.plural == plural)
+        })?;
+        fault.remaining -= 1;
+        Some(fault.code)
+    }
+}
+
+/// A running stand-in. Dropping it stops the server and the simulator.
+pub struct Sim {
+    addr: SocketAddr,
+    shared: Shared,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Sim {
+    pub async fn start(options: SimOptions) -> std::io::Result<Self> {
+        let shared: Shared = Arc::new(Inner {
+            store: Mutex::new(Store::new()),
+            deploy: Mutex::new(DeploySim::new(
+                options.pod_ready_after,
+                options.termination_grace,
+            )),
+            faults: Mutex::new(Vec::new()),
+            requests: Mutex::new(BTreeMap::new()),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app_state = shared.clone();
+        let app = axum::Router::new().fallback(move |method, uri, headers, body| {
+            http::handle(app_state.clone(), method, uri, headers, body)
+        });
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let sim_state = shared.clone();
+        let tick = options.tick;
+        let simulator = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            loop {
+                interval.tick().await;
+                let mut store = sim_state.store.lock().unwrap();
+                sim_state.deploy.lock().unwrap().tick(&mut store);
+            }
+        });
+        Ok(Self {
+            addr,
+            shared,
+            tasks: vec![server, simulator],
+        })
+    }
+
+    /// Base URL for a kube client (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Registers a CustomResourceDefinition, as `kubectl apply -f crds/` would.
+    pub fn install_crd(&self, crd: Value) -> Result<(), String> {
+        self.create_object(crd).map(|_| ())
+    }
+
+    /// Creates any object directly (test set-up), with the apiserver's validation.
+    pub fn create_object(&self, object: Value) -> Result<Value, String> {
+        let (rt, ns) = self.type_of(&object)?;
+        let mut store = self.shared.store.lock().unwrap();
+        let w = Write {
+            rt: &rt,
+            namespace: &ns,
+            name: "",
+            subresource: "",
+            manager: "kube-sim-test",
+        };
+        store.create(&w, object).map_err(|e| e.message)
+    }
+
+    pub fn get_object(&self, group: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
+        let store = self.shared.store.lock().unwrap();
+        let rt = store.types.get(&resource_key(group, plural))?.clone();
+        store.get(&rt, ns, name).ok()
+    }
+
+    pub fn list_objects(&self, group: &str, plural: &str, ns: Option<&str>) -> Vec<Value> {
+        let store = self.shared.store.lock().unwrap();
+        match store.types.get(&resource_key(group, plural)).cloned() {
+            Some(rt) => store.list(&rt, ns),
+            None => Vec::new(),
+        }
+    }
+
+    /// Deletes an object as a client would (finalizers honoured).
+    pub fn delete_object(
+        &self,
+        group: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<(), String> {
+        let mut store = self.shared.store.lock().unwrap();
+        let rt = store
+            .types
+            .get(&resource_key(group, plural))
+            .cloned()
+            .ok_or("unknown resource")?;
+        store
+            .delete(&rt, ns, name, None, None)
+            .map(|_| ())
+            .map_err(|e| e.message)
+    }
+
+    /// Replaces `path` inside an object as another client would (merge patch semantics).
+    pub fn merge_patch_object(
+        &self,
+        group: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        patch: Value,
+    ) -> Result<Value, String> {
+        let mut store = self.shared.store.lock().unwrap();
+        let rt = store
+            .types
+            .get(&resource_key(group, plural))
+            .cloned()
+            .ok_or("unknown resource")?;
+        let w = Write {
+            rt: &rt,
+            namespace: ns,
+            name,
+            subresource: "",
+            manager: "kube-sim-test",
+        };
+        store
+            .update(&w, None, |current, _| {
+                let mut next = current.clone();
+                json_patch::merge(&mut next, &patch);
+                Ok(next)
+            })
+            .map_err(|e| e.message)
+    }
+
+    fn type_of(&self, object: &Value) -> Result<(store::ResourceType, String), String> {
+        let api_version = object["apiVersion"].as_str().ok_or("apiVersion missing")?;
+        let kind = object["kind"].as_str().ok_or("kind missing")?;
+        let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+        let store = self.shared.store.lock().unwrap();
+        let rt = store
+            .types
+            .values()
+            .find(|t| t.group == group && t.kind == kind)
+            .cloned()
+            .ok_or_else(|| format!("no resource for {api_version} {kind}"))?;
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        Ok((rt, ns))
+    }
+
+    pub fn set_rollout_behavior(&self, ns: &str, deployment: &str, behavior: RolloutBehavior) {
+        self.shared
+            .deploy
+            .lock()
+            .unwrap()
+            .set_behavior(ns, deployment, behavior);
+    }
+
+    pub fn set_pod_ready_after(&self, ns: &str, deployment: &str, delay: Duration) {
+        self.shared
+            .deploy
+            .lock()
+            .unwrap()
+            .set_pod_ready_after(ns, deployment, delay);
+    }
+
+    /// Every simulated pod (running or terminating) with the Secret values it started with.
+    pub fn pods(&self) -> Vec<PodView> {
+        self.shared.deploy.lock().unwrap().pods()
+    }
+
+    /// Pods and the store read under one lock, so a check sees one instant.
+    pub fn snapshot<T>(&self, f: impl FnOnce(&[PodView]) -> T) -> T {
+        let _store = self.shared.store.lock().unwrap();
+        let pods = self.shared.deploy.lock().unwrap().pods();
+        f(&pods)
+    }
+
+    pub fn rollouts(&self) -> Vec<RolloutRecord> {
+        self.shared.deploy.lock().unwrap().rollouts.clone()
+    }
+
+    /// The next `count` requests matching `verb` (`get`, `list`, `watch`, `create`, `update`,
+    /// `patch`, `delete` or `*`) on `plural` (or `*`) fail with `code`.
+    pub fn inject_faults(&self, verb: &str, plural: &str, count: u32, code: u16) {
+        self.shared.faults.lock().unwrap().push(Fault {
+            verb: verb.into(),
+            plural: plural.into(),
+            remaining: count,
+            code,
+        });
+    }
+
+    /// Requests served so far, by (verb, resource).
+    pub fn request_counts(&self) -> BTreeMap<(String, String), u64> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+}

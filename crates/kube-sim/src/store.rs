@@ -1,0 +1,637 @@
+//! The stateful heart of the stand-in: typed storage with resourceVersion, generation, the status
+//! subresource, finalizers, field ownership and a watch log, mirroring kube-apiserver semantics.
+
+use crate::fields::{self, ManagerKey, Ownership};
+use crate::schema::Validator;
+use crate::status::ApiError;
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// How long the watch log reaches back; older resourceVersions get 410 Gone, as after compaction.
+const WATCH_LOG_LEN: usize = 20_000;
+
+#[derive(Clone)]
+pub struct ResourceType {
+    pub group: String,
+    pub version: String,
+    pub plural: String,
+    pub kind: String,
+    pub namespaced: bool,
+    pub status_subresource: bool,
+    /// Whether `metadata.generation` is maintained (built-in workloads and all custom resources).
+    pub tracks_generation: bool,
+    pub validator: Option<Arc<Validator>>,
+}
+
+impl ResourceType {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+    fn builtin(group: &str, version: &str, plural: &str, kind: &str, namespaced: bool) -> Self {
+        Self {
+            group: group.into(),
+            version: version.into(),
+            plural: plural.into(),
+            kind: kind.into(),
+            namespaced,
+            status_subresource: false,
+            tracks_generation: false,
+            validator: None,
+        }
+    }
+}
+
+pub type ObjKey = (String, String, String); // (group/plural, namespace, name)
+
+#[derive(Clone, Debug)]
+pub struct WatchEvent {
+    pub rv: u64,
+    pub resource: String,
+    pub kind: &'static str,
+    pub object: Value,
+    pub previous: Option<Value>,
+}
+
+struct Stored {
+    object: Value,
+    ownership: Ownership,
+}
+
+pub struct Store {
+    pub types: BTreeMap<String, ResourceType>,
+    objects: BTreeMap<ObjKey, Stored>,
+    rv: u64,
+    log: VecDeque<WatchEvent>,
+    pub events: broadcast::Sender<WatchEvent>,
+    uid_counter: u64,
+}
+
+pub fn resource_key(group: &str, plural: &str) -> String {
+    format!("{group}/{plural}")
+}
+
+pub struct Write<'a> {
+    pub rt: &'a ResourceType,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub subresource: &'a str,
+    pub manager: &'a str,
+}
+
+pub fn now_rfc3339() -> String {
+    let now = jiff::Timestamp::now();
+    now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+impl Store {
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(65_536);
+        let mut store = Self {
+            types: BTreeMap::new(),
+            objects: BTreeMap::new(),
+            rv: 1000,
+            log: VecDeque::new(),
+            events,
+            uid_counter: 0,
+        };
+        for rt in [
+            ResourceType::builtin("", "v1", "secrets", "Secret", true),
+            ResourceType::builtin("", "v1", "configmaps", "ConfigMap", true),
+            ResourceType::builtin("", "v1", "events", "Event", true),
+            ResourceType::builtin("", "v1", "namespaces", "Namespace", false),
+            ResourceType::builtin("", "v1", "pods", "Pod", true),
+            ResourceType::builtin("events.k8s.io", "v1", "events", "Event", true),
+            ResourceType::builtin("coordination.k8s.io", "v1", "leases", "Lease", true),
+            ResourceType::builtin(
+                "apiextensions.k8s.io",
+                "v1",
+                "customresourcedefinitions",
+                "CustomResourceDefinition",
+                false,
+            ),
+            ResourceType {
+                status_subresource: true,
+                tracks_generation: true,
+                ..ResourceType::builtin("apps", "v1", "deployments", "Deployment", true)
+            },
+        ] {
+            store.add_type(rt);
+        }
+        store
+    }
+
+    pub fn add_type(&mut self, rt: ResourceType) {
+        self.types.insert(resource_key(&rt.group, &rt.plural), rt);
+    }
+
+    pub fn resource_version(&self) -> u64 {
+        self.rv
+    }
+
+    pub fn oldest_watchable(&self) -> u64 {
+        self.log.front().map(|e| e.rv - 1).unwrap_or(self.rv)
+    }
+
+    pub fn log_since(&self, rv: u64, resource: &str) -> Vec<WatchEvent> {
+        self.log
+            .iter()
+            .filter(|e| e.rv > rv && e.resource == resource)
+            .cloned()
+            .collect()
+    }
+
+    fn key(rt: &ResourceType, ns: &str, name: &str) -> ObjKey {
+        let ns = if rt.namespaced { ns } else { "" };
+        (
+            resource_key(&rt.group, &rt.plural),
+            ns.to_string(),
+            name.to_string(),
+        )
+    }
+
+    pub fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<Value, ApiError> {
+        self.objects
+            .get(&Self::key(rt, ns, name))
+            .map(|s| s.object.clone())
+            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))
+    }
+
+    pub fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<Value> {
+        let resource = resource_key(&rt.group, &rt.plural);
+        self.objects
+            .iter()
+            .filter(|((r, n, _), _)| *r == resource && ns.is_none_or(|ns| ns == n))
+            .map(|(_, s)| s.object.clone())
+            .collect()
+    }
+
+    fn next_rv(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
+    }
+
+    fn emit(
+        &mut self,
+        resource: String,
+        kind: &'static str,
+        object: Value,
+        previous: Option<Value>,
+    ) {
+        let event = WatchEvent {
+            rv: self.rv,
+            resource,
+            kind,
+            object,
+            previous,
+        };
+        self.log.push_back(event.clone());
+        while self.log.len() > WATCH_LOG_LEN {
+            self.log.pop_front();
+        }
+        let _ = self.events.send(event);
+    }
+
+    fn validate(&self, rt: &ResourceType, name: &str, object: &Value) -> Result<(), ApiError> {
+        let mut causes = Vec::new();
+        if rt.kind == "Secret" {
+            if let Some(data) = object.get("data").and_then(Value::as_object) {
+                for (k, v) in data {
+                    let ok = v.as_str().is_some_and(|s| crate::b64_decode(s).is_some());
+                    if !ok {
+                        causes.push((
+                            format!("data[{k}]"),
+                            "Invalid value: illegal base64 data".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(validator) = &rt.validator {
+            causes.extend(validator.validate(object));
+        }
+        if causes.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(&rt.group, &rt.kind, name, causes))
+        }
+    }
+
+    pub fn create(&mut self, w: &Write, mut object: Value) -> Result<Value, ApiError> {
+        let rt = w.rt;
+        if !object.is_object() {
+            return Err(ApiError::bad_request("the body must be an object"));
+        }
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let name = if name.is_empty() {
+            match object["metadata"]["generateName"].as_str() {
+                Some(prefix) => {
+                    self.uid_counter += 1;
+                    format!("{prefix}{:05x}", self.uid_counter)
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        &rt.group,
+                        &rt.kind,
+                        "",
+                        vec![(
+                            "metadata.name".into(),
+                            "Required value: name or generateName is required".into(),
+                        )],
+                    ));
+                }
+            }
+        } else {
+            name
+        };
+        let key = Self::key(rt, w.namespace, &name);
+        if self.objects.contains_key(&key) {
+            return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
+        }
+        if rt.status_subresource {
+            // Status is not settable on create when the status subresource is enabled.
+            object.as_object_mut().unwrap().remove("status");
+        }
+        self.uid_counter += 1;
+        let meta = object["metadata"]
+            .as_object_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let mut meta = Value::Object(meta);
+        meta["name"] = json!(name);
+        if rt.namespaced {
+            meta["namespace"] = json!(w.namespace);
+        }
+        meta["uid"] = json!(format!("00000000-0000-4000-8000-{:012x}", self.uid_counter));
+        meta["creationTimestamp"] = json!(now_rfc3339());
+        if rt.tracks_generation {
+            meta["generation"] = json!(1);
+        }
+        object["metadata"] = meta;
+        object["apiVersion"] = json!(rt.api_version());
+        object["kind"] = json!(rt.kind);
+        if rt.kind == "Deployment" {
+            default_deployment(&mut object);
+        }
+        self.validate(rt, &name, &object)?;
+        let mut ownership = Ownership::default();
+        ownership.take(
+            ManagerKey {
+                manager: w.manager.to_string(),
+                apply: false,
+                subresource: String::new(),
+            },
+            fields::leaf_paths(&object),
+        );
+        self.store_new(rt, key, object, ownership)
+    }
+
+    fn store_new(
+        &mut self,
+        rt: &ResourceType,
+        key: ObjKey,
+        mut object: Value,
+        ownership: Ownership,
+    ) -> Result<Value, ApiError> {
+        let rv = self.next_rv();
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        object["metadata"]["managedFields"] =
+            ownership.to_managed_fields(&rt.api_version(), &now_rfc3339());
+        if rt.kind == "CustomResourceDefinition" {
+            if let Some(new_type) = crate::schema::type_from_crd(&object) {
+                self.add_type(new_type);
+            }
+        }
+        self.objects.insert(
+            key.clone(),
+            Stored {
+                object: object.clone(),
+                ownership,
+            },
+        );
+        self.emit(key.0, "ADDED", object.clone(), None);
+        Ok(object)
+    }
+
+    /// Replaces the stored object by `mutate(current)`, applying the apiserver's rules for the
+    /// subresource, resourceVersion preconditions, generation and finalizers.
+    pub fn update(
+        &mut self,
+        w: &Write,
+        precondition_rv: Option<String>,
+        mutate: impl FnOnce(&Value, &mut Ownership) -> Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
+        let rt = w.rt;
+        let key = Self::key(rt, w.namespace, w.name);
+        let stored = self
+            .objects
+            .get(&key)
+            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, w.name))?;
+        let current = stored.object.clone();
+        let mut ownership = stored.ownership.clone();
+        if let Some(rv) = precondition_rv.filter(|rv| !rv.is_empty()) {
+            if current["metadata"]["resourceVersion"].as_str() != Some(rv.as_str()) {
+                return Err(ApiError::conflict(&rt.group, &rt.plural, w.name));
+            }
+        }
+        let proposed = mutate(&current, &mut ownership)?;
+        let mut next = current.clone();
+        let status_write = w.subresource == "status";
+        if status_write {
+            // Only status changes through the status subresource.
+            match proposed.get("status") {
+                Some(status) => next["status"] = status.clone(),
+                None => {
+                    next.as_object_mut().unwrap().remove("status");
+                }
+            }
+        } else {
+            let mut proposed = proposed;
+            if rt.status_subresource {
+                match current.get("status") {
+                    Some(s) => proposed["status"] = s.clone(),
+                    None => {
+                        proposed.as_object_mut().unwrap().remove("status");
+                    }
+                }
+            }
+            // Server-owned metadata cannot be changed by clients.
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "deletionTimestamp",
+                "namespace",
+                "name",
+            ] {
+                match current["metadata"].get(field) {
+                    Some(v) => proposed["metadata"][field] = v.clone(),
+                    None => {
+                        if let Some(m) = proposed["metadata"].as_object_mut() {
+                            m.remove(field);
+                        }
+                    }
+                }
+            }
+            if current["metadata"].get("deletionTimestamp").is_some() {
+                let before = finalizers(&current);
+                if finalizers(&proposed).iter().any(|f| !before.contains(f)) {
+                    return Err(ApiError::invalid(
+                        &rt.group,
+                        &rt.kind,
+                        w.name,
+                        vec![("metadata.finalizers".into(), "Forbidden: no new finalizers can be added if the object is being deleted".into())],
+                    ));
+                }
+            }
+            proposed["apiVersion"] = json!(rt.api_version());
+            proposed["kind"] = json!(rt.kind);
+            if rt.tracks_generation && spec_changed(&current, &proposed) {
+                let generation = current["metadata"]["generation"].as_i64().unwrap_or(0);
+                proposed["metadata"]["generation"] = json!(generation + 1);
+            }
+            next = proposed;
+        }
+        if rt.kind == "Deployment" {
+            default_deployment(&mut next);
+        }
+        next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        next["metadata"]["managedFields"] = current["metadata"]["managedFields"].clone();
+        if next == current {
+            // A no-op write does not bump resourceVersion or send a watch event.
+            return Ok(current);
+        }
+        self.validate(rt, w.name, &next)?;
+        let rv = self.next_rv();
+        next["metadata"]["resourceVersion"] = json!(rv.to_string());
+        next["metadata"]["managedFields"] =
+            ownership.to_managed_fields(&rt.api_version(), &now_rfc3339());
+        if next["metadata"].get("deletionTimestamp").is_some() && finalizers(&next).is_empty() {
+            self.objects.remove(&key);
+            self.emit(key.0.clone(), "DELETED", next.clone(), Some(current));
+            self.collect_dependents(&next);
+            return Ok(next);
+        }
+        self.objects.insert(
+            key.clone(),
+            Stored {
+                object: next.clone(),
+                ownership,
+            },
+        );
+        self.emit(key.0, "MODIFIED", next.clone(), Some(current));
+        Ok(next)
+    }
+
+    /// Server-side apply of `applied` by `w.manager`.
+    pub fn apply(&mut self, w: &Write, applied: Value, force: bool) -> Result<Value, ApiError> {
+        let rt = w.rt;
+        let manager_key = ManagerKey {
+            manager: w.manager.to_string(),
+            apply: true,
+            subresource: w.subresource.to_string(),
+        };
+        let key = Self::key(rt, w.namespace, w.name);
+        if !self.objects.contains_key(&key) {
+            if w.subresource == "status" {
+                return Err(ApiError::not_found(&rt.group, &rt.plural, w.name));
+            }
+            let mut object = applied.clone();
+            object["metadata"]["name"] = json!(w.name);
+            let created = self.create(w, object)?;
+            // Ownership belongs to the applier as an Apply operation.
+            let stored = self
+                .objects
+                .get_mut(&Self::key(rt, w.namespace, w.name))
+                .unwrap();
+            stored.ownership = Ownership::default();
+            stored
+                .ownership
+                .take(manager_key, fields::leaf_paths(&applied));
+            let managed = stored
+                .ownership
+                .to_managed_fields(&rt.api_version(), &now_rfc3339());
+            stored.object["metadata"]["managedFields"] = managed.clone();
+            let mut created = created;
+            created["metadata"]["managedFields"] = managed;
+            return Ok(created);
+        }
+        let precondition = applied["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string);
+        let subresource = w.subresource;
+        let kind = rt.kind.clone();
+        let name = w.name.to_string();
+        self.update(w, precondition, move |current, ownership| {
+            let conflicts = ownership.conflicts(&manager_key.manager, current, &applied);
+            if !conflicts.is_empty() && !force {
+                let fields: Vec<(String, String)> = conflicts
+                    .into_iter()
+                    .map(|(m, p)| (m, format!(".{}", p.join("."))))
+                    .collect();
+                return Err(ApiError::apply_conflict(&kind, &name, &fields));
+            }
+            let mut applied_paths = fields::leaf_paths(&applied);
+            if subresource == "status" {
+                applied_paths.retain(|p| p.first().map(String::as_str) == Some("status"));
+            }
+            let previous = ownership.replace_applied(manager_key, applied_paths.clone());
+            let mut next = current.clone();
+            for dropped in previous.difference(&applied_paths) {
+                if !ownership.owned_by_anyone(dropped) {
+                    fields::remove(&mut next, dropped);
+                }
+            }
+            let mut applied = applied;
+            if let Some(m) = applied["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+                m.remove("managedFields");
+            }
+            fields::merge_applied(&mut next, &applied);
+            Ok(next)
+        })
+    }
+
+    pub fn delete(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        precondition_rv: Option<String>,
+        precondition_uid: Option<String>,
+    ) -> Result<Value, ApiError> {
+        let key = Self::key(rt, ns, name);
+        let stored = self
+            .objects
+            .get(&key)
+            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
+        let current = stored.object.clone();
+        if precondition_rv
+            .is_some_and(|rv| current["metadata"]["resourceVersion"].as_str() != Some(&rv))
+            || precondition_uid.is_some_and(|uid| current["metadata"]["uid"].as_str() != Some(&uid))
+        {
+            return Err(ApiError::conflict(&rt.group, &rt.plural, name));
+        }
+        if !finalizers(&current).is_empty() {
+            if current["metadata"].get("deletionTimestamp").is_some() {
+                return Ok(current);
+            }
+            let mut next = current.clone();
+            next["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            let rv = self.next_rv();
+            next["metadata"]["resourceVersion"] = json!(rv.to_string());
+            self.objects.get_mut(&key).unwrap().object = next.clone();
+            self.emit(key.0, "MODIFIED", next.clone(), Some(current));
+            return Ok(next);
+        }
+        self.objects.remove(&key);
+        let mut gone = current.clone();
+        let rv = self.next_rv();
+        gone["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.emit(key.0, "DELETED", gone.clone(), Some(current));
+        self.collect_dependents(&gone);
+        Ok(gone)
+    }
+
+    /// Background cascading deletion: dependents whose ownerReferences name the deleted uid.
+    fn collect_dependents(&mut self, owner: &Value) {
+        let Some(uid) = owner["metadata"]["uid"].as_str().map(str::to_string) else {
+            return;
+        };
+        let dependents: Vec<(ResourceType, String, String)> = self
+            .objects
+            .iter()
+            .filter(|(_, s)| {
+                s.object["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| {
+                        refs.iter().any(|r| r["uid"].as_str() == Some(uid.as_str()))
+                    })
+            })
+            .filter_map(|((res, ns, name), _)| {
+                Some((self.types.get(res)?.clone(), ns.clone(), name.clone()))
+            })
+            .collect();
+        for (rt, ns, name) in dependents {
+            let _ = self.delete(&rt, &ns, &name, None, None);
+        }
+    }
+
+    /// Writes by the simulated controllers (no ownership, no preconditions).
+    pub fn controller_write_status(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        status: Value,
+    ) {
+        let w = Write {
+            rt,
+            namespace: ns,
+            name,
+            subresource: "status",
+            manager: "kube-controller-manager",
+        };
+        let _ = self.update(&w, None, |current, _| {
+            let mut next = current.clone();
+            next["status"] = status;
+            Ok(next)
+        });
+    }
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn finalizers(object: &Value) -> Vec<String> {
+    object["metadata"]["finalizers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Generation moves on any change outside metadata and status.
+fn spec_changed(old: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| -> Map<String, Value> {
+        let mut m = v.as_object().cloned().unwrap_or_default();
+        m.remove("metadata");
+        m.remove("status");
+        m.remove("apiVersion");
+        m.remove("kind");
+        m
+    };
+    strip(old) != strip(new)
+}
+
+/// The apps/v1 defaults the operator reads back.
+fn default_deployment(object: &mut Value) {
+    let spec = &mut object["spec"];
+    if spec.get("replicas").is_none_or(Value::is_null) {
+        spec["replicas"] = json!(1);
+    }
+    if spec
+        .get("progressDeadlineSeconds")
+        .is_none_or(Value::is_null)
+    {
+        spec["progressDeadlineSeconds"] = json!(600);
+    }
+    if spec.get("revisionHistoryLimit").is_none_or(Value::is_null) {
+        spec["revisionHistoryLimit"] = json!(10);
+    }
+}

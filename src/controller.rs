@@ -1,0 +1,74 @@
+//! Wires the reconciler to watches: ApiKeyRotations, the Secrets this operator labels, and the
+//! Deployments the rotations target. Reconciles are driven by these events, with a slow resync.
+
+use crate::crd::{ApiKeyRotation, MANAGED_BY_LABEL};
+use crate::reconciler::{self, Context};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use std::sync::Arc;
+
+/// Runs until `shutdown` resolves (or SIGTERM/SIGINT), finishing reconciles in flight.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (rotations, secrets, deployments) = match &namespace {
+        Some(ns) => (
+            Api::<ApiKeyRotation>::namespaced(client.clone(), ns),
+            Api::<Secret>::namespaced(client.clone(), ns),
+            Api::<Deployment>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    let ctx = Arc::new(Context::new(client, std::env::var("POD_NAME").ok()));
+    let controller = Controller::new(rotations, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let targets_of = store.clone();
+    controller
+        .watches(
+            secrets,
+            watcher::Config::default()
+                .labels(MANAGED_BY_LABEL)
+                .any_semantic(),
+            |secret: Secret| {
+                let owner = secret.labels().get(MANAGED_BY_LABEL).cloned();
+                let ns = secret.namespace();
+                owner.map(|name| ObjectRef::new(&name).within(ns.as_deref().unwrap_or("default")))
+            },
+        )
+        .watches(
+            deployments,
+            watcher::Config::default().any_semantic(),
+            move |d: Deployment| {
+                let ns = d.namespace();
+                let name = d.name_any();
+                targets_of
+                    .state()
+                    .into_iter()
+                    .filter(|akr| {
+                        akr.namespace() == ns && akr.spec.targets.iter().any(|t| t.name == name)
+                    })
+                    .map(|akr| ObjectRef::from_obj(&*akr))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconciler::reconcile, reconciler::error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(rotation = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}

@@ -1,0 +1,383 @@
+//! The `ApiKeyRotation` custom resource (group `keys.siriusscan.io`, version `v1alpha1`).
+//!
+//! Bounds, patterns and enums live in the schema so `kubectl apply` refuses a bad manifest with a
+//! readable message; what the schema cannot express is checked by [`crate::spec_check`].
+
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "keys.siriusscan.io";
+pub const FINALIZER: &str = "keys.siriusscan.io/cleanup";
+/// Pod-template annotation holding the id of the key a rollout delivers.
+pub const ROLLOUT_ANNOTATION: &str = "keys.siriusscan.io/key-id";
+/// Annotation on an ApiKeyRotation: each new value requests exactly one rotation.
+pub const TRIGGER_ANNOTATION: &str = "keys.siriusscan.io/rotate";
+/// Label on the Secrets this operator writes, naming the ApiKeyRotation (used to watch them).
+pub const MANAGED_BY_LABEL: &str = "keys.siriusscan.io/rotation";
+
+/// Rotates one Sirius service API key with zero downtime: mint, register in Valkey, switch the
+/// consumers' Secret, roll the targets in order, validate, revoke the old key.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "keys.siriusscan.io",
+    version = "v1alpha1",
+    kind = "ApiKeyRotation",
+    namespaced,
+    status = "ApiKeyRotationStatus",
+    shortname = "akr",
+    category = "sirius",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Active Key","type":"string","jsonPath":".status.activeKeyIdShort","description":"First 12 hex characters of the active key's SHA-256 id"}"#,
+    printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.currentRotation.step","priority":1}"#,
+    printcolumn = r#"{"name":"Last Rotation","type":"date","jsonPath":".status.lastRotationTime"}"#,
+    printcolumn = r#"{"name":"Next Rotation","type":"string","jsonPath":".status.nextRotationTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyRotationSpec {
+    /// The Secret the Sirius workloads read the key from.
+    #[serde(default)]
+    pub secret: ConsumerSecret,
+
+    /// The format of minted keys.
+    #[serde(default)]
+    pub key: KeyFormat,
+
+    /// Where Sirius keeps its key records.
+    pub valkey: ValkeyConnection,
+
+    /// Workloads restarted in this order, each only after the previous finished its rollout.
+    #[serde(default = "default_targets")]
+    #[schemars(length(min = 1, max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
+    pub targets: Vec<RolloutTarget>,
+
+    /// How long a target may take to finish its rollout before the rotation fails (seconds).
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub progress_deadline_seconds: u32,
+
+    /// How long both keys stay valid after the last target finished, before the old key is revoked
+    /// (seconds). Covers pods still terminating with the old key.
+    #[serde(default = "default_validation_window")]
+    #[schemars(range(min = 0, max = 604800))]
+    pub validation_window_seconds: u32,
+
+    /// Delay before re-checking a revocation (the API's last-used rewrite can re-create a record
+    /// deleted while a request was in flight).
+    #[serde(default = "default_revoke_recheck")]
+    #[schemars(range(min = 1, max = 300))]
+    pub revoke_recheck_seconds: u32,
+
+    /// Rotate automatically this long after the last rotation (seconds). Absent: manual only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3600, max = 31536000))]
+    pub rotation_interval_seconds: Option<u32>,
+
+    /// No new rotation starts and a rotation in flight pauses at its next step boundary.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// How many finished rotations are kept in Valkey history.
+    #[serde(default = "default_history_limit")]
+    #[schemars(range(min = 1, max = 100))]
+    pub history_limit: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerSecret {
+    /// Name of the Secret in this namespace (created when missing; other data keys are kept).
+    #[serde(default = "default_secret_name")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+    /// Data key holding the raw API key.
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+impl Default for ConsumerSecret {
+    fn default() -> Self {
+        Self {
+            name: default_secret_name(),
+            key: default_secret_key(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyFormat {
+    /// Literal prefix of minted keys (Sirius uses `sk_`).
+    #[serde(default = "default_key_prefix")]
+    #[schemars(length(max = 16), regex(pattern = r"^[A-Za-z0-9_\-]*$"))]
+    pub prefix: String,
+    /// Random bytes from the OS CSPRNG, hex encoded after the prefix.
+    #[serde(default = "default_random_bytes")]
+    #[schemars(range(min = 16, max = 64))]
+    pub random_bytes: u32,
+    /// Label of the Valkey records this operator writes (Sirius allows 1 to 64 characters).
+    #[serde(default = "default_label")]
+    #[schemars(length(min = 1, max = 64))]
+    pub label: String,
+}
+
+impl Default for KeyFormat {
+    fn default() -> Self {
+        Self {
+            prefix: default_key_prefix(),
+            random_bytes: default_random_bytes(),
+            label: default_label(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValkeyConnection {
+    /// `redis://`, `rediss://` (TLS), `valkey://` or `valkeys://` (TLS) URL, host and port, and
+    /// optionally the database (Sirius uses 0).
+    #[schemars(
+        length(min = 1, max = 512),
+        regex(pattern = r"^(redis|rediss|valkey|valkeys)://[^\s]+$")
+    )]
+    pub url: String,
+    /// Secret (in this namespace) holding the Valkey password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Prefix of Sirius's key records.
+    #[serde(default = "default_record_prefix")]
+    #[schemars(length(min = 1, max = 64))]
+    pub record_prefix: String,
+    /// Prefix of this operator's own state and history (never under Sirius's record prefix).
+    #[serde(default = "default_operator_prefix")]
+    #[schemars(length(min = 1, max = 64))]
+    pub operator_prefix: String,
+    /// Accept a TLS server certificate that does not verify (test set-ups only).
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutTarget {
+    /// Kind of workload. Only Deployments are rolled today.
+    #[serde(default)]
+    pub kind: TargetKind,
+    /// Name of the workload in this namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+    /// Overrides `spec.progressDeadlineSeconds` for this target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub progress_deadline_seconds: Option<u32>,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, JsonSchema,
+)]
+pub enum TargetKind {
+    #[default]
+    Deployment,
+}
+
+fn default_secret_name() -> String {
+    "sirius-api-key".into()
+}
+fn default_secret_key() -> String {
+    "SIRIUS_API_KEY".into()
+}
+fn default_key_prefix() -> String {
+    "sk_".into()
+}
+fn default_random_bytes() -> u32 {
+    32
+}
+fn default_label() -> String {
+    "apikey-rotator".into()
+}
+fn default_record_prefix() -> String {
+    "apikey:".into()
+}
+fn default_operator_prefix() -> String {
+    "apikey-rotator:".into()
+}
+fn default_progress_deadline() -> u32 {
+    600
+}
+fn default_validation_window() -> u32 {
+    300
+}
+fn default_revoke_recheck() -> u32 {
+    5
+}
+fn default_history_limit() -> u32 {
+    10
+}
+fn default_targets() -> Vec<RolloutTarget> {
+    ["sirius-api", "sirius-ui", "sirius-engine"]
+        .into_iter()
+        .map(|name| RolloutTarget {
+            kind: TargetKind::Deployment,
+            name: name.into(),
+            progress_deadline_seconds: None,
+        })
+        .collect()
+}
+
+impl RolloutTarget {
+    pub fn deadline_seconds(&self, spec: &ApiKeyRotationSpec) -> u32 {
+        self.progress_deadline_seconds
+            .unwrap_or(spec.progress_deadline_seconds)
+    }
+}
+
+/// Observed state, written only by the operator (server-side apply on the status subresource).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyRotationStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// SHA-256 id (lowercase hex) of the key consumers should hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_key_id: Option<String>,
+    /// First 12 characters of `activeKeyId`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_key_id_short: Option<String>,
+    /// SHA-256 id of the key that was active before the last rotation (revoked once it finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_rotation: Option<RotationProgress>,
+    /// Finished rotations so far.
+    #[serde(default)]
+    pub revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<String>,
+    /// The last trigger annotation value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_trigger: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Setting up: adopting or minting the first key.
+    Pending,
+    /// The active key is registered and delivered; no rotation in flight.
+    Ready,
+    /// A rotation is in flight.
+    Rotating,
+    /// Suspended by `spec.suspend`.
+    Suspended,
+    /// Something needs attention; see the `Degraded` condition.
+    Degraded,
+}
+
+/// A status condition in the shape of `metav1.Condition`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The rotation in flight.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationProgress {
+    /// The revision this rotation will become (`status.revision + 1`).
+    pub revision: u64,
+    /// What started it: `Initial`, `Interval`, `Manual:<token>`.
+    pub trigger: String,
+    /// SHA-256 id of the new key, once minted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_key_id: Option<String>,
+    /// SHA-256 id of the key being replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_key_id: Option<String>,
+    pub step: Step,
+    /// Index into `spec.targets` of the target being rolled.
+    #[serde(default)]
+    pub target_index: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetProgress>,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    #[serde(default)]
+    pub revoke_attempts: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetProgress {
+    pub name: String,
+    pub state: TargetState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TargetState {
+    Pending,
+    Rolling,
+    Complete,
+    Failed,
+}
+
+/// The steps of a rotation, in order.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub enum Step {
+    Mint,
+    Register,
+    Switch,
+    Roll,
+    Validate,
+    Revoke,
+    Finish,
+}
+
+/// The CRD as YAML, exactly as shipped in `crds/`.
+pub fn crd_yaml() -> String {
+    let crd = ApiKeyRotation::crd();
+    let body = serde_yaml::to_string(&crd).expect("the CRD serializes");
+    format!("# Generated by `apikey-rotator crd`; do not edit.\n---\n{body}")
+}

@@ -1,0 +1,160 @@
+//! Sirius's key store in Valkey: the key records (by SHA-256 id only) and the operator's own
+//! state and history under a separate prefix. The raw key never reaches Valkey: the record holds
+//! its id and Sirius's display prefix, exactly as the API writes it.
+
+use crate::key::{KeyId, RawKey};
+use crate::sirius;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreError {
+    #[error("Valkey URL is invalid: {0}")]
+    InvalidUrl(String),
+    #[error("Valkey is unavailable: {0}")]
+    Unavailable(#[from] redis::RedisError),
+}
+
+/// Where a rotation's records live.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub url: String,
+    pub password: Option<String>,
+    pub insecure_skip_tls_verify: bool,
+}
+
+#[derive(Clone)]
+pub struct KeyStore {
+    conn: ConnectionManager,
+}
+
+/// Accepts `valkey://` and `valkeys://` as aliases of `redis://` and `rediss://`.
+pub fn normalize_url(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix("valkeys://") {
+        format!("rediss://{rest}")
+    } else if let Some(rest) = url.strip_prefix("valkey://") {
+        format!("redis://{rest}")
+    } else {
+        url.to_string()
+    }
+}
+
+/// Parses the URL as the client will, so a bad one is reported as a spec error.
+pub fn check_url(url: &str) -> Result<(), KeyStoreError> {
+    redis::Client::open(normalize_url(url))
+        .map(|_| ())
+        .map_err(|e| KeyStoreError::InvalidUrl(e.to_string()))
+}
+
+impl KeyStore {
+    pub async fn connect(endpoint: &Endpoint) -> Result<Self, KeyStoreError> {
+        let mut url = normalize_url(&endpoint.url);
+        if endpoint.insecure_skip_tls_verify && url.starts_with("rediss://") && !url.contains('#') {
+            url.push_str("#insecure");
+        }
+        let client = redis::Client::open(url.as_str())
+            .map_err(|e| KeyStoreError::InvalidUrl(e.to_string()))?;
+        let client = match &endpoint.password {
+            Some(password) => {
+                let info = client.get_connection_info().clone();
+                let settings = info.redis_settings().clone().set_password(password);
+                redis::Client::open(info.set_redis_settings(settings))
+                    .map_err(|e| KeyStoreError::InvalidUrl(e.to_string()))?
+            }
+            None => client,
+        };
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self { conn })
+    }
+
+    fn record_key(prefix: &str, id: &KeyId) -> String {
+        format!("{prefix}{id}")
+    }
+
+    /// Whether each id has a record (one round trip).
+    pub async fn records_exist(
+        &self,
+        prefix: &str,
+        ids: &[&KeyId],
+    ) -> Result<Vec<bool>, KeyStoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.exists(Self::record_key(prefix, id));
+        }
+        let mut conn = self.conn.clone();
+        Ok(pipe.query_async(&mut conn).await?)
+    }
+
+    /// Writes a Sirius record unless one exists (an existing one keeps its label and times).
+    pub async fn register(
+        &self,
+        prefix: &str,
+        key: &RawKey,
+        label: &str,
+    ) -> Result<bool, KeyStoreError> {
+        let json = sirius::record_json(key, label, "apikey-rotator", jiff::Timestamp::now());
+        let mut conn = self.conn.clone();
+        let written: bool = redis::cmd("SET")
+            .arg(Self::record_key(prefix, &key.id()))
+            .arg(json)
+            .arg("NX")
+            .query_async::<Option<String>>(&mut conn)
+            .await?
+            .is_some();
+        Ok(written)
+    }
+
+    pub async fn revoke(&self, prefix: &str, id: &KeyId) -> Result<(), KeyStoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.del(Self::record_key(prefix, id)).await?;
+        Ok(())
+    }
+
+    /// The rotation's current state, for anyone reading Valkey (never a raw key).
+    pub async fn write_state(
+        &self,
+        operator_prefix: &str,
+        owner: &str,
+        state_json: &str,
+    ) -> Result<(), KeyStoreError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .set(format!("{operator_prefix}state:{owner}"), state_json)
+            .await?;
+        Ok(())
+    }
+
+    /// Adds a finished rotation to the bounded history (a hash keyed by revision, so a repeat of
+    /// the same revision after a crash overwrites instead of duplicating).
+    pub async fn record_history(
+        &self,
+        operator_prefix: &str,
+        owner: &str,
+        revision: u64,
+        entry_json: &str,
+        limit: u32,
+    ) -> Result<(), KeyStoreError> {
+        let key = format!("{operator_prefix}history:{owner}");
+        let mut conn = self.conn.clone();
+        let (_, revisions): ((), Vec<u64>) = redis::pipe()
+            .hset(&key, revision, entry_json)
+            .hkeys(&key)
+            .query_async(&mut conn)
+            .await?;
+        let oldest_kept = revision.saturating_sub(limit as u64) + 1;
+        let expired: Vec<u64> = revisions.into_iter().filter(|r| *r < oldest_kept).collect();
+        if !expired.is_empty() {
+            let _: i64 = conn.hdel(&key, expired).await?;
+        }
+        Ok(())
+    }
+}

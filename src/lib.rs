@@ -1,0 +1,18 @@
+//! apikey-rotator: a Kubernetes operator that rotates the Sirius scanner's service API key with
+//! zero downtime.
+//!
+//! - [`machine`] decides (pure, synchronous); [`reconciler`] acts; [`controller`] wires watches.
+//! - [`key`] keeps raw keys behind a type that cannot be logged; [`keystore`] and [`sirius`] speak
+//!   Sirius's Valkey record format.
+
+pub mod controller;
+pub mod crd;
+pub mod key;
+pub mod keystore;
+pub mod machine;
+pub mod observe;
+pub mod reconciler;
+pub mod rollout;
+pub mod sirius;
+pub mod spec_check;
+pub mod telemetry;

@@ -1,0 +1,890 @@
+//! The rotation as a pure state machine: from what was observed (spec, status, Secrets,
+//! Deployments, Valkey records) and the time, it decides the one next action and the status that
+//! records it. No I/O happens here; the reconciler performs the action.
+//!
+//! Crash safety comes from deciding on the world as observed, not on remembered intent: every
+//! action is idempotent, progress is re-derived from the vault Secret, the consumers' Secret, the
+//! pod-template annotations and the Valkey records, and the status only adds what the world cannot
+//! show (timestamps, the rotation in flight).
+
+use crate::crd::{
+    ApiKeyRotationSpec, ApiKeyRotationStatus, Condition, Phase, RotationProgress, Step,
+    TargetProgress, TargetState,
+};
+use crate::key::KeyId;
+use crate::rollout::RolloutState;
+use jiff::{SignedDuration, Timestamp};
+use std::time::Duration;
+
+/// The operator's own Secret: the only place raw keys live besides the consumers' Secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VaultView {
+    /// The key consumers hold when no rotation is in flight (the old key during a rotation).
+    pub current: KeyId,
+    /// The key being rolled out, with the rotation revision it was minted for.
+    pub pending: Option<(KeyId, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConsumerView {
+    /// The Secret does not exist.
+    Missing,
+    /// The Secret exists; the id of the key under the data key (None if that key is absent).
+    Holds(Option<KeyId>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetView {
+    Missing,
+    Found {
+        paused: bool,
+        /// The rotation annotation on the pod template.
+        annotation: Option<String>,
+        rollout: RolloutState,
+    },
+}
+
+/// Which of the relevant keys have a Sirius record in Valkey.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RecordView {
+    pub current: bool,
+    pub pending: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Observation {
+    pub generation: Option<i64>,
+    pub spec: ApiKeyRotationSpec,
+    pub status: ApiKeyRotationStatus,
+    /// Value of the manual trigger annotation.
+    pub trigger: Option<String>,
+    pub now: Timestamp,
+    pub vault: Option<VaultView>,
+    pub consumer: ConsumerView,
+    pub records: RecordView,
+    pub targets: Vec<TargetView>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Create the vault Secret: adopt the consumers' key when there is one, else mint.
+    CreateVault { adopt: bool },
+    /// Write Sirius records (SET NX) for the keys marked true.
+    Register { current: bool, pending: bool },
+    /// Mint the new key into the vault for this rotation revision.
+    MintPending { revision: u64 },
+    /// Write the current (false) or pending (true) key into the consumers' Secret.
+    WriteConsumer { pending: bool },
+    /// Mark target `index`'s pod template with the new key's id.
+    Roll { index: usize, key_id: KeyId },
+    /// Delete the old key's record.
+    Revoke { key_id: KeyId },
+    /// The vault's pending key becomes current; the old raw key is dropped.
+    Promote,
+    /// Record the finished rotation in Valkey history.
+    RecordHistory { revision: u64 },
+    /// Nothing but the status (and event) to write; decide again right away.
+    StatusOnly,
+    /// Nothing to do until something changes or the time passes.
+    Wait { requeue_after: Option<Duration> },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventNote {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub action: Action,
+    /// The status to record once the action succeeded.
+    pub status: ApiKeyRotationStatus,
+    pub event: Option<EventNote>,
+}
+
+pub const READY: &str = "Ready";
+pub const ROTATING: &str = "Rotating";
+pub const DEGRADED: &str = "Degraded";
+
+fn ts(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn parse_ts(s: &Option<String>) -> Option<Timestamp> {
+    s.as_deref().and_then(|s| s.parse().ok())
+}
+
+fn until(now: Timestamp, at: Timestamp) -> Duration {
+    let d = at.duration_since(now);
+    if d <= SignedDuration::ZERO {
+        Duration::ZERO
+    } else {
+        // Wake up just after the instant, so the second-precision comparison has passed.
+        Duration::from_millis(d.as_millis() as u64 + 50)
+    }
+}
+
+/// Builds the status of a plan from the observed one.
+struct StatusBuilder<'a> {
+    o: &'a Observation,
+    status: ApiKeyRotationStatus,
+}
+
+impl<'a> StatusBuilder<'a> {
+    fn new(o: &'a Observation) -> Self {
+        let mut status = o.status.clone();
+        status.observed_generation = o.generation;
+        Self { o, status }
+    }
+
+    fn condition(&mut self, type_: &str, on: bool, reason: &str, message: impl Into<String>) {
+        let message = message.into();
+        let status = if on { "True" } else { "False" };
+        let now = ts(self.o.now);
+        let previous = self.status.conditions.iter().find(|c| c.type_ == type_);
+        let last_transition_time = match previous {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => now,
+        };
+        let c = Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message,
+            last_transition_time,
+            observed_generation: self.o.generation,
+        };
+        match self.status.conditions.iter_mut().find(|x| x.type_ == type_) {
+            Some(x) => *x = c,
+            None => self.status.conditions.push(c),
+        }
+        let order = |t: &str| {
+            [READY, ROTATING, DEGRADED]
+                .iter()
+                .position(|x| *x == t)
+                .unwrap_or(9)
+        };
+        self.status.conditions.sort_by_key(|c| order(&c.type_));
+    }
+
+    fn healthy(&mut self) {
+        self.condition(DEGRADED, false, "AsExpected", "No problems found.");
+    }
+
+    fn degraded_changed(&self, reason: &str, message: &str) -> bool {
+        !self.o.status.conditions.iter().any(|c| {
+            c.type_ == DEGRADED && c.status == "True" && c.reason == reason && c.message == message
+        })
+    }
+
+    fn plan(self, action: Action, event: Option<EventNote>) -> Plan {
+        Plan {
+            action,
+            status: self.status,
+            event,
+        }
+    }
+}
+
+fn normal(reason: &'static str, message: impl Into<String>) -> Option<EventNote> {
+    Some(EventNote {
+        warning: false,
+        reason,
+        message: message.into(),
+    })
+}
+
+fn warning(reason: &'static str, message: impl Into<String>) -> Option<EventNote> {
+    Some(EventNote {
+        warning: true,
+        reason,
+        message: message.into(),
+    })
+}
+
+/// The one entry point: what to do next.
+pub fn decide(o: &Observation) -> Plan {
+    let mut b = StatusBuilder::new(o);
+    let Some(vault) = &o.vault else {
+        return bootstrap(o, b);
+    };
+    b.status.active_key_id = Some(vault.current.0.clone());
+    b.status.active_key_id_short = Some(vault.current.short().to_string());
+
+    match o.status.current_rotation.clone() {
+        None => idle(o, vault, b),
+        Some(r) => rotating(o, vault, r, b),
+    }
+}
+
+/// No vault yet: adopt the key the consumers already hold, or mint the first one.
+fn bootstrap(o: &Observation, mut b: StatusBuilder) -> Plan {
+    let adopt = matches!(o.consumer, ConsumerView::Holds(Some(_)));
+    b.status.phase = Some(Phase::Pending);
+    b.condition(READY, false, "Initializing", "Setting up the active key.");
+    b.condition(ROTATING, false, "Idle", "No rotation in flight.");
+    b.healthy();
+    let event = if adopt {
+        normal(
+            "KeyAdopted",
+            format!(
+                "Adopted the key in Secret {} as the active key.",
+                o.spec.secret.name
+            ),
+        )
+    } else {
+        normal("KeyMinted", "No key to adopt: minted the first key.")
+    };
+    b.plan(Action::CreateVault { adopt }, event)
+}
+
+fn consumer_id(o: &Observation) -> Option<&KeyId> {
+    match &o.consumer {
+        ConsumerView::Holds(Some(id)) => Some(id),
+        _ => None,
+    }
+}
+
+fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
+    let now = o.now;
+    // A pending key without a rotation in status: the status was lost; resume that rotation.
+    if let Some((pending, revision)) = &vault.pending {
+        b.status.current_rotation = Some(new_rotation(
+            o,
+            *revision,
+            "Resumed".into(),
+            Some(pending.clone()),
+            &vault.current,
+        ));
+        b.status.phase = Some(Phase::Rotating);
+        return b.plan(
+            Action::StatusOnly,
+            normal(
+                "RotationResumed",
+                format!("Resuming rotation {revision} to key {}.", pending.short()),
+            ),
+        );
+    }
+    if !o.records.current {
+        b.status.phase = Some(Phase::Pending);
+        return b.plan(
+            Action::Register {
+                current: true,
+                pending: false,
+            },
+            normal(
+                "KeyRegistered",
+                format!(
+                    "Wrote the Valkey record of the active key {}.",
+                    vault.current.short()
+                ),
+            ),
+        );
+    }
+    if consumer_id(o) != Some(&vault.current) {
+        let event = match &o.consumer {
+            ConsumerView::Missing => normal(
+                "SecretCreated",
+                format!("Created Secret {} with the active key.", o.spec.secret.name),
+            ),
+            ConsumerView::Holds(None) => normal(
+                "SecretUpdated",
+                format!("Wrote the active key into Secret {}.", o.spec.secret.name),
+            ),
+            ConsumerView::Holds(Some(other)) => warning(
+                "SecretRestored",
+                format!(
+                    "Secret {} held key {} instead of the active key {}; restored it.",
+                    o.spec.secret.name,
+                    other.short(),
+                    vault.current.short()
+                ),
+            ),
+        };
+        return b.plan(Action::WriteConsumer { pending: false }, event);
+    }
+
+    let active_since = parse_ts(&o.status.last_rotation_time)
+        .or(parse_ts(
+            &o.status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == READY && c.status == "True")
+                .map(|c| c.last_transition_time.clone()),
+        ))
+        .unwrap_or(now);
+    let next = o
+        .spec
+        .rotation_interval_seconds
+        .map(|s| active_since + SignedDuration::from_secs(s as i64));
+    b.status.next_rotation_time = next.map(ts);
+    b.status.current_rotation = None;
+    b.condition(ROTATING, false, "Idle", "No rotation in flight.");
+    b.condition(
+        READY,
+        true,
+        "KeyActive",
+        format!("Key {} is registered and delivered.", vault.current.short()),
+    );
+    b.healthy();
+
+    if o.spec.suspend {
+        b.status.phase = Some(Phase::Suspended);
+        return b.plan(
+            Action::Wait {
+                requeue_after: None,
+            },
+            None,
+        );
+    }
+    let revision = o.status.revision + 1;
+    let manual = o
+        .trigger
+        .as_ref()
+        .filter(|t| !t.is_empty() && o.status.last_trigger.as_ref() != Some(t));
+    let trigger = match (manual, next) {
+        (Some(token), _) => Some(format!("Manual:{token}")),
+        (None, Some(at)) if at <= now => Some("Interval".to_string()),
+        _ => None,
+    };
+    match trigger {
+        Some(trigger) => {
+            if let Some(token) = manual {
+                b.status.last_trigger = Some(token.clone());
+            }
+            b.status.current_rotation = Some(new_rotation(
+                o,
+                revision,
+                trigger.clone(),
+                None,
+                &vault.current,
+            ));
+            b.status.phase = Some(Phase::Rotating);
+            b.condition(
+                ROTATING,
+                true,
+                "Mint",
+                format!("Rotation {revision} started ({trigger})."),
+            );
+            b.plan(
+                Action::StatusOnly,
+                normal(
+                    "RotationStarted",
+                    format!("Rotation {revision} started ({trigger})."),
+                ),
+            )
+        }
+        None => {
+            b.status.phase = Some(Phase::Ready);
+            b.plan(
+                Action::Wait {
+                    requeue_after: next.map(|at| until(now, at)),
+                },
+                None,
+            )
+        }
+    }
+}
+
+fn new_rotation(
+    o: &Observation,
+    revision: u64,
+    trigger: String,
+    new_key: Option<KeyId>,
+    old: &KeyId,
+) -> RotationProgress {
+    RotationProgress {
+        revision,
+        trigger,
+        new_key_id: new_key.map(|k| k.0),
+        old_key_id: Some(old.0.clone()),
+        step: Step::Mint,
+        target_index: 0,
+        targets: o
+            .spec
+            .targets
+            .iter()
+            .map(|t| TargetProgress {
+                name: t.name.clone(),
+                state: TargetState::Pending,
+                rolled_at: None,
+                completed_at: None,
+                message: None,
+            })
+            .collect(),
+        started_at: ts(o.now),
+        validation_started_at: None,
+        revoked_at: None,
+        revoke_attempts: 0,
+    }
+}
+
+fn rotating(
+    o: &Observation,
+    vault: &VaultView,
+    mut r: RotationProgress,
+    mut b: StatusBuilder,
+) -> Plan {
+    let now = o.now;
+    b.status.phase = Some(Phase::Rotating);
+    // Promoted already: only the bookkeeping of the finished rotation is left.
+    if vault.pending.is_none() && r.new_key_id.as_deref() == Some(vault.current.as_str()) {
+        return finish(o, vault, r, b);
+    }
+    if o.spec.suspend {
+        b.status.phase = Some(Phase::Suspended);
+        b.condition(
+            ROTATING,
+            true,
+            "Suspended",
+            format!(
+                "Rotation {} paused at step {:?} by spec.suspend.",
+                r.revision, r.step
+            ),
+        );
+        b.status.current_rotation = Some(r);
+        return b.plan(
+            Action::Wait {
+                requeue_after: None,
+            },
+            None,
+        );
+    }
+    b.healthy();
+
+    // Mint.
+    let pending = match &vault.pending {
+        Some((id, rev)) if *rev == r.revision => id.clone(),
+        _ => {
+            r.step = Step::Mint;
+            b.condition(
+                ROTATING,
+                true,
+                "Mint",
+                format!("Rotation {}: minting the new key.", r.revision),
+            );
+            b.status.current_rotation = Some(r.clone());
+            return b.plan(
+                Action::MintPending {
+                    revision: r.revision,
+                },
+                None,
+            );
+        }
+    };
+    if r.new_key_id.as_deref() != Some(pending.as_str()) {
+        r.new_key_id = Some(pending.0.clone());
+        r.old_key_id = Some(vault.current.0.clone());
+        b.status.current_rotation = Some(r);
+        return b.plan(
+            Action::StatusOnly,
+            normal("KeyMinted", format!("Minted new key {}.", pending.short())),
+        );
+    }
+
+    // Register both keys until the old one is revoked (this also repairs lost records).
+    let revoking = r.revoked_at.is_some();
+    let need_current = !o.records.current && !revoking;
+    if need_current || !o.records.pending {
+        r.step = r.step.max(Step::Register);
+        b.condition(
+            ROTATING,
+            true,
+            "Register",
+            "Writing the Valkey records of both keys.",
+        );
+        b.status.current_rotation = Some(r);
+        return b.plan(
+            Action::Register {
+                current: need_current,
+                pending: !o.records.pending,
+            },
+            normal(
+                "KeysRegistered",
+                format!(
+                    "Both keys are valid: old {} and new {}.",
+                    vault.current.short(),
+                    pending.short()
+                ),
+            ),
+        );
+    }
+
+    // Switch.
+    if consumer_id(o) != Some(&pending) {
+        r.step = r.step.max(Step::Switch);
+        b.condition(
+            ROTATING,
+            true,
+            "Switch",
+            format!("Writing the new key into Secret {}.", o.spec.secret.name),
+        );
+        b.status.current_rotation = Some(r);
+        return b.plan(
+            Action::WriteConsumer { pending: true },
+            normal(
+                "SecretUpdated",
+                format!(
+                    "Secret {} now holds the new key {}.",
+                    o.spec.secret.name,
+                    pending.short()
+                ),
+            ),
+        );
+    }
+
+    // Roll, in order, each only after the previous completed.
+    for (i, target) in o.spec.targets.iter().enumerate() {
+        let progress = r
+            .targets
+            .iter()
+            .position(|t| t.name == target.name)
+            .unwrap_or_else(|| {
+                r.targets.push(TargetProgress {
+                    name: target.name.clone(),
+                    state: TargetState::Pending,
+                    rolled_at: None,
+                    completed_at: None,
+                    message: None,
+                });
+                r.targets.len() - 1
+            });
+        r.target_index = i as u32;
+        let deadline = target.deadline_seconds(&o.spec);
+        match &o.targets[i] {
+            TargetView::Missing => {
+                return halted(
+                    b,
+                    r,
+                    i,
+                    "TargetNotFound",
+                    format!(
+                        "Deployment {} does not exist; the rotation waits for it.",
+                        target.name
+                    ),
+                );
+            }
+            TargetView::Found { annotation, .. }
+                if annotation.as_deref() != Some(pending.as_str()) =>
+            {
+                if let TargetView::Found { paused: true, .. } = &o.targets[i] {
+                    return halted(
+                        b,
+                        r,
+                        i,
+                        "TargetPaused",
+                        format!(
+                            "Deployment {} is paused; resume it to continue the rotation.",
+                            target.name
+                        ),
+                    );
+                }
+                r.step = Step::Roll;
+                r.targets[progress].state = TargetState::Rolling;
+                r.targets[progress].rolled_at = Some(ts(now));
+                r.targets[progress].completed_at = None;
+                r.targets[progress].message = None;
+                b.condition(
+                    ROTATING,
+                    true,
+                    "Roll",
+                    format!(
+                        "Rolling out {} ({} of {}).",
+                        target.name,
+                        i + 1,
+                        o.spec.targets.len()
+                    ),
+                );
+                b.status.current_rotation = Some(r);
+                return b.plan(
+                    Action::Roll {
+                        index: i,
+                        key_id: pending.clone(),
+                    },
+                    normal(
+                        "TargetRolled",
+                        format!("Restarting Deployment {} with the new key.", target.name),
+                    ),
+                );
+            }
+            TargetView::Found { rollout, .. } => match rollout {
+                RolloutState::Complete => {
+                    if r.targets[progress].state != TargetState::Complete {
+                        r.targets[progress].state = TargetState::Complete;
+                        r.targets[progress].completed_at = Some(ts(now));
+                        r.targets[progress].message = None;
+                        b.status.current_rotation = Some(r);
+                        return b.plan(
+                            Action::StatusOnly,
+                            normal(
+                                "TargetRolledOut",
+                                format!("Deployment {} finished its rollout.", target.name),
+                            ),
+                        );
+                    }
+                }
+                RolloutState::Failed(message) => {
+                    return failed(b, r, progress, i, target.name.clone(), message.clone());
+                }
+                RolloutState::Progressing(message) => {
+                    let rolled_at = parse_ts(&r.targets[progress].rolled_at).unwrap_or(now);
+                    let limit = rolled_at + SignedDuration::from_secs(deadline as i64);
+                    if now >= limit {
+                        let message = format!(
+                            "deployment \"{}\" did not finish its rollout within {deadline}s: {message}",
+                            target.name
+                        );
+                        return failed(b, r, progress, i, target.name.clone(), message);
+                    }
+                    r.step = Step::Roll;
+                    r.targets[progress].state = TargetState::Rolling;
+                    r.targets[progress].message = Some(message.clone());
+                    b.condition(
+                        ROTATING,
+                        true,
+                        "Roll",
+                        format!(
+                            "Waiting for {} ({} of {}): {message}",
+                            target.name,
+                            i + 1,
+                            o.spec.targets.len()
+                        ),
+                    );
+                    b.status.current_rotation = Some(r);
+                    return b.plan(
+                        Action::Wait {
+                            requeue_after: Some(until(now, limit)),
+                        },
+                        None,
+                    );
+                }
+            },
+        }
+    }
+
+    // Validate: both keys stay valid for the window after the last target completed.
+    r.target_index = o.spec.targets.len().saturating_sub(1) as u32;
+    let Some(started) = parse_ts(&r.validation_started_at) else {
+        r.step = Step::Validate;
+        r.validation_started_at = Some(ts(now));
+        b.condition(
+            ROTATING,
+            true,
+            "Validate",
+            format!(
+                "All targets run the new key; validating for {}s.",
+                o.spec.validation_window_seconds
+            ),
+        );
+        b.status.current_rotation = Some(r);
+        return b.plan(
+            Action::StatusOnly,
+            normal(
+                "ValidationStarted",
+                format!(
+                    "All targets run the new key; the old key stays valid for {}s.",
+                    o.spec.validation_window_seconds
+                ),
+            ),
+        );
+    };
+    let window_end = started + SignedDuration::from_secs(o.spec.validation_window_seconds as i64);
+    if now < window_end {
+        r.step = Step::Validate;
+        b.condition(
+            ROTATING,
+            true,
+            "Validate",
+            format!("Validating until {}.", ts(window_end)),
+        );
+        b.status.current_rotation = Some(r);
+        return b.plan(
+            Action::Wait {
+                requeue_after: Some(until(now, window_end)),
+            },
+            None,
+        );
+    }
+
+    // Revoke, then confirm after a delay that the API's last-used rewrite did not bring it back.
+    let old = vault.current.clone();
+    r.step = Step::Revoke;
+    let recheck = SignedDuration::from_secs(o.spec.revoke_recheck_seconds as i64);
+    match parse_ts(&r.revoked_at) {
+        None => {
+            r.revoked_at = Some(ts(now));
+            r.revoke_attempts = 1;
+            b.condition(
+                ROTATING,
+                true,
+                "Revoke",
+                format!("Revoking the old key {}.", old.short()),
+            );
+            b.status.current_rotation = Some(r);
+            b.plan(
+                Action::Revoke {
+                    key_id: old.clone(),
+                },
+                normal(
+                    "OldKeyRevoked",
+                    format!("Deleted the Valkey record of the old key {}.", old.short()),
+                ),
+            )
+        }
+        Some(at) if now < at + recheck => {
+            b.condition(
+                ROTATING,
+                true,
+                "Revoke",
+                format!("Confirming the old key {} stays revoked.", old.short()),
+            );
+            b.status.current_rotation = Some(r);
+            b.plan(
+                Action::Wait {
+                    requeue_after: Some(until(now, at + recheck)),
+                },
+                None,
+            )
+        }
+        Some(_) if o.records.current => {
+            r.revoked_at = Some(ts(now));
+            r.revoke_attempts += 1;
+            b.status.current_rotation = Some(r);
+            b.plan(
+                Action::Revoke { key_id: old.clone() },
+                warning("RevocationRepeated", format!("The old key's record {} came back (a request in flight rewrote it); deleted it again.", old.short())),
+            )
+        }
+        Some(_) => {
+            r.step = Step::Finish;
+            b.condition(
+                ROTATING,
+                true,
+                "Finish",
+                "The old key is refused; finishing.",
+            );
+            b.status.current_rotation = Some(r);
+            b.plan(Action::Promote, None)
+        }
+    }
+}
+
+fn finish(o: &Observation, vault: &VaultView, r: RotationProgress, mut b: StatusBuilder) -> Plan {
+    if !o.records.current {
+        // The new key lost its record after promotion: restore it before declaring success.
+        return b.plan(
+            Action::Register {
+                current: true,
+                pending: false,
+            },
+            normal(
+                "KeyRegistered",
+                format!(
+                    "Wrote the Valkey record of the active key {}.",
+                    vault.current.short()
+                ),
+            ),
+        );
+    }
+    let revision = r.revision;
+    b.status.revision = revision;
+    b.status.last_rotation_time = Some(ts(o.now));
+    b.status.previous_key_id = r.old_key_id.clone();
+    b.status.active_key_id = Some(vault.current.0.clone());
+    b.status.current_rotation = None;
+    b.status.phase = Some(Phase::Ready);
+    b.status.next_rotation_time = o
+        .spec
+        .rotation_interval_seconds
+        .map(|s| ts(o.now + SignedDuration::from_secs(s as i64)));
+    b.condition(
+        ROTATING,
+        false,
+        "Idle",
+        format!("Rotation {revision} finished."),
+    );
+    b.condition(
+        READY,
+        true,
+        "KeyActive",
+        format!("Key {} is registered and delivered.", vault.current.short()),
+    );
+    b.healthy();
+    let old = r
+        .old_key_id
+        .as_deref()
+        .map(|s| &s[..12.min(s.len())])
+        .unwrap_or("?")
+        .to_string();
+    b.plan(
+        Action::RecordHistory { revision },
+        normal(
+            "RotationSucceeded",
+            format!(
+                "Rotation {revision} finished: key {} is active, old key {old} is revoked.",
+                vault.current.short()
+            ),
+        ),
+    )
+}
+
+/// The rotation cannot go on for a reason outside it (missing or paused target): it waits.
+fn halted(
+    mut b: StatusBuilder,
+    mut r: RotationProgress,
+    index: usize,
+    reason: &'static str,
+    message: String,
+) -> Plan {
+    r.step = Step::Roll;
+    r.target_index = index as u32;
+    let event = if b.degraded_changed(reason, &message) {
+        warning(reason, message.clone())
+    } else {
+        None
+    };
+    b.condition(DEGRADED, true, reason, message.clone());
+    b.condition(ROTATING, true, "Roll", message);
+    b.status.phase = Some(Phase::Degraded);
+    b.status.current_rotation = Some(r);
+    b.plan(
+        Action::Wait {
+            requeue_after: Some(Duration::from_secs(60)),
+        },
+        event,
+    )
+}
+
+/// A target's rollout failed: the old key stays valid, the rotation halts and reports. It
+/// resumes by itself if the Deployment later completes.
+fn failed(
+    mut b: StatusBuilder,
+    mut r: RotationProgress,
+    progress: usize,
+    index: usize,
+    name: String,
+    message: String,
+) -> Plan {
+    r.step = Step::Roll;
+    r.target_index = index as u32;
+    r.targets[progress].state = TargetState::Failed;
+    r.targets[progress].message = Some(message.clone());
+    let text = format!("Rollout of {name} failed: {message}. The old key stays valid.");
+    let event = if b.degraded_changed("RolloutFailed", &text) {
+        warning("RolloutFailed", text.clone())
+    } else {
+        None
+    };
+    b.condition(DEGRADED, true, "RolloutFailed", text.clone());
+    b.condition(ROTATING, true, "RolloutFailed", text);
+    b.status.phase = Some(Phase::Degraded);
+    b.status.current_rotation = Some(r);
+    b.plan(
+        Action::Wait {
+            requeue_after: Some(Duration::from_secs(60)),
+        },
+        event,
+    )
+}

@@ -1,0 +1,51 @@
+use apikey_rotator::{controller, crd, telemetry};
+use clap::{Parser, Subcommand};
+
+/// Rotates the Sirius scanner's service API key with zero downtime.
+#[derive(Parser)]
+#[command(name = "apikey-rotator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator against the cluster from the kubeconfig or the in-cluster config.
+    Run {
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long, short = 'n', env = "WATCH_NAMESPACE")]
+        namespace: Option<String>,
+        #[arg(long, value_enum, default_value = "text", env = "LOG_FORMAT")]
+        log_format: telemetry::LogFormat,
+        #[arg(long, default_value = "info", env = "LOG_LEVEL")]
+        log_level: String,
+    },
+    /// Print the ApiKeyRotation CustomResourceDefinition (the content of crds/).
+    Crd,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Crd => {
+            print!("{}", crd::crd_yaml());
+            Ok(())
+        }
+        Command::Run {
+            namespace,
+            log_format,
+            log_level,
+        } => {
+            telemetry::init(log_format, &log_level);
+            let client = kube::Client::try_default().await?;
+            tracing::info!(
+                namespace = namespace.as_deref().unwrap_or("(all)"),
+                "apikey-rotator starting"
+            );
+            controller::run(client, namespace, std::future::pending()).await;
+            tracing::info!("apikey-rotator stopped");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Reads the world one rotation depends on: the vault Secret, the consumers' Secret, the target
+//! Deployments and the Valkey records. The raw keys stay here, behind [`RawKey`]; the machine only
+//! sees their ids.
+
+use crate::crd::{ApiKeyRotation, ROLLOUT_ANNOTATION};
+use crate::key::RawKey;
+use crate::keystore::{KeyStore, KeyStoreError};
+use crate::machine::{ConsumerView, RecordView, TargetView, VaultView};
+use crate::rollout::rollout_state;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::Api;
+
+/// Annotation on the vault naming the rotation revision its pending key belongs to.
+pub const PENDING_REVISION_ANNOTATION: &str = "keys.siriusscan.io/pending-revision";
+pub const VAULT_CURRENT: &str = "current";
+pub const VAULT_PENDING: &str = "pending";
+
+pub fn vault_name(akr: &ApiKeyRotation) -> String {
+    format!("{}-apikey-vault", akr.name_any())
+}
+
+/// The vault's raw keys, and the resourceVersion its next write must match.
+pub struct Vault {
+    pub current: RawKey,
+    pub pending: Option<(RawKey, u64)>,
+    pub resource_version: Option<String>,
+}
+
+impl Vault {
+    pub fn view(&self) -> VaultView {
+        VaultView {
+            current: self.current.id(),
+            pending: self.pending.as_ref().map(|(k, r)| (k.id(), *r)),
+        }
+    }
+}
+
+pub fn secret_value(secret: &Secret, key: &str) -> Option<RawKey> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    let text = String::from_utf8(bytes.0.clone()).ok()?;
+    // Sirius trims the key file; so do we, so ids match what the API computes.
+    let text = text.trim();
+    (!text.is_empty()).then(|| RawKey::new(text))
+}
+
+pub fn parse_vault(secret: &Secret) -> Result<Vault, String> {
+    let current =
+        secret_value(secret, VAULT_CURRENT).ok_or("the vault Secret has no current key")?;
+    let pending = match secret_value(secret, VAULT_PENDING) {
+        Some(k) => {
+            let revision = secret
+                .annotations()
+                .get(PENDING_REVISION_ANNOTATION)
+                .and_then(|r| r.parse().ok())
+                .ok_or("the vault's pending key has no revision annotation")?;
+            Some((k, revision))
+        }
+        None => None,
+    };
+    Ok(Vault {
+        current,
+        pending,
+        resource_version: secret.resource_version(),
+    })
+}
+
+pub async fn get_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, kube::Error> {
+    api.get_opt(name).await
+}
+
+pub fn consumer_view(secret: Option<&Secret>, key: &str) -> (ConsumerView, Option<RawKey>) {
+    match secret {
+        None => (ConsumerView::Missing, None),
+        Some(s) => {
+            let raw = secret_value(s, key);
+            (ConsumerView::Holds(raw.as_ref().map(RawKey::id)), raw)
+        }
+    }
+}
+
+pub fn target_view(d: Option<&Deployment>) -> TargetView {
+    match d {
+        None => TargetView::Missing,
+        Some(d) => TargetView::Found {
+            paused: d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false),
+            annotation: d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(ROLLOUT_ANNOTATION).cloned()),
+            rollout: rollout_state(d),
+        },
+    }
+}
+
+pub async fn record_view(
+    store: &KeyStore,
+    prefix: &str,
+    vault: Option<&Vault>,
+) -> Result<RecordView, KeyStoreError> {
+    let Some(vault) = vault else {
+        return Ok(RecordView::default());
+    };
+    let current = vault.current.id();
+    let pending = vault.pending.as_ref().map(|(k, _)| k.id());
+    let mut ids = vec![&current];
+    if let Some(p) = &pending {
+        ids.push(p);
+    }
+    let found = store.records_exist(prefix, &ids).await?;
+    Ok(RecordView {
+        current: found[0],
+        pending: found.get(1).copied().unwrap_or(false),
+    })
+}

@@ -1,0 +1,586 @@
+//! The thin side of the operator: observe, ask the machine, perform its one action, record the
+//! status and the Event, and repeat until the machine says to wait.
+
+use crate::crd::{
+    ApiKeyRotation, ApiKeyRotationStatus, MANAGED_BY_LABEL, Phase, ROLLOUT_ANNOTATION,
+    TRIGGER_ANNOTATION,
+};
+use crate::key::RawKey;
+use crate::keystore::{Endpoint, KeyStore, KeyStoreError};
+use crate::machine::{self, Action as Step, EventNote, Observation, Plan};
+use crate::observe::{self, PENDING_REVISION_ANNOTATION, VAULT_CURRENT, VAULT_PENDING, Vault};
+use crate::spec_check;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+pub const FIELD_MANAGER: &str = "apikey-rotator";
+/// How often a quiet rotation is looked at anyway (detects Valkey data loss and drift).
+pub const RESYNC: Duration = Duration::from_secs(60);
+/// Steps taken in one reconcile before yielding to other work.
+const MAX_STEPS_PER_RECONCILE: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    KeyStore(#[from] KeyStoreError),
+    #[error("the OS random source failed: {0}")]
+    Random(String),
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("Valkey password: {0}")]
+    Password(String),
+}
+
+impl Error {
+    /// The condition reason a failure is reported with.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesApiError",
+            Error::KeyStore(KeyStoreError::InvalidUrl(_)) => "InvalidSpec",
+            Error::KeyStore(KeyStoreError::Unavailable(_)) | Error::Password(_) => {
+                "ValkeyUnavailable"
+            }
+            Error::Random(_) => "RandomSourceFailed",
+            Error::Corrupt(_) => "VaultCorrupt",
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub reporter: Reporter,
+    stores: Mutex<HashMap<Endpoint, KeyStore>>,
+    failures: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, instance: Option<String>) -> Self {
+        Self {
+            client,
+            reporter: Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance,
+            },
+            stores: Mutex::new(HashMap::new()),
+            failures: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn keystore(&self, endpoint: &Endpoint) -> Result<KeyStore, KeyStoreError> {
+        let mut stores = self.stores.lock().await;
+        if let Some(s) = stores.get(endpoint) {
+            return Ok(s.clone());
+        }
+        let store = KeyStore::connect(endpoint).await?;
+        stores.insert(endpoint.clone(), store.clone());
+        Ok(store)
+    }
+
+    async fn forget_keystore(&self, endpoint: &Endpoint) {
+        self.stores.lock().await.remove(endpoint);
+    }
+}
+
+fn key_of(akr: &ApiKeyRotation) -> String {
+    format!("{}/{}", akr.namespace().unwrap_or_default(), akr.name_any())
+}
+
+pub async fn reconcile(akr: Arc<ApiKeyRotation>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let result = Reconciliation::new(&akr, &ctx).run().await;
+    if result.is_ok() {
+        ctx.failures.lock().unwrap().remove(&key_of(&akr));
+    }
+    result
+}
+
+/// Exponential back-off per ApiKeyRotation: 2s, 4s, ... up to 5 minutes.
+pub fn error_policy(akr: Arc<ApiKeyRotation>, error: &Error, ctx: Arc<Context>) -> Action {
+    let mut failures = ctx.failures.lock().unwrap();
+    let n = failures.entry(key_of(&akr)).or_default();
+    *n = (*n + 1).min(16);
+    let delay = Duration::from_secs((1u64 << (*n).min(8)).min(300));
+    tracing::warn!(rotation = %key_of(&akr), reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+struct Reconciliation<'a> {
+    akr: &'a ApiKeyRotation,
+    ctx: &'a Context,
+    ns: String,
+    akrs: Api<ApiKeyRotation>,
+    secrets: Api<Secret>,
+    deployments: Api<Deployment>,
+    recorder: Recorder,
+    status: ApiKeyRotationStatus,
+}
+
+impl<'a> Reconciliation<'a> {
+    fn new(akr: &'a ApiKeyRotation, ctx: &'a Context) -> Self {
+        let ns = akr.namespace().unwrap_or_else(|| "default".into());
+        Self {
+            akr,
+            ctx,
+            akrs: Api::namespaced(ctx.client.clone(), &ns),
+            secrets: Api::namespaced(ctx.client.clone(), &ns),
+            deployments: Api::namespaced(ctx.client.clone(), &ns),
+            recorder: Recorder::new(ctx.client.clone(), ctx.reporter.clone()),
+            status: akr.status.clone().unwrap_or_default(),
+            ns,
+        }
+    }
+
+    async fn run(mut self) -> Result<Action, Error> {
+        let spec = &self.akr.spec;
+        let problems = spec_check::problems(spec);
+        if !problems.is_empty() {
+            self.report_failure(
+                "InvalidSpec",
+                &format!("Invalid spec, nothing was changed: {}", problems.join("; ")),
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+        let outcome = self.drive().await;
+        if let Err(e) = &outcome {
+            let message = match e {
+                Error::KeyStore(KeyStoreError::Unavailable(_)) | Error::Password(_) => {
+                    format!("{e}. No step that needs Valkey goes ahead; retrying with back-off.")
+                }
+                _ => format!("{e}; retrying with back-off."),
+            };
+            // Reporting is best effort: the original error decides the back-off.
+            let _ = self.report_failure(e.reason(), &message).await;
+            if matches!(e, Error::KeyStore(KeyStoreError::Unavailable(_))) {
+                self.ctx
+                    .forget_keystore(&self.endpoint().await.unwrap_or_else(|_| Endpoint {
+                        url: spec.valkey.url.clone(),
+                        password: None,
+                        insecure_skip_tls_verify: spec.valkey.insecure_skip_tls_verify,
+                    }))
+                    .await;
+            }
+        }
+        outcome
+    }
+
+    async fn endpoint(&self) -> Result<Endpoint, Error> {
+        let v = &self.akr.spec.valkey;
+        let password = match &v.password_secret_ref {
+            None => None,
+            Some(r) => {
+                let secret = self
+                    .secrets
+                    .get_opt(&r.name)
+                    .await?
+                    .ok_or_else(|| Error::Password(format!("Secret {} not found", r.name)))?;
+                let value = observe::secret_value(&secret, &r.key).ok_or_else(|| {
+                    Error::Password(format!("Secret {} has no key {}", r.name, r.key))
+                })?;
+                Some(value.expose().to_string())
+            }
+        };
+        Ok(Endpoint {
+            url: v.url.clone(),
+            password,
+            insecure_skip_tls_verify: v.insecure_skip_tls_verify,
+        })
+    }
+
+    async fn drive(&mut self) -> Result<Action, Error> {
+        let endpoint = self.endpoint().await?;
+        let store = self.ctx.keystore(&endpoint).await?;
+        for _ in 0..MAX_STEPS_PER_RECONCILE {
+            let (observation, vault, consumer_key) = self.observe(&store).await?;
+            let plan = machine::decide(&observation);
+            tracing::debug!(rotation = %key_of(self.akr), action = ?plan.action, "decided");
+            let wait = match &plan.action {
+                Step::Wait { requeue_after } => Some(*requeue_after),
+                _ => None,
+            };
+            self.perform(&plan, &store, vault.as_ref(), consumer_key.as_ref())
+                .await?;
+            self.record(&plan, &store).await?;
+            if let Some(requeue_after) = wait {
+                let delay = requeue_after.map(|d| d.min(RESYNC)).unwrap_or(RESYNC);
+                return Ok(Action::requeue(delay));
+            }
+        }
+        Ok(Action::requeue(Duration::from_millis(10)))
+    }
+
+    async fn observe(
+        &self,
+        store: &KeyStore,
+    ) -> Result<(Observation, Option<Vault>, Option<RawKey>), Error> {
+        let spec = &self.akr.spec;
+        let vault = match self.secrets.get_opt(&observe::vault_name(self.akr)).await? {
+            Some(s) => Some(observe::parse_vault(&s).map_err(Error::Corrupt)?),
+            None => None,
+        };
+        let consumer = self.secrets.get_opt(&spec.secret.name).await?;
+        let (consumer_view, consumer_key) =
+            observe::consumer_view(consumer.as_ref(), &spec.secret.key);
+        let mut targets = Vec::with_capacity(spec.targets.len());
+        for t in &spec.targets {
+            let d = self.deployments.get_opt(&t.name).await?;
+            targets.push(observe::target_view(d.as_ref()));
+        }
+        let records =
+            observe::record_view(store, &spec.valkey.record_prefix, vault.as_ref()).await?;
+        let observation = Observation {
+            generation: self.akr.metadata.generation,
+            spec: spec.clone(),
+            status: self.status.clone(),
+            trigger: self.akr.annotations().get(TRIGGER_ANNOTATION).cloned(),
+            now: jiff::Timestamp::now(),
+            vault: vault.as_ref().map(Vault::view),
+            consumer: consumer_view,
+            records,
+            targets,
+        };
+        Ok((observation, vault, consumer_key))
+    }
+
+    async fn perform(
+        &self,
+        plan: &Plan,
+        store: &KeyStore,
+        vault: Option<&Vault>,
+        consumer_key: Option<&RawKey>,
+    ) -> Result<(), Error> {
+        let spec = &self.akr.spec;
+        let prefix = &spec.valkey.record_prefix;
+        let need_vault =
+            || vault.ok_or_else(|| Error::Corrupt("the vault Secret disappeared".into()));
+        match &plan.action {
+            Step::CreateVault { adopt } => {
+                let key = match (adopt, consumer_key) {
+                    (true, Some(k)) => k.clone(),
+                    _ => self.mint()?,
+                };
+                self.create_vault(&key).await?;
+            }
+            Step::Register { current, pending } => {
+                let vault = need_vault()?;
+                if *current {
+                    store
+                        .register(prefix, &vault.current, &spec.key.label)
+                        .await?;
+                }
+                if let (true, Some((key, _))) = (*pending, &vault.pending) {
+                    store.register(prefix, key, &spec.key.label).await?;
+                }
+            }
+            Step::MintPending { revision } => {
+                let vault = need_vault()?;
+                let key = self.mint()?;
+                let mut data = BTreeMap::new();
+                data.insert(VAULT_CURRENT.to_string(), vault.current.clone());
+                data.insert(VAULT_PENDING.to_string(), key);
+                self.replace_vault(vault, data, Some(*revision)).await?;
+            }
+            Step::WriteConsumer { pending } => {
+                let vault = need_vault()?;
+                let key = match (pending, &vault.pending) {
+                    (true, Some((k, _))) => k,
+                    _ => &vault.current,
+                };
+                self.write_consumer(key).await?;
+            }
+            Step::Roll { index, key_id } => {
+                let target = &spec.targets[*index];
+                let patch = json!({
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": target.name},
+                    "spec": {"template": {"metadata": {"annotations": {ROLLOUT_ANNOTATION: key_id.as_str()}}}},
+                });
+                self.deployments
+                    .patch(
+                        &target.name,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&patch),
+                    )
+                    .await?;
+            }
+            Step::Revoke { key_id } => store.revoke(prefix, key_id).await?,
+            Step::Promote => {
+                let vault = need_vault()?;
+                let Some((pending, _)) = &vault.pending else {
+                    return Ok(());
+                };
+                let mut data = BTreeMap::new();
+                data.insert(VAULT_CURRENT.to_string(), pending.clone());
+                self.replace_vault(vault, data, None).await?;
+            }
+            Step::RecordHistory { revision } => {
+                let r = self.status.current_rotation.as_ref();
+                let entry = json!({
+                    "revision": revision,
+                    "result": "Succeeded",
+                    "trigger": r.map(|r| r.trigger.clone()),
+                    "oldKeyId": r.and_then(|r| r.old_key_id.clone()),
+                    "newKeyId": r.and_then(|r| r.new_key_id.clone()),
+                    "startedAt": r.map(|r| r.started_at.clone()),
+                    "finishedAt": plan.status.last_rotation_time,
+                    "targets": r.map(|r| r.targets.clone()),
+                });
+                store
+                    .record_history(
+                        &spec.valkey.operator_prefix,
+                        &key_of(self.akr),
+                        *revision,
+                        &entry.to_string(),
+                        spec.history_limit,
+                    )
+                    .await?;
+            }
+            Step::StatusOnly | Step::Wait { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn mint(&self) -> Result<RawKey, Error> {
+        RawKey::mint(
+            &self.akr.spec.key.prefix,
+            self.akr.spec.key.random_bytes as usize,
+        )
+        .map_err(|e| Error::Random(e.to_string()))
+    }
+
+    fn owned_meta(&self, name: String) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.ns.clone()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY_LABEL.to_string(),
+                self.akr.name_any(),
+            )])),
+            owner_references: self.akr.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        }
+    }
+
+    async fn create_vault(&self, key: &RawKey) -> Result<(), Error> {
+        let secret = Secret {
+            metadata: self.owned_meta(observe::vault_name(self.akr)),
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(
+                VAULT_CURRENT.to_string(),
+                ByteString(key.expose().as_bytes().to_vec()),
+            )])),
+            ..Default::default()
+        };
+        match self
+            .secrets
+            .create(
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                &secret,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Another writer got there first; the next observation shows its key.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces the vault's data, only if it is unchanged since it was read (a 409 means someone
+    /// else wrote it: the next observation decides again, so a key is never minted twice).
+    async fn replace_vault(
+        &self,
+        vault: &Vault,
+        data: BTreeMap<String, RawKey>,
+        pending_revision: Option<u64>,
+    ) -> Result<(), Error> {
+        let mut meta = self.owned_meta(observe::vault_name(self.akr));
+        meta.resource_version = vault.resource_version.clone();
+        if let Some(r) = pending_revision {
+            meta.annotations = Some(BTreeMap::from([(
+                PENDING_REVISION_ANNOTATION.to_string(),
+                r.to_string(),
+            )]));
+        }
+        let secret = Secret {
+            metadata: meta,
+            type_: Some("Opaque".into()),
+            data: Some(
+                data.into_iter()
+                    .map(|(k, v)| (k, ByteString(v.expose().as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        match self
+            .secrets
+            .replace(
+                &observe::vault_name(self.akr),
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                &secret,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Server-side apply of the one data key we own; the Secret's other keys are untouched.
+    async fn write_consumer(&self, key: &RawKey) -> Result<(), Error> {
+        let spec = &self.akr.spec;
+        let patch = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": spec.secret.name,
+                "labels": {MANAGED_BY_LABEL: self.akr.name_any()},
+            },
+            "data": {spec.secret.key.as_str(): ByteString(key.expose().as_bytes().to_vec())},
+        });
+        self.secrets
+            .patch(
+                &spec.secret.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Writes the plan's status (when it changed), its Event, and the state record in Valkey.
+    async fn record(&mut self, plan: &Plan, store: &KeyStore) -> Result<(), Error> {
+        if plan.status != self.status {
+            self.apply_status(&plan.status).await?;
+            let step_changed = plan.status.phase != self.status.phase
+                || plan.status.current_rotation.as_ref().map(|r| r.step)
+                    != self.status.current_rotation.as_ref().map(|r| r.step);
+            if step_changed {
+                let state = json!({
+                    "phase": plan.status.phase,
+                    "revision": plan.status.revision,
+                    "activeKeyId": plan.status.active_key_id,
+                    "rotation": plan.status.current_rotation.as_ref().map(|r| json!({
+                        "revision": r.revision, "step": r.step, "newKeyId": r.new_key_id, "startedAt": r.started_at,
+                    })),
+                    "updatedAt": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                });
+                store
+                    .write_state(
+                        &self.akr.spec.valkey.operator_prefix,
+                        &key_of(self.akr),
+                        &state.to_string(),
+                    )
+                    .await?;
+            }
+            self.status = plan.status.clone();
+        }
+        if let Some(note) = &plan.event {
+            self.publish(note).await;
+        }
+        Ok(())
+    }
+
+    async fn apply_status(&self, status: &ApiKeyRotationStatus) -> Result<(), Error> {
+        let patch = json!({
+            "apiVersion": ApiKeyRotation::api_version(&()),
+            "kind": ApiKeyRotation::kind(&()),
+            "status": status,
+        });
+        self.akrs
+            .patch_status(
+                &self.akr.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn publish(&self, note: &EventNote) {
+        let event = Event {
+            type_: if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: note.reason.into(),
+            note: Some(note.message.clone()),
+            action: note.reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .recorder
+            .publish(&event, &self.akr.object_ref(&()))
+            .await
+        {
+            tracing::warn!(rotation = %key_of(self.akr), error = %e, "could not publish an Event");
+        }
+    }
+
+    /// `Degraded=True` with this reason (and an Event when it is new); keeps everything else.
+    async fn report_failure(&mut self, reason: &'static str, message: &str) -> Result<(), Error> {
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let mut status = self.status.clone();
+        let unchanged = status.conditions.iter().any(|c| {
+            c.type_ == machine::DEGRADED
+                && c.status == "True"
+                && c.reason == reason
+                && c.message == message
+        });
+        if unchanged {
+            return Ok(());
+        }
+        let previous = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == machine::DEGRADED)
+            .cloned();
+        let condition = crate::crd::Condition {
+            type_: machine::DEGRADED.into(),
+            status: "True".into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: match previous {
+                Some(p) if p.status == "True" => p.last_transition_time,
+                _ => now,
+            },
+            observed_generation: self.akr.metadata.generation,
+        };
+        status.conditions.retain(|c| c.type_ != machine::DEGRADED);
+        status.conditions.push(condition);
+        status.phase = Some(Phase::Degraded);
+        status.observed_generation = self.akr.metadata.generation;
+        self.apply_status(&status).await?;
+        self.status = status;
+        self.publish(&EventNote {
+            warning: true,
+            reason,
+            message: message.to_string(),
+        })
+        .await;
+        Ok(())
+    }
+}

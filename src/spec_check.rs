@@ -1,0 +1,235 @@
+//! Checks of a spec beyond what reached the operator through the schema: rules the schema
+//! cannot express, and the schema's own bounds again (an older CRD, or a stand-in that skips
+//! validation, must not let a bad spec act).
+
+use crate::crd::ApiKeyRotationSpec;
+use std::collections::BTreeSet;
+
+/// Every problem found, each naming its field; empty when the spec is usable.
+pub fn problems(spec: &ApiKeyRotationSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    if spec.targets.is_empty() {
+        out.push("spec.targets: at least one target is required".to_string());
+    }
+    if spec.targets.len() > 16 {
+        out.push(format!(
+            "spec.targets: at most 16 targets, got {}",
+            spec.targets.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, t) in spec.targets.iter().enumerate() {
+        if !seen.insert((t.kind, t.name.as_str())) {
+            out.push(format!(
+                "spec.targets[{i}]: duplicate target {:?} {}",
+                t.kind, t.name
+            ));
+        }
+        if !is_dns_subdomain(&t.name) {
+            out.push(format!(
+                "spec.targets[{i}].name: {:?} is not a valid Kubernetes name",
+                t.name
+            ));
+        }
+        if let Some(d) = t.progress_deadline_seconds {
+            if !(10..=86400).contains(&d) {
+                out.push(format!(
+                    "spec.targets[{i}].progressDeadlineSeconds: {d} is outside 10..=86400"
+                ));
+            }
+        }
+    }
+    if !is_dns_subdomain(&spec.secret.name) {
+        out.push(format!(
+            "spec.secret.name: {:?} is not a valid Secret name",
+            spec.secret.name
+        ));
+    }
+    if spec.secret.key.is_empty()
+        || !spec
+            .secret
+            .key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+    {
+        out.push(format!(
+            "spec.secret.key: {:?} is not a valid Secret data key",
+            spec.secret.key
+        ));
+    }
+    if !(16..=64).contains(&spec.key.random_bytes) {
+        out.push(format!(
+            "spec.key.randomBytes: {} is outside 16..=64 (fewer than 16 bytes is too weak)",
+            spec.key.random_bytes
+        ));
+    }
+    let label_len = spec.key.label.chars().count();
+    if !(1..=64).contains(&label_len) {
+        out.push(format!(
+            "spec.key.label: Sirius labels are 1 to 64 characters, got {label_len}"
+        ));
+    }
+    if spec.key.prefix.len() > 16
+        || !spec
+            .key
+            .prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+    {
+        out.push(format!(
+            "spec.key.prefix: {:?} must be at most 16 of [A-Za-z0-9_-]",
+            spec.key.prefix
+        ));
+    }
+    if let Err(e) = crate::keystore::check_url(&spec.valkey.url) {
+        out.push(format!("spec.valkey.url: {e}"));
+    } else if !["redis://", "rediss://", "valkey://", "valkeys://"]
+        .iter()
+        .any(|s| spec.valkey.url.starts_with(s))
+    {
+        out.push(
+            "spec.valkey.url: must start with redis://, rediss://, valkey:// or valkeys://"
+                .to_string(),
+        );
+    }
+    let (records, own) = (&spec.valkey.record_prefix, &spec.valkey.operator_prefix);
+    if records.is_empty() || own.is_empty() {
+        out.push("spec.valkey: recordPrefix and operatorPrefix must not be empty".to_string());
+    } else if own.starts_with(records.as_str()) || records.starts_with(own.as_str()) {
+        out.push(format!(
+            "spec.valkey.operatorPrefix: {own:?} overlaps recordPrefix {records:?}; Sirius would list the operator's state as keys"
+        ));
+    }
+    if !(10..=86400).contains(&spec.progress_deadline_seconds) {
+        out.push(format!(
+            "spec.progressDeadlineSeconds: {} is outside 10..=86400",
+            spec.progress_deadline_seconds
+        ));
+    }
+    if spec.validation_window_seconds > 604_800 {
+        out.push(format!(
+            "spec.validationWindowSeconds: {} is over 7 days",
+            spec.validation_window_seconds
+        ));
+    }
+    if !(1..=300).contains(&spec.revoke_recheck_seconds) {
+        out.push(format!(
+            "spec.revokeRecheckSeconds: {} is outside 1..=300",
+            spec.revoke_recheck_seconds
+        ));
+    }
+    if let Some(i) = spec.rotation_interval_seconds {
+        if !(3600..=31_536_000).contains(&i) {
+            out.push(format!(
+                "spec.rotationIntervalSeconds: {i} is outside 3600..=31536000"
+            ));
+        }
+    }
+    if !(1..=100).contains(&spec.history_limit) {
+        out.push(format!(
+            "spec.historyLimit: {} is outside 1..=100",
+            spec.history_limit
+        ));
+    }
+    out
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{RolloutTarget, TargetKind};
+
+    fn spec() -> ApiKeyRotationSpec {
+        serde_json::from_value(
+            serde_json::json!({"valkey": {"url": "redis://sirius-valkey:6379/0"}}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = spec();
+        assert_eq!(problems(&s), Vec::<String>::new());
+        assert_eq!(
+            s.targets
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>(),
+            ["sirius-api", "sirius-ui", "sirius-engine"]
+        );
+        assert_eq!(s.secret.name, "sirius-api-key");
+        assert_eq!(s.secret.key, "SIRIUS_API_KEY");
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(Box<dyn Fn(&mut ApiKeyRotationSpec)>, &str)> = vec![
+            (Box::new(|s| s.targets.clear()), "spec.targets"),
+            (
+                Box::new(|s| s.targets.push(s.targets[0].clone())),
+                "duplicate target",
+            ),
+            (
+                Box::new(|s| s.targets[0].name = "Bad_Name".into()),
+                "spec.targets[0].name",
+            ),
+            (Box::new(|s| s.key.random_bytes = 8), "spec.key.randomBytes"),
+            (Box::new(|s| s.key.label = String::new()), "spec.key.label"),
+            (
+                Box::new(|s| s.valkey.url = "http://valkey:6379".into()),
+                "spec.valkey.url",
+            ),
+            (
+                Box::new(|s| s.valkey.url = "redis://".into()),
+                "spec.valkey.url",
+            ),
+            (
+                Box::new(|s| s.valkey.operator_prefix = "apikey:rotator:".into()),
+                "overlaps",
+            ),
+            (
+                Box::new(|s| s.validation_window_seconds = 700_000),
+                "spec.validationWindowSeconds",
+            ),
+            (
+                Box::new(|s| s.rotation_interval_seconds = Some(60)),
+                "spec.rotationIntervalSeconds",
+            ),
+            (Box::new(|s| s.history_limit = 0), "spec.historyLimit"),
+            (
+                Box::new(|s| s.secret.name = "UPPER".into()),
+                "spec.secret.name",
+            ),
+        ];
+        for (mutate, expected) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            let p = problems(&s);
+            assert!(p.iter().any(|m| m.contains(expected)), "{expected}: {p:?}");
+        }
+        let mut s = spec();
+        s.targets.push(RolloutTarget {
+            kind: TargetKind::Deployment,
+            name: "x".into(),
+            progress_deadline_seconds: Some(1),
+        });
+        assert!(
+            problems(&s)
+                .iter()
+                .any(|m| m.contains("spec.targets[3].progressDeadlineSeconds"))
+        );
+    }
+}

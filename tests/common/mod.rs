@@ -1,0 +1,296 @@
+//! Shared harness: a real valkey-server on a free loopback port, the kube-sim API stand-in, the
+//! real controller against both, and the Sirius fixtures.
+#![allow(dead_code)]
+
+use apikey_rotator::crd::{ApiKeyRotation, crd_yaml};
+use apikey_rotator::key::RawKey;
+use kube::Client;
+use kube_sim::{Sim, SimOptions};
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const NS: &str = "sirius";
+
+/// A valkey-server of our own, killed on drop. Missing binary is a failure, never a skip.
+pub struct Valkey {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Valkey {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new("valkey-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("valkey-server must be installed (scripts/ensure-valkey.sh installs it)");
+            let mut v = Valkey {
+                child,
+                port,
+                _dir: tempfile::tempdir().unwrap(),
+            };
+            if v.wait_ready() {
+                return v;
+            }
+            let _ = v.child.kill();
+        }
+        panic!("valkey-server did not start");
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Ok(client) = redis::Client::open(self.url()) {
+                if let Ok(mut c) = client.get_connection() {
+                    if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                        return true;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    pub fn get(&self, key: &str) -> Option<String> {
+        redis::cmd("GET").arg(key).query(&mut self.conn()).unwrap()
+    }
+
+    pub fn exists(&self, key: &str) -> bool {
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query::<i64>(&mut self.conn())
+            .unwrap()
+            == 1
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        let mut k: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut self.conn()).unwrap();
+        k.sort();
+        k
+    }
+
+    /// Every key and value in the store, for leak checks.
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        let mut conn = self.conn();
+        for k in self.keys() {
+            let t: String = redis::cmd("TYPE").arg(&k).query(&mut conn).unwrap();
+            let v: String = match t.as_str() {
+                "string" => redis::cmd("GET").arg(&k).query(&mut conn).unwrap(),
+                "hash" => {
+                    let h: Vec<String> = redis::cmd("HGETALL").arg(&k).query(&mut conn).unwrap();
+                    h.join("\n")
+                }
+                other => format!("<{other}>"),
+            };
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        out
+    }
+
+    pub fn flushall(&self) {
+        let _: () = redis::cmd("FLUSHALL").query(&mut self.conn()).unwrap();
+    }
+
+    pub fn set(&self, key: &str, value: &str) {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query(&mut self.conn())
+            .unwrap();
+    }
+
+    pub fn del(&self, key: &str) {
+        let _: i64 = redis::cmd("DEL").arg(key).query(&mut self.conn()).unwrap();
+    }
+}
+
+impl Drop for Valkey {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn start_sim() -> Sim {
+    start_sim_with(SimOptions::default()).await
+}
+
+pub async fn start_sim_with(options: SimOptions) -> Sim {
+    let sim = Sim::start(options).await.unwrap();
+    let crd: Value = serde_yaml::from_str(crd_yaml().split("---\n").nth(1).unwrap()).unwrap();
+    sim.install_crd(crd).unwrap();
+    sim
+}
+
+pub fn client_for(sim: &Sim) -> Client {
+    let config = kube::Config::new(sim.url().parse().unwrap());
+    Client::try_from(config).unwrap()
+}
+
+/// The real controller, in this process, against the stand-in. Abort the handle to "kill" it.
+pub fn spawn_operator(sim: &Sim) -> tokio::task::JoinHandle<()> {
+    let client = client_for(sim);
+    tokio::spawn(apikey_rotator::controller::run(
+        client,
+        Some(NS.into()),
+        std::future::pending(),
+    ))
+}
+
+/// A Sirius Deployment reading the key as env var and as a mounted file from one Secret.
+pub fn sirius_deployment(name: &str, replicas: i64) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": [{
+                        "name": name,
+                        "image": format!("ghcr.io/siriusscan/{name}:1.1"),
+                        "env": [
+                            {"name": "SIRIUS_API_KEY", "valueFrom": {"secretKeyRef": {"name": "sirius-api-key", "key": "SIRIUS_API_KEY"}}},
+                            {"name": "SIRIUS_API_KEY_FILE", "value": "/run/secrets/sirius_api_key"},
+                        ],
+                        "volumeMounts": [{"name": "api-key", "mountPath": "/run/secrets/sirius_api_key", "subPath": "SIRIUS_API_KEY", "readOnly": true}],
+                    }],
+                    "volumes": [{"name": "api-key", "secret": {"secretName": "sirius-api-key"}}],
+                },
+            },
+        },
+    })
+}
+
+pub fn consumer_secret(key: &RawKey) -> Value {
+    use base64::Engine;
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "sirius-api-key", "namespace": NS},
+        "type": "Opaque",
+        "data": {
+            "SIRIUS_API_KEY": base64::engine::general_purpose::STANDARD.encode(key.expose()),
+            "OTHER": base64::engine::general_purpose::STANDARD.encode("kept"),
+        },
+    })
+}
+
+pub fn rotation(valkey_url: &str, extra_spec: Value) -> Value {
+    let mut spec = json!({
+        "valkey": {"url": valkey_url},
+        "validationWindowSeconds": 1,
+        "revokeRecheckSeconds": 1,
+        "progressDeadlineSeconds": 30,
+    });
+    json_patch::merge(&mut spec, &extra_spec);
+    json!({
+        "apiVersion": "keys.siriusscan.io/v1alpha1",
+        "kind": "ApiKeyRotation",
+        "metadata": {"name": "sirius", "namespace": NS},
+        "spec": spec,
+    })
+}
+
+/// Creates the three Sirius Deployments and waits until their first rollout completed.
+pub async fn deploy_sirius(sim: &Sim, replicas: i64) {
+    for name in ["sirius-api", "sirius-ui", "sirius-engine"] {
+        sim.create_object(sirius_deployment(name, replicas))
+            .unwrap();
+    }
+    wait_for(Duration::from_secs(10), "initial rollouts", || {
+        sim.rollouts()
+            .iter()
+            .filter(|r| r.completed_at_ms.is_some())
+            .count()
+            >= 3
+    })
+    .await;
+}
+
+pub async fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub fn akr_status(sim: &Sim) -> Value {
+    sim.get_object("keys.siriusscan.io", "apikeyrotations", NS, "sirius")
+        .map(|o| o["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+pub fn akr(sim: &Sim) -> ApiKeyRotation {
+    serde_json::from_value(
+        sim.get_object("keys.siriusscan.io", "apikeyrotations", NS, "sirius")
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+pub fn secret_value(sim: &Sim, name: &str, key: &str) -> Option<String> {
+    use base64::Engine;
+    let s = sim.get_object("", "secrets", NS, name)?;
+    let b = s["data"][key].as_str()?;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b).ok()?).ok()
+}
+
+pub fn events(sim: &Sim) -> Vec<Value> {
+    sim.list_objects("events.k8s.io", "events", Some(NS))
+}
+
+pub fn event_reasons(sim: &Sim) -> Vec<String> {
+    events(sim)
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .collect()
+}
