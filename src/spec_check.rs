@@ -31,12 +31,12 @@ pub fn problems(spec: &ApiKeyRotationSpec) -> Vec<String> {
                 t.name
             ));
         }
-        if let Some(d) = t.progress_deadline_seconds {
-            if !(10..=86400).contains(&d) {
-                out.push(format!(
-                    "spec.targets[{i}].progressDeadlineSeconds: {d} is outside 10..=86400"
-                ));
-            }
+        if let Some(d) = t.progress_deadline_seconds
+            && !(10..=86400).contains(&d)
+        {
+            out.push(format!(
+                "spec.targets[{i}].progressDeadlineSeconds: {d} is outside 10..=86400"
+            ));
         }
     }
     if !is_dns_subdomain(&spec.secret.name) {
@@ -118,12 +118,12 @@ pub fn problems(spec: &ApiKeyRotationSpec) -> Vec<String> {
             spec.revoke_recheck_seconds
         ));
     }
-    if let Some(i) = spec.rotation_interval_seconds {
-        if !(3600..=31_536_000).contains(&i) {
-            out.push(format!(
-                "spec.rotationIntervalSeconds: {i} is outside 3600..=31536000"
-            ));
-        }
+    if let Some(i) = spec.rotation_interval_seconds
+        && !(3600..=31_536_000).contains(&i)
+    {
+        out.push(format!(
+            "spec.rotationIntervalSeconds: {i} is outside 3600..=31536000"
+        ));
     }
     if !(1..=100).contains(&spec.history_limit) {
         out.push(format!(
@@ -176,7 +176,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(Box<dyn Fn(&mut ApiKeyRotationSpec)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut ApiKeyRotationSpec)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|s| s.targets.clear()), "spec.targets"),
             (
                 Box::new(|s| s.targets.push(s.targets[0].clone())),

@@ -224,8 +224,7 @@ impl DeploySim {
             if updated.len() < desired && active_total < desired + 1 {
                 // Surge one new pod; it reads the Secrets as they are now.
                 state.pod_counter += 1;
-                let secrets = read_pod_secrets(store, &ns, &template);
-                let startable = secrets.values().all(|v| v.is_some()) || !requires_all(&template);
+                let (secrets, startable) = read_pod_secrets(store, &ns, &template);
                 let ready_at =
                     (behavior == RolloutBehavior::Normal && startable).then(|| now + ready_after);
                 state.pods.push(Pod {
@@ -367,29 +366,18 @@ fn ns_of(d: &Value) -> String {
         .to_string()
 }
 
-/// Whether any secret reference is required (a missing required Secret keeps the pod from
-/// starting, as kubelet's CreateContainerConfigError does).
-fn requires_all(template: &Value) -> bool {
-    let containers = template["spec"]["containers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    containers.iter().any(|c| {
-        c["env"].as_array().is_some_and(|env| {
-            env.iter().any(|e| {
-                e["valueFrom"]["secretKeyRef"].is_object()
-                    && e["valueFrom"]["secretKeyRef"]["optional"] != json!(true)
-            })
-        })
-    })
-}
-
 /// What the pod's containers read from Secrets at start: env `secretKeyRef`, `envFrom` and
-/// secret volumes.
-fn read_pod_secrets(store: &Store, ns: &str, template: &Value) -> BTreeMap<String, Option<String>> {
+/// secret volumes; and whether the pod can start at all (a required Secret or key that is missing
+/// keeps it in CreateContainerConfigError or ContainerCreating, as kubelet does).
+fn read_pod_secrets(
+    store: &Store,
+    ns: &str,
+    template: &Value,
+) -> (BTreeMap<String, Option<String>>, bool) {
     let mut out = BTreeMap::new();
+    let mut startable = true;
     let Some(rt) = store.types.get(&resource_key("", "secrets")) else {
-        return out;
+        return (out, startable);
     };
     let secret_data = |name: &str| -> Option<BTreeMap<String, String>> {
         let secret = store.get(rt, ns, name).ok()?;
@@ -411,12 +399,15 @@ fn read_pod_secrets(store: &Store, ns: &str, template: &Value) -> BTreeMap<Strin
             let r = &e["valueFrom"]["secretKeyRef"];
             if let (Some(name), Some(key)) = (r["name"].as_str(), r["key"].as_str()) {
                 let value = secret_data(name).and_then(|d| d.get(key).cloned());
+                startable &= value.is_some() || r["optional"] == json!(true);
                 out.insert(format!("{name}/{key}"), value);
             }
         }
         for e in c["envFrom"].as_array().into_iter().flatten() {
             if let Some(name) = e["secretRef"]["name"].as_str() {
-                for (k, v) in secret_data(name).unwrap_or_default() {
+                let data = secret_data(name);
+                startable &= data.is_some() || e["secretRef"]["optional"] == json!(true);
+                for (k, v) in data.unwrap_or_default() {
                     out.insert(format!("{name}/{k}"), Some(v));
                 }
             }
@@ -424,11 +415,15 @@ fn read_pod_secrets(store: &Store, ns: &str, template: &Value) -> BTreeMap<Strin
     }
     for v in spec["volumes"].as_array().into_iter().flatten() {
         if let Some(name) = v["secret"]["secretName"].as_str() {
-            let data = secret_data(name).unwrap_or_default();
+            let data = secret_data(name);
+            startable &= data.is_some() || v["secret"]["optional"] == json!(true);
+            let data = data.unwrap_or_default();
             match v["secret"]["items"].as_array() {
                 Some(items) => {
                     for item in items {
                         if let Some(key) = item["key"].as_str() {
+                            startable &=
+                                data.contains_key(key) || v["secret"]["optional"] == json!(true);
                             out.insert(format!("{name}/{key}"), data.get(key).cloned());
                         }
                     }
@@ -441,5 +436,5 @@ fn read_pod_secrets(store: &Store, ns: &str, template: &Value) -> BTreeMap<Strin
             }
         }
     }
-    out
+    (out, startable)
 }

@@ -238,12 +238,13 @@ pub async fn handle(
                 Ok(o) => o,
                 Err(e) => return error_response(e),
             };
-            if let Some(body_ns) = object["metadata"]["namespace"].as_str() {
-                if target.rt.namespaced && body_ns != ns {
-                    return error_response(ApiError::bad_request(
-                        "the namespace of the provided object does not match the namespace sent on the request",
-                    ));
-                }
+            if let Some(body_ns) = object["metadata"]["namespace"].as_str()
+                && target.rt.namespaced
+                && body_ns != ns
+            {
+                return error_response(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
             }
             let mut store = shared.store.lock().unwrap();
             let w = Write {
@@ -517,10 +518,10 @@ fn filter_event(
     ns: Option<&str>,
     selectors: &Selectors,
 ) -> Option<Value> {
-    if let Some(ns) = ns {
-        if e.object["metadata"]["namespace"].as_str() != Some(ns) {
-            return None;
-        }
+    if let Some(ns) = ns
+        && e.object["metadata"]["namespace"].as_str() != Some(ns)
+    {
+        return None;
     }
     let now = selectors.matches(&e.object);
     let before = e.previous.as_ref().is_some_and(|p| selectors.matches(p));

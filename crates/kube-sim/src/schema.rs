@@ -46,10 +46,10 @@ impl Validator {
 fn to_json_schema(schema: &mut Value) {
     match schema {
         Value::Object(map) => {
-            if map.get("nullable") == Some(&Value::Bool(true)) {
-                if let Some(Value::String(t)) = map.get("type").cloned() {
-                    map.insert("type".into(), serde_json::json!([t, "null"]));
-                }
+            if map.get("nullable") == Some(&Value::Bool(true))
+                && let Some(Value::String(t)) = map.get("type").cloned()
+            {
+                map.insert("type".into(), serde_json::json!([t, "null"]));
             }
             if map.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
                 map.remove("type");

@@ -106,6 +106,8 @@ impl Store {
             ResourceType::builtin("", "v1", "events", "Event", true),
             ResourceType::builtin("", "v1", "namespaces", "Namespace", false),
             ResourceType::builtin("", "v1", "pods", "Pod", true),
+            ResourceType::builtin("", "v1", "services", "Service", true),
+            ResourceType::builtin("", "v1", "serviceaccounts", "ServiceAccount", true),
             ResourceType::builtin("events.k8s.io", "v1", "events", "Event", true),
             ResourceType::builtin("coordination.k8s.io", "v1", "leases", "Lease", true),
             ResourceType::builtin(
@@ -199,16 +201,16 @@ impl Store {
 
     fn validate(&self, rt: &ResourceType, name: &str, object: &Value) -> Result<(), ApiError> {
         let mut causes = Vec::new();
-        if rt.kind == "Secret" {
-            if let Some(data) = object.get("data").and_then(Value::as_object) {
-                for (k, v) in data {
-                    let ok = v.as_str().is_some_and(|s| crate::b64_decode(s).is_some());
-                    if !ok {
-                        causes.push((
-                            format!("data[{k}]"),
-                            "Invalid value: illegal base64 data".into(),
-                        ));
-                    }
+        if rt.kind == "Secret"
+            && let Some(data) = object.get("data").and_then(Value::as_object)
+        {
+            for (k, v) in data {
+                let ok = v.as_str().is_some_and(|s| crate::b64_decode(s).is_some());
+                if !ok {
+                    causes.push((
+                        format!("data[{k}]"),
+                        "Invalid value: illegal base64 data".into(),
+                    ));
                 }
             }
         }
@@ -305,10 +307,10 @@ impl Store {
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         object["metadata"]["managedFields"] =
             ownership.to_managed_fields(&rt.api_version(), &now_rfc3339());
-        if rt.kind == "CustomResourceDefinition" {
-            if let Some(new_type) = crate::schema::type_from_crd(&object) {
-                self.add_type(new_type);
-            }
+        if rt.kind == "CustomResourceDefinition"
+            && let Some(new_type) = crate::schema::type_from_crd(&object)
+        {
+            self.add_type(new_type);
         }
         self.objects.insert(
             key.clone(),
@@ -337,10 +339,10 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, w.name))?;
         let current = stored.object.clone();
         let mut ownership = stored.ownership.clone();
-        if let Some(rv) = precondition_rv.filter(|rv| !rv.is_empty()) {
-            if current["metadata"]["resourceVersion"].as_str() != Some(rv.as_str()) {
-                return Err(ApiError::conflict(&rt.group, &rt.plural, w.name));
-            }
+        if let Some(rv) = precondition_rv.filter(|rv| !rv.is_empty())
+            && current["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
+        {
+            return Err(ApiError::conflict(&rt.group, &rt.plural, w.name));
         }
         let proposed = mutate(&current, &mut ownership)?;
         let mut next = current.clone();

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what it needs (valkey-server), checks
+# formatting and lints, then runs every test (unit, stand-in, end-to-end with real Valkey).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/ensure-valkey.sh
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi

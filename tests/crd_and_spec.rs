@@ -1,0 +1,187 @@
+//! The shipped CRD, the examples, and how the operator treats a spec it cannot use.
+
+mod common;
+
+use apikey_rotator::key::RawKey;
+use common::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+#[test]
+fn crds_dir_holds_exactly_what_the_crd_command_prints() {
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/apikeyrotation.yaml"
+    ))
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apikey-rotator"))
+        .arg("crd")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        shipped,
+        "crds/ is stale: run `cargo run -- crd > crds/apikeyrotation.yaml`"
+    );
+}
+
+#[test]
+fn the_crd_declares_what_kubectl_shows() {
+    let crd: Value = serde_yaml::from_str(
+        apikey_rotator::crd::crd_yaml()
+            .split("---\n")
+            .nth(1)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(crd["spec"]["group"], "keys.siriusscan.io");
+    assert_eq!(crd["spec"]["names"]["shortNames"], json!(["akr"]));
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    assert!(version["subresources"]["status"].is_object());
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for c in [
+        "Phase",
+        "Active Key",
+        "Last Rotation",
+        "Next Rotation",
+        "Age",
+    ] {
+        assert!(columns.contains(&c), "{columns:?}");
+    }
+    let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(
+        spec["properties"]["targets"]["x-kubernetes-list-type"],
+        "map"
+    );
+    assert_eq!(
+        spec["properties"]["valkey"]["properties"]["url"]["pattern"],
+        "^(redis|rediss|valkey|valkeys)://[^\\s]+$"
+    );
+    assert_eq!(
+        spec["properties"]["key"]["properties"]["randomBytes"]["minimum"],
+        json!(16.0)
+    );
+    assert_eq!(spec["required"], json!(["valkey"]));
+}
+
+fn example_docs() -> Vec<(String, Value)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+            if !v.is_null() {
+                out.push((path.file_name().unwrap().to_string_lossy().into_owned(), v));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_example_manifest_is_accepted_by_the_api() {
+    let sim = start_sim().await;
+    let docs = example_docs();
+    assert!(docs.iter().any(|(_, d)| d["kind"] == "ApiKeyRotation"));
+    for (file, doc) in docs {
+        sim.create_object(doc.clone())
+            .unwrap_or_else(|e| panic!("{file}: {} {}: {e}", doc["kind"], doc["metadata"]["name"]));
+        if doc["kind"] == "ApiKeyRotation" {
+            let typed: apikey_rotator::crd::ApiKeyRotation = serde_json::from_value(doc).unwrap();
+            assert_eq!(
+                apikey_rotator::spec_check::problems(&typed.spec),
+                Vec::<String>::new(),
+                "{file}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_out_of_range_manifest_is_refused_with_a_readable_message() {
+    let sim = start_sim().await;
+    let mut doc = rotation(
+        "redis://sirius-valkey:6379",
+        json!({"key": {"randomBytes": 8}}),
+    );
+    doc["metadata"]["name"] = json!("weak");
+    let e = sim.create_object(doc).unwrap_err();
+    assert!(e.contains("spec.key.randomBytes") && e.contains("8"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_spec_is_degraded_with_a_reason_and_changes_nothing() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    sim.create_object(consumer_secret(&old)).unwrap();
+    deploy_sirius(&sim, 1).await;
+    // Valid for the schema, but the operator's prefix would make Sirius list its state as keys.
+    let doc = rotation(
+        &valkey.url(),
+        json!({"valkey": {"operatorPrefix": "apikey:rotator:"}}),
+    );
+    sim.create_object(doc).unwrap();
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(10), "Degraded InvalidSpec", || {
+        akr_status(&sim)["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["type"] == "Degraded" && c["status"] == "True" && c["reason"] == "InvalidSpec"
+            })
+        })
+    })
+    .await;
+    wait_for(Duration::from_secs(5), "the InvalidSpec Event", || {
+        event_reasons(&sim).iter().any(|r| r == "InvalidSpec")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    operator.abort();
+    let status = akr_status(&sim);
+    assert_eq!(status["phase"], "Degraded");
+    let degraded = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap();
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.valkey.operatorPrefix"),
+        "{degraded}"
+    );
+    assert_eq!(degraded["observedGeneration"], 1);
+    let warning = events(&sim)
+        .into_iter()
+        .find(|e| e["reason"] == "InvalidSpec")
+        .unwrap();
+    assert_eq!(warning["type"], "Warning");
+    // Nothing changed: no vault, the consumers' key untouched, nothing in Valkey, no restarts.
+    assert!(
+        sim.get_object("", "secrets", NS, "sirius-apikey-vault")
+            .is_none()
+    );
+    assert_eq!(
+        secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
+        Some(old.expose())
+    );
+    assert!(valkey.keys().is_empty(), "{:?}", valkey.keys());
+    assert!(sim.rollouts().iter().all(|r| r.revision == 1));
+}
