@@ -116,6 +116,12 @@ fn parse_ts(s: &Option<String>) -> Option<Timestamp> {
     s.as_deref().and_then(|s| s.parse().ok())
 }
 
+/// The end of a wait of `seconds` that began at a second-precision `stamp`: rounded up, so a wait
+/// that protects keys (validation, revocation re-check) is never shorter than asked.
+fn at_least(stamp: Timestamp, seconds: u32) -> Timestamp {
+    stamp + SignedDuration::from_secs(seconds as i64 + 1)
+}
+
 fn until(now: Timestamp, at: Timestamp) -> Duration {
     let d = at.duration_since(now);
     if d <= SignedDuration::ZERO {
@@ -690,7 +696,7 @@ fn rotating(
             ),
         );
     };
-    let window_end = started + SignedDuration::from_secs(o.spec.validation_window_seconds as i64);
+    let window_end = at_least(started, o.spec.validation_window_seconds);
     if now < window_end {
         r.step = Step::Validate;
         b.condition(
@@ -711,7 +717,7 @@ fn rotating(
     // Revoke, then confirm after a delay that the API's last-used rewrite did not bring it back.
     let old = vault.current.clone();
     r.step = Step::Revoke;
-    let recheck = SignedDuration::from_secs(o.spec.revoke_recheck_seconds as i64);
+    let recheck = SignedDuration::from_secs(o.spec.revoke_recheck_seconds as i64 + 1);
     match parse_ts(&r.revoked_at) {
         None => {
             r.revoked_at = Some(ts(now));

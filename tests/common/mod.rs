@@ -2,6 +2,8 @@
 //! real controller against both, and the Sirius fixtures.
 #![allow(dead_code)]
 
+pub mod sirius;
+
 use apikey_rotator::crd::{ApiKeyRotation, crd_yaml};
 use apikey_rotator::key::RawKey;
 use kube::Client;

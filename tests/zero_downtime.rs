@@ -1,0 +1,197 @@
+//! Zero downtime under both Sirius auth models, with and without the controller being killed at
+//! every step boundary and in the middle of steps.
+
+mod common;
+
+use apikey_rotator::key::RawKey;
+use common::sirius::{AuthModel, InvariantChecker, SECRET_REF, accepts, record_ids};
+use common::*;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube_sim::{Sim, SimOptions};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+struct Scenario {
+    sim: Arc<Sim>,
+    valkey: Arc<Valkey>,
+    checker: InvariantChecker,
+    old: RawKey,
+}
+
+async fn scenario(model: AuthModel) -> Scenario {
+    let valkey = Arc::new(Valkey::start());
+    let sim = Arc::new(
+        start_sim_with(SimOptions {
+            pod_ready_after: Duration::from_millis(80),
+            // Retired pods keep running (with the old key) a while after the rollout completes.
+            termination_grace: Duration::from_millis(300),
+            tick: Duration::from_millis(10),
+        })
+        .await,
+    );
+    // The checker also plays the v1.0 API's bootstrap, so it starts before the pods do.
+    let checker = InvariantChecker::start(sim.clone(), valkey.clone(), model);
+    let old = match model {
+        // v1.1: the installer's root key, which has no Valkey record.
+        AuthModel::RootKeyPlusValkey => RawKey::new("0123456789abcdef".repeat(4)),
+        // v1.0: the API writes the root key's record when it starts.
+        AuthModel::ValkeyOnly => RawKey::new(format!("sk_{}", "ab".repeat(32))),
+    };
+    sim.create_object(consumer_secret(&old)).unwrap();
+    deploy_sirius(&sim, 2).await;
+    if model == AuthModel::RootKeyPlusValkey {
+        assert!(record_ids(&valkey).is_empty());
+    }
+    let mut manifest = rotation(&valkey.url(), json!({"validationWindowSeconds": 1}));
+    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
+    sim.create_object(manifest).unwrap();
+    Scenario {
+        sim,
+        valkey,
+        checker,
+        old,
+    }
+}
+
+async fn wait_finished(sim: &Sim) {
+    wait_for(Duration::from_secs(90), "rotation 1 to finish", || {
+        akr_status(sim)["revision"] == json!(1)
+    })
+    .await;
+    // Let the retired pods finish terminating while the checker still samples.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+impl Scenario {
+    /// Stops sampling and checks the whole run: no 401 at any sample, exactly the old and the new
+    /// key ever held by a pod, and the end state (new key accepted, old key refused).
+    fn assert_zero_downtime(self, model: AuthModel) -> RawKey {
+        let (violations, samples, keys_seen) = self.checker.stop();
+        assert!(samples > 100, "the checker sampled only {samples} times");
+        assert!(
+            violations.is_empty(),
+            "{} 401s under {model:?}, first: {:?}",
+            violations.len(),
+            violations.first()
+        );
+        let new = RawKey::new(secret_value(&self.sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
+        assert_eq!(
+            keys_seen,
+            BTreeSet::from([self.old.expose().to_string(), new.expose().to_string()]),
+            "pods saw exactly the old and the new key"
+        );
+        let records = record_ids(&self.valkey);
+        let pods = self.sim.pods();
+        assert!(
+            pods.iter()
+                .all(|p| p.secrets.get(SECRET_REF).cloned().flatten().as_deref()
+                    == Some(new.expose()))
+        );
+        for api in pods.iter().filter(|p| p.deployment == "sirius-api") {
+            assert!(accepts(model, api, new.expose(), &records));
+            assert!(
+                !accepts(model, api, self.old.expose(), &records),
+                "the old key must be refused"
+            );
+        }
+        new
+    }
+}
+
+async fn zero_downtime(model: AuthModel) {
+    let s = scenario(model).await;
+    let operator = spawn_operator(&s.sim);
+    wait_finished(&s.sim).await;
+    operator.abort();
+    s.assert_zero_downtime(model);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_401_window_under_v1_0_valkey_only_auth() {
+    zero_downtime(AuthModel::ValkeyOnly).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_401_window_under_v1_1_root_key_auth() {
+    zero_downtime(AuthModel::RootKeyPlusValkey).await;
+}
+
+fn mutating_requests(sim: &Sim) -> u64 {
+    sim.request_counts()
+        .iter()
+        .filter(|((verb, _), _)| matches!(verb.as_str(), "create" | "update" | "patch" | "delete"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Kills the controller right after each of its writes (every step boundary) and, on a timer,
+/// in the middle of whatever it is doing; restarts it each time.
+async fn crash_everywhere(model: AuthModel) {
+    let s = scenario(model).await;
+    // Every version of the vault Secret, to count the keys ever minted.
+    let secrets: Api<Secret> = Api::namespaced(client_for(&s.sim), NS);
+    let vault_keys = Arc::new(Mutex::new(BTreeSet::new()));
+    let seen = vault_keys.clone();
+    let vault_watch = tokio::spawn(async move {
+        let config = watcher::Config::default().fields("metadata.name=sirius-apikey-vault");
+        let mut stream = watcher(secrets, config).applied_objects().boxed();
+        while let Some(Ok(secret)) = stream.next().await {
+            for (_, v) in secret.data.unwrap_or_default() {
+                seen.lock().unwrap().insert(String::from_utf8(v.0).unwrap());
+            }
+        }
+    });
+
+    let mut operator = spawn_operator(&s.sim);
+    let mut kills = 0;
+    let mut last_writes = mutating_requests(&s.sim);
+    let mut since_kill = tokio::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while akr_status(&s.sim)["revision"] != json!(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rotation did not finish under crashes: {}",
+            akr_status(&s.sim)
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let writes = mutating_requests(&s.sim);
+        let wrote = writes != last_writes;
+        // Mid-step kills, at a pace co-prime with the simulator's tick.
+        let timer = since_kill.elapsed() > Duration::from_millis(37 + (kills % 5) * 13);
+        if wrote || timer {
+            operator.abort();
+            let _ = operator.await;
+            kills += 1;
+            operator = spawn_operator(&s.sim);
+            last_writes = mutating_requests(&s.sim);
+            since_kill = tokio::time::Instant::now();
+        }
+    }
+    operator.abort();
+    wait_finished(&s.sim).await;
+    vault_watch.abort();
+    assert!(kills > 20, "only {kills} kills");
+    let old = s.old.clone();
+    let new = s.assert_zero_downtime(model);
+    let minted = vault_keys.lock().unwrap().clone();
+    assert_eq!(
+        minted,
+        BTreeSet::from([old.expose().to_string(), new.expose().to_string()]),
+        "exactly one new key was minted ({kills} kills)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_at_every_step_mint_one_key_and_keep_zero_downtime_v1_0() {
+    crash_everywhere(AuthModel::ValkeyOnly).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_at_every_step_mint_one_key_and_keep_zero_downtime_v1_1() {
+    crash_everywhere(AuthModel::RootKeyPlusValkey).await;
+}
