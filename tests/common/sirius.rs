@@ -82,25 +82,25 @@ impl InvariantChecker {
                 if model == AuthModel::ValkeyOnly {
                     // The v1.0 API bootstraps its own record at start-up.
                     for api in pods.iter().filter(|p| p.deployment == "sirius-api") {
-                        if bootstrapped.insert(api.name.clone()) {
-                            if let Some(Some(key)) = api.secrets.get(SECRET_REF) {
-                                let k = RawKey::new(key.clone());
-                                let record = apikey_rotator::sirius::record_json(
-                                    &k,
-                                    "root",
-                                    "system-bootstrap",
-                                    jiff::Timestamp::now(),
-                                );
-                                let _: Option<String> = redis::cmd("SET")
-                                    .arg(format!("apikey:{}", k.id()))
-                                    .arg(record)
-                                    .arg("NX")
-                                    .query(&mut valkey.conn())
-                                    .unwrap();
-                                valkey.set("apikey:bootstrap_complete", "true");
-                                // The API serves only after its bootstrap write.
-                                records = record_ids(&valkey);
-                            }
+                        if bootstrapped.insert(api.name.clone())
+                            && let Some(Some(key)) = api.secrets.get(SECRET_REF)
+                        {
+                            let k = RawKey::new(key.clone());
+                            let record = apikey_rotator::sirius::record_json(
+                                &k,
+                                "root",
+                                "system-bootstrap",
+                                jiff::Timestamp::now(),
+                            );
+                            let _: Option<String> = redis::cmd("SET")
+                                .arg(format!("apikey:{}", k.id()))
+                                .arg(record)
+                                .arg("NX")
+                                .query(&mut valkey.conn())
+                                .unwrap();
+                            valkey.set("apikey:bootstrap_complete", "true");
+                            // The API serves only after its bootstrap write.
+                            records = record_ids(&valkey);
                         }
                     }
                 }
