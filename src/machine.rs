@@ -460,6 +460,25 @@ fn rotating(
     }
     b.healthy();
 
+    // The old key stays valid until it is revoked: restore its record first if it was lost.
+    let revoking = r.revoked_at.is_some();
+    if !o.records.current && !revoking {
+        b.status.current_rotation = Some(r);
+        return b.plan(
+            Action::Register {
+                current: true,
+                pending: vault.pending.is_some() && !o.records.pending,
+            },
+            normal(
+                "KeyRegistered",
+                format!(
+                    "Wrote the Valkey record of the key consumers hold, {}.",
+                    vault.current.short()
+                ),
+            ),
+        );
+    }
+
     // Mint.
     let pending = match &vault.pending {
         Some((id, rev)) if *rev == r.revision => id.clone(),
@@ -490,10 +509,8 @@ fn rotating(
         );
     }
 
-    // Register both keys until the old one is revoked (this also repairs lost records).
-    let revoking = r.revoked_at.is_some();
-    let need_current = !o.records.current && !revoking;
-    if need_current || !o.records.pending {
+    // Register the new key (the old one's record is ensured above until it is revoked).
+    if !o.records.pending {
         r.step = r.step.max(Step::Register);
         b.condition(
             ROTATING,
@@ -504,8 +521,8 @@ fn rotating(
         b.status.current_rotation = Some(r);
         return b.plan(
             Action::Register {
-                current: need_current,
-                pending: !o.records.pending,
+                current: false,
+                pending: true,
             },
             normal(
                 "KeysRegistered",

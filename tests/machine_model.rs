@@ -1,0 +1,477 @@
+//! The pure state machine driven against an abstract world, over thousands of random runs with
+//! crashes (lost status writes, repeated actions), slow and failing rollouts and lost Valkey
+//! records, checking the safety properties at every single step.
+
+use apikey_rotator::crd::{ApiKeyRotationSpec, ApiKeyRotationStatus};
+use apikey_rotator::key::KeyId;
+use apikey_rotator::machine::{
+    Action, ConsumerView, Observation, RecordView, TargetView, VaultView, decide,
+};
+use apikey_rotator::rollout::RolloutState;
+use jiff::{SignedDuration, Timestamp};
+use std::collections::BTreeSet;
+
+/// xorshift64*: deterministic per seed, no dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+#[derive(Clone)]
+struct Target {
+    annotation: Option<String>,
+    /// Key the running pods hold; during a rollout both the old and the new.
+    running: BTreeSet<String>,
+    rollout_done_at: Option<Timestamp>,
+    failing: bool,
+}
+
+struct World {
+    rng: Rng,
+    now: Timestamp,
+    spec: ApiKeyRotationSpec,
+    status: ApiKeyRotationStatus,
+    trigger: Option<String>,
+    vault: Option<VaultView>,
+    consumer: Option<String>,
+    records: BTreeSet<String>,
+    targets: Vec<Target>,
+    minted: Vec<String>,
+    all_complete_since: Option<Timestamp>,
+    counter: u64,
+}
+
+impl World {
+    fn new(seed: u64, adopt: bool) -> Self {
+        let spec: ApiKeyRotationSpec = serde_json::from_value(serde_json::json!({
+            "valkey": {"url": "redis://valkey:6379"},
+            "validationWindowSeconds": 30,
+            "revokeRecheckSeconds": 2,
+            "progressDeadlineSeconds": 120,
+        }))
+        .unwrap();
+        let initial = adopt.then(|| "k-initial".to_string());
+        let targets = spec
+            .targets
+            .iter()
+            .map(|_| Target {
+                annotation: None,
+                running: initial.iter().cloned().collect(),
+                rollout_done_at: None,
+                failing: false,
+            })
+            .collect();
+        Self {
+            rng: Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1),
+            now: "2026-11-25T12:00:00Z".parse().unwrap(),
+            spec,
+            status: ApiKeyRotationStatus::default(),
+            trigger: None,
+            vault: None,
+            consumer: initial,
+            records: BTreeSet::new(),
+            targets,
+            minted: Vec::new(),
+            all_complete_since: None,
+            counter: 0,
+        }
+    }
+
+    fn id(key: &str) -> KeyId {
+        KeyId(format!("id-{key}"))
+    }
+
+    fn observe(&self) -> Observation {
+        Observation {
+            generation: Some(1),
+            spec: self.spec.clone(),
+            status: self.status.clone(),
+            trigger: self.trigger.clone(),
+            now: self.now,
+            vault: self.vault.clone(),
+            consumer: match &self.consumer {
+                None => ConsumerView::Missing,
+                Some(k) => ConsumerView::Holds(Some(Self::id(k))),
+            },
+            records: RecordView {
+                current: self
+                    .vault
+                    .as_ref()
+                    .is_some_and(|v| self.records.contains(&v.current.0)),
+                pending: self
+                    .vault
+                    .as_ref()
+                    .and_then(|v| v.pending.as_ref())
+                    .is_some_and(|(p, _)| self.records.contains(&p.0)),
+            },
+            targets: self
+                .targets
+                .iter()
+                .map(|t| TargetView::Found {
+                    paused: false,
+                    annotation: t.annotation.clone(),
+                    rollout: match (t.rollout_done_at, t.failing) {
+                        (_, true) => RolloutState::Failed("ProgressDeadlineExceeded".into()),
+                        (Some(at), _) if at <= self.now => RolloutState::Complete,
+                        (None, _) => RolloutState::Complete,
+                        _ => RolloutState::Progressing("rolling".into()),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    fn mint(&mut self) -> String {
+        self.counter += 1;
+        let k = format!("k{}", self.counter);
+        self.minted.push(k.clone());
+        k
+    }
+
+    fn key_of_id(&self, id: &KeyId) -> String {
+        id.0.strip_prefix("id-").unwrap().to_string()
+    }
+
+    fn advance(&mut self, secs: i64) {
+        self.now += SignedDuration::from_secs(secs);
+        // Finished rollouts: only the new key keeps running.
+        for t in &mut self.targets {
+            // A failed rollout recovers some time later (someone fixed the image).
+            if t.failing && self.rng.chance(5) {
+                t.failing = false;
+            }
+            if t.rollout_done_at.is_some_and(|at| at <= self.now) && !t.failing {
+                let latest = t
+                    .annotation
+                    .clone()
+                    .map(|id| id.strip_prefix("id-").unwrap().to_string());
+                if let Some(k) = latest {
+                    t.running = BTreeSet::from([k]);
+                }
+            }
+        }
+        let all_complete = self
+            .vault
+            .as_ref()
+            .and_then(|v| v.pending.as_ref())
+            .is_some_and(|(p, _)| {
+                self.targets.iter().all(|t| {
+                    t.annotation.as_deref() == Some(p.0.as_str())
+                        && t.running == BTreeSet::from([self.key_of_id(p)])
+                })
+            });
+        if !all_complete {
+            self.all_complete_since = None;
+        } else if self.all_complete_since.is_none() {
+            self.all_complete_since = Some(self.now);
+        }
+    }
+
+    /// Performs one action on the world; the safety properties are asserted here.
+    fn perform(&mut self, action: &Action) {
+        match action {
+            Action::CreateVault { adopt } => {
+                let key = match (adopt, &self.consumer) {
+                    (true, Some(k)) => k.clone(),
+                    _ => self.mint(),
+                };
+                if self.vault.is_none() {
+                    self.vault = Some(VaultView {
+                        current: Self::id(&key),
+                        pending: None,
+                    });
+                }
+            }
+            Action::Register { current, pending } => {
+                let v = self.vault.clone().unwrap();
+                if *current {
+                    self.records.insert(v.current.0.clone());
+                }
+                if let (true, Some((p, _))) = (*pending, &v.pending) {
+                    self.records.insert(p.0.clone());
+                }
+            }
+            Action::MintPending { revision } => {
+                let k = self.mint();
+                self.vault.as_mut().unwrap().pending = Some((Self::id(&k), *revision));
+            }
+            Action::WriteConsumer { pending } => {
+                let v = self.vault.clone().unwrap();
+                let id = if *pending {
+                    v.pending.unwrap().0
+                } else {
+                    v.current
+                };
+                // Never hand consumers a key that is not valid.
+                assert!(
+                    self.records.contains(&id.0),
+                    "consumers got {} before its record existed",
+                    id.0
+                );
+                self.consumer = Some(self.key_of_id(&id));
+            }
+            Action::Roll { index, key_id } => {
+                assert!(
+                    self.records.contains(&key_id.0),
+                    "rolled to an unregistered key"
+                );
+                assert_eq!(
+                    self.consumer.as_deref(),
+                    Some(self.key_of_id(key_id).as_str()),
+                    "rolled before the Secret switched"
+                );
+                for earlier in &self.targets[..*index] {
+                    assert_eq!(
+                        earlier.annotation.as_ref(),
+                        Some(&key_id.0),
+                        "target {index} rolled before an earlier one"
+                    );
+                    assert!(
+                        earlier.running == BTreeSet::from([self.key_of_id(key_id)]),
+                        "target {index} rolled before an earlier one completed"
+                    );
+                }
+                let duration = 1 + (self.rng.next() % 20) as i64;
+                let failing = self.rng.chance(10);
+                let k = self.key_of_id(key_id);
+                let t = &mut self.targets[*index];
+                t.annotation = Some(key_id.0.clone());
+                t.running.insert(k);
+                t.rollout_done_at = Some(self.now + SignedDuration::from_secs(duration));
+                t.failing = failing;
+            }
+            Action::Revoke { key_id } => {
+                let since = self
+                    .all_complete_since
+                    .expect("revoked before every target ran the new key");
+                assert!(
+                    self.now.duration_since(since)
+                        >= SignedDuration::from_secs(self.spec.validation_window_seconds as i64),
+                    "revoked before the validation window passed"
+                );
+                let revoked = self.key_of_id(key_id);
+                for t in &self.targets {
+                    assert!(
+                        !t.running.contains(&revoked),
+                        "revoked a key a target still runs"
+                    );
+                }
+                assert_ne!(self.consumer.as_deref(), Some(revoked.as_str()));
+                self.records.remove(&key_id.0);
+            }
+            Action::Promote => {
+                let v = self.vault.as_mut().unwrap();
+                if let Some((p, _)) = v.pending.take() {
+                    v.current = p;
+                }
+            }
+            Action::RecordHistory { .. } | Action::StatusOnly => {}
+            Action::Wait { requeue_after } => {
+                let secs = requeue_after
+                    .map(|d| d.as_secs().clamp(1, 30) as i64)
+                    .unwrap_or(30);
+                self.advance(secs);
+            }
+        }
+    }
+
+    /// Every key a pod holds is valid, once set-up registered the first key.
+    fn check_no_401(&self) {
+        if self.status.revision == 0 && self.status.current_rotation.is_none() {
+            return;
+        }
+        for t in &self.targets {
+            for k in &t.running {
+                assert!(
+                    self.records.contains(&Self::id(k).0),
+                    "a pod holds {k}, which has no record"
+                );
+            }
+        }
+    }
+}
+
+fn run(seed: u64, adopt: bool, crash_percent: u64, rotations: u64) -> World {
+    let mut w = World::new(seed, adopt);
+    let mut steps = 0;
+    let mut flushes = 0;
+    while w.status.revision < rotations {
+        steps += 1;
+        assert!(
+            steps < 20_000,
+            "seed {seed}: no progress, status {:?}",
+            w.status
+        );
+        if w.status.current_rotation.is_none()
+            && w.status.active_key_id.is_some()
+            && w.consumer.is_some()
+        {
+            w.trigger = Some(format!("t{}", w.status.revision + 1));
+        }
+        // Valkey data loss now and then.
+        if w.rng.chance(1) && flushes < 3 {
+            flushes += 1;
+            w.records.clear();
+            // The records come back before anyone notices: the next decision must re-register.
+            let plan = decide(&w.observe());
+            assert!(
+                matches!(
+                    plan.action,
+                    Action::Register { .. } | Action::CreateVault { .. }
+                ),
+                "seed {seed}: after a flush the machine did {:?}",
+                plan.action
+            );
+            w.perform(&plan.action);
+            w.status = plan.status;
+            continue;
+        }
+        let plan = decide(&w.observe());
+        // A crash may happen before the action (nothing done), or after it but before the status
+        // write; either way the next decision starts from the world as it is.
+        let crash = w.rng.next() % 100;
+        if crash < crash_percent / 2 {
+            continue;
+        }
+        w.perform(&plan.action);
+        if crash < crash_percent {
+            continue;
+        }
+        w.status = plan.status;
+        if flushes == 0 {
+            w.check_no_401();
+        }
+    }
+    w
+}
+
+#[test]
+fn thousands_of_runs_with_crashes_never_break_safety_and_always_finish() {
+    for seed in 0..2_000 {
+        let adopt = seed % 2 == 0;
+        let w = run(seed, adopt, 30, 3);
+        // One mint per rotation, plus the first key when there was nothing to adopt.
+        let expected = 3 + usize::from(!adopt);
+        assert_eq!(
+            w.minted.len(),
+            expected,
+            "seed {seed}: minted {:?}",
+            w.minted
+        );
+        let active = w.vault.as_ref().unwrap().current.clone();
+        assert_eq!(w.consumer.as_deref().map(World::id), Some(active.clone()));
+        assert_eq!(
+            w.records.iter().cloned().collect::<Vec<_>>(),
+            vec![active.0.clone()],
+            "seed {seed}: only the active key's record is left"
+        );
+    }
+}
+
+#[test]
+fn without_crashes_each_rotation_walks_the_steps_in_order() {
+    let mut w = World::new(7, true);
+    w.trigger = Some("go".into());
+    let mut actions = Vec::new();
+    while w.status.revision < 1 {
+        let plan = decide(&w.observe());
+        actions.push(match &plan.action {
+            Action::CreateVault { .. } => "vault".to_string(),
+            Action::Register { .. } => "register".into(),
+            Action::MintPending { .. } => "mint".into(),
+            Action::WriteConsumer { pending: true } => "switch".into(),
+            Action::WriteConsumer { pending: false } => "deliver".into(),
+            Action::Roll { index, .. } => format!("roll{index}"),
+            Action::Revoke { .. } => "revoke".into(),
+            Action::Promote => "promote".into(),
+            Action::RecordHistory { .. } => "history".into(),
+            Action::StatusOnly => continue_marker(),
+            Action::Wait { .. } => continue_marker(),
+        });
+        w.perform(&plan.action);
+        w.status = plan.status;
+        // The simulated rollouts never fail in this run.
+        w.targets.iter_mut().for_each(|t| t.failing = false);
+    }
+    actions.retain(|a| !a.is_empty());
+    actions.dedup();
+    assert_eq!(
+        actions,
+        [
+            "vault", "register", "mint", "register", "switch", "roll0", "roll1", "roll2", "revoke",
+            "promote", "history"
+        ],
+    );
+}
+
+fn continue_marker() -> String {
+    String::new()
+}
+
+#[test]
+fn a_new_trigger_token_means_exactly_one_rotation() {
+    let mut w = World::new(3, true);
+    w.trigger = Some("once".into());
+    for _ in 0..2_000 {
+        let plan = decide(&w.observe());
+        w.perform(&plan.action);
+        w.status = plan.status;
+        w.targets.iter_mut().for_each(|t| t.failing = false);
+    }
+    assert_eq!(w.status.revision, 1, "the same token never rotates twice");
+    assert_eq!(w.status.last_trigger.as_deref(), Some("once"));
+}
+
+#[test]
+fn suspend_holds_a_rotation_at_a_step_boundary_and_resume_finishes_it() {
+    let mut w = World::new(11, true);
+    w.trigger = Some("go".into());
+    // Run until the first target is rolling.
+    while !w.targets[0]
+        .annotation
+        .as_ref()
+        .is_some_and(|a| a.starts_with("id-k"))
+    {
+        let plan = decide(&w.observe());
+        w.perform(&plan.action);
+        w.status = plan.status;
+    }
+    w.spec.suspend = true;
+    let before: Vec<_> = w.targets.iter().map(|t| t.annotation.clone()).collect();
+    for _ in 0..200 {
+        let plan = decide(&w.observe());
+        assert!(
+            matches!(plan.action, Action::Wait { .. }),
+            "suspended but did {:?}",
+            plan.action
+        );
+        w.perform(&plan.action);
+        w.status = plan.status;
+    }
+    assert_eq!(
+        w.targets
+            .iter()
+            .map(|t| t.annotation.clone())
+            .collect::<Vec<_>>(),
+        before
+    );
+    w.spec.suspend = false;
+    w.targets.iter_mut().for_each(|t| t.failing = false);
+    for _ in 0..2_000 {
+        if w.status.revision == 1 {
+            break;
+        }
+        let plan = decide(&w.observe());
+        w.perform(&plan.action);
+        w.status = plan.status;
+    }
+    assert_eq!(w.status.revision, 1);
+}
