@@ -87,3 +87,129 @@ async fn rotation_completes_in_order_and_revokes_the_old_key() {
     println!("{}", serde_json::to_string_pretty(&status).unwrap());
     println!("{}", valkey.dump());
 }
+
+/// Captures every log line of the process (trace level), for the leak check.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_raw_key_reaches_logs_events_status_or_valkey() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+        .with_writer(move || writer.clone())
+        .init();
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = RawKey::new("fedcba9876543210".repeat(4));
+    sim.create_object(consumer_secret(&old)).unwrap();
+    deploy_sirius(&sim, 1).await;
+    let mut manifest = rotation(&valkey.url(), json!({}));
+    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "leak-check"});
+    sim.create_object(manifest).unwrap();
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(30), "rotation 1 to finish", || {
+        akr_status(&sim)["revision"] == json!(1)
+            && event_reasons(&sim).iter().any(|r| r == "RotationSucceeded")
+    })
+    .await;
+    operator.abort();
+    let new = RawKey::new(secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
+
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let events = serde_json::to_string(&events(&sim)).unwrap();
+    let status = akr_status(&sim).to_string();
+    let valkey_dump = valkey.dump();
+    assert!(
+        logs.lines().count() > 50,
+        "the log capture saw too little to prove anything"
+    );
+    assert!(
+        logs.contains(new.id().short()) || events.contains(new.id().short()),
+        "key ids are what we report"
+    );
+    for key in [&old, &new] {
+        // The raw value and its hex body (without the prefix) never appear.
+        let body = key.expose().trim_start_matches("sk_");
+        for (place, text) in [
+            ("logs", &logs),
+            ("Events", &events),
+            ("status", &status),
+            ("Valkey", &valkey_dump),
+        ] {
+            assert!(!text.contains(body), "a raw key reached the {place}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_record_that_comes_back_is_deleted_again() {
+    let valkey = std::sync::Arc::new(Valkey::start());
+    let sim = start_sim().await;
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    sim.create_object(consumer_secret(&old)).unwrap();
+    deploy_sirius(&sim, 1).await;
+    let mut manifest = rotation(&valkey.url(), json!({}));
+    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "x"});
+    sim.create_object(manifest).unwrap();
+    // Plays Sirius's last-used rewrite racing the revocation: once the old record is deleted,
+    // a request that was in flight writes it back.
+    let record = format!("apikey:{}", old.id());
+    let resurrector = {
+        let valkey = valkey.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !valkey.exists(&record) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            while valkey.exists(&record) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let json = apikey_rotator::sirius::record_json(
+                &old,
+                "root",
+                "system-bootstrap",
+                jiff::Timestamp::now(),
+            );
+            valkey.set(
+                &record,
+                &json.replace(
+                    "\"last_used_at\":\"\"",
+                    "\"last_used_at\":\"2026-11-25T00:00:00Z\"",
+                ),
+            );
+        })
+    };
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(30), "rotation 1 to finish", || {
+        akr_status(&sim)["revision"] == json!(1)
+    })
+    .await;
+    operator.abort();
+    resurrector.join().unwrap();
+    assert!(
+        event_reasons(&sim)
+            .iter()
+            .any(|r| r == "RevocationRepeated"),
+        "{:?}",
+        event_reasons(&sim)
+    );
+    assert!(
+        !valkey.exists(&format!(
+            "apikey:{}",
+            RawKey::new("0123456789abcdef".repeat(4)).id()
+        )),
+        "the old key stays revoked"
+    );
+}
