@@ -7,6 +7,8 @@
 
 pub mod controller;
 pub mod crd;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod key;
 pub mod keystore;
 pub mod machine;

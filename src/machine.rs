@@ -894,7 +894,10 @@ fn failed(
     r.target_index = index as u32;
     r.targets[progress].state = TargetState::Failed;
     r.targets[progress].message = Some(message.clone());
-    let text = format!("Rollout of {name} failed: {message}. The old key stays valid.");
+    let text = format!(
+        "Rollout of {name} failed: {}. The old key stays valid.",
+        message.trim_end_matches('.')
+    );
     let event = if b.degraded_changed("RolloutFailed", &text) {
         warning("RolloutFailed", text.clone())
     } else {

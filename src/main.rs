@@ -23,6 +23,9 @@ enum Command {
     },
     /// Print the ApiKeyRotation CustomResourceDefinition (the content of crds/).
     Crd,
+    /// Run a full rotation on an embedded simulated cluster with a real valkey-server.
+    #[cfg(feature = "demo")]
+    Demo(apikey_rotator::demo::DemoArgs),
 }
 
 #[tokio::main]
@@ -31,6 +34,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Crd => {
             print!("{}", crd::crd_yaml());
             Ok(())
+        }
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => {
+            telemetry::init(telemetry::LogFormat::Text, "warn");
+            if apikey_rotator::demo::run(args).await? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
         }
         Command::Run {
             namespace,

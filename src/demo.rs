@@ -1,0 +1,432 @@
+//! `apikey-rotator demo`: the whole job on an embedded cluster. The same API stand-in and
+//! Deployment simulator the tests use, a real valkey-server on a loopback port, and the real
+//! controller, with a live view of the rotation. Built only with the `demo` feature.
+
+use crate::crd::{ApiKeyRotation, crd_yaml};
+use crate::key::RawKey;
+use kube_sim::{RolloutBehavior, Sim, SimOptions};
+use serde_json::{Value, json};
+use std::io::{IsTerminal, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NS: &str = "sirius";
+const TARGETS: [&str; 3] = ["sirius-api", "sirius-ui", "sirius-engine"];
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Make this target's rollout fail (its pods never become ready).
+    #[arg(long, value_name = "DEPLOYMENT")]
+    pub fail_at: Option<String>,
+    /// Replicas per Deployment.
+    #[arg(long, default_value_t = 2)]
+    pub replicas: u32,
+    /// Seconds a new pod takes to become ready.
+    #[arg(long, default_value_t = 0.6)]
+    pub pod_ready_seconds: f64,
+    /// Seconds both keys stay valid after the last target finished.
+    #[arg(long, default_value_t = 2)]
+    pub validation_window: u32,
+}
+
+struct Valkey {
+    child: Child,
+    port: u16,
+    _dir: tempfile_dir::Dir,
+}
+
+mod tempfile_dir {
+    /// A private working directory for valkey-server, removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> std::io::Result<Self> {
+            let path =
+                std::env::temp_dir().join(format!("apikey-rotator-demo-{}", std::process::id()));
+            std::fs::create_dir_all(&path)?;
+            Ok(Self(path))
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Drop for Valkey {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_valkey() -> anyhow::Result<Valkey> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir = tempfile_dir::Dir::new()?;
+    let child = Command::new("valkey-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&dir.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "valkey-server could not start ({e}); install it with scripts/ensure-valkey.sh"
+            )
+        })?;
+    let valkey = Valkey {
+        child,
+        port,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut c) = redis::Client::open(valkey.url()).and_then(|c| c.get_connection())
+            && redis::cmd("PING").query::<String>(&mut c).is_ok()
+        {
+            return Ok(valkey);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "valkey-server did not answer on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Valkey {
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+fn deployment(name: &str, replicas: u32) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "progressDeadlineSeconds": 5,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": [{"name": name, "image": format!("ghcr.io/siriusscan/{name}:latest"),
+                        "env": [{"name": "SIRIUS_API_KEY", "valueFrom": {"secretKeyRef": {"name": "sirius-api-key", "key": "SIRIUS_API_KEY"}}}]}],
+                },
+            },
+        },
+    })
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
+    if let Some(target) = &args.fail_at {
+        anyhow::ensure!(
+            TARGETS.contains(&target.as_str()),
+            "--fail-at must be one of {TARGETS:?}, got {target:?}"
+        );
+    }
+    let valkey = start_valkey()?;
+    let sim = Sim::start(SimOptions {
+        pod_ready_after: Duration::from_secs_f64(args.pod_ready_seconds.max(0.05)),
+        termination_grace: Duration::from_millis(300),
+        tick: Duration::from_millis(20),
+    })
+    .await?;
+    let crd: Value = serde_yaml::from_str(crd_yaml().split("---\n").nth(1).unwrap_or_default())?;
+    sim.install_crd(crd).map_err(anyhow::Error::msg)?;
+    sim.create_object(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
+        .map_err(anyhow::Error::msg)?;
+
+    // A Sirius v1.1 install: the installer's root key, with no Valkey record.
+    let old =
+        RawKey::mint("", 32).map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(old.expose());
+    sim.create_object(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sirius-api-key", "namespace": NS},
+        "data": {"SIRIUS_API_KEY": encoded}}))
+        .map_err(anyhow::Error::msg)?;
+    for name in TARGETS {
+        sim.create_object(deployment(name, args.replicas))
+            .map_err(anyhow::Error::msg)?;
+    }
+    println!(
+        "Embedded cluster up: API stand-in {} , valkey-server on 127.0.0.1:{}",
+        sim.url(),
+        valkey.port
+    );
+    println!(
+        "Starting Sirius (sirius-api, sirius-ui, sirius-engine, {} replicas each) ...",
+        args.replicas
+    );
+    let start = Instant::now();
+    while sim
+        .rollouts()
+        .iter()
+        .filter(|r| r.completed_at_ms.is_some())
+        .count()
+        < TARGETS.len()
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "the simulated Deployments did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(target) = &args.fail_at {
+        sim.set_rollout_behavior(NS, target, RolloutBehavior::Stall);
+        println!("(--fail-at {target}: its new pods will never become ready)");
+    }
+
+    let manifest = json!({
+        "apiVersion": "keys.siriusscan.io/v1alpha1", "kind": "ApiKeyRotation",
+        "metadata": {"name": "sirius", "namespace": NS, "annotations": {"keys.siriusscan.io/rotate": "demo"}},
+        "spec": {"valkey": {"url": valkey.url()}, "validationWindowSeconds": args.validation_window, "revokeRecheckSeconds": 1, "progressDeadlineSeconds": 30},
+    });
+    sim.create_object(manifest).map_err(anyhow::Error::msg)?;
+    println!(
+        "Applied ApiKeyRotation sirius/sirius (manual trigger \"demo\"); old key {}\n",
+        old.id().short()
+    );
+
+    let client = kube::Client::try_from(kube::Config::new(sim.url().parse()?))?;
+    let operator = tokio::spawn(crate::controller::run(
+        client,
+        Some(NS.into()),
+        std::future::pending(),
+    ));
+    let began = Instant::now();
+    let mut view = LiveView::new();
+    let outcome = loop {
+        let rotation: ApiKeyRotation = serde_json::from_value(
+            sim.get_object("keys.siriusscan.io", "apikeyrotations", NS, "sirius")
+                .unwrap_or_default(),
+        )?;
+        view.draw(&sim, &rotation, began.elapsed());
+        let status = rotation.status.clone().unwrap_or_default();
+        if status.revision >= 1 {
+            break Outcome::Succeeded(rotation);
+        }
+        let failed = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "RolloutFailed");
+        if failed {
+            break Outcome::Failed(rotation);
+        }
+        if began.elapsed() > Duration::from_secs(120) {
+            break Outcome::Failed(rotation);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    operator.abort();
+    println!();
+    Ok(summary(&sim, &valkey, &old, outcome, began.elapsed()))
+}
+
+enum Outcome {
+    Succeeded(ApiKeyRotation),
+    Failed(ApiKeyRotation),
+}
+
+struct LiveView {
+    lines: usize,
+    tty: bool,
+    last: String,
+}
+
+impl LiveView {
+    fn new() -> Self {
+        Self {
+            lines: 0,
+            tty: std::io::stdout().is_terminal(),
+            last: String::new(),
+        }
+    }
+
+    fn draw(&mut self, sim: &Sim, rotation: &ApiKeyRotation, elapsed: Duration) {
+        let status = rotation.status.clone().unwrap_or_default();
+        let current = status.current_rotation.clone();
+        let step = current
+            .as_ref()
+            .map(|r| format!("{:?}", r.step))
+            .unwrap_or_else(|| {
+                if status.revision > 0 {
+                    "Done".into()
+                } else {
+                    "Starting".into()
+                }
+            });
+        let mut out = vec![format!(
+            "Rotation {}  step {:<9} phase {:<9} elapsed {:>5.1}s",
+            current
+                .as_ref()
+                .map(|r| r.revision)
+                .unwrap_or(status.revision.max(1)),
+            step,
+            status
+                .phase
+                .map(|p| format!("{p:?}"))
+                .unwrap_or_else(|| "-".into()),
+            elapsed.as_secs_f64()
+        )];
+        let pods = sim.pods();
+        for name in TARGETS {
+            let d = sim
+                .get_object("apps", "deployments", NS, name)
+                .unwrap_or_default();
+            let desired = d["spec"]["replicas"].as_u64().unwrap_or(1).max(1);
+            let rolled = d["spec"]["template"]["metadata"]["annotations"]
+                [crate::crd::ROLLOUT_ANNOTATION]
+                .as_str()
+                .map(str::to_string);
+            let new_id = current
+                .as_ref()
+                .and_then(|r| r.new_key_id.clone())
+                .or(status.active_key_id.clone());
+            let on_new = rolled.is_some() && rolled == new_id;
+            let latest = pods
+                .iter()
+                .filter(|p| p.deployment == name)
+                .map(|p| p.revision)
+                .max()
+                .unwrap_or(1);
+            let updated = if on_new {
+                pods.iter()
+                    .filter(|p| {
+                        p.deployment == name && p.revision == latest && p.ready && !p.terminating
+                    })
+                    .count() as u64
+            } else {
+                0
+            };
+            let state = current
+                .as_ref()
+                .and_then(|r| r.targets.iter().find(|t| t.name == name))
+                .map(|t| format!("{:?}", t.state))
+                .unwrap_or_else(|| {
+                    if status.revision > 0 {
+                        "Complete".into()
+                    } else {
+                        "Pending".into()
+                    }
+                });
+            let width = 24;
+            let filled = (updated.min(desired) * width / desired) as usize;
+            out.push(format!(
+                "  {name:<14} [{}{}] {updated}/{desired} on new key  {state}",
+                "#".repeat(filled),
+                ".".repeat(width as usize - filled)
+            ));
+        }
+        let text = out.join("\n");
+        if self.tty {
+            let mut stdout = std::io::stdout();
+            if self.lines > 0 {
+                let _ = write!(stdout, "\x1b[{}A", self.lines);
+            }
+            for line in &out {
+                let _ = writeln!(stdout, "\x1b[2K{line}");
+            }
+            let _ = stdout.flush();
+            self.lines = out.len();
+        } else {
+            // Without a terminal, print a new frame only when something other than time changed.
+            let key: String = text.lines().skip(1).collect::<Vec<_>>().join("\n") + &step;
+            if key != self.last {
+                println!("{text}\n");
+                self.last = key;
+            }
+        }
+    }
+}
+
+fn summary(sim: &Sim, valkey: &Valkey, old: &RawKey, outcome: Outcome, elapsed: Duration) -> bool {
+    let records: Vec<String> = redis::Client::open(valkey.url())
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("KEYS").arg("apikey:*").query(&mut c))
+        .unwrap_or_default();
+    let events = sim.list_objects("events.k8s.io", "events", Some(NS));
+    let mut events: Vec<(String, String, String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["eventTime"].as_str().unwrap_or("").to_string(),
+                e["type"].as_str().unwrap_or("").to_string(),
+                e["reason"].as_str().unwrap_or("").to_string(),
+                e["note"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    events.sort();
+    println!("Events:");
+    for (_, kind, reason, note) in &events {
+        println!("  {kind:<8} {reason:<20} {note}");
+    }
+    println!("\nValkey records (ids only; raw keys live only in Secrets):");
+    for r in &records {
+        println!("  {r}");
+    }
+    let rollouts = sim.rollouts();
+    match outcome {
+        Outcome::Succeeded(rotation) => {
+            let status = rotation.status.unwrap_or_default();
+            println!("\nRotation succeeded in {:.1}s.", elapsed.as_secs_f64());
+            println!(
+                "  old key {} -> revoked (no record left: Sirius answers 401)",
+                old.id().short()
+            );
+            println!(
+                "  new key {} -> active, delivered to Secret sirius-api-key",
+                status.active_key_id_short.unwrap_or_default()
+            );
+            println!("  rollout order (each started only after the previous completed):");
+            for name in TARGETS {
+                if let Some(r) = rollouts.iter().rev().find(|r| r.deployment == name) {
+                    let done = r
+                        .completed_at_ms
+                        .map(|c| format!("{} ms", c - r.template_changed_at_ms))
+                        .unwrap_or_else(|| "not completed".into());
+                    println!("    {name:<14} rolled out in {done}");
+                }
+            }
+            true
+        }
+        Outcome::Failed(rotation) => {
+            let status = rotation.status.unwrap_or_default();
+            let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded");
+            println!(
+                "\nRotation halted: {}",
+                degraded
+                    .map(|c| format!("{}: {}", c.reason, c.message))
+                    .unwrap_or_else(|| "timed out".into())
+            );
+            let old_record = records.iter().any(|r| r.ends_with(old.id().as_str()));
+            println!(
+                "  old key {} still valid: {}",
+                old.id().short(),
+                if old_record {
+                    "yes (its record stays until every consumer moved)"
+                } else {
+                    "NO"
+                }
+            );
+            println!(
+                "  nothing was revoked; pods still on the old key keep working. Fix the Deployment and the rotation resumes."
+            );
+            false
+        }
+    }
+}
