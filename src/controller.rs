@@ -12,13 +12,31 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
 
-/// Runs until `shutdown` resolves (or SIGTERM/SIGINT), finishing reconciles in flight.
+/// Where and how often to look.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch one namespace, or all.
+    pub namespace: Option<String>,
+    /// Reconcile quiet rotations this often (bounds how long Valkey data loss goes unnoticed).
+    pub resync: std::time::Duration,
+}
+
+impl Settings {
+    pub fn namespaced(ns: &str) -> Self {
+        Self {
+            namespace: Some(ns.to_string()),
+            resync: crate::reconciler::DEFAULT_RESYNC,
+        }
+    }
+}
+
+/// Runs until `shutdown` resolves, finishing reconciles in flight.
 pub async fn run(
     client: Client,
-    namespace: Option<String>,
+    settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (rotations, secrets, deployments) = match &namespace {
+    let (rotations, secrets, deployments) = match &settings.namespace {
         Some(ns) => (
             Api::<ApiKeyRotation>::namespaced(client.clone(), ns),
             Api::<Secret>::namespaced(client.clone(), ns),
@@ -30,7 +48,11 @@ pub async fn run(
             Api::all(client.clone()),
         ),
     };
-    let ctx = Arc::new(Context::new(client, std::env::var("POD_NAME").ok()));
+    let ctx = Arc::new(Context::new(
+        client,
+        std::env::var("POD_NAME").ok(),
+        settings.resync,
+    ));
     let controller = Controller::new(rotations, watcher::Config::default().any_semantic());
     let store = controller.store();
     let targets_of = store.clone();

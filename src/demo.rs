@@ -204,7 +204,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let client = kube::Client::try_from(kube::Config::new(sim.url().parse()?))?;
     let operator = tokio::spawn(crate::controller::run(
         client,
-        Some(NS.into()),
+        crate::controller::Settings::namespaced(NS),
         std::future::pending(),
     ));
     let began = Instant::now();

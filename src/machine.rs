@@ -61,6 +61,8 @@ pub struct Observation {
     pub now: Timestamp,
     pub vault: Option<VaultView>,
     pub consumer: ConsumerView,
+    /// Whether the consumers' Secret carries this operator's label (so its edits are watched).
+    pub consumer_labelled: bool,
     pub records: RecordView,
     pub targets: Vec<TargetView>,
 }
@@ -274,19 +276,31 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
         );
     }
     if !o.records.current {
-        b.status.phase = Some(Phase::Pending);
-        return b.plan(
-            Action::Register {
-                current: true,
-                pending: false,
-            },
+        let event = if o.status.active_key_id.is_some() {
+            // It was registered before: Valkey lost it (flush, restart without persistence).
+            warning(
+                "ValkeyStateRestored",
+                format!(
+                    "The Valkey record of the active key {} was gone; wrote it back.",
+                    vault.current.short()
+                ),
+            )
+        } else {
+            b.status.phase = Some(Phase::Pending);
             normal(
                 "KeyRegistered",
                 format!(
                     "Wrote the Valkey record of the active key {}.",
                     vault.current.short()
                 ),
-            ),
+            )
+        };
+        return b.plan(
+            Action::Register {
+                current: true,
+                pending: false,
+            },
+            event,
         );
     }
     if consumer_id(o) != Some(&vault.current) {
@@ -310,6 +324,10 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
             ),
         };
         return b.plan(Action::WriteConsumer { pending: false }, event);
+    }
+    if !o.consumer_labelled {
+        // Label the Secret (server-side apply of the same key) so edits to it are watched.
+        return b.plan(Action::WriteConsumer { pending: false }, None);
     }
 
     let active_since = parse_ts(&o.status.last_rotation_time)
@@ -469,10 +487,10 @@ fn rotating(
                 current: true,
                 pending: vault.pending.is_some() && !o.records.pending,
             },
-            normal(
-                "KeyRegistered",
+            warning(
+                "ValkeyStateRestored",
                 format!(
-                    "Wrote the Valkey record of the key consumers hold, {}.",
+                    "The Valkey record of the old key {}, which consumers still hold, was gone; wrote it back.",
                     vault.current.short()
                 ),
             ),
@@ -511,6 +529,24 @@ fn rotating(
 
     // Register the new key (the old one's record is ensured above until it is revoked).
     if !o.records.pending {
+        let event = if r.step > Step::Register {
+            warning(
+                "ValkeyStateRestored",
+                format!(
+                    "The Valkey record of the new key {} was gone; wrote it back.",
+                    pending.short()
+                ),
+            )
+        } else {
+            normal(
+                "KeysRegistered",
+                format!(
+                    "Both keys are valid: old {} and new {}.",
+                    vault.current.short(),
+                    pending.short()
+                ),
+            )
+        };
         r.step = r.step.max(Step::Register);
         b.condition(
             ROTATING,
@@ -524,14 +560,7 @@ fn rotating(
                 current: false,
                 pending: true,
             },
-            normal(
-                "KeysRegistered",
-                format!(
-                    "Both keys are valid: old {} and new {}.",
-                    vault.current.short(),
-                    pending.short()
-                ),
-            ),
+            event,
         );
     }
 

@@ -20,6 +20,10 @@ enum Command {
         log_format: telemetry::LogFormat,
         #[arg(long, default_value = "info", env = "LOG_LEVEL")]
         log_level: String,
+        /// Reconcile quiet rotations this often, in seconds (bounds how long Valkey data loss
+        /// goes unnoticed).
+        #[arg(long, default_value_t = 60, env = "RESYNC_SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+        resync_seconds: u64,
     },
     /// Print the ApiKeyRotation CustomResourceDefinition (the content of crds/).
     Crd,
@@ -48,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
             namespace,
             log_format,
             log_level,
+            resync_seconds,
         } => {
             telemetry::init(log_format, &log_level);
             let client = kube::Client::try_default().await?;
@@ -55,9 +60,30 @@ async fn main() -> anyhow::Result<()> {
                 namespace = namespace.as_deref().unwrap_or("(all)"),
                 "apikey-rotator starting"
             );
-            controller::run(client, namespace, std::future::pending()).await;
+            let settings = controller::Settings {
+                namespace,
+                resync: std::time::Duration::from_secs(resync_seconds),
+            };
+            controller::run(client, settings, shutdown_signal()).await;
             tracing::info!("apikey-rotator stopped");
             Ok(())
         }
     }
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C: stop taking work, let reconciles in flight finish.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested; finishing reconciles in flight");
 }

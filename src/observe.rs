@@ -70,6 +70,11 @@ pub async fn get_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>,
     api.get_opt(name).await
 }
 
+/// Whether this operator's label is on the Secret (it is what the Secret watch selects on).
+pub fn is_labelled(secret: Option<&Secret>) -> bool {
+    secret.is_some_and(|s| s.labels().contains_key(crate::crd::MANAGED_BY_LABEL))
+}
+
 pub fn consumer_view(secret: Option<&Secret>, key: &str) -> (ConsumerView, Option<RawKey>) {
     match secret {
         None => (ConsumerView::Missing, None),

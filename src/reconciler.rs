@@ -26,7 +26,7 @@ use tokio::sync::Mutex;
 
 pub const FIELD_MANAGER: &str = "apikey-rotator";
 /// How often a quiet rotation is looked at anyway (detects Valkey data loss and drift).
-pub const RESYNC: Duration = Duration::from_secs(60);
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
 /// Steps taken in one reconcile before yielding to other work.
 const MAX_STEPS_PER_RECONCILE: usize = 32;
 
@@ -62,18 +62,20 @@ impl Error {
 pub struct Context {
     pub client: Client,
     pub reporter: Reporter,
+    pub resync: Duration,
     stores: Mutex<HashMap<Endpoint, KeyStore>>,
     failures: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, instance: Option<String>) -> Self {
+    pub fn new(client: Client, instance: Option<String>, resync: Duration) -> Self {
         Self {
             client,
             reporter: Reporter {
                 controller: FIELD_MANAGER.into(),
                 instance,
             },
+            resync,
             stores: Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
         }
@@ -214,7 +216,8 @@ impl<'a> Reconciliation<'a> {
                 .await?;
             self.record(&plan, &store).await?;
             if let Some(requeue_after) = wait {
-                let delay = requeue_after.map(|d| d.min(RESYNC)).unwrap_or(RESYNC);
+                let resync = self.ctx.resync;
+                let delay = requeue_after.map(|d| d.min(resync)).unwrap_or(resync);
                 return Ok(Action::requeue(delay));
             }
         }
@@ -248,6 +251,7 @@ impl<'a> Reconciliation<'a> {
             now: jiff::Timestamp::now(),
             vault: vault.as_ref().map(Vault::view),
             consumer: consumer_view,
+            consumer_labelled: observe::is_labelled(consumer.as_ref()),
             records,
             targets,
         };

@@ -101,6 +101,7 @@ impl World {
                 None => ConsumerView::Missing,
                 Some(k) => ConsumerView::Holds(Some(Self::id(k))),
             },
+            consumer_labelled: true,
             records: RecordView {
                 current: self
                     .vault

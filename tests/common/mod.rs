@@ -77,6 +77,37 @@ impl Valkey {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Kills the server (its data, kept only in memory, is lost).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts an empty server on the same port again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Command::new("valkey-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(
+            self.wait_ready(),
+            "valkey-server did not come back on port {}",
+            self.port
+        );
+    }
+
     pub fn conn(&self) -> redis::Connection {
         redis::Client::open(self.url())
             .unwrap()
@@ -171,10 +202,18 @@ pub fn client_for(sim: &Sim) -> Client {
 
 /// The real controller, in this process, against the stand-in. Abort the handle to "kill" it.
 pub fn spawn_operator(sim: &Sim) -> tokio::task::JoinHandle<()> {
+    spawn_operator_with_resync(sim, apikey_rotator::reconciler::DEFAULT_RESYNC)
+}
+
+pub fn spawn_operator_with_resync(sim: &Sim, resync: Duration) -> tokio::task::JoinHandle<()> {
     let client = client_for(sim);
+    let settings = apikey_rotator::controller::Settings {
+        namespace: Some(NS.into()),
+        resync,
+    };
     tokio::spawn(apikey_rotator::controller::run(
         client,
-        Some(NS.into()),
+        settings,
         std::future::pending(),
     ))
 }

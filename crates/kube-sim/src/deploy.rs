@@ -206,6 +206,23 @@ impl DeploySim {
             p.terminating_since
                 .is_none_or(|t| now.duration_since(t) < grace)
         });
+        // Pods that could not start retry, as kubelet does: once their Secrets exist (read at
+        // that moment) and the rollout is no longer made to stall.
+        if behavior == RolloutBehavior::Normal {
+            let templates = &state.templates;
+            for pod in state
+                .pods
+                .iter_mut()
+                .filter(|p| p.ready_at.is_none() && p.terminating_since.is_none())
+            {
+                let (secrets, startable) =
+                    read_pod_secrets(store, &ns, &templates[(pod.revision - 1) as usize]);
+                if startable {
+                    pod.secrets = secrets;
+                    pod.ready_at = Some(now + ready_after);
+                }
+            }
+        }
         let is_ready =
             |p: &Pod| p.ready_at.is_some_and(|t| t <= now) && p.terminating_since.is_none();
         let active = |p: &Pod| p.terminating_since.is_none();

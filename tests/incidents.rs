@@ -1,0 +1,309 @@
+//! The runbook's incidents, handled by the operator by itself: Valkey outage and data loss,
+//! a deleted or edited consumers' Secret, missing and paused targets, a failed rollout.
+
+mod common;
+
+use apikey_rotator::key::RawKey;
+use common::*;
+use kube_sim::RolloutBehavior;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn condition(sim: &kube_sim::Sim, type_: &str) -> Value {
+    akr_status(sim)["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or(Value::Null)
+}
+
+fn degraded_reason(sim: &kube_sim::Sim) -> Option<String> {
+    let c = condition(sim, "Degraded");
+    (c["status"] == "True").then(|| c["reason"].as_str().unwrap_or("").to_string())
+}
+
+async fn ready_setup(
+    valkey: &Valkey,
+    trigger: Option<&str>,
+    extra: Value,
+) -> (kube_sim::Sim, RawKey) {
+    let sim = start_sim().await;
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    sim.create_object(consumer_secret(&old)).unwrap();
+    deploy_sirius(&sim, 1).await;
+    let mut manifest = rotation(&valkey.url(), extra);
+    if let Some(t) = trigger {
+        manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": t});
+    }
+    sim.create_object(manifest).unwrap();
+    (sim, old)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_data_loss_between_rotations_is_repaired_within_a_resync() {
+    let valkey = Valkey::start();
+    let (sim, old) = ready_setup(&valkey, None, json!({})).await;
+    let operator = spawn_operator_with_resync(&sim, Duration::from_secs(1));
+    let record = format!("apikey:{}", old.id());
+    wait_for(Duration::from_secs(10), "the adopted key's record", || {
+        valkey.exists(&record)
+    })
+    .await;
+    wait_for(Duration::from_secs(10), "Ready", || {
+        akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    valkey.flushall();
+    wait_for(
+        Duration::from_secs(5),
+        "the record to be written back",
+        || valkey.exists(&record),
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(5),
+        "the ValkeyStateRestored Event",
+        || {
+            event_reasons(&sim)
+                .iter()
+                .any(|r| r == "ValkeyStateRestored")
+        },
+    )
+    .await;
+    operator.abort();
+    assert_eq!(
+        akr_status(&sim)["phase"],
+        "Ready",
+        "a repaired record does not take the rotation out of Ready"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_down_blocks_every_step_that_needs_it_and_the_rotation_resumes_after() {
+    let mut valkey = Valkey::start();
+    let url = valkey.url();
+    valkey.stop();
+    let (sim, old) = ready_setup_with_url(&url, Some("now")).await;
+    let operator = spawn_operator(&sim);
+    wait_for(
+        Duration::from_secs(15),
+        "Degraded ValkeyUnavailable",
+        || degraded_reason(&sim).as_deref() == Some("ValkeyUnavailable"),
+    )
+    .await;
+    wait_for(Duration::from_secs(5), "the Warning Event", || {
+        event_reasons(&sim).iter().any(|r| r == "ValkeyUnavailable")
+    })
+    .await;
+    // Nothing moved: no key minted, no Secret switched, no restart.
+    assert_eq!(
+        secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
+        Some(old.expose())
+    );
+    assert!(sim.rollouts().iter().all(|r| r.revision == 1));
+    valkey.restart();
+    wait_for(
+        Duration::from_secs(60),
+        "the rotation after Valkey returned",
+        || akr_status(&sim)["revision"] == json!(1),
+    )
+    .await;
+    operator.abort();
+    assert_ne!(degraded_reason(&sim).as_deref(), Some("ValkeyUnavailable"));
+    let new = RawKey::new(secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
+    assert!(valkey.exists(&format!("apikey:{}", new.id())));
+}
+
+async fn ready_setup_with_url(url: &str, trigger: Option<&str>) -> (kube_sim::Sim, RawKey) {
+    let sim = start_sim().await;
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    sim.create_object(consumer_secret(&old)).unwrap();
+    deploy_sirius(&sim, 1).await;
+    let mut manifest = rotation(url, json!({}));
+    if let Some(t) = trigger {
+        manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": t});
+    }
+    sim.create_object(manifest).unwrap();
+    (sim, old)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_edited_consumer_secret_is_restored_to_the_active_key() {
+    let valkey = Valkey::start();
+    let (sim, old) = ready_setup(&valkey, None, json!({})).await;
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(10), "Ready", || {
+        akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+
+    sim.merge_patch_object(
+        "",
+        "secrets",
+        NS,
+        "sirius-api-key",
+        json!({"data": {"SIRIUS_API_KEY": "dGFtcGVyZWQ="}}),
+    )
+    .unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the edited Secret restored",
+        || secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref() == Some(old.expose()),
+    )
+    .await;
+    wait_for(Duration::from_secs(5), "SecretRestored", || {
+        event_reasons(&sim).iter().any(|r| r == "SecretRestored")
+    })
+    .await;
+
+    sim.delete_object("", "secrets", NS, "sirius-api-key")
+        .unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the deleted Secret recreated",
+        || secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref() == Some(old.expose()),
+    )
+    .await;
+    operator.abort();
+    let warning = events(&sim)
+        .into_iter()
+        .find(|e| e["reason"] == "SecretRestored")
+        .unwrap();
+    assert_eq!(warning["type"], "Warning");
+    assert!(
+        !warning.to_string().contains("dGFtcGVyZWQ") && !warning.to_string().contains("tampered"),
+        "no secret value in the Event"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rollout_halts_with_the_old_key_valid_and_resumes_when_it_recovers() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    sim.create_object(consumer_secret(&old)).unwrap();
+    for name in ["sirius-api", "sirius-ui", "sirius-engine"] {
+        let mut d = sirius_deployment(name, 1);
+        d["spec"]["progressDeadlineSeconds"] = json!(1);
+        sim.create_object(d).unwrap();
+    }
+    wait_for(Duration::from_secs(10), "initial rollouts", || {
+        sim.rollouts()
+            .iter()
+            .filter(|r| r.completed_at_ms.is_some())
+            .count()
+            >= 3
+    })
+    .await;
+    sim.set_rollout_behavior(NS, "sirius-ui", RolloutBehavior::Stall);
+    let mut manifest = rotation(&valkey.url(), json!({}));
+    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
+    sim.create_object(manifest).unwrap();
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(20), "Degraded RolloutFailed", || {
+        degraded_reason(&sim).as_deref() == Some("RolloutFailed")
+    })
+    .await;
+    let message = condition(&sim, "Degraded")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("sirius-ui") && message.contains("timed out progressing"),
+        "{message}"
+    );
+    assert_eq!(
+        akr_status(&sim)["currentRotation"]["targets"][1]["state"],
+        "Failed"
+    );
+    // The old key is still valid and sirius-engine was never touched.
+    assert!(valkey.exists(&format!("apikey:{}", old.id())));
+    assert!(
+        !sim.rollouts()
+            .iter()
+            .any(|r| r.deployment == "sirius-engine" && r.revision == 2)
+    );
+    wait_for(Duration::from_secs(5), "the Warning Event", || {
+        event_reasons(&sim).iter().any(|r| r == "RolloutFailed")
+    })
+    .await;
+
+    // Someone fixes the Deployment: the rotation picks up where it stopped.
+    sim.set_rollout_behavior(NS, "sirius-ui", RolloutBehavior::Normal);
+    wait_for(Duration::from_secs(30), "the rotation to finish", || {
+        akr_status(&sim)["revision"] == json!(1)
+    })
+    .await;
+    operator.abort();
+    assert!(!valkey.exists(&format!("apikey:{}", old.id())));
+    assert_eq!(degraded_reason(&sim), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_and_paused_targets_hold_the_rotation_with_a_clear_reason() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    sim.create_object(consumer_secret(&old)).unwrap();
+    for name in ["sirius-api", "sirius-ui"] {
+        sim.create_object(sirius_deployment(name, 1)).unwrap();
+    }
+    wait_for(Duration::from_secs(10), "initial rollouts", || {
+        sim.rollouts()
+            .iter()
+            .filter(|r| r.completed_at_ms.is_some())
+            .count()
+            >= 2
+    })
+    .await;
+    sim.merge_patch_object(
+        "apps",
+        "deployments",
+        NS,
+        "sirius-ui",
+        json!({"spec": {"paused": true}}),
+    )
+    .unwrap();
+    let mut manifest = rotation(&valkey.url(), json!({}));
+    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
+    sim.create_object(manifest).unwrap();
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(20), "Degraded TargetPaused", || {
+        degraded_reason(&sim).as_deref() == Some("TargetPaused")
+    })
+    .await;
+    assert!(
+        sim.rollouts()
+            .iter()
+            .all(|r| r.deployment != "sirius-ui" || r.revision == 1),
+        "a paused target is not touched"
+    );
+    sim.merge_patch_object(
+        "apps",
+        "deployments",
+        NS,
+        "sirius-ui",
+        json!({"spec": {"paused": false}}),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(20), "Degraded TargetNotFound", || {
+        degraded_reason(&sim).as_deref() == Some("TargetNotFound")
+    })
+    .await;
+    assert!(
+        condition(&sim, "Degraded")["message"]
+            .as_str()
+            .unwrap()
+            .contains("sirius-engine")
+    );
+    assert!(
+        valkey.exists(&format!("apikey:{}", old.id())),
+        "nothing is revoked while a target is missing"
+    );
+    sim.create_object(sirius_deployment("sirius-engine", 1))
+        .unwrap();
+    wait_for(Duration::from_secs(30), "the rotation to finish", || {
+        akr_status(&sim)["revision"] == json!(1)
+    })
+    .await;
+    operator.abort();
+}
