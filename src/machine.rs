@@ -943,3 +943,160 @@ fn failed(
         event,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::Condition;
+
+    fn idle_observation(interval: Option<u32>, active_since: &str, now: &str) -> Observation {
+        let mut spec: ApiKeyRotationSpec =
+            serde_json::from_value(serde_json::json!({"valkey": {"url": "redis://v:6379"}}))
+                .unwrap();
+        spec.rotation_interval_seconds = interval;
+        let key = KeyId("a".repeat(64));
+        Observation {
+            generation: Some(1),
+            targets: spec
+                .targets
+                .iter()
+                .map(|_| TargetView::Found {
+                    paused: false,
+                    annotation: None,
+                    rollout: RolloutState::Complete,
+                })
+                .collect(),
+            spec,
+            status: ApiKeyRotationStatus {
+                active_key_id: Some(key.0.clone()),
+                conditions: vec![Condition {
+                    type_: READY.into(),
+                    status: "True".into(),
+                    reason: "KeyActive".into(),
+                    message: String::new(),
+                    last_transition_time: active_since.into(),
+                    observed_generation: Some(1),
+                }],
+                ..Default::default()
+            },
+            trigger: None,
+            now: now.parse().unwrap(),
+            vault: Some(VaultView {
+                current: key.clone(),
+                pending: None,
+            }),
+            consumer: ConsumerView::Holds(Some(key)),
+            consumer_labelled: true,
+            records: RecordView {
+                current: true,
+                pending: false,
+            },
+        }
+    }
+
+    #[test]
+    fn the_interval_starts_a_rotation_when_due_and_waits_until_then() {
+        let o = idle_observation(Some(3600), "2026-11-25T10:00:00Z", "2026-11-25T10:30:00Z");
+        let plan = decide(&o);
+        assert_eq!(
+            plan.status.next_rotation_time.as_deref(),
+            Some("2026-11-25T11:00:00Z")
+        );
+        match plan.action {
+            Action::Wait {
+                requeue_after: Some(d),
+            } => assert!((1799..=1801).contains(&d.as_secs()), "{d:?}"),
+            other => panic!("expected a wait, got {other:?}"),
+        }
+        assert_eq!(plan.status.phase, Some(Phase::Ready));
+
+        let o = idle_observation(Some(3600), "2026-11-25T10:00:00Z", "2026-11-25T11:00:00Z");
+        let plan = decide(&o);
+        assert_eq!(plan.action, Action::StatusOnly);
+        let r = plan.status.current_rotation.unwrap();
+        assert_eq!(
+            (r.revision, r.trigger.as_str(), r.step),
+            (1, "Interval", Step::Mint)
+        );
+        assert_eq!(plan.event.unwrap().reason, "RotationStarted");
+    }
+
+    #[test]
+    fn the_last_rotation_time_anchors_the_interval() {
+        let mut o = idle_observation(Some(7200), "2026-11-01T00:00:00Z", "2026-11-25T10:30:00Z");
+        o.status.last_rotation_time = Some("2026-11-25T10:00:00Z".into());
+        let plan = decide(&o);
+        assert_eq!(
+            plan.status.next_rotation_time.as_deref(),
+            Some("2026-11-25T12:00:00Z")
+        );
+        assert!(matches!(plan.action, Action::Wait { .. }));
+    }
+
+    #[test]
+    fn without_an_interval_only_a_new_trigger_rotates() {
+        let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2027-11-25T10:00:00Z");
+        let plan = decide(&o);
+        assert_eq!(
+            plan.action,
+            Action::Wait {
+                requeue_after: None
+            }
+        );
+        assert_eq!(plan.status.next_rotation_time, None);
+        o.trigger = Some("t1".into());
+        let plan = decide(&o);
+        assert_eq!(plan.status.current_rotation.unwrap().trigger, "Manual:t1");
+        assert_eq!(plan.status.last_trigger.as_deref(), Some("t1"));
+        o.status.last_trigger = Some("t1".into());
+        assert!(
+            matches!(decide(&o).action, Action::Wait { .. }),
+            "the same token does not rotate again"
+        );
+    }
+
+    #[test]
+    fn suspend_keeps_a_due_rotation_from_starting() {
+        let mut o = idle_observation(Some(3600), "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+        o.spec.suspend = true;
+        o.trigger = Some("t".into());
+        let plan = decide(&o);
+        assert_eq!(
+            plan.action,
+            Action::Wait {
+                requeue_after: None
+            }
+        );
+        assert_eq!(plan.status.phase, Some(Phase::Suspended));
+        assert!(plan.status.current_rotation.is_none());
+    }
+
+    #[test]
+    fn an_unlabelled_consumer_secret_is_labelled_without_an_event() {
+        let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T10:00:01Z");
+        o.consumer_labelled = false;
+        let plan = decide(&o);
+        assert_eq!(plan.action, Action::WriteConsumer { pending: false });
+        assert_eq!(plan.event, None);
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_unchanged() {
+        let o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T10:05:00Z");
+        let plan = decide(&o);
+        let ready = plan
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .unwrap();
+        assert_eq!(ready.last_transition_time, "2026-11-25T10:00:00Z");
+        let types: Vec<_> = plan
+            .status
+            .conditions
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(types, [READY, ROTATING, DEGRADED]);
+    }
+}
