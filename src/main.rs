@@ -1,4 +1,4 @@
-use apikey_rotator::{controller, crd, telemetry};
+use apikey_rotator::{cli, controller, crd, telemetry};
 use clap::{Parser, Subcommand};
 
 /// Rotates the Sirius scanner's service API key with zero downtime.
@@ -27,6 +27,27 @@ enum Command {
     },
     /// Print the ApiKeyRotation CustomResourceDefinition (the content of crds/).
     Crd,
+    /// Show rotations: phase, active key id, last and next rotation, per-target progress, conditions.
+    Status {
+        /// Namespace to show (default: the kubeconfig's namespace).
+        #[arg(long, short = 'n', conflicts_with = "all_namespaces")]
+        namespace: Option<String>,
+        /// Show every namespace.
+        #[arg(long, short = 'A')]
+        all_namespaces: bool,
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: cli::Output,
+    },
+    /// Request one rotation now (sets the keys.siriusscan.io/rotate annotation to a new token).
+    Rotate {
+        /// The ApiKeyRotation's name.
+        name: String,
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        /// The token to set (default: the current time); each new token means one rotation.
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// Run a full rotation on an embedded simulated cluster with a real valkey-server.
     #[cfg(feature = "demo")]
     Demo(apikey_rotator::demo::DemoArgs),
@@ -37,6 +58,35 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => {
             print!("{}", crd::crd_yaml());
+            Ok(())
+        }
+        Command::Status {
+            namespace,
+            all_namespaces,
+            output,
+        } => {
+            let client = kube::Client::try_default().await?;
+            let scope = if all_namespaces {
+                cli::Scope::All
+            } else {
+                cli::Scope::Namespace(
+                    namespace.unwrap_or_else(|| client.default_namespace().to_string()),
+                )
+            };
+            print!("{}", cli::status(client, &scope, output).await?);
+            Ok(())
+        }
+        Command::Rotate {
+            name,
+            namespace,
+            token,
+        } => {
+            let client = kube::Client::try_default().await?;
+            let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+            let token = cli::rotate(client, &namespace, &name, token).await?;
+            println!(
+                "rotation of {namespace}/{name} requested (token {token}); watch it with `apikey-rotator status -n {namespace}`"
+            );
             Ok(())
         }
         #[cfg(feature = "demo")]

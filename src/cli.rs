@@ -1,0 +1,162 @@
+//! The commands a platform engineer runs against a cluster: `status` (a table or JSON of the
+//! rotations) and `rotate` (request one rotation now).
+
+use crate::crd::{ApiKeyRotation, TRIGGER_ANNOTATION, TargetState};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Which rotations to show.
+pub enum Scope {
+    Namespace(String),
+    All,
+}
+
+pub async fn status(client: Client, scope: &Scope, output: Output) -> anyhow::Result<String> {
+    let api: Api<ApiKeyRotation> = match scope {
+        Scope::Namespace(ns) => Api::namespaced(client, ns),
+        Scope::All => Api::all(client),
+    };
+    let mut rotations = api.list(&ListParams::default()).await?.items;
+    rotations.sort_by_key(|r| (r.namespace(), r.name_any()));
+    Ok(match output {
+        Output::Table => render_table(&rotations),
+        Output::Json => {
+            serde_json::to_string_pretty(&rotations.iter().map(summary_json).collect::<Vec<_>>())?
+                + "\n"
+        }
+    })
+}
+
+fn summary_json(r: &ApiKeyRotation) -> serde_json::Value {
+    let status = r.status.clone().unwrap_or_default();
+    json!({
+        "namespace": r.namespace(),
+        "name": r.name_any(),
+        "phase": status.phase,
+        "activeKeyId": status.active_key_id,
+        "previousKeyId": status.previous_key_id,
+        "revision": status.revision,
+        "lastRotationTime": status.last_rotation_time,
+        "nextRotationTime": status.next_rotation_time,
+        "currentRotation": status.current_rotation,
+        "conditions": status.conditions,
+    })
+}
+
+/// One row per rotation; per-target progress and conditions in compact columns.
+pub fn render_table(rotations: &[ApiKeyRotation]) -> String {
+    let mut rows = vec![
+        [
+            "NAMESPACE",
+            "NAME",
+            "PHASE",
+            "ACTIVE KEY",
+            "LAST ROTATION",
+            "NEXT ROTATION",
+            "STEP",
+            "TARGETS",
+            "CONDITIONS",
+        ]
+        .map(str::to_string),
+    ];
+    for r in rotations {
+        let status = r.status.clone().unwrap_or_default();
+        let current = status.current_rotation.as_ref();
+        let step = current
+            .map(|c| format!("{}:{:?}", c.revision, c.step))
+            .unwrap_or_else(|| "-".into());
+        let targets = r
+            .spec
+            .targets
+            .iter()
+            .map(|t| {
+                let state = current
+                    .and_then(|c| c.targets.iter().find(|p| p.name == t.name))
+                    .map(|p| match p.state {
+                        TargetState::Pending => "pending",
+                        TargetState::Rolling => "rolling",
+                        TargetState::Complete => "done",
+                        TargetState::Failed => "FAILED",
+                    })
+                    .unwrap_or(if status.revision > 0 { "done" } else { "-" });
+                format!("{}={state}", t.name)
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let conditions = status
+            .conditions
+            .iter()
+            .map(|c| {
+                if c.status == "True" {
+                    format!("{}({})", c.type_, c.reason)
+                } else {
+                    format!("!{}", c.type_)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        rows.push([
+            r.namespace().unwrap_or_default(),
+            r.name_any(),
+            status
+                .phase
+                .map(|p| format!("{p:?}"))
+                .unwrap_or_else(|| "-".into()),
+            status.active_key_id_short.unwrap_or_else(|| "-".into()),
+            status.last_rotation_time.unwrap_or_else(|| "-".into()),
+            status.next_rotation_time.unwrap_or_else(|| "-".into()),
+            step,
+            targets,
+            if conditions.is_empty() {
+                "-".into()
+            } else {
+                conditions
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Sets the trigger annotation to a new token: exactly one rotation follows. Returns the token.
+pub async fn rotate(
+    client: Client,
+    namespace: &str,
+    name: &str,
+    token: Option<String>,
+) -> anyhow::Result<String> {
+    let api: Api<ApiKeyRotation> = Api::namespaced(client, namespace);
+    let current = api.get(name).await?;
+    let token = token.unwrap_or_else(|| {
+        jiff::Timestamp::now()
+            .strftime("%Y%m%dT%H%M%S%.3fZ")
+            .to_string()
+    });
+    anyhow::ensure!(
+        current.annotations().get(TRIGGER_ANNOTATION) != Some(&token),
+        "token {token:?} was already requested; each token means one rotation, pick another"
+    );
+    let patch = json!({"metadata": {"annotations": {TRIGGER_ANNOTATION: token}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(token)
+}

@@ -1,0 +1,103 @@
+//! `apikey-rotator rotate` and `status` against the stand-in, with the real operator running.
+
+mod common;
+
+use apikey_rotator::cli::{self, Output, Scope};
+use apikey_rotator::key::RawKey;
+use common::*;
+use kube_sim::RolloutBehavior;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_requests_one_rotation_and_status_shows_finished_and_in_flight_rotations() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    sim.create_object(consumer_secret(&RawKey::new("0123456789abcdef".repeat(4))))
+        .unwrap();
+    deploy_sirius(&sim, 1).await;
+    sim.create_object(rotation(&valkey.url(), json!({})))
+        .unwrap();
+    let operator = spawn_operator(&sim);
+    let client = client_for(&sim);
+    wait_for(Duration::from_secs(10), "Ready", || {
+        akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+
+    let table = cli::status(client.clone(), &Scope::Namespace(NS.into()), Output::Table)
+        .await
+        .unwrap();
+    assert!(
+        table.lines().next().unwrap().starts_with("NAMESPACE  NAME"),
+        "{table}"
+    );
+    assert!(
+        table.contains("Ready(KeyActive)") && table.contains("sirius-api=-"),
+        "{table}"
+    );
+
+    let token = cli::rotate(client.clone(), NS, "sirius", None)
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(30), "rotation 1", || {
+        akr_status(&sim)["revision"] == json!(1)
+    })
+    .await;
+    assert_eq!(akr_status(&sim)["lastTrigger"], json!(token));
+    let finished = cli::status(client.clone(), &Scope::All, Output::Table)
+        .await
+        .unwrap();
+    let row = finished.lines().nth(1).unwrap();
+    assert!(row.starts_with("sirius     sirius  Ready"), "{finished}");
+    assert!(
+        row.contains("sirius-api=done,sirius-ui=done,sirius-engine=done"),
+        "{finished}"
+    );
+    let active = akr_status(&sim)["activeKeyIdShort"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(row.contains(&active), "{finished}");
+
+    // The same token again is refused; a new one starts rotation 2, held at sirius-engine.
+    assert!(
+        cli::rotate(client.clone(), NS, "sirius", Some(token))
+            .await
+            .is_err()
+    );
+    sim.set_rollout_behavior(NS, "sirius-engine", RolloutBehavior::Stall);
+    cli::rotate(client.clone(), NS, "sirius", Some("second".into()))
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "rotation 2 waiting on sirius-engine",
+        || akr_status(&sim)["currentRotation"]["targets"][2]["state"] == "Rolling",
+    )
+    .await;
+    let in_flight = cli::status(client.clone(), &Scope::Namespace(NS.into()), Output::Table)
+        .await
+        .unwrap();
+    let row = in_flight.lines().nth(1).unwrap();
+    assert!(
+        row.contains("Rotating") && row.contains("2:Roll"),
+        "{in_flight}"
+    );
+    assert!(
+        row.contains("sirius-api=done,sirius-ui=done,sirius-engine=rolling"),
+        "{in_flight}"
+    );
+    assert!(row.contains("Rotating(Roll)"), "{in_flight}");
+
+    let json_out = cli::status(client, &Scope::Namespace(NS.into()), Output::Json)
+        .await
+        .unwrap();
+    operator.abort();
+    let parsed: Value = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(parsed[0]["name"], "sirius");
+    assert_eq!(parsed[0]["revision"], 1);
+    assert_eq!(parsed[0]["currentRotation"]["revision"], 2);
+    assert_eq!(parsed[0]["currentRotation"]["step"], "Roll");
+    assert_eq!(parsed[0]["phase"], "Rotating");
+}
