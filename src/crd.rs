@@ -75,6 +75,12 @@ pub struct ApiKeyRotationSpec {
     #[schemars(range(min = 3600, max = 31536000))]
     pub rotation_interval_seconds: Option<u32>,
 
+    /// What a failed rollout does: `Halt` (default) keeps both keys valid and waits; `Rollback`
+    /// restores the old key in the Secret, rolls already-rolled targets back in reverse order and
+    /// removes the new key's record.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+
     /// No new rotation starts and a rotation in flight pauses at its next step boundary.
     #[serde(default)]
     pub suspend: bool,
@@ -187,6 +193,13 @@ pub struct RolloutTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 10, max = 86400))]
     pub progress_deadline_seconds: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum FailurePolicy {
+    #[default]
+    Halt,
+    Rollback,
 }
 
 #[derive(
@@ -338,6 +351,9 @@ pub struct RotationProgress {
     pub revoked_at: Option<String>,
     #[serde(default)]
     pub revoke_attempts: u32,
+    /// Set when the rotation failed under `failurePolicy: Rollback` and is being undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_back: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

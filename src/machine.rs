@@ -8,8 +8,8 @@
 //! show (timestamps, the rotation in flight).
 
 use crate::crd::{
-    ApiKeyRotationSpec, ApiKeyRotationStatus, Condition, Phase, RotationProgress, Step,
-    TargetProgress, TargetState,
+    ApiKeyRotationSpec, ApiKeyRotationStatus, Condition, FailurePolicy, Phase, RotationProgress,
+    Step, TargetProgress, TargetState,
 };
 use crate::key::KeyId;
 use crate::rollout::RolloutState;
@@ -83,8 +83,10 @@ pub enum Action {
     Revoke { key_id: KeyId },
     /// The vault's pending key becomes current; the old raw key is dropped.
     Promote,
-    /// Record the finished rotation in Valkey history.
-    RecordHistory { revision: u64 },
+    /// A rolled-back rotation drops the new raw key; the current one stays.
+    DropPending,
+    /// Record the finished rotation in Valkey history, with its result.
+    RecordHistory { revision: u64, result: &'static str },
     /// Nothing but the status (and event) to write; decide again right away.
     StatusOnly,
     /// Nothing to do until something changes or the time passes.
@@ -352,7 +354,14 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
         "KeyActive",
         format!("Key {} is registered and delivered.", vault.current.short()),
     );
-    b.healthy();
+    let rolled_back = o
+        .status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == DEGRADED && c.status == "True" && c.reason == ROLLED_BACK);
+    if !rolled_back {
+        b.healthy();
+    }
 
     if o.spec.suspend {
         b.status.phase = Some(Phase::Suspended);
@@ -370,7 +379,7 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
         .filter(|t| !t.is_empty() && o.status.last_trigger.as_ref() != Some(t));
     let trigger = match (manual, next) {
         (Some(token), _) => Some(format!("Manual:{token}")),
-        (None, Some(at)) if at <= now => Some("Interval".to_string()),
+        (None, Some(at)) if at <= now && !rolled_back => Some("Interval".to_string()),
         _ => None,
     };
     match trigger {
@@ -401,7 +410,11 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
             )
         }
         None => {
-            b.status.phase = Some(Phase::Ready);
+            b.status.phase = Some(if rolled_back {
+                Phase::Degraded
+            } else {
+                Phase::Ready
+            });
             b.plan(
                 Action::Wait {
                     requeue_after: next.map(|at| until(now, at)),
@@ -442,6 +455,7 @@ fn new_rotation(
         validation_started_at: None,
         revoked_at: None,
         revoke_attempts: 0,
+        rolling_back: None,
     }
 }
 
@@ -479,7 +493,8 @@ fn rotating(
     b.healthy();
 
     // The old key stays valid until it is revoked: restore its record first if it was lost.
-    let revoking = r.revoked_at.is_some();
+    // (During a rollback `revokedAt` tracks the new key's removal; the old key stays.)
+    let revoking = r.revoked_at.is_some() && r.rolling_back.is_none();
     if !o.records.current && !revoking {
         b.status.current_rotation = Some(r);
         return b.plan(
@@ -495,6 +510,10 @@ fn rotating(
                 ),
             ),
         );
+    }
+
+    if let Some(why) = r.rolling_back.clone() {
+        return rollback(o, vault, r, why, b);
     }
 
     // Mint.
@@ -678,7 +697,7 @@ fn rotating(
                     }
                 }
                 RolloutState::Failed(message) => {
-                    return failed(b, r, progress, i, target.name.clone(), message.clone());
+                    return failed(o, b, r, progress, i, target.name.clone(), message.clone());
                 }
                 RolloutState::Progressing(message) => {
                     let rolled_at = parse_ts(&r.targets[progress].rolled_at).unwrap_or(now);
@@ -688,7 +707,7 @@ fn rotating(
                             "deployment \"{}\" did not finish its rollout within {deadline}s: {message}",
                             target.name
                         );
-                        return failed(b, r, progress, i, target.name.clone(), message);
+                        return failed(o, b, r, progress, i, target.name.clone(), message);
                     }
                     r.step = Step::Roll;
                     r.targets[progress].state = TargetState::Rolling;
@@ -871,7 +890,10 @@ fn finish(o: &Observation, vault: &VaultView, r: RotationProgress, mut b: Status
         .unwrap_or("?")
         .to_string();
     b.plan(
-        Action::RecordHistory { revision },
+        Action::RecordHistory {
+            revision,
+            result: "Succeeded",
+        },
         normal(
             "RotationSucceeded",
             format!(
@@ -912,6 +934,7 @@ fn halted(
 /// A target's rollout failed: the old key stays valid, the rotation halts and reports. It
 /// resumes by itself if the Deployment later completes.
 fn failed(
+    o: &Observation,
     mut b: StatusBuilder,
     mut r: RotationProgress,
     progress: usize,
@@ -923,10 +946,27 @@ fn failed(
     r.target_index = index as u32;
     r.targets[progress].state = TargetState::Failed;
     r.targets[progress].message = Some(message.clone());
+    let rollback = o.spec.failure_policy == FailurePolicy::Rollback;
     let text = format!(
-        "Rollout of {name} failed: {}. The old key stays valid.",
-        message.trim_end_matches('.')
+        "Rollout of {name} failed: {}. {}",
+        message.trim_end_matches('.'),
+        if rollback {
+            "Rolling back to the old key."
+        } else {
+            "The old key stays valid."
+        }
     );
+    if rollback {
+        r.rolling_back = Some(text.clone());
+        r.validation_started_at = None;
+        r.revoked_at = None;
+        r.revoke_attempts = 0;
+        b.condition(DEGRADED, true, "RolloutFailed", text.clone());
+        b.condition(ROTATING, true, "RollingBack", text.clone());
+        b.status.phase = Some(Phase::Degraded);
+        b.status.current_rotation = Some(r);
+        return b.plan(Action::StatusOnly, warning("RolloutFailed", text));
+    }
     let event = if b.degraded_changed("RolloutFailed", &text) {
         warning("RolloutFailed", text.clone())
     } else {
@@ -943,6 +983,213 @@ fn failed(
         event,
     )
 }
+
+/// Undo a failed rotation (`failurePolicy: Rollback`): the old key back into the Secret, the
+/// targets that got the new key rolled back in reverse order (each after the previous completed),
+/// a validation window, then the new key's record removed and the new raw key dropped.
+fn rollback(
+    o: &Observation,
+    vault: &VaultView,
+    mut r: RotationProgress,
+    why: String,
+    mut b: StatusBuilder,
+) -> Plan {
+    let now = o.now;
+    let old = vault.current.clone();
+    b.status.phase = Some(Phase::Degraded);
+    b.condition(DEGRADED, true, "RolloutFailed", why.clone());
+    let new = match &vault.pending {
+        Some((id, rev)) if *rev == r.revision => id.clone(),
+        _ => return finish_rollback(o, r, why, b),
+    };
+    if !o.records.pending && r.revoked_at.is_none() {
+        b.status.current_rotation = Some(r);
+        return b.plan(
+            Action::Register {
+                current: false,
+                pending: true,
+            },
+            None,
+        );
+    }
+    if consumer_id(o) != Some(&old) {
+        b.condition(
+            ROTATING,
+            true,
+            "RollingBack",
+            format!("Restoring the old key in Secret {}.", o.spec.secret.name),
+        );
+        b.status.current_rotation = Some(r);
+        return b.plan(
+            Action::WriteConsumer { pending: false },
+            normal(
+                "SecretRolledBack",
+                format!(
+                    "Secret {} holds the old key {} again.",
+                    o.spec.secret.name,
+                    old.short()
+                ),
+            ),
+        );
+    }
+    for (i, target) in o.spec.targets.iter().enumerate().rev() {
+        let TargetView::Found {
+            annotation,
+            rollout,
+            ..
+        } = &o.targets[i]
+        else {
+            continue;
+        };
+        let progress = r.targets.iter().position(|t| t.name == target.name);
+        if annotation.as_deref() == Some(new.as_str()) {
+            if let Some(p) = progress {
+                r.targets[p].state = TargetState::Rolling;
+                r.targets[p].message = Some("rolling back to the old key".into());
+            }
+            r.target_index = i as u32;
+            b.condition(
+                ROTATING,
+                true,
+                "RollingBack",
+                format!("Rolling {} back to the old key.", target.name),
+            );
+            b.status.current_rotation = Some(r);
+            return b.plan(
+                Action::Roll {
+                    index: i,
+                    key_id: old.clone(),
+                },
+                normal(
+                    "TargetRolledBack",
+                    format!("Restarting Deployment {} with the old key.", target.name),
+                ),
+            );
+        }
+        let touched = progress.is_some_and(|p| r.targets[p].rolled_at.is_some());
+        if !touched {
+            continue;
+        }
+        match rollout {
+            RolloutState::Complete => {
+                if let Some(p) = progress.filter(|&p| r.targets[p].state != TargetState::Pending) {
+                    r.targets[p].state = TargetState::Pending;
+                    r.targets[p].message = Some("rolled back".into());
+                    b.status.current_rotation = Some(r);
+                    return b.plan(Action::StatusOnly, None);
+                }
+            }
+            RolloutState::Failed(message) | RolloutState::Progressing(message) => {
+                r.target_index = i as u32;
+                b.condition(
+                    ROTATING,
+                    true,
+                    "RollingBack",
+                    format!("Waiting for {} to roll back: {message}", target.name),
+                );
+                b.status.current_rotation = Some(r);
+                return b.plan(
+                    Action::Wait {
+                        requeue_after: Some(Duration::from_secs(60)),
+                    },
+                    None,
+                );
+            }
+        }
+    }
+    // Every consumer is back on the old key: keep the new one valid for the window, then remove it.
+    let Some(started) = parse_ts(&r.validation_started_at) else {
+        r.validation_started_at = Some(ts(now));
+        b.status.current_rotation = Some(r);
+        return b.plan(Action::StatusOnly, None);
+    };
+    let window_end = at_least(started, o.spec.validation_window_seconds);
+    if now < window_end {
+        b.condition(
+            ROTATING,
+            true,
+            "RollingBack",
+            format!(
+                "Every target runs the old key; removing the new key after {}.",
+                ts(window_end)
+            ),
+        );
+        b.status.current_rotation = Some(r);
+        return b.plan(
+            Action::Wait {
+                requeue_after: Some(until(now, window_end)),
+            },
+            None,
+        );
+    }
+    let recheck = SignedDuration::from_secs(o.spec.revoke_recheck_seconds as i64 + 1);
+    match parse_ts(&r.revoked_at) {
+        Some(at) if now < at + recheck => {
+            b.status.current_rotation = Some(r);
+            b.plan(
+                Action::Wait {
+                    requeue_after: Some(until(now, at + recheck)),
+                },
+                None,
+            )
+        }
+        Some(_) if !o.records.pending => {
+            b.status.current_rotation = Some(r);
+            b.plan(Action::DropPending, None)
+        }
+        _ => {
+            r.revoked_at = Some(ts(now));
+            r.revoke_attempts += 1;
+            b.status.current_rotation = Some(r);
+            b.plan(
+                Action::Revoke {
+                    key_id: new.clone(),
+                },
+                normal(
+                    "NewKeyRemoved",
+                    format!(
+                        "Deleted the Valkey record of the abandoned new key {}.",
+                        new.short()
+                    ),
+                ),
+            )
+        }
+    }
+}
+
+fn finish_rollback(
+    o: &Observation,
+    r: RotationProgress,
+    why: String,
+    mut b: StatusBuilder,
+) -> Plan {
+    let revision = r.revision;
+    b.status.revision = revision;
+    b.status.current_rotation = None;
+    b.status.phase = Some(Phase::Degraded);
+    b.condition(
+        ROTATING,
+        false,
+        "Idle",
+        format!("Rotation {revision} was rolled back."),
+    );
+    b.condition(
+        DEGRADED,
+        true,
+        ROLLED_BACK,
+        format!(
+            "Rotation {revision} was rolled back: {why} Automatic rotations wait for a new trigger."
+        ),
+    );
+    let _ = o;
+    b.plan(
+        Action::RecordHistory { revision, result: "RolledBack" },
+        warning("RotationRolledBack", format!("Rotation {revision} was rolled back; the old key is active and the new one is removed.")),
+    )
+}
+
+/// The Degraded reason a finished rollback leaves until the next rotation starts.
+pub const ROLLED_BACK: &str = "RolledBack";
 
 #[cfg(test)]
 mod tests {

@@ -330,16 +330,24 @@ impl<'a> Reconciliation<'a> {
                 data.insert(VAULT_CURRENT.to_string(), pending.clone());
                 self.replace_vault(vault, data, None).await?;
             }
-            Step::RecordHistory { revision } => {
+            Step::DropPending => {
+                let vault = need_vault()?;
+                if vault.pending.is_some() {
+                    let data = BTreeMap::from([(VAULT_CURRENT.to_string(), vault.current.clone())]);
+                    self.replace_vault(vault, data, None).await?;
+                }
+            }
+            Step::RecordHistory { revision, result } => {
                 let r = self.status.current_rotation.as_ref();
                 let entry = json!({
                     "revision": revision,
-                    "result": "Succeeded",
+                    "result": result,
                     "trigger": r.map(|r| r.trigger.clone()),
                     "oldKeyId": r.and_then(|r| r.old_key_id.clone()),
                     "newKeyId": r.and_then(|r| r.new_key_id.clone()),
                     "startedAt": r.map(|r| r.started_at.clone()),
-                    "finishedAt": plan.status.last_rotation_time,
+                    "finishedAt": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    "failure": r.and_then(|r| r.rolling_back.clone()),
                     "targets": r.map(|r| r.targets.clone()),
                 });
                 store

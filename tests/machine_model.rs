@@ -45,17 +45,24 @@ struct World {
     records: BTreeSet<String>,
     targets: Vec<Target>,
     minted: Vec<String>,
-    all_complete_since: Option<Timestamp>,
+    /// When each key was last held by a running pod.
+    last_run: std::collections::HashMap<String, Timestamp>,
+    rollbacks: usize,
     counter: u64,
 }
 
 impl World {
     fn new(seed: u64, adopt: bool) -> Self {
+        Self::with_policy(seed, adopt, "Halt")
+    }
+
+    fn with_policy(seed: u64, adopt: bool, policy: &str) -> Self {
         let spec: ApiKeyRotationSpec = serde_json::from_value(serde_json::json!({
             "valkey": {"url": "redis://valkey:6379"},
             "validationWindowSeconds": 30,
             "revokeRecheckSeconds": 2,
             "progressDeadlineSeconds": 120,
+            "failurePolicy": policy,
         }))
         .unwrap();
         let initial = adopt.then(|| "k-initial".to_string());
@@ -80,7 +87,8 @@ impl World {
             records: BTreeSet::new(),
             targets,
             minted: Vec::new(),
-            all_complete_since: None,
+            last_run: Default::default(),
+            rollbacks: 0,
             counter: 0,
         }
     }
@@ -159,20 +167,14 @@ impl World {
                 }
             }
         }
-        let all_complete = self
-            .vault
-            .as_ref()
-            .and_then(|v| v.pending.as_ref())
-            .is_some_and(|(p, _)| {
-                self.targets.iter().all(|t| {
-                    t.annotation.as_deref() == Some(p.0.as_str())
-                        && t.running == BTreeSet::from([self.key_of_id(p)])
-                })
-            });
-        if !all_complete {
-            self.all_complete_since = None;
-        } else if self.all_complete_since.is_none() {
-            self.all_complete_since = Some(self.now);
+        self.note_running();
+    }
+
+    fn note_running(&mut self) {
+        for t in &self.targets {
+            for k in &t.running {
+                self.last_run.insert(k.clone(), self.now);
+            }
         }
     }
 
@@ -229,35 +231,42 @@ impl World {
                     Some(self.key_of_id(key_id).as_str()),
                     "rolled before the Secret switched"
                 );
-                for earlier in &self.targets[..*index] {
-                    assert_eq!(
-                        earlier.annotation.as_ref(),
-                        Some(&key_id.0),
-                        "target {index} rolled before an earlier one"
-                    );
-                    assert!(
-                        earlier.running == BTreeSet::from([self.key_of_id(key_id)]),
-                        "target {index} rolled before an earlier one completed"
-                    );
+                let v = self.vault.clone().unwrap();
+                let rolling_back = v.current == *key_id;
+                if rolling_back {
+                    // Reverse order: no later target still runs the new template.
+                    let new = v.pending.unwrap().0;
+                    for later in &self.targets[*index + 1..] {
+                        assert_ne!(
+                            later.annotation.as_ref(),
+                            Some(&new.0),
+                            "target {index} rolled back before a later one"
+                        );
+                    }
+                } else {
+                    for earlier in &self.targets[..*index] {
+                        assert_eq!(
+                            earlier.annotation.as_ref(),
+                            Some(&key_id.0),
+                            "target {index} rolled before an earlier one"
+                        );
+                        assert!(
+                            earlier.running == BTreeSet::from([self.key_of_id(key_id)]),
+                            "target {index} rolled before an earlier one completed"
+                        );
+                    }
                 }
                 let duration = 1 + (self.rng.next() % 20) as i64;
-                let failing = self.rng.chance(10);
+                let failing = !rolling_back && self.rng.chance(10);
                 let k = self.key_of_id(key_id);
                 let t = &mut self.targets[*index];
                 t.annotation = Some(key_id.0.clone());
                 t.running.insert(k);
                 t.rollout_done_at = Some(self.now + SignedDuration::from_secs(duration));
                 t.failing = failing;
+                self.note_running();
             }
             Action::Revoke { key_id } => {
-                let since = self
-                    .all_complete_since
-                    .expect("revoked before every target ran the new key");
-                assert!(
-                    self.now.duration_since(since)
-                        >= SignedDuration::from_secs(self.spec.validation_window_seconds as i64),
-                    "revoked before the validation window passed"
-                );
                 let revoked = self.key_of_id(key_id);
                 for t in &self.targets {
                     assert!(
@@ -265,7 +274,19 @@ impl World {
                         "revoked a key a target still runs"
                     );
                 }
-                assert_ne!(self.consumer.as_deref(), Some(revoked.as_str()));
+                assert_ne!(
+                    self.consumer.as_deref(),
+                    Some(revoked.as_str()),
+                    "revoked the key the Secret holds"
+                );
+                if let Some(last) = self.last_run.get(&revoked) {
+                    let window =
+                        SignedDuration::from_secs(self.spec.validation_window_seconds as i64);
+                    assert!(
+                        self.now.duration_since(*last) >= window,
+                        "revoked {revoked} before the validation window passed"
+                    );
+                }
                 self.records.remove(&key_id.0);
             }
             Action::Promote => {
@@ -274,7 +295,13 @@ impl World {
                     v.current = p;
                 }
             }
-            Action::RecordHistory { .. } | Action::StatusOnly => {}
+            Action::DropPending => {
+                self.vault.as_mut().unwrap().pending = None;
+            }
+            Action::RecordHistory { result, .. } => {
+                self.rollbacks += usize::from(*result == "RolledBack");
+            }
+            Action::StatusOnly => {}
             Action::Wait { requeue_after } => {
                 let secs = requeue_after
                     .map(|d| d.as_secs().clamp(1, 30) as i64)
@@ -301,7 +328,17 @@ impl World {
 }
 
 fn run(seed: u64, adopt: bool, crash_percent: u64, rotations: u64) -> World {
-    let mut w = World::new(seed, adopt);
+    run_with_policy(seed, adopt, crash_percent, rotations, "Halt")
+}
+
+fn run_with_policy(
+    seed: u64,
+    adopt: bool,
+    crash_percent: u64,
+    rotations: u64,
+    policy: &str,
+) -> World {
+    let mut w = World::with_policy(seed, adopt, policy);
     let mut steps = 0;
     let mut flushes = 0;
     while w.status.revision < rotations {
@@ -378,6 +415,40 @@ fn thousands_of_runs_with_crashes_never_break_safety_and_always_finish() {
 }
 
 #[test]
+fn rollbacks_with_crashes_never_break_safety_and_leave_one_valid_key() {
+    let mut rolled_back = 0;
+    for seed in 0..1_000 {
+        let w = run_with_policy(seed, seed % 2 == 0, 30, 3, "Rollback");
+        rolled_back += w.rollbacks;
+        let active = w.vault.as_ref().unwrap().current.clone();
+        assert!(
+            w.vault.as_ref().unwrap().pending.is_none(),
+            "seed {seed}: a pending key was left behind"
+        );
+        assert_eq!(
+            w.consumer.as_deref().map(World::id),
+            Some(active.clone()),
+            "seed {seed}"
+        );
+        assert_eq!(
+            w.records.iter().cloned().collect::<Vec<_>>(),
+            vec![active.0.clone()],
+            "seed {seed}: only the active key's record is left"
+        );
+        for t in &w.targets {
+            assert!(
+                t.running.iter().all(|k| World::id(k) == active),
+                "seed {seed}: every target runs the active key"
+            );
+        }
+    }
+    assert!(
+        rolled_back > 50,
+        "rollbacks were exercised only {rolled_back} times"
+    );
+}
+
+#[test]
 fn without_crashes_each_rotation_walks_the_steps_in_order() {
     let mut w = World::new(7, true);
     w.trigger = Some("go".into());
@@ -394,6 +465,7 @@ fn without_crashes_each_rotation_walks_the_steps_in_order() {
             Action::Revoke { .. } => "revoke".into(),
             Action::Promote => "promote".into(),
             Action::RecordHistory { .. } => "history".into(),
+            Action::DropPending => "drop".into(),
             Action::StatusOnly => continue_marker(),
             Action::Wait { .. } => continue_marker(),
         });

@@ -195,3 +195,149 @@ async fn crashes_at_every_step_mint_one_key_and_keep_zero_downtime_v1_0() {
 async fn crashes_at_every_step_mint_one_key_and_keep_zero_downtime_v1_1() {
     crash_everywhere(AuthModel::RootKeyPlusValkey).await;
 }
+
+/// `failurePolicy: Rollback`: sirius-engine only works with the old key. The rotation must put
+/// the Secret and all three Deployments back on the old key, in reverse order, each after the
+/// previous completed, remove the new key, and never cause a 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_returns_everything_to_the_old_key_in_reverse_order_without_a_401() {
+    let model = AuthModel::RootKeyPlusValkey;
+    let valkey = Arc::new(Valkey::start());
+    let sim = Arc::new(
+        start_sim_with(SimOptions {
+            pod_ready_after: Duration::from_millis(80),
+            termination_grace: Duration::from_millis(300),
+            tick: Duration::from_millis(10),
+        })
+        .await,
+    );
+    let checker = InvariantChecker::start(sim.clone(), valkey.clone(), model);
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    sim.create_object(consumer_secret(&old)).unwrap();
+    for name in ["sirius-api", "sirius-ui", "sirius-engine"] {
+        let mut d = sirius_deployment(name, 2);
+        d["spec"]["progressDeadlineSeconds"] = json!(1);
+        sim.create_object(d).unwrap();
+    }
+    wait_for(Duration::from_secs(10), "initial rollouts", || {
+        sim.rollouts()
+            .iter()
+            .filter(|r| r.completed_at_ms.is_some())
+            .count()
+            >= 3
+    })
+    .await;
+    sim.set_rollout_behavior(
+        NS,
+        "sirius-engine",
+        kube_sim::RolloutBehavior::StallUnlessSecret(old.expose().to_string()),
+    );
+    let mut manifest = rotation(
+        &valkey.url(),
+        json!({"failurePolicy": "Rollback", "validationWindowSeconds": 1}),
+    );
+    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
+    sim.create_object(manifest).unwrap();
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(60), "the rollback to finish", || {
+        akr_status(&sim)["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Degraded" && c["reason"] == "RolledBack")
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    operator.abort();
+    let (violations, samples, keys_seen) = checker.stop();
+    assert!(samples > 100);
+    assert!(
+        violations.is_empty(),
+        "{} 401s, first: {:?}",
+        violations.len(),
+        violations.first()
+    );
+    assert_eq!(
+        keys_seen.len(),
+        2,
+        "pods saw the old and the abandoned new key"
+    );
+
+    // The Secret and every pod are back on the old key; only the old key's record is left.
+    assert_eq!(
+        secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
+        Some(old.expose())
+    );
+    assert!(
+        sim.pods()
+            .iter()
+            .all(|p| p.secrets.get(SECRET_REF).cloned().flatten().as_deref() == Some(old.expose()))
+    );
+    assert_eq!(
+        record_ids(&valkey),
+        [old.id().0.clone()].into_iter().collect()
+    );
+    let status = akr_status(&sim);
+    assert_eq!(status["activeKeyId"], json!(old.id().0));
+    assert_eq!(status["phase"], "Degraded");
+    assert!(status["currentRotation"].is_null());
+    let history = valkey.dump();
+    assert!(history.contains("\"result\":\"RolledBack\""), "{history}");
+    for r in [
+        "RolloutFailed",
+        "SecretRolledBack",
+        "TargetRolledBack",
+        "NewKeyRemoved",
+        "RotationRolledBack",
+    ] {
+        assert!(
+            event_reasons(&sim).iter().any(|x| x == r),
+            "missing Event {r}"
+        );
+    }
+
+    // Reverse order: engine, then ui (after engine completed), then api (after ui completed).
+    let rollouts = sim.rollouts();
+    let rollback = |name: &str| {
+        rollouts
+            .iter()
+            .filter(|r| r.deployment == name)
+            .max_by_key(|r| r.template_changed_at_ms)
+            .cloned()
+            .unwrap()
+    };
+    let (engine, ui, api) = (
+        rollback("sirius-engine"),
+        rollback("sirius-ui"),
+        rollback("sirius-api"),
+    );
+    assert!(
+        engine.completed_at_ms.unwrap() <= ui.template_changed_at_ms,
+        "{engine:?} {ui:?}"
+    );
+    assert!(
+        ui.completed_at_ms.unwrap() <= api.template_changed_at_ms,
+        "{ui:?} {api:?}"
+    );
+    assert!(api.completed_at_ms.is_some());
+
+    // A new trigger starts a fresh rotation (engine now works with any key).
+    sim.set_rollout_behavior(NS, "sirius-engine", kube_sim::RolloutBehavior::Normal);
+    let operator = spawn_operator(&sim);
+    sim.merge_patch_object(
+        "keys.siriusscan.io",
+        "apikeyrotations",
+        NS,
+        "sirius",
+        json!({"metadata": {"annotations": {"keys.siriusscan.io/rotate": "again"}}}),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(60), "rotation 2", || {
+        akr_status(&sim)["revision"] == json!(2) && akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    operator.abort();
+    assert_ne!(
+        secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
+        Some(old.expose())
+    );
+}

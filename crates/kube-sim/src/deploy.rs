@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum RolloutBehavior {
     /// New pods become ready after the configured delay.
     #[default]
@@ -15,6 +15,21 @@ pub enum RolloutBehavior {
     /// New pods never become ready: the rollout stalls and, after the Deployment's
     /// `progressDeadlineSeconds`, reports `ProgressDeadlineExceeded`.
     Stall,
+    /// Only pods that read this value from a Secret become ready (a release that works only with
+    /// a given key, as the engine exits on a refused key): a rollback to it succeeds.
+    StallUnlessSecret(String),
+}
+
+impl RolloutBehavior {
+    fn lets_ready(&self, secrets: &BTreeMap<String, Option<String>>) -> bool {
+        match self {
+            RolloutBehavior::Normal => true,
+            RolloutBehavior::Stall => false,
+            RolloutBehavior::StallUnlessSecret(value) => secrets
+                .values()
+                .any(|v| v.as_deref() == Some(value.as_str())),
+        }
+    }
 }
 
 /// One simulated pod, as the zero-downtime checks see it.
@@ -142,7 +157,7 @@ impl DeploySim {
         let ns = ns_of(d);
         let name = d["metadata"]["name"].as_str().unwrap_or("").to_string();
         let key = (ns.clone(), name.clone());
-        let behavior = self.behaviors.get(&key).copied().unwrap_or_default();
+        let behavior = self.behaviors.get(&key).cloned().unwrap_or_default();
         let ready_after = self
             .ready_after_overrides
             .get(&key)
@@ -206,9 +221,9 @@ impl DeploySim {
             p.terminating_since
                 .is_none_or(|t| now.duration_since(t) < grace)
         });
-        // Pods that could not start retry, as kubelet does: once their Secrets exist (read at
-        // that moment) and the rollout is no longer made to stall.
-        if behavior == RolloutBehavior::Normal {
+        // Pods that are not ready keep restarting, as kubelet does, and read their Secrets again
+        // each time; they become ready once the Secrets exist and the behavior lets them.
+        {
             let templates = &state.templates;
             for pod in state
                 .pods
@@ -217,10 +232,10 @@ impl DeploySim {
             {
                 let (secrets, startable) =
                     read_pod_secrets(store, &ns, &templates[(pod.revision - 1) as usize]);
-                if startable {
-                    pod.secrets = secrets;
+                if startable && behavior.lets_ready(&secrets) {
                     pod.ready_at = Some(now + ready_after);
                 }
+                pod.secrets = secrets;
             }
         }
         let is_ready =
@@ -243,7 +258,7 @@ impl DeploySim {
                 state.pod_counter += 1;
                 let (secrets, startable) = read_pod_secrets(store, &ns, &template);
                 let ready_at =
-                    (behavior == RolloutBehavior::Normal && startable).then(|| now + ready_after);
+                    (startable && behavior.lets_ready(&secrets)).then(|| now + ready_after);
                 state.pods.push(Pod {
                     name: format!("{name}-{current_revision}-{}", state.pod_counter),
                     revision: current_revision,
