@@ -45,6 +45,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Conflicts, throttling, server errors and lost connections: retried quickly and reported
+    /// only when they persist.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => matches!(s.code, 409 | 429 | 500 | 502 | 503 | 504),
+            Error::Kube(kube::Error::HyperError(_) | kube::Error::Service(_)) => true,
+            _ => false,
+        }
+    }
+
     /// The condition reason a failure is reported with.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -108,12 +118,18 @@ pub async fn reconcile(akr: Arc<ApiKeyRotation>, ctx: Arc<Context>) -> Result<Ac
     result
 }
 
-/// Exponential back-off per ApiKeyRotation: 2s, 4s, ... up to 5 minutes.
+/// Exponential back-off per ApiKeyRotation, short for transient API errors.
 pub fn error_policy(akr: Arc<ApiKeyRotation>, error: &Error, ctx: Arc<Context>) -> Action {
     let mut failures = ctx.failures.lock().unwrap();
     let n = failures.entry(key_of(&akr)).or_default();
     *n = (*n + 1).min(16);
-    let delay = Duration::from_secs((1u64 << (*n).min(8)).min(300));
+    let delay = if error.is_transient() {
+        // 100 ms, 200 ms, ... up to 5 s: a conflict or a blip should not stall a rotation.
+        Duration::from_millis((100u64 << (*n - 1).min(6)).min(5_000))
+    } else {
+        // 2 s, 4 s, ... up to 5 minutes.
+        Duration::from_secs((1u64 << (*n).min(8)).min(300))
+    };
     tracing::warn!(rotation = %key_of(&akr), reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -156,7 +172,18 @@ impl<'a> Reconciliation<'a> {
             return Ok(Action::await_change());
         }
         let outcome = self.drive().await;
+        let failures_so_far = self
+            .ctx
+            .failures
+            .lock()
+            .unwrap()
+            .get(&key_of(self.akr))
+            .copied()
+            .unwrap_or(0);
         if let Err(e) = &outcome {
+            if e.is_transient() && failures_so_far < 3 {
+                return outcome;
+            }
             let message = match e {
                 Error::KeyStore(KeyStoreError::Unavailable(_)) | Error::Password(_) => {
                     format!("{e}. No step that needs Valkey goes ahead; retrying with back-off.")
@@ -215,6 +242,10 @@ impl<'a> Reconciliation<'a> {
             self.perform(&plan, &store, vault.as_ref(), consumer_key.as_ref())
                 .await?;
             self.record(&plan, &store).await?;
+            if wait.is_none() {
+                // A step went through: the back-off of earlier failures no longer applies.
+                self.ctx.failures.lock().unwrap().remove(&key_of(self.akr));
+            }
             if let Some(requeue_after) = wait {
                 let resync = self.ctx.resync;
                 let delay = requeue_after.map(|d| d.min(resync)).unwrap_or(resync);

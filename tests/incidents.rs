@@ -307,3 +307,35 @@ async fn missing_and_paused_targets_hold_the_rotation_with_a_clear_reason() {
     .await;
     operator.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflict_storms_and_server_errors_are_retried_quickly() {
+    let valkey = Valkey::start();
+    let (sim, old) = ready_setup(&valkey, Some("now"), json!({})).await;
+    // Every kind of write the rotation makes fails several times over.
+    sim.inject_faults("patch", "secrets", 3, 409);
+    sim.inject_faults("patch", "deployments", 3, 409);
+    sim.inject_faults("update", "secrets", 3, 409);
+    sim.inject_faults("patch", "apikeyrotations", 3, 500);
+    sim.inject_faults("get", "deployments", 3, 503);
+    let started = std::time::Instant::now();
+    let operator = spawn_operator(&sim);
+    wait_for(
+        Duration::from_secs(30),
+        "the rotation despite the faults",
+        || akr_status(&sim)["revision"] == json!(1),
+    )
+    .await;
+    operator.abort();
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "transient errors took {:?}",
+        started.elapsed()
+    );
+    let new = RawKey::new(secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
+    assert_ne!(new, old);
+    assert!(
+        valkey.exists(&format!("apikey:{}", new.id()))
+            && !valkey.exists(&format!("apikey:{}", old.id()))
+    );
+}
