@@ -48,13 +48,11 @@ pub async fn run(
             Api::all(client.clone()),
         ),
     };
-    let ctx = Arc::new(Context::new(
-        client,
-        std::env::var("POD_NAME").ok(),
-        settings.resync,
-    ));
     let controller = Controller::new(rotations, watcher::Config::default().any_semantic());
     let store = controller.store();
+    let mut context = Context::new(client, std::env::var("POD_NAME").ok(), settings.resync);
+    context.rotations = Some(store.clone());
+    let ctx = Arc::new(context);
     let targets_of = store.clone();
     controller
         .watches(

@@ -71,6 +71,8 @@ impl Error {
 
 pub struct Context {
     pub client: Client,
+    /// Every ApiKeyRotation the controller sees, to refuse a second claim on a Secret or target.
+    pub rotations: Option<kube::runtime::reflector::Store<ApiKeyRotation>>,
     pub reporter: Reporter,
     pub resync: Duration,
     stores: Mutex<HashMap<Endpoint, KeyStore>>,
@@ -81,6 +83,7 @@ impl Context {
     pub fn new(client: Client, instance: Option<String>, resync: Duration) -> Self {
         Self {
             client,
+            rotations: None,
             reporter: Reporter {
                 controller: FIELD_MANAGER.into(),
                 instance,
@@ -170,6 +173,15 @@ impl<'a> Reconciliation<'a> {
             )
             .await?;
             return Ok(Action::await_change());
+        }
+        if let Some(store) = &self.ctx.rotations {
+            let all = store.state();
+            if let Some(message) =
+                crate::claims::conflicting_claim(self.akr, all.iter().map(|r| r.as_ref()))
+            {
+                self.report_failure("ClaimConflict", &message).await?;
+                return Ok(Action::requeue(self.ctx.resync));
+            }
         }
         let outcome = self.drive().await;
         let failures_so_far = self

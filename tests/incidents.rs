@@ -339,3 +339,54 @@ async fn conflict_storms_and_server_errors_are_retried_quickly() {
             && !valkey.exists(&format!("apikey:{}", old.id()))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_rotation_claiming_the_same_secret_is_refused_and_changes_nothing() {
+    let valkey = Valkey::start();
+    let (sim, old) = ready_setup(&valkey, None, json!({})).await;
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(10), "Ready", || {
+        akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    let mut second = rotation(
+        &valkey.url(),
+        json!({"targets": [{"name": "sirius-worker"}]}),
+    );
+    second["metadata"]["name"] = json!("second");
+    second["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
+    sim.create_object(second).unwrap();
+    let degraded = || {
+        sim.get_object("keys.siriusscan.io", "apikeyrotations", NS, "second")
+            .and_then(|o| o["status"]["conditions"].as_array().cloned())
+            .and_then(|cs| {
+                cs.into_iter()
+                    .find(|c| c["type"] == "Degraded" && c["status"] == "True")
+            })
+    };
+    wait_for(Duration::from_secs(10), "the second claim refused", || {
+        degraded().is_some_and(|c| c["reason"] == "ClaimConflict")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    operator.abort();
+    assert!(
+        degraded().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("already rotated by ApiKeyRotation sirius")
+    );
+    assert!(
+        sim.get_object("", "secrets", NS, "second-apikey-vault")
+            .is_none()
+    );
+    assert_eq!(
+        secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
+        Some(old.expose())
+    );
+    assert_eq!(
+        akr_status(&sim)["phase"],
+        "Ready",
+        "the first rotation is undisturbed"
+    );
+}
