@@ -288,6 +288,9 @@ pub struct ApiKeyRotationStatus {
     pub last_rotation_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation_time: Option<String>,
+    /// Sirius v1.0's `bootstrap_complete` flag was seen in Valkey; the operator keeps it there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bootstrap_flag_in_use: bool,
     /// The last trigger annotation value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_trigger: Option<String>,

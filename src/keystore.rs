@@ -77,19 +77,17 @@ impl KeyStore {
         format!("{prefix}{id}")
     }
 
-    /// Whether each id has a record (one round trip).
+    /// Whether each id has a record, then whether the bootstrap flag is set (one round trip).
     pub async fn records_exist(
         &self,
         prefix: &str,
         ids: &[&KeyId],
     ) -> Result<Vec<bool>, KeyStoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
         let mut pipe = redis::pipe();
         for id in ids {
             pipe.exists(Self::record_key(prefix, id));
         }
+        pipe.exists(format!("{prefix}{}", sirius::BOOTSTRAP_FLAG));
         let mut conn = self.conn.clone();
         Ok(pipe.query_async(&mut conn).await?)
     }
@@ -111,6 +109,14 @@ impl KeyStore {
             .await?
             .is_some();
         Ok(written)
+    }
+
+    pub async fn set_bootstrap_flag(&self, prefix: &str) -> Result<(), KeyStoreError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .set(format!("{prefix}{}", sirius::BOOTSTRAP_FLAG), "true")
+            .await?;
+        Ok(())
     }
 
     pub async fn revoke(&self, prefix: &str, id: &KeyId) -> Result<(), KeyStoreError> {

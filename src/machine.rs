@@ -44,11 +44,13 @@ pub enum TargetView {
     },
 }
 
-/// Which of the relevant keys have a Sirius record in Valkey.
+/// Which of the relevant keys have a Sirius record in Valkey, and whether v1.0's bootstrap flag
+/// is set.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RecordView {
     pub current: bool,
     pub pending: bool,
+    pub bootstrap_flag: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -81,6 +83,8 @@ pub enum Action {
     Roll { index: usize, key_id: KeyId },
     /// Delete the old key's record.
     Revoke { key_id: KeyId },
+    /// Set Sirius v1.0's `bootstrap_complete` flag again.
+    SetBootstrapFlag,
     /// The vault's pending key becomes current; the old raw key is dropped.
     Promote,
     /// A rolled-back rotation drops the new raw key; the current one stays.
@@ -222,6 +226,18 @@ pub fn decide(o: &Observation) -> Plan {
     };
     b.status.active_key_id = Some(vault.current.0.clone());
     b.status.active_key_id_short = Some(vault.current.short().to_string());
+    // Bootstrap drift: once v1.0's flag was seen, it stays set (the record side is repaired below).
+    if o.records.bootstrap_flag {
+        b.status.bootstrap_flag_in_use = true;
+    } else if o.status.bootstrap_flag_in_use {
+        return b.plan(
+            Action::SetBootstrapFlag,
+            warning(
+                "BootstrapFlagRestored",
+                "Sirius v1.0's bootstrap_complete flag was gone from Valkey; set it again.",
+            ),
+        );
+    }
 
     match o.status.current_rotation.clone() {
         None => idle(o, vault, b),
@@ -1237,6 +1253,7 @@ mod tests {
             records: RecordView {
                 current: true,
                 pending: false,
+                bootstrap_flag: false,
             },
         }
     }
@@ -1325,6 +1342,23 @@ mod tests {
         let plan = decide(&o);
         assert_eq!(plan.action, Action::WriteConsumer { pending: false });
         assert_eq!(plan.event, None);
+    }
+
+    #[test]
+    fn a_bootstrap_flag_once_seen_is_kept_set() {
+        let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T10:00:01Z");
+        assert!(
+            !decide(&o).status.bootstrap_flag_in_use,
+            "v1.1 installs have no flag to keep"
+        );
+        o.records.bootstrap_flag = true;
+        let plan = decide(&o);
+        assert!(plan.status.bootstrap_flag_in_use);
+        o.status = plan.status;
+        o.records.bootstrap_flag = false;
+        let plan = decide(&o);
+        assert_eq!(plan.action, Action::SetBootstrapFlag);
+        assert_eq!(plan.event.unwrap().reason, "BootstrapFlagRestored");
     }
 
     #[test]

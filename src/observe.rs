@@ -118,6 +118,7 @@ pub async fn record_view(
     let found = store.records_exist(prefix, &ids).await?;
     Ok(RecordView {
         current: found[0],
-        pending: found.get(1).copied().unwrap_or(false),
+        pending: pending.is_some() && found[1],
+        bootstrap_flag: found[found.len() - 1],
     })
 }

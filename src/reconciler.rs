@@ -364,6 +364,7 @@ impl<'a> Reconciliation<'a> {
                     .await?;
             }
             Step::Revoke { key_id } => store.revoke(prefix, key_id).await?,
+            Step::SetBootstrapFlag => store.set_bootstrap_flag(prefix).await?,
             Step::Promote => {
                 let vault = need_vault()?;
                 let Some((pending, _)) = &vault.pending else {

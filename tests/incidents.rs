@@ -48,8 +48,11 @@ async fn valkey_data_loss_between_rotations_is_repaired_within_a_resync() {
         valkey.exists(&record)
     })
     .await;
-    wait_for(Duration::from_secs(10), "Ready", || {
+    // Sirius v1.0 sets its bootstrap flag; the operator notes that it is in use.
+    valkey.set("apikey:bootstrap_complete", "true");
+    wait_for(Duration::from_secs(10), "Ready with the flag noted", || {
         akr_status(&sim)["phase"] == "Ready"
+            && akr_status(&sim)["bootstrapFlagInUse"] == json!(true)
     })
     .await;
     valkey.flushall();
@@ -68,6 +71,18 @@ async fn valkey_data_loss_between_rotations_is_repaired_within_a_resync() {
                 .any(|r| r == "ValkeyStateRestored")
         },
     )
+    .await;
+    wait_for(
+        Duration::from_secs(5),
+        "the bootstrap flag set again",
+        || valkey.get("apikey:bootstrap_complete").as_deref() == Some("true"),
+    )
+    .await;
+    wait_for(Duration::from_secs(5), "BootstrapFlagRestored", || {
+        event_reasons(&sim)
+            .iter()
+            .any(|r| r == "BootstrapFlagRestored")
+    })
     .await;
     operator.abort();
     assert_eq!(

@@ -120,6 +120,7 @@ impl World {
                     .as_ref()
                     .and_then(|v| v.pending.as_ref())
                     .is_some_and(|(p, _)| self.records.contains(&p.0)),
+                bootstrap_flag: false,
             },
             targets: self
                 .targets
@@ -301,7 +302,7 @@ impl World {
             Action::RecordHistory { result, .. } => {
                 self.rollbacks += usize::from(*result == "RolledBack");
             }
-            Action::StatusOnly => {}
+            Action::StatusOnly | Action::SetBootstrapFlag => {}
             Action::Wait { requeue_after } => {
                 let secs = requeue_after
                     .map(|d| d.as_secs().clamp(1, 30) as i64)
@@ -466,7 +467,7 @@ fn without_crashes_each_rotation_walks_the_steps_in_order() {
             Action::Promote => "promote".into(),
             Action::RecordHistory { .. } => "history".into(),
             Action::DropPending => "drop".into(),
-            Action::StatusOnly => continue_marker(),
+            Action::StatusOnly | Action::SetBootstrapFlag => continue_marker(),
             Action::Wait { .. } => continue_marker(),
         });
         w.perform(&plan.action);
