@@ -81,6 +81,11 @@ pub struct ApiKeyRotationSpec {
     #[serde(default)]
     pub failure_policy: FailurePolicy,
 
+    /// What happens when someone else edits or deletes the consumers' Secret outside a rotation:
+    /// `Restore` (default) writes the active key back; `Report` only reports it.
+    #[serde(default)]
+    pub secret_drift_policy: SecretDriftPolicy,
+
     /// No new rotation starts and a rotation in flight pauses at its next step boundary.
     #[serde(default)]
     pub suspend: bool,
@@ -193,6 +198,13 @@ pub struct RolloutTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 10, max = 86400))]
     pub progress_deadline_seconds: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum SecretDriftPolicy {
+    #[default]
+    Restore,
+    Report,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]

@@ -9,7 +9,7 @@
 
 use crate::crd::{
     ApiKeyRotationSpec, ApiKeyRotationStatus, Condition, FailurePolicy, Phase, RotationProgress,
-    Step, TargetProgress, TargetState,
+    SecretDriftPolicy, Step, TargetProgress, TargetState,
 };
 use crate::key::KeyId;
 use crate::rollout::RolloutState;
@@ -317,6 +317,35 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
             Action::Register {
                 current: true,
                 pending: false,
+            },
+            event,
+        );
+    }
+    let delivered_before = o.status.active_key_id.is_some();
+    if consumer_id(o) != Some(&vault.current)
+        && delivered_before
+        && o.spec.secret_drift_policy == SecretDriftPolicy::Report
+    {
+        let found = match &o.consumer {
+            ConsumerView::Missing => "is gone".to_string(),
+            ConsumerView::Holds(None) => format!("has no {} key", o.spec.secret.key),
+            ConsumerView::Holds(Some(other)) => format!("holds key {} instead", other.short()),
+        };
+        let message = format!(
+            "Secret {} {found} of the active key {}; not restored (secretDriftPolicy: Report).",
+            o.spec.secret.name,
+            vault.current.short()
+        );
+        let event = if b.degraded_changed("SecretDrift", &message) {
+            warning("SecretDrift", message.clone())
+        } else {
+            None
+        };
+        b.condition(DEGRADED, true, "SecretDrift", message);
+        b.status.phase = Some(Phase::Degraded);
+        return b.plan(
+            Action::Wait {
+                requeue_after: None,
             },
             event,
         );

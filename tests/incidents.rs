@@ -405,3 +405,61 @@ async fn a_second_rotation_claiming_the_same_secret_is_refused_and_changes_nothi
         "the first rotation is undisturbed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_secret_drift_policy_report_an_edited_secret_is_reported_not_restored() {
+    let valkey = Valkey::start();
+    let (sim, old) = ready_setup(&valkey, None, json!({"secretDriftPolicy": "Report"})).await;
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(10), "Ready", || {
+        akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    let foreign = RawKey::new("foreign-key-value");
+    sim.merge_patch_object(
+        "",
+        "secrets",
+        NS,
+        "sirius-api-key",
+        json!({"data": {"SIRIUS_API_KEY": "Zm9yZWlnbi1rZXktdmFsdWU="}}),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(10), "Degraded SecretDrift", || {
+        degraded_reason(&sim).as_deref() == Some("SecretDrift")
+    })
+    .await;
+    wait_for(Duration::from_secs(5), "the SecretDrift Event", || {
+        event_reasons(&sim).iter().any(|r| r == "SecretDrift")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
+        Some(foreign.expose()),
+        "reported, not restored"
+    );
+    let message = condition(&sim, "Degraded")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains(foreign.id().short()) && message.contains(old.id().short()),
+        "{message}"
+    );
+    // Putting the right key back clears it.
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(old.expose());
+    sim.merge_patch_object(
+        "",
+        "secrets",
+        NS,
+        "sirius-api-key",
+        json!({"data": {"SIRIUS_API_KEY": encoded}}),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(10), "drift cleared", || {
+        degraded_reason(&sim).is_none() && akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    operator.abort();
+}
