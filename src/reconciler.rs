@@ -524,8 +524,13 @@ impl<'a> Reconciliation<'a> {
         Ok(())
     }
 
-    /// Writes the plan's status (when it changed), its Event, and the state record in Valkey.
+    /// Writes the plan's Event, its status (when it changed) and the state record in Valkey.
     async fn record(&mut self, plan: &Plan, store: &KeyStore) -> Result<(), Error> {
+        // The Event first: if the status write fails, the retry repeats the (idempotent) action
+        // and its Event, so an Event can be doubled but never lost.
+        if let Some(note) = &plan.event {
+            self.publish(note).await;
+        }
         if plan.status != self.status {
             self.apply_status(&plan.status).await?;
             let step_changed = plan.status.phase != self.status.phase
@@ -550,9 +555,6 @@ impl<'a> Reconciliation<'a> {
                     .await?;
             }
             self.status = plan.status.clone();
-        }
-        if let Some(note) = &plan.event {
-            self.publish(note).await;
         }
         Ok(())
     }

@@ -63,7 +63,7 @@ async fn valkey_data_loss_between_rotations_is_repaired_within_a_resync() {
     )
     .await;
     wait_for(
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         "the ValkeyStateRestored Event",
         || {
             event_reasons(&sim)
