@@ -5,9 +5,9 @@ use crate::crd::{
     ApiKeyRotation, ApiKeyRotationStatus, MANAGED_BY_LABEL, Phase, ROLLOUT_ANNOTATION,
     TRIGGER_ANNOTATION,
 };
-use crate::key::RawKey;
+use crate::key::{KeyId, RawKey};
 use crate::keystore::{Endpoint, KeyStore, KeyStoreError};
-use crate::machine::{self, Action as Step, EventNote, Observation, Plan};
+use crate::machine::{self, Action as Step, EventNote, Observation, Plan, RecordView};
 use crate::observe::{self, PENDING_REVISION_ANNOTATION, VAULT_CURRENT, VAULT_PENDING, Vault};
 use crate::spec_check;
 use k8s_openapi::ByteString;
@@ -27,6 +27,19 @@ use tokio::sync::Mutex;
 pub const FIELD_MANAGER: &str = "apikey-rotator";
 /// How often a quiet rotation is looked at anyway (detects Valkey data loss and drift).
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
+/// How long a Valkey record view is reused (bounds, with the resync, how long data loss can go
+/// unnoticed). Decisions that revoke or promote always read afresh.
+const RECORDS_TTL: Duration = Duration::from_secs(5);
+
+/// What was last read from (or written to) Valkey for one rotation's keys.
+#[derive(Clone)]
+struct CachedRecords {
+    read_at: std::time::Instant,
+    current: KeyId,
+    pending: Option<KeyId>,
+    view: RecordView,
+}
+
 /// Steps taken in one reconcile before yielding to other work.
 const MAX_STEPS_PER_RECONCILE: usize = 32;
 
@@ -76,6 +89,8 @@ pub struct Context {
     pub reporter: Reporter,
     pub resync: Duration,
     stores: Mutex<HashMap<Endpoint, KeyStore>>,
+    /// The last Valkey record view per rotation, to spare a read on every watch event.
+    records: std::sync::Mutex<HashMap<String, CachedRecords>>,
     failures: std::sync::Mutex<HashMap<String, u32>>,
 }
 
@@ -90,6 +105,7 @@ impl Context {
             },
             resync,
             stores: Mutex::new(HashMap::new()),
+            records: std::sync::Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -244,8 +260,19 @@ impl<'a> Reconciliation<'a> {
         let endpoint = self.endpoint().await?;
         let store = self.ctx.keystore(&endpoint).await?;
         for _ in 0..MAX_STEPS_PER_RECONCILE {
-            let (observation, vault, consumer_key) = self.observe(&store).await?;
-            let plan = machine::decide(&observation);
+            let (mut observation, mut vault, mut consumer_key, cached) =
+                self.observe(&store, false).await?;
+            let mut plan = machine::decide(&observation);
+            if cached
+                && matches!(
+                    plan.action,
+                    Step::Promote | Step::DropPending | Step::Revoke { .. }
+                )
+            {
+                // Revocation and promotion are decided on what Valkey holds now.
+                (observation, vault, consumer_key, _) = self.observe(&store, true).await?;
+                plan = machine::decide(&observation);
+            }
             tracing::debug!(rotation = %key_of(self.akr), action = ?plan.action, "decided");
             let wait = match &plan.action {
                 Step::Wait { requeue_after } => Some(*requeue_after),
@@ -253,6 +280,7 @@ impl<'a> Reconciliation<'a> {
             };
             self.perform(&plan, &store, vault.as_ref(), consumer_key.as_ref())
                 .await?;
+            self.note_own_valkey_write(&plan.action);
             self.record(&plan, &store).await?;
             if wait.is_none() {
                 // A step went through: the back-off of earlier failures no longer applies.
@@ -267,10 +295,76 @@ impl<'a> Reconciliation<'a> {
         Ok(Action::requeue(Duration::from_millis(10)))
     }
 
+    /// Keeps the cached record view true to what this reconcile just wrote.
+    fn note_own_valkey_write(&self, action: &Step) {
+        let mut cache = self.ctx.records.lock().unwrap();
+        let Some(entry) = cache.get_mut(&key_of(self.akr)) else {
+            return;
+        };
+        match action {
+            Step::Register { current, pending } => {
+                entry.view.current |= *current;
+                entry.view.pending |= *pending && entry.pending.is_some();
+            }
+            Step::Revoke { key_id } => {
+                if *key_id == entry.current {
+                    entry.view.current = false;
+                }
+                if Some(key_id) == entry.pending.as_ref() {
+                    entry.view.pending = false;
+                }
+            }
+            Step::SetBootstrapFlag => entry.view.bootstrap_flag = true,
+            Step::CreateVault { .. }
+            | Step::MintPending { .. }
+            | Step::Promote
+            | Step::DropPending => {
+                // The keys change: the next observation reads Valkey again.
+                cache.remove(&key_of(self.akr));
+            }
+            _ => {}
+        }
+    }
+
+    /// The record view for the vault's keys: cached unless `fresh`, too old, or for other keys.
+    async fn records(
+        &self,
+        store: &KeyStore,
+        vault: Option<&Vault>,
+        fresh: bool,
+    ) -> Result<(RecordView, bool), Error> {
+        let Some(v) = vault else {
+            return Ok((RecordView::default(), false));
+        };
+        let current = v.current.id();
+        let pending = v.pending.as_ref().map(|(k, _)| k.id());
+        let ttl = RECORDS_TTL.min(self.ctx.resync);
+        if !fresh {
+            let cache = self.ctx.records.lock().unwrap();
+            if let Some(c) = cache.get(&key_of(self.akr)).filter(|c| {
+                c.current == current && c.pending == pending && c.read_at.elapsed() < ttl
+            }) {
+                return Ok((c.view, true));
+            }
+        }
+        let view = observe::record_view(store, &self.akr.spec.valkey.record_prefix, vault).await?;
+        self.ctx.records.lock().unwrap().insert(
+            key_of(self.akr),
+            CachedRecords {
+                read_at: std::time::Instant::now(),
+                current,
+                pending,
+                view,
+            },
+        );
+        Ok((view, false))
+    }
+
     async fn observe(
         &self,
         store: &KeyStore,
-    ) -> Result<(Observation, Option<Vault>, Option<RawKey>), Error> {
+        fresh: bool,
+    ) -> Result<(Observation, Option<Vault>, Option<RawKey>, bool), Error> {
         let spec = &self.akr.spec;
         let vault = match self.secrets.get_opt(&observe::vault_name(self.akr)).await? {
             Some(s) => Some(observe::parse_vault(&s).map_err(Error::Corrupt)?),
@@ -284,8 +378,7 @@ impl<'a> Reconciliation<'a> {
             let d = self.deployments.get_opt(&t.name).await?;
             targets.push(observe::target_view(d.as_ref()));
         }
-        let records =
-            observe::record_view(store, &spec.valkey.record_prefix, vault.as_ref()).await?;
+        let (records, cached) = self.records(store, vault.as_ref(), fresh).await?;
         let observation = Observation {
             generation: self.akr.metadata.generation,
             spec: spec.clone(),
@@ -298,7 +391,7 @@ impl<'a> Reconciliation<'a> {
             records,
             targets,
         };
-        Ok((observation, vault, consumer_key))
+        Ok((observation, vault, consumer_key, cached))
     }
 
     async fn perform(
@@ -533,10 +626,12 @@ impl<'a> Reconciliation<'a> {
         }
         if plan.status != self.status {
             self.apply_status(&plan.status).await?;
-            let step_changed = plan.status.phase != self.status.phase
-                || plan.status.current_rotation.as_ref().map(|r| r.step)
-                    != self.status.current_rotation.as_ref().map(|r| r.step);
-            if step_changed {
+            // The state record follows the phase (and which rotation is in flight), not every step:
+            // each Valkey command counts.
+            let state_changed = plan.status.phase != self.status.phase
+                || plan.status.current_rotation.as_ref().map(|r| r.revision)
+                    != self.status.current_rotation.as_ref().map(|r| r.revision);
+            if state_changed {
                 let state = json!({
                     "phase": plan.status.phase,
                     "revision": plan.status.revision,
