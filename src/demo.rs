@@ -15,9 +15,12 @@ const TARGETS: [&str; 3] = ["sirius-api", "sirius-ui", "sirius-engine"];
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Make this target's rollout fail (its pods never become ready).
+    /// Make this target's rollout fail: its pods become ready only with the old key.
     #[arg(long, value_name = "DEPLOYMENT")]
     pub fail_at: Option<String>,
+    /// Use `failurePolicy: Rollback`: a failure returns everything to the old key.
+    #[arg(long)]
+    pub rollback: bool,
     /// Replicas per Deployment.
     #[arg(long, default_value_t = 2)]
     pub replicas: u32,
@@ -186,14 +189,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if let Some(target) = &args.fail_at {
-        sim.set_rollout_behavior(NS, target, RolloutBehavior::Stall);
-        println!("(--fail-at {target}: its new pods will never become ready)");
+        sim.set_rollout_behavior(
+            NS,
+            target,
+            RolloutBehavior::StallUnlessSecret(old.expose().to_string()),
+        );
+        println!("(--fail-at {target}: its pods become ready only with the old key)");
     }
 
     let manifest = json!({
         "apiVersion": "keys.siriusscan.io/v1alpha1", "kind": "ApiKeyRotation",
         "metadata": {"name": "sirius", "namespace": NS, "annotations": {"keys.siriusscan.io/rotate": "demo"}},
-        "spec": {"valkey": {"url": valkey.url()}, "validationWindowSeconds": args.validation_window, "revokeRecheckSeconds": 1, "progressDeadlineSeconds": 30},
+        "spec": {"valkey": {"url": valkey.url()}, "validationWindowSeconds": args.validation_window, "revokeRecheckSeconds": 1, "progressDeadlineSeconds": 30,
+            "failurePolicy": if args.rollback { "Rollback" } else { "Halt" }},
     });
     sim.create_object(manifest).map_err(anyhow::Error::msg)?;
     println!(
@@ -216,14 +224,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         )?;
         view.draw(&sim, &rotation, began.elapsed());
         let status = rotation.status.clone().unwrap_or_default();
+        let degraded = |reason: &str| {
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == reason)
+        };
+        if status.revision >= 1 && degraded(crate::machine::ROLLED_BACK) {
+            break Outcome::RolledBack(rotation);
+        }
         if status.revision >= 1 {
             break Outcome::Succeeded(rotation);
         }
-        let failed = status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "RolloutFailed");
-        if failed {
+        if degraded("RolloutFailed") && !args.rollback {
             break Outcome::Failed(rotation);
         }
         if began.elapsed() > Duration::from_secs(120) {
@@ -239,6 +252,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
 enum Outcome {
     Succeeded(ApiKeyRotation),
     Failed(ApiKeyRotation),
+    RolledBack(ApiKeyRotation),
 }
 
 struct LiveView {
@@ -403,6 +417,37 @@ fn summary(sim: &Sim, valkey: &Valkey, old: &RawKey, outcome: Outcome, elapsed: 
                 }
             }
             true
+        }
+        Outcome::RolledBack(rotation) => {
+            let status = rotation.status.unwrap_or_default();
+            let why = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Degraded")
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            println!(
+                "\nRotation rolled back in {:.1}s: {why}",
+                elapsed.as_secs_f64()
+            );
+            println!(
+                "  the Secret and all three Deployments run the old key {} again (rolled back engine -> ui -> api)",
+                old.id().short()
+            );
+            println!(
+                "  the old key was never revoked; the new key's record was deleted only after every target ran the old key again."
+            );
+            println!("  A new trigger starts a fresh rotation.");
+            for name in TARGETS.iter().rev() {
+                if let Some(r) = rollouts.iter().rev().find(|r| r.deployment == *name) {
+                    let done = r
+                        .completed_at_ms
+                        .map(|c| format!("{} ms", c - r.template_changed_at_ms))
+                        .unwrap_or_else(|| "not completed".into());
+                    println!("    {name:<14} rolled back in {done}");
+                }
+            }
+            false
         }
         Outcome::Failed(rotation) => {
             let status = rotation.status.unwrap_or_default();

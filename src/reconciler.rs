@@ -125,6 +125,20 @@ impl Context {
     }
 }
 
+/// events.k8s.io/v1 refuses a note over 1 kB; long messages (many spec problems, a long
+/// Deployment condition) are cut at a character boundary.
+fn truncate_note(message: &str) -> String {
+    const LIMIT: usize = 1024;
+    if message.len() <= LIMIT {
+        return message.to_string();
+    }
+    let mut end = LIMIT - 3;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &message[..end])
+}
+
 fn key_of(akr: &ApiKeyRotation) -> String {
     format!("{}/{}", akr.namespace().unwrap_or_default(), akr.name_any())
 }
@@ -678,7 +692,7 @@ impl<'a> Reconciliation<'a> {
                 EventType::Normal
             },
             reason: note.reason.into(),
-            note: Some(note.message.clone()),
+            note: Some(truncate_note(&note.message)),
             action: note.reason.into(),
             secondary: None,
         };
@@ -735,5 +749,19 @@ impl<'a> Reconciliation<'a> {
         })
         .await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate_note;
+
+    #[test]
+    fn event_notes_fit_the_events_api_limit() {
+        assert_eq!(truncate_note("short"), "short");
+        let long = "é".repeat(800);
+        let cut = truncate_note(&long);
+        assert!(cut.len() <= 1024 && cut.ends_with("..."));
+        assert!(cut.starts_with("éé"));
     }
 }

@@ -7,6 +7,7 @@ use apikey_rotator::demo::{DemoArgs, run};
 fn args(fail_at: Option<&str>) -> DemoArgs {
     DemoArgs {
         fail_at: fail_at.map(str::to_string),
+        rollback: false,
         replicas: 1,
         pod_ready_seconds: 0.1,
         validation_window: 1,
@@ -26,4 +27,14 @@ async fn the_demo_shows_a_failed_rollout_halting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_refuses_an_unknown_target() {
     assert!(run(args(Some("sirius-db"))).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shows_a_rollback() {
+    let mut a = args(Some("sirius-engine"));
+    a.rollback = true;
+    assert!(
+        !run(a).await.unwrap(),
+        "a rolled-back rotation is reported as a failure"
+    );
 }
