@@ -7,7 +7,6 @@ use crate::key::RawKey;
 use kube_sim::{RolloutBehavior, Sim, SimOptions};
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NS: &str = "sirius";
@@ -30,89 +29,6 @@ pub struct DemoArgs {
     /// Seconds both keys stay valid after the last target finished.
     #[arg(long, default_value_t = 2)]
     pub validation_window: u32,
-}
-
-struct Valkey {
-    child: Child,
-    port: u16,
-    _dir: tempfile_dir::Dir,
-}
-
-mod tempfile_dir {
-    /// A private working directory for valkey-server, removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Dir {
-        pub fn new() -> std::io::Result<Self> {
-            let path =
-                std::env::temp_dir().join(format!("apikey-rotator-demo-{}", std::process::id()));
-            std::fs::create_dir_all(&path)?;
-            Ok(Self(path))
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl Drop for Valkey {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_valkey() -> anyhow::Result<Valkey> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let dir = tempfile_dir::Dir::new()?;
-    let child = Command::new("valkey-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(&dir.0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "valkey-server could not start ({e}); install it with scripts/ensure-valkey.sh"
-            )
-        })?;
-    let valkey = Valkey {
-        child,
-        port,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut c) = redis::Client::open(valkey.url()).and_then(|c| c.get_connection())
-            && redis::cmd("PING").query::<String>(&mut c).is_ok()
-        {
-            return Ok(valkey);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "valkey-server did not answer on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl Valkey {
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
 }
 
 fn deployment(name: &str, replicas: u32) -> Value {
@@ -141,7 +57,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             "--fail-at must be one of {TARGETS:?}, got {target:?}"
         );
     }
-    let valkey = start_valkey()?;
+    let valkey = kube_sim::valkey::ValkeyServer::start()?;
     let sim = Sim::start(SimOptions {
         pod_ready_after: Duration::from_secs_f64(args.pod_ready_seconds.max(0.05)),
         termination_grace: Duration::from_millis(300),
@@ -367,7 +283,13 @@ impl LiveView {
     }
 }
 
-fn summary(sim: &Sim, valkey: &Valkey, old: &RawKey, outcome: Outcome, elapsed: Duration) -> bool {
+fn summary(
+    sim: &Sim,
+    valkey: &kube_sim::valkey::ValkeyServer,
+    old: &RawKey,
+    outcome: Outcome,
+    elapsed: Duration,
+) -> bool {
     let records: Vec<String> = redis::Client::open(valkey.url())
         .and_then(|c| c.get_connection())
         .and_then(|mut c| redis::cmd("KEYS").arg("apikey:*").query(&mut c))

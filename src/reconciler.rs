@@ -139,11 +139,38 @@ fn truncate_note(message: &str) -> String {
     format!("{}...", &message[..end])
 }
 
+fn write_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// A vault write that lost a race (409) is not an error: the loop observes again and decides on
+/// what the other writer left, so a key is never minted twice.
+fn tolerate_conflict<T>(result: Result<T, kube::Error>) -> Result<(), Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn key_of(akr: &ApiKeyRotation) -> String {
     format!("{}/{}", akr.namespace().unwrap_or_default(), akr.name_any())
 }
 
 pub async fn reconcile(akr: Arc<ApiKeyRotation>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // The watch cache can lag behind this operator's own status writes (a Secret or Deployment
+    // event may start a reconcile before the ApiKeyRotation's own update arrives); deciding on a
+    // stale status could repeat a step, so read the object afresh.
+    let api: Api<ApiKeyRotation> = Api::namespaced(
+        ctx.client.clone(),
+        &akr.namespace().unwrap_or_else(|| "default".into()),
+    );
+    let Some(akr) = api.get_opt(&akr.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
     let result = Reconciliation::new(&akr, &ctx).run().await;
     if result.is_ok() {
         ctx.failures.lock().unwrap().remove(&key_of(&akr));
@@ -547,22 +574,8 @@ impl<'a> Reconciliation<'a> {
             )])),
             ..Default::default()
         };
-        match self
-            .secrets
-            .create(
-                &PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..Default::default()
-                },
-                &secret,
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Another writer got there first; the next observation shows its key.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        // Another writer got there first: the next observation shows its key.
+        tolerate_conflict(self.secrets.create(&write_params(), &secret).await)
     }
 
     /// Replaces the vault's data, only if it is unchanged since it was read (a 409 means someone
@@ -591,22 +604,11 @@ impl<'a> Reconciliation<'a> {
             ),
             ..Default::default()
         };
-        match self
-            .secrets
-            .replace(
-                &observe::vault_name(self.akr),
-                &PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..Default::default()
-                },
-                &secret,
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        tolerate_conflict(
+            self.secrets
+                .replace(&observe::vault_name(self.akr), &write_params(), &secret)
+                .await,
+        )
     }
 
     /// Server-side apply of the one data key we own; the Secret's other keys are untouched.

@@ -196,19 +196,7 @@ async fn a_failed_rollout_halts_with_the_old_key_valid_and_resumes_when_it_recov
     let sim = start_sim().await;
     let old = RawKey::new("0123456789abcdef".repeat(4));
     sim.create_object(consumer_secret(&old)).unwrap();
-    for name in ["sirius-api", "sirius-ui", "sirius-engine"] {
-        let mut d = sirius_deployment(name, 1);
-        d["spec"]["progressDeadlineSeconds"] = json!(1);
-        sim.create_object(d).unwrap();
-    }
-    wait_for(Duration::from_secs(10), "initial rollouts", || {
-        sim.rollouts()
-            .iter()
-            .filter(|r| r.completed_at_ms.is_some())
-            .count()
-            >= 3
-    })
-    .await;
+    deploy_sirius_with_deadline(&sim, 1, Some(1)).await;
     sim.set_rollout_behavior(NS, "sirius-ui", RolloutBehavior::Stall);
     let mut manifest = rotation(&valkey.url(), json!({}));
     manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});

@@ -214,19 +214,7 @@ async fn rollback_returns_everything_to_the_old_key_in_reverse_order_without_a_4
     let checker = InvariantChecker::start(sim.clone(), valkey.clone(), model);
     let old = RawKey::new("0123456789abcdef".repeat(4));
     sim.create_object(consumer_secret(&old)).unwrap();
-    for name in ["sirius-api", "sirius-ui", "sirius-engine"] {
-        let mut d = sirius_deployment(name, 2);
-        d["spec"]["progressDeadlineSeconds"] = json!(1);
-        sim.create_object(d).unwrap();
-    }
-    wait_for(Duration::from_secs(10), "initial rollouts", || {
-        sim.rollouts()
-            .iter()
-            .filter(|r| r.completed_at_ms.is_some())
-            .count()
-            >= 3
-    })
-    .await;
+    deploy_sirius_with_deadline(&sim, 2, Some(1)).await;
     sim.set_rollout_behavior(
         NS,
         "sirius-engine",

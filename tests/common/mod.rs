@@ -9,103 +9,36 @@ use apikey_rotator::key::RawKey;
 use kube::Client;
 use kube_sim::{Sim, SimOptions};
 use serde_json::{Value, json};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const NS: &str = "sirius";
 
-/// A valkey-server of our own, killed on drop. Missing binary is a failure, never a skip.
+/// A valkey-server of our own (kube-sim starts it), with the commands the tests use.
 pub struct Valkey {
-    child: Child,
+    server: kube_sim::valkey::ValkeyServer,
     pub port: u16,
-    _dir: tempfile::TempDir,
 }
 
 impl Valkey {
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        for _ in 0..5 {
-            let port = free_port();
-            let child = Command::new("valkey-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("valkey-server must be installed (scripts/ensure-valkey.sh installs it)");
-            let mut v = Valkey {
-                child,
-                port,
-                _dir: tempfile::tempdir().unwrap(),
-            };
-            if v.wait_ready() {
-                return v;
-            }
-            let _ = v.child.kill();
-        }
-        panic!("valkey-server did not start");
-    }
-
-    fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            if let Ok(client) = redis::Client::open(self.url())
-                && let Ok(mut c) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        let server = kube_sim::valkey::ValkeyServer::start()
+            .expect("valkey-server must be installed (scripts/ensure-valkey.sh)");
+        let port = server.port;
+        Self { server, port }
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        self.server.url()
     }
 
     /// Kills the server (its data, kept only in memory, is lost).
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.server.stop();
     }
 
     /// Starts an empty server on the same port again.
     pub fn restart(&mut self) {
-        self.stop();
-        self.child = Command::new("valkey-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        assert!(
-            self.wait_ready(),
-            "valkey-server did not come back on port {}",
-            self.port
-        );
+        self.server.restart().unwrap();
     }
 
     pub fn conn(&self) -> redis::Connection {
@@ -167,21 +100,6 @@ impl Valkey {
     pub fn del(&self, key: &str) {
         let _: i64 = redis::cmd("DEL").arg(key).query(&mut self.conn()).unwrap();
     }
-}
-
-impl Drop for Valkey {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 pub async fn start_sim() -> Sim {
@@ -278,9 +196,17 @@ pub fn rotation(valkey_url: &str, extra_spec: Value) -> Value {
 
 /// Creates the three Sirius Deployments and waits until their first rollout completed.
 pub async fn deploy_sirius(sim: &Sim, replicas: i64) {
+    deploy_sirius_with_deadline(sim, replicas, None).await;
+}
+
+/// Same, with the Deployments' own `progressDeadlineSeconds` (to make failures show fast).
+pub async fn deploy_sirius_with_deadline(sim: &Sim, replicas: i64, deadline_seconds: Option<u32>) {
     for name in ["sirius-api", "sirius-ui", "sirius-engine"] {
-        sim.create_object(sirius_deployment(name, replicas))
-            .unwrap();
+        let mut d = sirius_deployment(name, replicas);
+        if let Some(seconds) = deadline_seconds {
+            d["spec"]["progressDeadlineSeconds"] = json!(seconds);
+        }
+        sim.create_object(d).unwrap();
     }
     wait_for(Duration::from_secs(10), "initial rollouts", || {
         sim.rollouts()

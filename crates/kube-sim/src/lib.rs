@@ -11,6 +11,7 @@ mod schema;
 mod selector;
 mod status;
 mod store;
+pub mod valkey;
 
 use deploy::DeploySim;
 pub use deploy::{PodView, RolloutBehavior, RolloutRecord};

@@ -1,0 +1,134 @@
+//! A private `valkey-server` on a free loopback port, for tests and the demo: no persistence, its
+//! own working directory, killed on drop.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct ValkeyServer {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl ValkeyServer {
+    /// Starts one; a missing `valkey-server` binary is an error, never a silent skip.
+    pub fn start() -> std::io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "kube-sim-valkey-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let child = spawn(port, &dir)?;
+            let mut server = Self {
+                child,
+                port,
+                dir: dir.clone(),
+            };
+            if server.wait_ready() {
+                return Ok(server);
+            }
+            last = Some(port);
+            server.stop();
+        }
+        Err(std::io::Error::other(format!(
+            "valkey-server did not answer (last port {last:?})"
+        )))
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills the server; its data, kept only in memory, is lost.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts an empty server on the same port again.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.stop();
+        self.child = spawn(self.port, &self.dir)?;
+        if self.wait_ready() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "valkey-server did not come back on port {}",
+                self.port
+            )))
+        }
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if ping(self.port) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for ValkeyServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(port: u16, dir: &PathBuf) -> std::io::Result<Child> {
+    Command::new("valkey-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "valkey-server could not start ({e}); scripts/ensure-valkey.sh installs it"
+                ),
+            )
+        })
+}
+
+/// RESP `PING` answered with `+PONG`.
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}
