@@ -185,3 +185,18 @@ async fn an_unusable_spec_is_degraded_with_a_reason_and_changes_nothing() {
     assert!(valkey.keys().is_empty(), "{:?}", valkey.keys());
     assert!(sim.rollouts().iter().all(|r| r.revision == 1));
 }
+
+#[tokio::test]
+async fn duplicate_targets_are_refused_by_the_list_map_keys() {
+    let sim = start_sim().await;
+    let mut doc = rotation(
+        "redis://sirius-valkey:6379",
+        json!({"targets": [{"name": "sirius-api"}, {"kind": "Deployment", "name": "sirius-api"}]}),
+    );
+    doc["metadata"]["name"] = json!("dup");
+    let e = sim.create_object(doc).unwrap_err();
+    assert!(
+        e.contains("spec.targets[1]") && e.contains("Duplicate value"),
+        "{e}"
+    );
+}

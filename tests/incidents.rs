@@ -451,3 +451,33 @@ async fn with_secret_drift_policy_report_an_edited_secret_is_reported_not_restor
     .await;
     operator.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_scaled_to_zero_completes_at_once_and_the_rotation_goes_on() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    sim.create_object(consumer_secret(&old)).unwrap();
+    for (name, replicas) in [("sirius-api", 1), ("sirius-ui", 0), ("sirius-engine", 1)] {
+        sim.create_object(sirius_deployment(name, replicas))
+            .unwrap();
+    }
+    let mut manifest = rotation(&valkey.url(), json!({}));
+    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
+    sim.create_object(manifest).unwrap();
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(30), "the rotation", || {
+        akr_status(&sim)["revision"] == json!(1)
+    })
+    .await;
+    operator.abort();
+    assert_eq!(akr_status(&sim)["currentRotation"], Value::Null);
+    let ui = sim
+        .get_object("apps", "deployments", NS, "sirius-ui")
+        .unwrap();
+    assert!(
+        ui["spec"]["template"]["metadata"]["annotations"]["keys.siriusscan.io/key-id"].is_string(),
+        "the scaled-down target is still marked, so it starts on the new key"
+    );
+    assert!(!valkey.exists(&format!("apikey:{}", old.id())));
+}

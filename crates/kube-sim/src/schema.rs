@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 pub struct Validator {
     inner: jsonschema::Validator,
+    /// The original schema, for the Kubernetes extensions JSON Schema does not know.
+    openapi: Value,
 }
 
 impl Validator {
@@ -19,11 +21,20 @@ impl Validator {
             props.remove("metadata");
         }
         let inner = jsonschema::validator_for(&schema).map_err(|e| e.to_string())?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            openapi: openapi_schema.clone(),
+        })
     }
 
     /// One `(field path, message)` per violation, in kube-apiserver's wording where it matters.
     pub fn validate(&self, object: &Value) -> Vec<(String, String)> {
+        let mut causes = self.schema_errors(object);
+        list_map_duplicates(&self.openapi, object, "", &mut causes);
+        causes
+    }
+
+    fn schema_errors(&self, object: &Value) -> Vec<(String, String)> {
         self.inner
             .iter_errors(object)
             .map(|e| {
@@ -88,4 +99,67 @@ pub fn type_from_crd(crd: &Value) -> Option<ResourceType> {
         tracks_generation: true,
         validator,
     })
+}
+
+/// `x-kubernetes-list-type: map` lists must not hold two items with the same key fields, and
+/// `set` lists no two equal items, as the apiserver enforces.
+fn list_map_duplicates(schema: &Value, value: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    match (schema.get("type").and_then(Value::as_str), value) {
+        (Some("object"), Value::Object(map)) => {
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for (k, v) in map {
+                    if let Some(sub) = props.get(k) {
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
+                        list_map_duplicates(sub, v, &p, out);
+                    }
+                }
+            }
+        }
+        (Some("array"), Value::Array(items)) => {
+            let list_type = schema.get("x-kubernetes-list-type").and_then(Value::as_str);
+            let keys: Vec<&str> = schema
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(|k| k.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let item_schema = schema.get("items").cloned().unwrap_or(Value::Null);
+            let mut seen: Vec<Value> = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let identity = match list_type {
+                    Some("map") => {
+                        // Missing key fields take their schema default, as after defaulting.
+                        let id: serde_json::Map<String, Value> = keys
+                            .iter()
+                            .map(|k| {
+                                let v = item
+                                    .get(*k)
+                                    .cloned()
+                                    .or_else(|| {
+                                        item_schema["properties"][*k].get("default").cloned()
+                                    })
+                                    .unwrap_or(Value::Null);
+                                (k.to_string(), v)
+                            })
+                            .collect();
+                        Some(Value::Object(id))
+                    }
+                    Some("set") => Some(item.clone()),
+                    _ => None,
+                };
+                if let Some(id) = identity {
+                    if seen.contains(&id) {
+                        out.push((format!("{path}[{i}]"), format!("Duplicate value: {id}")));
+                    } else {
+                        seen.push(id);
+                    }
+                }
+                list_map_duplicates(&item_schema, item, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
 }
