@@ -22,7 +22,7 @@ fn degraded_reason(sim: &kube_sim::Sim) -> Option<String> {
 }
 
 async fn ready_setup(
-    valkey: &Valkey,
+    valkey_url: &str,
     trigger: Option<&str>,
     extra: Value,
 ) -> (kube_sim::Sim, RawKey) {
@@ -30,7 +30,7 @@ async fn ready_setup(
     let old = RawKey::new("0123456789abcdef".repeat(4));
     sim.create_object(consumer_secret(&old)).unwrap();
     deploy_sirius(&sim, 1).await;
-    let mut manifest = rotation(&valkey.url(), extra);
+    let mut manifest = rotation(valkey_url, extra);
     if let Some(t) = trigger {
         manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": t});
     }
@@ -41,7 +41,7 @@ async fn ready_setup(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_data_loss_between_rotations_is_repaired_within_a_resync() {
     let valkey = Valkey::start();
-    let (sim, old) = ready_setup(&valkey, None, json!({})).await;
+    let (sim, old) = ready_setup(&valkey.url(), None, json!({})).await;
     let operator = spawn_operator_with_resync(&sim, Duration::from_secs(1));
     let record = format!("apikey:{}", old.id());
     wait_for(Duration::from_secs(10), "the adopted key's record", || {
@@ -97,7 +97,7 @@ async fn valkey_down_blocks_every_step_that_needs_it_and_the_rotation_resumes_af
     let mut valkey = Valkey::start();
     let url = valkey.url();
     valkey.stop();
-    let (sim, old) = ready_setup_with_url(&url, Some("now")).await;
+    let (sim, old) = ready_setup(&url, Some("now"), json!({})).await;
     let operator = spawn_operator(&sim);
     wait_for(
         Duration::from_secs(15),
@@ -128,23 +128,10 @@ async fn valkey_down_blocks_every_step_that_needs_it_and_the_rotation_resumes_af
     assert!(valkey.exists(&format!("apikey:{}", new.id())));
 }
 
-async fn ready_setup_with_url(url: &str, trigger: Option<&str>) -> (kube_sim::Sim, RawKey) {
-    let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
-    sim.create_object(consumer_secret(&old)).unwrap();
-    deploy_sirius(&sim, 1).await;
-    let mut manifest = rotation(url, json!({}));
-    if let Some(t) = trigger {
-        manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": t});
-    }
-    sim.create_object(manifest).unwrap();
-    (sim, old)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_or_edited_consumer_secret_is_restored_to_the_active_key() {
     let valkey = Valkey::start();
-    let (sim, old) = ready_setup(&valkey, None, json!({})).await;
+    let (sim, old) = ready_setup(&valkey.url(), None, json!({})).await;
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(10), "Ready", || {
         akr_status(&sim)["phase"] == "Ready"
@@ -314,7 +301,7 @@ async fn missing_and_paused_targets_hold_the_rotation_with_a_clear_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflict_storms_and_server_errors_are_retried_quickly() {
     let valkey = Valkey::start();
-    let (sim, old) = ready_setup(&valkey, Some("now"), json!({})).await;
+    let (sim, old) = ready_setup(&valkey.url(), Some("now"), json!({})).await;
     // Every kind of write the rotation makes fails several times over.
     sim.inject_faults("patch", "secrets", 3, 409);
     sim.inject_faults("patch", "deployments", 3, 409);
@@ -346,7 +333,7 @@ async fn conflict_storms_and_server_errors_are_retried_quickly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_rotation_claiming_the_same_secret_is_refused_and_changes_nothing() {
     let valkey = Valkey::start();
-    let (sim, old) = ready_setup(&valkey, None, json!({})).await;
+    let (sim, old) = ready_setup(&valkey.url(), None, json!({})).await;
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(10), "Ready", || {
         akr_status(&sim)["phase"] == "Ready"
@@ -397,7 +384,7 @@ async fn a_second_rotation_claiming_the_same_secret_is_refused_and_changes_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_secret_drift_policy_report_an_edited_secret_is_reported_not_restored() {
     let valkey = Valkey::start();
-    let (sim, old) = ready_setup(&valkey, None, json!({"secretDriftPolicy": "Report"})).await;
+    let (sim, old) = ready_setup(&valkey.url(), None, json!({"secretDriftPolicy": "Report"})).await;
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(10), "Ready", || {
         akr_status(&sim)["phase"] == "Ready"
