@@ -28,13 +28,7 @@ async fn ready_setup(
 ) -> (kube_sim::Sim, RawKey) {
     let sim = start_sim().await;
     let old = RawKey::new("0123456789abcdef".repeat(4));
-    sim.create_object(consumer_secret(&old)).unwrap();
-    deploy_sirius(&sim, 1).await;
-    let mut manifest = rotation(valkey_url, extra);
-    if let Some(t) = trigger {
-        manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": t});
-    }
-    sim.create_object(manifest).unwrap();
+    install_sirius(&sim, valkey_url, &old, 1, trigger, extra).await;
     (sim, old)
 }
 

@@ -12,11 +12,7 @@ async fn rotation_completes_in_order_and_revokes_the_old_key() {
     let valkey = Valkey::start();
     let sim = start_sim().await;
     let old = RawKey::new("0123456789abcdef".repeat(4)); // an installer root key, no record yet
-    sim.create_object(consumer_secret(&old)).unwrap();
-    deploy_sirius(&sim, 2).await;
-    let mut manifest = rotation(&valkey.url(), json!({}));
-    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "first"});
-    sim.create_object(manifest).unwrap();
+    install_sirius(&sim, &valkey.url(), &old, 2, Some("first"), json!({})).await;
     let operator = spawn_operator(&sim);
 
     wait_for(Duration::from_secs(30), "rotation 1 to finish", || {
@@ -113,11 +109,7 @@ async fn no_raw_key_reaches_logs_events_status_or_valkey() {
     let valkey = Valkey::start();
     let sim = start_sim().await;
     let old = RawKey::new("fedcba9876543210".repeat(4));
-    sim.create_object(consumer_secret(&old)).unwrap();
-    deploy_sirius(&sim, 1).await;
-    let mut manifest = rotation(&valkey.url(), json!({}));
-    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "leak-check"});
-    sim.create_object(manifest).unwrap();
+    install_sirius(&sim, &valkey.url(), &old, 1, Some("leak-check"), json!({})).await;
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(30), "rotation 1 to finish", || {
         akr_status(&sim)["revision"] == json!(1)
@@ -158,11 +150,7 @@ async fn a_revoked_record_that_comes_back_is_deleted_again() {
     let valkey = std::sync::Arc::new(Valkey::start());
     let sim = start_sim().await;
     let old = RawKey::new("0123456789abcdef".repeat(4));
-    sim.create_object(consumer_secret(&old)).unwrap();
-    deploy_sirius(&sim, 1).await;
-    let mut manifest = rotation(&valkey.url(), json!({}));
-    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "x"});
-    sim.create_object(manifest).unwrap();
+    install_sirius(&sim, &valkey.url(), &old, 1, Some("x"), json!({})).await;
     // Plays Sirius's last-used rewrite racing the revocation: once the old record is deleted,
     // a request that was in flight writes it back.
     let record = format!("apikey:{}", old.id());

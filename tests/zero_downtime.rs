@@ -23,17 +23,19 @@ struct Scenario {
     old: RawKey,
 }
 
+/// Pods that become ready quickly, and retired pods that keep running (with the old key) a
+/// while after their rollout completed, as on a real cluster.
+fn checked_sim_options() -> SimOptions {
+    SimOptions {
+        pod_ready_after: Duration::from_millis(80),
+        termination_grace: Duration::from_millis(300),
+        tick: Duration::from_millis(10),
+    }
+}
+
 async fn scenario(model: AuthModel) -> Scenario {
     let valkey = Arc::new(Valkey::start());
-    let sim = Arc::new(
-        start_sim_with(SimOptions {
-            pod_ready_after: Duration::from_millis(80),
-            // Retired pods keep running (with the old key) a while after the rollout completes.
-            termination_grace: Duration::from_millis(300),
-            tick: Duration::from_millis(10),
-        })
-        .await,
-    );
+    let sim = Arc::new(start_sim_with(checked_sim_options()).await);
     // The checker also plays the v1.0 API's bootstrap, so it starts before the pods do.
     let checker = InvariantChecker::start(sim.clone(), valkey.clone(), model);
     let old = match model {
@@ -203,14 +205,7 @@ async fn crashes_at_every_step_mint_one_key_and_keep_zero_downtime_v1_1() {
 async fn rollback_returns_everything_to_the_old_key_in_reverse_order_without_a_401() {
     let model = AuthModel::RootKeyPlusValkey;
     let valkey = Arc::new(Valkey::start());
-    let sim = Arc::new(
-        start_sim_with(SimOptions {
-            pod_ready_after: Duration::from_millis(80),
-            termination_grace: Duration::from_millis(300),
-            tick: Duration::from_millis(10),
-        })
-        .await,
-    );
+    let sim = Arc::new(start_sim_with(checked_sim_options()).await);
     let checker = InvariantChecker::start(sim.clone(), valkey.clone(), model);
     let old = RawKey::new("0123456789abcdef".repeat(4));
     sim.create_object(consumer_secret(&old)).unwrap();

@@ -218,6 +218,25 @@ pub async fn deploy_sirius_with_deadline(sim: &Sim, replicas: i64, deadline_seco
     .await;
 }
 
+/// The usual set-up: the consumers' Secret holding `old`, the three Deployments rolled out, and an
+/// ApiKeyRotation (with `extra` merged into its spec, and a trigger token if given).
+pub async fn install_sirius(
+    sim: &Sim,
+    valkey_url: &str,
+    old: &RawKey,
+    replicas: i64,
+    trigger: Option<&str>,
+    extra: Value,
+) {
+    sim.create_object(consumer_secret(old)).unwrap();
+    deploy_sirius(sim, replicas).await;
+    let mut manifest = rotation(valkey_url, extra);
+    if let Some(t) = trigger {
+        manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": t});
+    }
+    sim.create_object(manifest).unwrap();
+}
+
 pub async fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
