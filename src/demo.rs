@@ -1,6 +1,7 @@
 //! `apikey-rotator demo`: the whole job on an embedded cluster. The same API stand-in and
-//! Deployment simulator the tests use, a real valkey-server on a loopback port, and the real
-//! controller, with a live view of the rotation. Built only with the `demo` feature.
+//! Deployment simulator the tests use, a real valkey-server on a loopback port (or, where none is
+//! installed, an in-memory store speaking the same protocol), and the real controller, with a live
+//! view of the rotation. Built only with the `demo` feature.
 
 use crate::crd::{ApiKeyRotation, crd_yaml};
 use crate::key::RawKey;
@@ -29,6 +30,54 @@ pub struct DemoArgs {
     /// Seconds both keys stay valid after the last target finished.
     #[arg(long, default_value_t = 2)]
     pub validation_window: u32,
+    /// The key store: a private valkey-server, the in-memory stand-in, or valkey-server when
+    /// installed and the stand-in otherwise.
+    #[arg(long, value_enum, default_value_t = StoreChoice::Auto)]
+    pub store: StoreChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreChoice {
+    Auto,
+    Valkey,
+    Memory,
+}
+
+/// The demo's key store; either way the operator reaches it with its ordinary Valkey client.
+enum DemoStore {
+    Valkey(kube_sim::valkey::ValkeyServer),
+    Memory(kube_sim::memory_valkey::MemoryValkey),
+}
+
+impl DemoStore {
+    fn start(choice: StoreChoice) -> anyhow::Result<Self> {
+        use kube_sim::{memory_valkey::MemoryValkey, valkey::ValkeyServer};
+        Ok(match choice {
+            StoreChoice::Valkey => Self::Valkey(ValkeyServer::start()?),
+            StoreChoice::Memory => Self::Memory(MemoryValkey::start()?),
+            StoreChoice::Auto => match ValkeyServer::start() {
+                Ok(server) => Self::Valkey(server),
+                Err(e) => {
+                    println!("{e}\nUsing the in-memory key store instead (--store memory).");
+                    Self::Memory(MemoryValkey::start()?)
+                }
+            },
+        })
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Self::Valkey(server) => server.url(),
+            Self::Memory(store) => store.url(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Valkey(server) => format!("valkey-server on 127.0.0.1:{}", server.port),
+            Self::Memory(store) => format!("in-memory key store on 127.0.0.1:{}", store.port),
+        }
+    }
 }
 
 fn deployment(name: &str, replicas: u32) -> Value {
@@ -57,7 +106,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             "--fail-at must be one of {TARGETS:?}, got {target:?}"
         );
     }
-    let valkey = kube_sim::valkey::ValkeyServer::start()?;
+    let valkey = DemoStore::start(args.store)?;
     let sim = Sim::start(SimOptions {
         pod_ready_after: Duration::from_secs_f64(args.pod_ready_seconds.max(0.05)),
         termination_grace: Duration::from_millis(300),
@@ -82,9 +131,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             .map_err(anyhow::Error::msg)?;
     }
     println!(
-        "Embedded cluster up: API stand-in {} , valkey-server on 127.0.0.1:{}",
+        "Embedded cluster up: API stand-in {}, {}",
         sim.url(),
-        valkey.port
+        valkey.describe()
     );
     println!(
         "Starting Sirius (sirius-api, sirius-ui, sirius-engine, {} replicas each) ...",
@@ -285,7 +334,7 @@ impl LiveView {
 
 fn summary(
     sim: &Sim,
-    valkey: &kube_sim::valkey::ValkeyServer,
+    valkey: &DemoStore,
     old: &RawKey,
     outcome: Outcome,
     elapsed: Duration,

@@ -2,7 +2,7 @@
 //! with the old key still valid.
 #![cfg(feature = "demo")]
 
-use apikey_rotator::demo::{DemoArgs, run};
+use apikey_rotator::demo::{DemoArgs, StoreChoice, run};
 
 fn args(fail_at: Option<&str>) -> DemoArgs {
     DemoArgs {
@@ -11,12 +11,20 @@ fn args(fail_at: Option<&str>) -> DemoArgs {
         replicas: 1,
         pod_ready_seconds: 0.1,
         validation_window: 1,
+        store: StoreChoice::Valkey,
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_finishes_a_rotation() {
     assert!(run(args(None)).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_finishes_a_rotation_on_the_in_memory_store() {
+    let mut a = args(None);
+    a.store = StoreChoice::Memory;
+    assert!(run(a).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

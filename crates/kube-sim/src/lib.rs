@@ -7,6 +7,7 @@
 mod deploy;
 mod fields;
 mod http;
+pub mod memory_valkey;
 mod schema;
 mod selector;
 mod status;
