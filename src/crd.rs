@@ -86,6 +86,12 @@ pub struct ApiKeyRotationSpec {
     #[serde(default)]
     pub secret_drift_policy: SecretDriftPolicy,
 
+    /// What deleting this ApiKeyRotation does: `Retain` (default) leaves the consumers' Secret
+    /// and every key valid; `Revoke` (decommissioning a Sirius install) deletes the Valkey records
+    /// of the keys this rotation manages and its state and history, so those keys are refused.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
     /// No new rotation starts and a rotation in flight pauses at its next step boundary.
     #[serde(default)]
     pub suspend: bool,
@@ -205,6 +211,13 @@ pub enum SecretDriftPolicy {
     #[default]
     Restore,
     Report,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Retain,
+    Revoke,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]

@@ -55,6 +55,11 @@ impl fmt::Debug for RawKey {
 pub struct KeyId(pub String);
 
 impl KeyId {
+    /// An id as Sirius accepts one (`^[a-f0-9]{64}$`), e.g. read back from a status.
+    pub fn parse(text: &str) -> Option<Self> {
+        (text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| KeyId(text.to_string()))
+    }
     pub fn short(&self) -> &str {
         &self.0[..12.min(self.0.len())]
     }

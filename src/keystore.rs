@@ -139,6 +139,22 @@ impl KeyStore {
         Ok(())
     }
 
+    /// Removes this rotation's state and history (its ApiKeyRotation is gone for good).
+    pub async fn forget_owner(
+        &self,
+        operator_prefix: &str,
+        owner: &str,
+        keep_history: bool,
+    ) -> Result<(), KeyStoreError> {
+        let mut keys = vec![format!("{operator_prefix}state:{owner}")];
+        if !keep_history {
+            keys.push(format!("{operator_prefix}history:{owner}"));
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.del(keys).await?;
+        Ok(())
+    }
+
     /// Adds a finished rotation to the bounded history (a hash keyed by revision, so a repeat of
     /// the same revision after a crash overwrites instead of duplicating).
     pub async fn record_history(

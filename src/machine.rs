@@ -120,14 +120,22 @@ fn ts(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// Millisecond precision, for the instants that start a wait (validation, revocation re-check),
+/// so the wait ends when asked and not up to a second later.
+fn ts_precise(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
 fn parse_ts(s: &Option<String>) -> Option<Timestamp> {
     s.as_deref().and_then(|s| s.parse().ok())
 }
 
-/// The end of a wait of `seconds` that began at a second-precision `stamp`: rounded up, so a wait
-/// that protects keys (validation, revocation re-check) is never shorter than asked.
+/// The end of a wait of `seconds` that began at `stamp`. A stamp without a fraction may have been
+/// truncated to the second (a status written by an older version), so that wait is rounded up: a
+/// wait that protects keys (validation, revocation re-check) is never shorter than asked.
 fn at_least(stamp: Timestamp, seconds: u32) -> Timestamp {
-    stamp + SignedDuration::from_secs(seconds as i64 + 1)
+    let truncated = if stamp.subsec_nanosecond() == 0 { 1 } else { 0 };
+    stamp + SignedDuration::from_secs(seconds as i64 + truncated)
 }
 
 fn until(now: Timestamp, at: Timestamp) -> Duration {
@@ -135,8 +143,8 @@ fn until(now: Timestamp, at: Timestamp) -> Duration {
     if d <= SignedDuration::ZERO {
         Duration::ZERO
     } else {
-        // Wake up just after the instant, so the second-precision comparison has passed.
-        Duration::from_millis(d.as_millis() as u64 + 50)
+        // Wake up just after the instant, so the comparison has passed.
+        Duration::from_millis(d.as_millis() as u64 + 5)
     }
 }
 
@@ -784,7 +792,7 @@ fn rotating(
     r.target_index = o.spec.targets.len().saturating_sub(1) as u32;
     let Some(started) = parse_ts(&r.validation_started_at) else {
         r.step = Step::Validate;
-        r.validation_started_at = Some(ts(now));
+        r.validation_started_at = Some(ts_precise(now));
         b.condition(
             ROTATING,
             true,
@@ -827,10 +835,9 @@ fn rotating(
     // Revoke, then confirm after a delay that the API's last-used rewrite did not bring it back.
     let old = vault.current.clone();
     r.step = Step::Revoke;
-    let recheck = SignedDuration::from_secs(o.spec.revoke_recheck_seconds as i64 + 1);
     match parse_ts(&r.revoked_at) {
         None => {
-            r.revoked_at = Some(ts(now));
+            r.revoked_at = Some(ts_precise(now));
             r.revoke_attempts = 1;
             b.condition(
                 ROTATING,
@@ -849,7 +856,7 @@ fn rotating(
                 ),
             )
         }
-        Some(at) if now < at + recheck => {
+        Some(at) if now < at_least(at, o.spec.revoke_recheck_seconds) => {
             b.condition(
                 ROTATING,
                 true,
@@ -859,13 +866,13 @@ fn rotating(
             b.status.current_rotation = Some(r);
             b.plan(
                 Action::Wait {
-                    requeue_after: Some(until(now, at + recheck)),
+                    requeue_after: Some(until(now, at_least(at, o.spec.revoke_recheck_seconds))),
                 },
                 None,
             )
         }
         Some(_) if o.records.current => {
-            r.revoked_at = Some(ts(now));
+            r.revoked_at = Some(ts_precise(now));
             r.revoke_attempts += 1;
             b.status.current_rotation = Some(r);
             b.plan(
@@ -1144,7 +1151,7 @@ fn rollback(
     }
     // Every consumer is back on the old key: keep the new one valid for the window, then remove it.
     let Some(started) = parse_ts(&r.validation_started_at) else {
-        r.validation_started_at = Some(ts(now));
+        r.validation_started_at = Some(ts_precise(now));
         b.status.current_rotation = Some(r);
         return b.plan(Action::StatusOnly, None);
     };
@@ -1167,13 +1174,12 @@ fn rollback(
             None,
         );
     }
-    let recheck = SignedDuration::from_secs(o.spec.revoke_recheck_seconds as i64 + 1);
     match parse_ts(&r.revoked_at) {
-        Some(at) if now < at + recheck => {
+        Some(at) if now < at_least(at, o.spec.revoke_recheck_seconds) => {
             b.status.current_rotation = Some(r);
             b.plan(
                 Action::Wait {
-                    requeue_after: Some(until(now, at + recheck)),
+                    requeue_after: Some(until(now, at_least(at, o.spec.revoke_recheck_seconds))),
                 },
                 None,
             )
@@ -1183,7 +1189,7 @@ fn rollback(
             b.plan(Action::DropPending, None)
         }
         _ => {
-            r.revoked_at = Some(ts(now));
+            r.revoked_at = Some(ts_precise(now));
             r.revoke_attempts += 1;
             b.status.current_rotation = Some(r);
             b.plan(
@@ -1240,6 +1246,26 @@ pub const ROLLED_BACK: &str = "RolledBack";
 mod tests {
     use super::*;
     use crate::crd::Condition;
+
+    #[test]
+    fn waits_end_exactly_from_precise_stamps_and_round_up_from_truncated_ones() {
+        let precise: Timestamp = "2026-11-25T10:00:00.250Z".parse().unwrap();
+        assert_eq!(
+            at_least(precise, 5),
+            "2026-11-25T10:00:05.250Z".parse().unwrap()
+        );
+        assert_eq!(
+            parse_ts(&Some(ts_precise(precise))),
+            Some(precise),
+            "the stored stamp keeps its milliseconds"
+        );
+        // A stamp truncated to the second may be up to a second early.
+        let truncated: Timestamp = "2026-11-25T10:00:00Z".parse().unwrap();
+        assert_eq!(
+            at_least(truncated, 5),
+            "2026-11-25T10:00:06Z".parse().unwrap()
+        );
+    }
 
     fn idle_observation(interval: Option<u32>, active_since: &str, now: &str) -> Observation {
         let mut spec: ApiKeyRotationSpec =

@@ -2,8 +2,8 @@
 //! status and the Event, and repeat until the machine says to wait.
 
 use crate::crd::{
-    ApiKeyRotation, ApiKeyRotationStatus, MANAGED_BY_LABEL, Phase, ROLLOUT_ANNOTATION,
-    TRIGGER_ANNOTATION,
+    ApiKeyRotation, ApiKeyRotationStatus, DeletionPolicy, FINALIZER, MANAGED_BY_LABEL, Phase,
+    ROLLOUT_ANNOTATION, TRIGGER_ANNOTATION,
 };
 use crate::key::{KeyId, RawKey};
 use crate::keystore::{Endpoint, KeyStore, KeyStoreError};
@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
@@ -171,9 +172,21 @@ pub async fn reconcile(akr: Arc<ApiKeyRotation>, ctx: Arc<Context>) -> Result<Ac
     let Some(akr) = api.get_opt(&akr.name_any()).await? else {
         return Ok(Action::await_change());
     };
-    let result = Reconciliation::new(&akr, &ctx).run().await;
+    let key = key_of(&akr);
+    let result = finalizer(&api, FINALIZER, Arc::new(akr), |event| async {
+        match event {
+            FinalizerEvent::Apply(akr) => Reconciliation::new(&akr, &ctx).run().await,
+            FinalizerEvent::Cleanup(akr) => Reconciliation::new(&akr, &ctx).clean_up().await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => e.into(),
+        other => Error::Corrupt(other.to_string()),
+    });
     if result.is_ok() {
-        ctx.failures.lock().unwrap().remove(&key_of(&akr));
+        ctx.failures.lock().unwrap().remove(&key);
     }
     result
 }
@@ -272,6 +285,89 @@ impl<'a> Reconciliation<'a> {
             }
         }
         outcome
+    }
+
+    /// The ApiKeyRotation is being deleted. `Retain` never revokes anything: the consumers' Secret
+    /// and every key this rotation made valid stay valid (a rotation in flight stops where it is,
+    /// with both keys accepted), and only its Valkey state entry is dropped (best effort, so an
+    /// unreachable Valkey never blocks a deletion). `Revoke` deletes the records of every key it
+    /// manages, then its state and history, and retries until Valkey confirms.
+    async fn clean_up(self) -> Result<Action, Error> {
+        let spec = &self.akr.spec;
+        let owner = key_of(self.akr);
+        self.ctx.records.lock().unwrap().remove(&owner);
+        match spec.deletion_policy {
+            DeletionPolicy::Retain => {
+                let forgotten = async {
+                    let store = self.ctx.keystore(&self.endpoint().await?).await?;
+                    store
+                        .forget_owner(&spec.valkey.operator_prefix, &owner, true)
+                        .await?;
+                    Ok::<_, Error>(())
+                };
+                if let Err(e) = forgotten.await {
+                    tracing::warn!(rotation = %owner, error = %e, "could not drop the rotation's Valkey state; its keys stay valid either way");
+                }
+                self.publish(&EventNote {
+                    reason: "DeletionRetainedKeys",
+                    message: format!(
+                        "Deleted with deletionPolicy Retain: Secret {} and its key stay valid; nothing was revoked.",
+                        spec.secret.name
+                    ),
+                    warning: false,
+                })
+                .await;
+            }
+            DeletionPolicy::Revoke => {
+                let store = self.ctx.keystore(&self.endpoint().await?).await?;
+                let mut ids: Vec<KeyId> = Vec::new();
+                // The vault (if the garbage collector has not taken it yet) also knows a key minted
+                // just before a crash, which the status may not name yet.
+                if let Some(secret) = self.secrets.get_opt(&observe::vault_name(self.akr)).await?
+                    && let Ok(vault) = observe::parse_vault(&secret)
+                {
+                    ids.push(vault.current.id());
+                    ids.extend(vault.pending.map(|(k, _)| k.id()));
+                }
+                let status = &self.status;
+                let named = [
+                    status.active_key_id.as_ref(),
+                    status
+                        .current_rotation
+                        .as_ref()
+                        .and_then(|r| r.new_key_id.as_ref()),
+                    status
+                        .current_rotation
+                        .as_ref()
+                        .and_then(|r| r.old_key_id.as_ref()),
+                ];
+                ids.extend(
+                    named
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|id| KeyId::parse(id)),
+                );
+                ids.sort();
+                ids.dedup();
+                for id in &ids {
+                    store.revoke(&spec.valkey.record_prefix, id).await?;
+                }
+                store
+                    .forget_owner(&spec.valkey.operator_prefix, &owner, false)
+                    .await?;
+                let shorts: Vec<String> = ids.iter().map(|id| id.short().to_string()).collect();
+                self.publish(&EventNote {
+                    reason: "DeletionRevokedKeys",
+                    message: format!(
+                        "Deleted with deletionPolicy Revoke: revoked key(s) {} and removed the rotation's state and history.",
+                        shorts.join(", ")
+                    ),
+                    warning: true,
+                })
+                .await;
+            }
+        }
+        Ok(Action::await_change())
     }
 
     async fn endpoint(&self) -> Result<Endpoint, Error> {

@@ -781,3 +781,30 @@ async fn injected_faults_fail_the_next_matching_requests() {
         .unwrap();
     assert!(sim.request_counts()[&("create".to_string(), "configmaps".to_string())] >= 2);
 }
+
+/// kube-apiserver's JSON patch treats a missing path as null in a `test` op, and refuses a
+/// failed test with 422 (kube-rs's finalizer helper depends on both).
+#[tokio::test]
+async fn json_patch_test_ops_match_kube_apiserver() {
+    let sim = start_sim().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client_for(&sim), NS);
+    cms.create(&PostParams::default(), &configmap("c"))
+        .await
+        .unwrap();
+    let add: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": null},
+        {"op": "add", "path": "/metadata/finalizers", "value": ["x/y"]},
+    ]))
+    .unwrap();
+    let patched = cms
+        .patch("c", &PatchParams::default(), &Patch::<()>::Json(add.clone()))
+        .await
+        .unwrap();
+    assert_eq!(patched.metadata.finalizers, Some(vec!["x/y".to_string()]));
+    let e = api_error(
+        cms.patch("c", &PatchParams::default(), &Patch::<()>::Json(add))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 422, "the test op fails once the finalizers exist");
+}

@@ -72,6 +72,13 @@ struct DeploymentState {
     last_progress: Option<Instant>,
     last_ready_count: usize,
     pod_counter: u64,
+    /// Index in `DeploySim::rollouts` of this Deployment's latest record (avoids scanning them
+    /// all on every tick when thousands of Deployments are simulated).
+    latest_rollout: Option<usize>,
+    /// The resourceVersion this state last reconciled, and whether nothing was left to do then
+    /// (complete, every pod ready, none terminating): such a Deployment is skipped until it
+    /// changes, so thousands of quiet ones cost nothing per tick.
+    settled_at_rv: Option<String>,
 }
 
 pub struct DeploySim {
@@ -136,23 +143,38 @@ impl DeploySim {
         else {
             return;
         };
-        let deployments = store.list(&rt, None);
-        let live: Vec<(String, String)> = deployments
+        let versions = store.versions(&rt);
+        let live: std::collections::HashSet<(String, String)> = versions
             .iter()
-            .map(|d| {
-                (
-                    ns_of(d),
-                    d["metadata"]["name"].as_str().unwrap_or("").to_string(),
-                )
-            })
+            .map(|(ns, name, _)| (ns.clone(), name.clone()))
             .collect();
         self.states.retain(|k, _| live.contains(k));
-        for d in deployments {
-            self.reconcile(store, &rt, &d);
+        for (ns, name, rv) in versions {
+            let key = (ns, name);
+            if self
+                .states
+                .get(&key)
+                .is_some_and(|s| s.settled_at_rv.as_ref() == Some(&rv))
+            {
+                continue;
+            }
+            let Ok(d) = store.get(&rt, &key.0, &key.1) else {
+                continue;
+            };
+            let settled = self.reconcile(store, &rt, &d);
+            let rv_now = store.get(&rt, &key.0, &key.1).ok().and_then(|d| {
+                d["metadata"]["resourceVersion"]
+                    .as_str()
+                    .map(str::to_string)
+            });
+            if let Some(state) = self.states.get_mut(&key) {
+                state.settled_at_rv = if settled { rv_now } else { None };
+            }
         }
     }
 
-    fn reconcile(&mut self, store: &mut Store, rt: &ResourceType, d: &Value) {
+    /// Returns whether the Deployment is settled: nothing will change until it does.
+    fn reconcile(&mut self, store: &mut Store, rt: &ResourceType, d: &Value) -> bool {
         let now = Instant::now();
         let ns = ns_of(d);
         let name = d["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -179,6 +201,7 @@ impl DeploySim {
                 state.templates.push(template.clone());
                 state.last_progress = Some(now);
                 let revision = state.templates.len() as u64;
+                state.latest_rollout = Some(self.rollouts.len());
                 self.rollouts.push(RolloutRecord {
                     namespace: ns.clone(),
                     deployment: name.clone(),
@@ -199,14 +222,12 @@ impl DeploySim {
         // A rollback to an earlier template makes that revision current again.
         if template_known.is_some()
             && !paused
-            && self
-                .rollouts
-                .iter()
-                .rev()
-                .find(|r| r.namespace == ns && r.deployment == name)
-                .is_some_and(|r| r.revision != current_revision)
+            && state
+                .latest_rollout
+                .is_some_and(|i| self.rollouts[i].revision != current_revision)
         {
             state.last_progress = Some(now);
+            state.latest_rollout = Some(self.rollouts.len());
             self.rollouts.push(RolloutRecord {
                 namespace: ns.clone(),
                 deployment: name.clone(),
@@ -331,15 +352,12 @@ impl DeploySim {
                 format!("ReplicaSet \"{rs_name}\" is progressing."),
             )
         };
-        if complete {
-            for r in self.rollouts.iter_mut().filter(|r| {
-                r.namespace == ns
-                    && r.deployment == name
-                    && r.revision == current_revision
-                    && r.completed_at_ms.is_none()
-            }) {
-                r.completed_at_ms = Some(epoch_ms());
-            }
+        if complete
+            && let Some(r) = state.latest_rollout.map(|i| &mut self.rollouts[i])
+            && r.revision == current_revision
+            && r.completed_at_ms.is_none()
+        {
+            r.completed_at_ms = Some(epoch_ms());
         }
         let old_status = d.get("status").cloned().unwrap_or(json!({}));
         let condition = |type_: &str, status: &str, reason: &str, message: &str| {
@@ -388,6 +406,7 @@ impl DeploySim {
         if status != old_status {
             store.controller_write_status(rt, &ns, &name, status);
         }
+        complete && !paused && state.pods.iter().all(is_ready) && state.pods.len() == desired
     }
 }
 

@@ -351,6 +351,18 @@ pub async fn handle(
                     };
                     store.update(&w, None, |current, ownership| {
                         let mut next = current.clone();
+                        // kube-apiserver's JSON patch (evanphx/json-patch) treats a missing path
+                        // as equal to null in a `test` op; kube-rs's finalizer helper relies on it.
+                        let ops = json_patch::Patch(
+                            ops.0
+                                .iter()
+                                .filter(|op| {
+                                    !matches!(op, json_patch::PatchOperation::Test(t)
+                                        if t.value.is_null() && current.pointer(t.path.as_str()).is_none())
+                                })
+                                .cloned()
+                                .collect(),
+                        );
                         json_patch::patch(&mut next, &ops).map_err(|e| {
                             ApiError::invalid(
                                 &target.rt.group,

@@ -166,10 +166,29 @@ impl Store {
 
     pub fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<Value> {
         let resource = resource_key(&rt.group, &rt.plural);
+        // Keys sort by resource first: scan only this resource's range.
+        let from = (resource.clone(), String::new(), String::new());
         self.objects
-            .iter()
-            .filter(|((r, n, _), _)| *r == resource && ns.is_none_or(|ns| ns == n))
+            .range(from..)
+            .take_while(|((r, _, _), _)| *r == resource)
+            .filter(|((_, n, _), _)| ns.is_none_or(|ns| ns == n))
             .map(|(_, s)| s.object.clone())
+            .collect()
+    }
+
+    /// (namespace, name, resourceVersion) of every object of a resource, without copying them.
+    pub fn versions(&self, rt: &ResourceType) -> Vec<(String, String, String)> {
+        let resource = resource_key(&rt.group, &rt.plural);
+        let from = (resource.clone(), String::new(), String::new());
+        self.objects
+            .range(from..)
+            .take_while(|((r, _, _), _)| *r == resource)
+            .map(|((_, ns, name), s)| {
+                let rv = s.object["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default();
+                (ns.clone(), name.clone(), rv.to_string())
+            })
             .collect()
     }
 

@@ -1,0 +1,147 @@
+//! Deleting an ApiKeyRotation: the finalizer; `deletionPolicy: Retain` (default) never revokes a
+//! key, `Revoke` decommissions them and waits for Valkey.
+
+mod common;
+
+use apikey_rotator::key::RawKey;
+use common::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const GROUP: &str = "keys.siriusscan.io";
+const PLURAL: &str = "apikeyrotations";
+
+fn rotation_object(sim: &kube_sim::Sim) -> Option<Value> {
+    sim.get_object(GROUP, PLURAL, NS, "sirius")
+}
+
+async fn rotated_once(valkey: &Valkey, extra: Value) -> (kube_sim::Sim, RawKey) {
+    let sim = start_sim().await;
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    install_sirius(&sim, &valkey.url(), &old, 1, Some("one"), extra).await;
+    (sim, old)
+}
+
+async fn wait_rotated(sim: &kube_sim::Sim) -> String {
+    wait_for(Duration::from_secs(30), "rotation 1", || {
+        akr_status(sim)["revision"] == json!(1)
+    })
+    .await;
+    assert_eq!(
+        rotation_object(sim).unwrap()["metadata"]["finalizers"],
+        json!(["keys.siriusscan.io/cleanup"]),
+        "the operator adds its finalizer"
+    );
+    akr_status(sim)["activeKeyId"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_keeps_the_secret_and_the_active_key_valid() {
+    let valkey = Valkey::start();
+    let (sim, _) = rotated_once(&valkey, json!({})).await;
+    let operator = spawn_operator(&sim);
+    let active = wait_rotated(&sim).await;
+    let secret_before = secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap();
+
+    sim.delete_object(GROUP, PLURAL, NS, "sirius").unwrap();
+    wait_for(Duration::from_secs(10), "the ApiKeyRotation gone", || {
+        rotation_object(&sim).is_none()
+    })
+    .await;
+    assert_eq!(
+        secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
+        Some(secret_before.as_str()),
+        "the consumers' Secret is untouched"
+    );
+    assert_eq!(RawKey::new(secret_before).id().as_str(), active);
+    assert!(
+        valkey.exists(&format!("apikey:{active}")),
+        "the active key stays valid"
+    );
+    assert!(!valkey.exists("apikey-rotator:state:sirius/sirius"));
+    assert!(
+        valkey.exists("apikey-rotator:history:sirius/sirius"),
+        "history is kept for audit"
+    );
+    assert!(
+        event_reasons(&sim)
+            .iter()
+            .any(|r| r == "DeletionRetainedKeys")
+    );
+    wait_for(
+        Duration::from_secs(5),
+        "the vault garbage-collected",
+        || {
+            sim.get_object("", "secrets", NS, "sirius-apikey-vault")
+                .is_none()
+        },
+    )
+    .await;
+    operator.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_mid_rotation_leaves_both_keys_valid() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    sim.create_object(consumer_secret(&old)).unwrap();
+    deploy_sirius(&sim, 1).await;
+    // The last target never becomes ready: the rotation stays in flight.
+    sim.set_rollout_behavior(NS, "sirius-engine", kube_sim::RolloutBehavior::Stall);
+    let mut manifest = rotation(&valkey.url(), json!({}));
+    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
+    sim.create_object(manifest).unwrap();
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(30), "rolling the engine", || {
+        akr_status(&sim)["currentRotation"]["targetIndex"] == json!(2)
+    })
+    .await;
+    let new_id = akr_status(&sim)["currentRotation"]["newKeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sim.delete_object(GROUP, PLURAL, NS, "sirius").unwrap();
+    wait_for(Duration::from_secs(10), "the ApiKeyRotation gone", || {
+        rotation_object(&sim).is_none()
+    })
+    .await;
+    assert!(
+        valkey.exists(&format!("apikey:{}", old.id())),
+        "old key valid"
+    );
+    assert!(valkey.exists(&format!("apikey:{new_id}")), "new key valid");
+    operator.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_deletes_the_records_and_waits_for_valkey() {
+    let mut valkey = Valkey::start();
+    let (sim, _) = rotated_once(&valkey, json!({"deletionPolicy": "Revoke"})).await;
+    let operator = spawn_operator(&sim);
+    let active = wait_rotated(&sim).await;
+
+    // With Valkey down the deletion waits: nothing can be confirmed revoked.
+    valkey.stop();
+    sim.delete_object(GROUP, PLURAL, NS, "sirius").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pending = rotation_object(&sim).expect("kept while Valkey is down");
+    assert!(pending["metadata"]["deletionTimestamp"].is_string());
+
+    valkey.restart();
+    let record = format!("apikey:{active}");
+    valkey.set(&record, "{}");
+    valkey.set("apikey-rotator:history:sirius/sirius", "x");
+    wait_for(Duration::from_secs(30), "the ApiKeyRotation gone", || {
+        rotation_object(&sim).is_none()
+    })
+    .await;
+    assert!(!valkey.exists(&record), "the active key is revoked");
+    assert!(!valkey.exists("apikey-rotator:history:sirius/sirius"));
+    assert!(
+        event_reasons(&sim)
+            .iter()
+            .any(|r| r == "DeletionRevokedKeys")
+    );
+    operator.abort();
+}
