@@ -112,6 +112,10 @@ fn cpu_ticks(pid: u32) -> u64 {
             .unwrap_or(0)
 }
 
+fn own_cpu_ticks() -> u64 {
+    cpu_ticks(std::process::id())
+}
+
 fn revisions_done(sim: &Sim, revision: u64) -> usize {
     sim.list_objects("keys.siriusscan.io", "apikeyrotations", Some(SCALE_NS))
         .iter()
@@ -176,6 +180,9 @@ async fn main() {
 
     // Trigger them all at once and sample memory while they run.
     let rollouts_before = sim.rollouts().len();
+    let (cpu_before, requests_before_run) =
+        (cpu_ticks(pid), sim.request_counts().values().sum::<u64>());
+    let own_cpu_before = own_cpu_ticks();
     let start = Instant::now();
     for i in 0..n {
         sim.merge_patch_object(
@@ -196,6 +203,9 @@ async fn main() {
     }
     let wall = start.elapsed();
     let (_, hwm) = memory_kib(pid);
+    let operator_cpu = (cpu_ticks(pid) - cpu_before) as f64 / 100.0;
+    let harness_cpu = (own_cpu_ticks() - own_cpu_before) as f64 / 100.0;
+    let run_requests = sim.request_counts().values().sum::<u64>() - requests_before_run;
 
     // Lower bound: the slowest rotation's three rollouts, back to back, as the simulator timed
     // them, plus the validation window (1 s) and the revocation re-check (1 s).
@@ -238,6 +248,13 @@ async fn main() {
         ideal_rollouts_ms as f64 / 1000.0,
         lower_bound_ms as f64 / 1000.0,
         wall.as_secs_f64() * 1000.0 / lower_bound_ms as f64
+    );
+    println!(
+        "| CPU while rotating: operator / API stand-in + simulator + harness (2 cores) | {operator_cpu:.1} s / {harness_cpu:.1} s | - |"
+    );
+    println!(
+        "| API requests while rotating (per rotation) | {run_requests} ({:.0}) | - |",
+        run_requests as f64 / n as f64
     );
     println!(
         "| operator RSS when all were Ready (before rotating) | {:.1} MiB | - |",

@@ -19,13 +19,20 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// Reconcile quiet rotations this often (bounds how long Valkey data loss goes unnoticed).
     pub resync: std::time::Duration,
+    /// Reconciles running at once (each holds an API connection while it runs); 0 is unbounded.
+    pub concurrency: u16,
 }
+
+/// Enough to keep every rollout moving (reconciles are short; waiting is done by requeueing),
+/// small enough that a thousand rotations share a few dozen connections.
+pub const DEFAULT_CONCURRENCY: u16 = 32;
 
 impl Settings {
     pub fn namespaced(ns: &str) -> Self {
         Self {
             namespace: Some(ns.to_string()),
             resync: crate::reconciler::DEFAULT_RESYNC,
+            concurrency: DEFAULT_CONCURRENCY,
         }
     }
 }
@@ -82,6 +89,7 @@ pub async fn run(
                     .collect::<Vec<_>>()
             },
         )
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconciler::reconcile, reconciler::error_policy, ctx)
         .for_each(|result| async move {

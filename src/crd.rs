@@ -32,7 +32,9 @@ pub const MANAGED_BY_LABEL: &str = "keys.siriusscan.io/rotation";
     printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.currentRotation.step","priority":1}"#,
     printcolumn = r#"{"name":"Last Rotation","type":"date","jsonPath":".status.lastRotationTime"}"#,
     printcolumn = r#"{"name":"Next Rotation","type":"string","jsonPath":".status.nextRotationTime"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("!has(self.spec.secret) || self.spec.secret.name != self.metadata.name + '-apikey-vault'")
+        .message("spec.secret.name must not be this rotation's own vault Secret (<name>-apikey-vault)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeyRotationSpec {
@@ -154,8 +156,11 @@ impl Default for KeyFormat {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "!self.operatorPrefix.startsWith(self.recordPrefix) && !self.recordPrefix.startsWith(self.operatorPrefix)"
+).message("operatorPrefix and recordPrefix must not overlap: Sirius would list the operator's state as keys"))]
 pub struct ValkeyConnection {
     /// `redis://`, `rediss://` (TLS), `valkey://` or `valkeys://` (TLS) URL, host and port, and
     /// optionally the database (Sirius uses 0).

@@ -24,6 +24,9 @@ enum Command {
         /// goes unnoticed).
         #[arg(long, default_value_t = 60, env = "RESYNC_SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
         resync_seconds: u64,
+        /// Reconciles running at once (0: unbounded).
+        #[arg(long, default_value_t = controller::DEFAULT_CONCURRENCY, env = "RECONCILE_CONCURRENCY")]
+        concurrency: u16,
     },
     /// Print the ApiKeyRotation CustomResourceDefinition (the content of crds/).
     Crd,
@@ -103,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
             log_format,
             log_level,
             resync_seconds,
+            concurrency,
         } => {
             telemetry::init(log_format, &log_level);
             let client = kube::Client::try_default().await?;
@@ -113,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
             let settings = controller::Settings {
                 namespace,
                 resync: std::time::Duration::from_secs(resync_seconds),
+                concurrency,
             };
             controller::run(client, settings, shutdown_signal()).await;
             tracing::info!("apikey-rotator stopped");

@@ -235,7 +235,13 @@ impl<'a> Reconciliation<'a> {
 
     async fn run(mut self) -> Result<Action, Error> {
         let spec = &self.akr.spec;
-        let problems = spec_check::problems(spec);
+        let mut problems = spec_check::problems(spec);
+        if spec.secret.name == observe::vault_name(self.akr) {
+            problems.push(format!(
+                "spec.secret.name: {:?} is this rotation's own vault Secret",
+                spec.secret.name
+            ));
+        }
         if !problems.is_empty() {
             self.report_failure(
                 "InvalidSpec",

@@ -124,6 +124,38 @@ async fn an_out_of_range_manifest_is_refused_with_a_readable_message() {
     assert!(e.contains("spec.key.randomBytes") && e.contains("8"), "{e}");
 }
 
+/// The CRD's CEL rules, evaluated by the stand-in as kube-apiserver (1.25+) does.
+#[tokio::test]
+async fn cel_rules_refuse_overlapping_prefixes_and_the_vault_as_consumer_secret() {
+    let sim = start_sim().await;
+    let mut overlapping = rotation(
+        "redis://sirius-valkey:6379",
+        json!({"valkey": {"operatorPrefix": "apikey:operator:"}}),
+    );
+    overlapping["metadata"]["name"] = json!("overlap");
+    let e = sim.create_object(overlapping).unwrap_err();
+    assert!(
+        e.contains("spec.valkey") && e.contains("must not overlap"),
+        "{e}"
+    );
+
+    let mut self_vault = rotation(
+        "redis://sirius-valkey:6379",
+        json!({"secret": {"name": "own-apikey-vault"}}),
+    );
+    self_vault["metadata"]["name"] = json!("own");
+    let e = sim.create_object(self_vault).unwrap_err();
+    assert!(e.contains("own vault Secret"), "{e}");
+
+    // The same spec under another name is fine.
+    let mut fine = rotation(
+        "redis://sirius-valkey:6379",
+        json!({"secret": {"name": "own-apikey-vault"}}),
+    );
+    fine["metadata"]["name"] = json!("other");
+    sim.create_object(fine).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unusable_spec_is_degraded_with_a_reason_and_changes_nothing() {
     let valkey = Valkey::start();
@@ -131,11 +163,8 @@ async fn an_unusable_spec_is_degraded_with_a_reason_and_changes_nothing() {
     let old = RawKey::new("0123456789abcdef".repeat(4));
     sim.create_object(consumer_secret(&old)).unwrap();
     deploy_sirius(&sim, 1).await;
-    // Valid for the schema, but the operator's prefix would make Sirius list its state as keys.
-    let doc = rotation(
-        &valkey.url(),
-        json!({"valkey": {"operatorPrefix": "apikey:rotator:"}}),
-    );
+    // Valid for the schema (its pattern and CEL rules), but not a URL a client can use.
+    let doc = rotation("redis://sirius-valkey:99999", json!({}));
     sim.create_object(doc).unwrap();
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(10), "Degraded InvalidSpec", || {
@@ -164,7 +193,7 @@ async fn an_unusable_spec_is_degraded_with_a_reason_and_changes_nothing() {
         degraded["message"]
             .as_str()
             .unwrap()
-            .contains("spec.valkey.operatorPrefix"),
+            .contains("spec.valkey.url"),
         "{degraded}"
     );
     assert_eq!(degraded["observedGeneration"], 1);

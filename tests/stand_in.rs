@@ -797,7 +797,11 @@ async fn json_patch_test_ops_match_kube_apiserver() {
     ]))
     .unwrap();
     let patched = cms
-        .patch("c", &PatchParams::default(), &Patch::<()>::Json(add.clone()))
+        .patch(
+            "c",
+            &PatchParams::default(),
+            &Patch::<()>::Json(add.clone()),
+        )
         .await
         .unwrap();
     assert_eq!(patched.metadata.finalizers, Some(vec!["x/y".to_string()]));

@@ -128,6 +128,7 @@ pub fn spawn_operator_with_resync(sim: &Sim, resync: Duration) -> tokio::task::J
     let settings = apikey_rotator::controller::Settings {
         namespace: Some(NS.into()),
         resync,
+        concurrency: apikey_rotator::controller::DEFAULT_CONCURRENCY,
     };
     tokio::spawn(apikey_rotator::controller::run(
         client,

@@ -1,6 +1,6 @@
 //! Validation of custom resources against their CRD's `openAPIV3Schema`, as the apiserver does
-//! (types, bounds, patterns, enums, required). CEL rules (`x-kubernetes-validations`) are not
-//! evaluated here: only a real apiserver proves those.
+//! (types, bounds, patterns, enums, required, list-map keys) and its CEL rules
+//! (`x-kubernetes-validations`, evaluated by kube-rs's `kube-cel`; transition rules are not).
 
 use crate::store::ResourceType;
 use serde_json::Value;
@@ -31,6 +31,17 @@ impl Validator {
     pub fn validate(&self, object: &Value) -> Vec<(String, String)> {
         let mut causes = self.schema_errors(object);
         list_map_duplicates(&self.openapi, object, "", &mut causes);
+        // CEL sees the object only once it is structurally valid, as in kube-apiserver.
+        if causes.is_empty()
+            && let Err(errors) = kube_cel::Validator::new().validate(&self.openapi, object, None)
+        {
+            for e in errors.into_vec() {
+                causes.push((
+                    e.field_path,
+                    format!("Invalid value: \"object\": {}", e.message),
+                ));
+            }
+        }
         causes
     }
 
