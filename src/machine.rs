@@ -636,8 +636,11 @@ fn rotating(
         );
     }
 
-    // Switch.
+    // Switch. Once the status says the Secret was switched (it is recorded only after the write
+    // succeeded), a Secret without the new key was changed by someone else: put the new key back
+    // (the rotation cannot go on without it) and say so.
     if consumer_id(o) != Some(&pending) {
+        let tampered = r.step >= Step::Switch;
         r.step = r.step.max(Step::Switch);
         b.condition(
             ROTATING,
@@ -646,8 +649,21 @@ fn rotating(
             format!("Writing the new key into Secret {}.", o.spec.secret.name),
         );
         b.status.current_rotation = Some(r);
-        return b.plan(
-            Action::WriteConsumer { pending: true },
+        let event = if tampered {
+            let found = match &o.consumer {
+                ConsumerView::Missing => "was deleted".to_string(),
+                ConsumerView::Holds(None) => "lost its key".to_string(),
+                ConsumerView::Holds(Some(other)) => format!("held key {}", other.short()),
+            };
+            warning(
+                "SecretRestored",
+                format!(
+                    "Secret {} {found} during the rotation; wrote the new key {} back.",
+                    o.spec.secret.name,
+                    pending.short()
+                ),
+            )
+        } else {
             normal(
                 "SecretUpdated",
                 format!(
@@ -655,8 +671,9 @@ fn rotating(
                     o.spec.secret.name,
                     pending.short()
                 ),
-            ),
-        );
+            )
+        };
+        return b.plan(Action::WriteConsumer { pending: true }, event);
     }
 
     // Roll, in order, each only after the previous completed.

@@ -6,14 +6,10 @@ mod common;
 use apikey_rotator::key::RawKey;
 use common::sirius::{AuthModel, InvariantChecker, SECRET_REF, accepts, record_ids};
 use common::*;
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
 use kube_sim::{Sim, SimOptions};
 use serde_json::json;
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 struct Scenario {
@@ -135,19 +131,7 @@ fn mutating_requests(sim: &Sim) -> u64 {
 /// in the middle of whatever it is doing; restarts it each time.
 async fn crash_everywhere(model: AuthModel) {
     let s = scenario(model).await;
-    // Every version of the vault Secret, to count the keys ever minted.
-    let secrets: Api<Secret> = Api::namespaced(client_for(&s.sim), NS);
-    let vault_keys = Arc::new(Mutex::new(BTreeSet::new()));
-    let seen = vault_keys.clone();
-    let vault_watch = tokio::spawn(async move {
-        let config = watcher::Config::default().fields("metadata.name=sirius-apikey-vault");
-        let mut stream = watcher(secrets, config).applied_objects().boxed();
-        while let Some(Ok(secret)) = stream.next().await {
-            for (_, v) in secret.data.unwrap_or_default() {
-                seen.lock().unwrap().insert(String::from_utf8(v.0).unwrap());
-            }
-        }
-    });
+    let (vault_watch, vault_keys) = watch_vault_keys(&s.sim);
 
     let mut operator = spawn_operator(&s.sim);
     let mut kills = 0;

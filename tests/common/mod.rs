@@ -85,6 +85,15 @@ impl Valkey {
         out
     }
 
+    /// Valkey hangs (SIGSTOP) with its data kept; `resume` thaws it.
+    pub fn pause(&self) {
+        self.server.pause();
+    }
+
+    pub fn resume(&self) {
+        self.server.resume();
+    }
+
     pub fn flushall(&self) {
         let _: () = redis::cmd("FLUSHALL").query(&mut self.conn()).unwrap();
     }
@@ -279,4 +288,29 @@ pub fn event_reasons(sim: &Sim) -> Vec<String> {
         .iter()
         .filter_map(|e| e["reason"].as_str().map(str::to_string))
         .collect()
+}
+
+/// Every key any version of the vault Secret ever held, to count the keys minted.
+pub fn watch_vault_keys(
+    sim: &Sim,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client_for(sim), NS);
+    let keys = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let seen = keys.clone();
+    let task = tokio::spawn(async move {
+        let config = watcher::Config::default().fields("metadata.name=sirius-apikey-vault");
+        let mut stream = watcher(secrets, config).applied_objects().boxed();
+        while let Some(Ok(secret)) = stream.next().await {
+            for (_, v) in secret.data.unwrap_or_default() {
+                seen.lock().unwrap().insert(String::from_utf8(v.0).unwrap());
+            }
+        }
+    });
+    (task, keys)
 }
