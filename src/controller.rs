@@ -6,6 +6,7 @@ use crate::reconciler::{self, Context};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -46,8 +47,8 @@ pub async fn run(
     let (rotations, secrets, deployments) = match &settings.namespace {
         Some(ns) => (
             Api::<ApiKeyRotation>::namespaced(client.clone(), ns),
-            Api::<Secret>::namespaced(client.clone(), ns),
-            Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Deployment>>::namespaced(client.clone(), ns),
         ),
         None => (
             Api::all(client.clone()),
@@ -61,13 +62,15 @@ pub async fn run(
     context.rotations = Some(store.clone());
     let ctx = Arc::new(context);
     let targets_of = store.clone();
+    // The Secrets and Deployments only trigger reconciles (which read what they need afresh), so
+    // their watches carry metadata only: a cluster's Deployments and Secrets never sit in memory.
     controller
         .watches(
             secrets,
             watcher::Config::default()
                 .labels(MANAGED_BY_LABEL)
                 .any_semantic(),
-            |secret: Secret| {
+            |secret: PartialObjectMeta<Secret>| {
                 let owner = secret.labels().get(MANAGED_BY_LABEL).cloned();
                 let ns = secret.namespace();
                 owner.map(|name| ObjectRef::new(&name).within(ns.as_deref().unwrap_or("default")))
@@ -76,7 +79,7 @@ pub async fn run(
         .watches(
             deployments,
             watcher::Config::default().any_semantic(),
-            move |d: Deployment| {
+            move |d: PartialObjectMeta<Deployment>| {
                 let ns = d.namespace();
                 let name = d.name_any();
                 targets_of

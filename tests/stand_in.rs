@@ -812,3 +812,41 @@ async fn json_patch_test_ops_match_kube_apiserver() {
     );
     assert_eq!(e.code, 422, "the test op fails once the finalizers exist");
 }
+
+/// Metadata-only lists, gets and watches (the operator's Secret and Deployment watches use them).
+#[tokio::test]
+async fn metadata_only_requests_return_partial_object_metadata() {
+    use kube::core::PartialObjectMeta;
+    let sim = start_sim().await;
+    let client = client_for(&sim);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
+    cms.create(&PostParams::default(), &configmap("c"))
+        .await
+        .unwrap();
+    let meta: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(client, NS);
+    let listed = meta.list(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    let item = &listed.items[0];
+    assert_eq!(
+        item.types.as_ref().map(|t| t.kind.as_str()),
+        Some("PartialObjectMetadata")
+    );
+    assert_eq!(item.metadata.name.as_deref(), Some("c"));
+    let got = meta.get("c").await.unwrap();
+    assert_eq!(
+        got.types.as_ref().map(|t| t.api_version.as_str()),
+        Some("meta.k8s.io/v1")
+    );
+    let mut events = watcher(meta, watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let first = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.types.as_ref().map(|t| t.kind.as_str()),
+        Some("PartialObjectMetadata")
+    );
+}

@@ -200,13 +200,20 @@ pub async fn handle(
         .trim()
         .to_string();
 
+    // `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`: metadata only,
+    // as kube-apiserver serves the metadata watches and lists of kube-rs's `metadata_watcher`.
+    let metadata_only = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
+
     let parse_body = || -> Result<Value, ApiError> {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
     };
 
     match verb {
-        "watch" => watch_response(shared, target, query).await,
+        "watch" => watch_response(shared, target, query, metadata_only).await,
         "list" => {
             let selectors = match Selectors::parse(&query) {
                 Ok(s) => s,
@@ -217,10 +224,19 @@ pub async fn handle(
                 .list(&target.rt, target.namespace.as_deref())
                 .into_iter()
                 .filter(|o| selectors.matches(o))
+                .map(|o| if metadata_only { partial(&o) } else { o })
                 .collect();
+            let (kind, api_version) = if metadata_only {
+                (
+                    "PartialObjectMetadataList".to_string(),
+                    "meta.k8s.io/v1".to_string(),
+                )
+            } else {
+                (format!("{}List", target.rt.kind), target.rt.api_version())
+            };
             let body = json!({
-                "kind": format!("{}List", target.rt.kind),
-                "apiVersion": target.rt.api_version(),
+                "kind": kind,
+                "apiVersion": api_version,
                 "metadata": {"resourceVersion": store.resource_version().to_string()},
                 "items": items,
             });
@@ -229,6 +245,7 @@ pub async fn handle(
         "get" => {
             let store = shared.store.lock().unwrap();
             match store.get(&target.rt, &ns, target.name.as_deref().unwrap()) {
+                Ok(o) if metadata_only => ok_json(StatusCode::OK, &partial(&o)),
                 Ok(o) => ok_json(StatusCode::OK, &o),
                 Err(e) => error_response(e),
             }
@@ -424,6 +441,7 @@ async fn watch_response(
     shared: Shared,
     target: Target,
     query: HashMap<String, String>,
+    metadata_only: bool,
 ) -> Response {
     let selectors = match Selectors::parse(&query) {
         Ok(s) => s,
@@ -458,13 +476,13 @@ async fn watch_response(
             Some(rv) => store
                 .log_since(rv, &resource)
                 .into_iter()
-                .filter_map(|e| filter_event(&e, ns.as_deref(), &selectors))
+                .filter_map(|e| filter_event(&e, ns.as_deref(), &selectors, metadata_only))
                 .collect(),
             None => store
                 .list(&target.rt, ns.as_deref())
                 .into_iter()
                 .filter(|o| selectors.matches(o))
-                .map(|o| json!({"type": "ADDED", "object": o}))
+                .map(|o| json!({"type": "ADDED", "object": if metadata_only { partial(&o) } else { o }}))
                 .collect(),
         };
         (rx, backlog, store.resource_version())
@@ -491,19 +509,23 @@ async fn watch_response(
     }
     let kind = target.rt.kind.clone();
     let api_version = target.rt.api_version();
-    let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |item| {
-        let resource = resource.clone();
-        let ns = ns.clone();
-        let selectors = selectors.clone();
-        async move {
-            let event = item.ok()?;
-            if event.resource != resource || event.rv <= last_sent {
-                return None;
+    // A watch that lagged behind the event buffer ends; the client resumes from the last
+    // resourceVersion it saw (or relists after a 410), as with kube-apiserver.
+    let live = tokio_stream::wrappers::BroadcastStream::new(rx)
+        .take_while(|item| futures::future::ready(item.is_ok()))
+        .filter_map(move |item| {
+            let resource = resource.clone();
+            let ns = ns.clone();
+            let selectors = selectors.clone();
+            async move {
+                let event = item.ok()?;
+                if event.resource != resource || event.rv <= last_sent {
+                    return None;
+                }
+                filter_event(&event, ns.as_deref(), &selectors, metadata_only)
+                    .map(|e| Ok(Bytes::from(format!("{e}\n"))))
             }
-            filter_event(&event, ns.as_deref(), &selectors)
-                .map(|e| Ok(Bytes::from(format!("{e}\n"))))
-        }
-    });
+        });
     let bookmark_stream = futures::stream::unfold(shared.clone(), move |shared| {
         let kind = kind.clone();
         let api_version = api_version.clone();
@@ -529,6 +551,7 @@ fn filter_event(
     e: &crate::store::WatchEvent,
     ns: Option<&str>,
     selectors: &Selectors,
+    metadata_only: bool,
 ) -> Option<Value> {
     if let Some(ns) = ns
         && e.object["metadata"]["namespace"].as_str() != Some(ns)
@@ -546,5 +569,15 @@ fn filter_event(
         ("DELETED", true, false) => "DELETED",
         _ => return None,
     };
-    Some(json!({"type": kind, "object": e.object}))
+    let object = if metadata_only {
+        partial(&e.object)
+    } else {
+        e.object.clone()
+    };
+    Some(json!({"type": kind, "object": object}))
+}
+
+/// An object as `PartialObjectMetadata`: its metadata and nothing else.
+fn partial(object: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"]})
 }

@@ -67,8 +67,10 @@ pub struct Store {
     pub types: BTreeMap<String, ResourceType>,
     objects: BTreeMap<ObjKey, Stored>,
     rv: u64,
-    log: VecDeque<WatchEvent>,
-    pub events: broadcast::Sender<WatchEvent>,
+    log: VecDeque<Arc<WatchEvent>>,
+    /// Shared, not copied, by every watch; a watch that falls this far behind is closed, as
+    /// kube-apiserver closes a watcher that cannot keep up.
+    pub events: broadcast::Sender<Arc<WatchEvent>>,
     uid_counter: u64,
 }
 
@@ -91,7 +93,7 @@ pub fn now_rfc3339() -> String {
 
 impl Store {
     pub fn new() -> Self {
-        let (events, _) = broadcast::channel(65_536);
+        let (events, _) = broadcast::channel(8_192);
         let mut store = Self {
             types: BTreeMap::new(),
             objects: BTreeMap::new(),
@@ -140,7 +142,7 @@ impl Store {
         self.log.front().map(|e| e.rv - 1).unwrap_or(self.rv)
     }
 
-    pub fn log_since(&self, rv: u64, resource: &str) -> Vec<WatchEvent> {
+    pub fn log_since(&self, rv: u64, resource: &str) -> Vec<Arc<WatchEvent>> {
         self.log
             .iter()
             .filter(|e| e.rv > rv && e.resource == resource)
@@ -204,13 +206,13 @@ impl Store {
         object: Value,
         previous: Option<Value>,
     ) {
-        let event = WatchEvent {
+        let event = Arc::new(WatchEvent {
             rv: self.rv,
             resource,
             kind,
             object,
             previous,
-        };
+        });
         self.log.push_back(event.clone());
         while self.log.len() > WATCH_LOG_LEN {
             self.log.pop_front();
