@@ -8,9 +8,12 @@
 mod common;
 
 use apikey_rotator::key::RawKey;
-use common::sirius::{AuthModel, InvariantChecker, SECRET_REF, accepts, record_ids};
+use common::sirius::{
+    AuthModel, InvariantChecker, SECRET_REF, accepts, checked_sim_options, installed_key,
+    record_ids,
+};
 use common::*;
-use kube_sim::{RolloutBehavior, Sim, SimOptions};
+use kube_sim::{RolloutBehavior, Sim};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -76,14 +79,6 @@ impl At {
     }
 }
 
-fn options() -> SimOptions {
-    SimOptions {
-        pod_ready_after: Duration::from_millis(80),
-        termination_grace: Duration::from_millis(300),
-        tick: Duration::from_millis(10),
-    }
-}
-
 fn new_events(sim: &Sim, before: usize, reason: &str) -> bool {
     events(sim)
         .iter()
@@ -104,12 +99,9 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
         return format!("{fault:?} at {at:?}: not applicable (every target already rolled)");
     }
     let valkey = Arc::new(Valkey::start());
-    let sim = Arc::new(start_sim_with(options()).await);
+    let sim = Arc::new(start_sim_with(checked_sim_options()).await);
     let checker = InvariantChecker::start(sim.clone(), valkey.clone(), model);
-    let old = match model {
-        AuthModel::RootKeyPlusValkey => RawKey::new("0123456789abcdef".repeat(4)),
-        AuthModel::ValkeyOnly => RawKey::new(format!("sk_{}", "ab".repeat(32))),
-    };
+    let old = installed_key(model);
     sim.create_object(consumer_secret(&old)).unwrap();
     deploy_sirius_with_deadline(&sim, 2, Some(1)).await;
     let (vault_watch, vault_keys) = watch_vault_keys(&sim);

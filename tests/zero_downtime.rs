@@ -4,9 +4,12 @@
 mod common;
 
 use apikey_rotator::key::RawKey;
-use common::sirius::{AuthModel, InvariantChecker, SECRET_REF, accepts, record_ids};
+use common::sirius::{
+    AuthModel, InvariantChecker, SECRET_REF, accepts, checked_sim_options, installed_key,
+    record_ids,
+};
 use common::*;
-use kube_sim::{Sim, SimOptions};
+use kube_sim::Sim;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -19,27 +22,12 @@ struct Scenario {
     old: RawKey,
 }
 
-/// Pods that become ready quickly, and retired pods that keep running (with the old key) a
-/// while after their rollout completed, as on a real cluster.
-fn checked_sim_options() -> SimOptions {
-    SimOptions {
-        pod_ready_after: Duration::from_millis(80),
-        termination_grace: Duration::from_millis(300),
-        tick: Duration::from_millis(10),
-    }
-}
-
 async fn scenario(model: AuthModel) -> Scenario {
     let valkey = Arc::new(Valkey::start());
     let sim = Arc::new(start_sim_with(checked_sim_options()).await);
     // The checker also plays the v1.0 API's bootstrap, so it starts before the pods do.
     let checker = InvariantChecker::start(sim.clone(), valkey.clone(), model);
-    let old = match model {
-        // v1.1: the installer's root key, which has no Valkey record.
-        AuthModel::RootKeyPlusValkey => RawKey::new("0123456789abcdef".repeat(4)),
-        // v1.0: the API writes the root key's record when it starts.
-        AuthModel::ValkeyOnly => RawKey::new(format!("sk_{}", "ab".repeat(32))),
-    };
+    let old = installed_key(model);
     sim.create_object(consumer_secret(&old)).unwrap();
     deploy_sirius(&sim, 2).await;
     if model == AuthModel::RootKeyPlusValkey {

@@ -162,3 +162,23 @@ impl InvariantChecker {
         (v, s, k)
     }
 }
+
+/// Pods that become ready quickly, and retired pods that keep running (with the old key) a
+/// while after their rollout completed, as on a real cluster.
+pub fn checked_sim_options() -> kube_sim::SimOptions {
+    kube_sim::SimOptions {
+        pod_ready_after: Duration::from_millis(80),
+        termination_grace: Duration::from_millis(300),
+        tick: Duration::from_millis(10),
+    }
+}
+
+/// The key a fresh install of each Sirius version starts with.
+pub fn installed_key(model: AuthModel) -> RawKey {
+    match model {
+        // v1.1: the installer's root key, which has no Valkey record.
+        AuthModel::RootKeyPlusValkey => RawKey::new("0123456789abcdef".repeat(4)),
+        // v1.0: the API writes the root key's record when it starts.
+        AuthModel::ValkeyOnly => RawKey::new(format!("sk_{}", "ab".repeat(32))),
+    }
+}
