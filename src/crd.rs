@@ -11,6 +11,10 @@ pub const GROUP: &str = "keys.siriusscan.io";
 pub const FINALIZER: &str = "keys.siriusscan.io/cleanup";
 /// Pod-template annotation holding the id of the key a rollout delivers.
 pub const ROLLOUT_ANNOTATION: &str = "keys.siriusscan.io/key-id";
+/// On a pod template rolled back by a failed rotation: that rotation's revision. It makes the
+/// rollback a new template, so every pod restarts and reads the restored Secret (a return to the
+/// previous template would scale up old pods that may have restarted with the new key).
+pub const ROLLBACK_ANNOTATION: &str = "keys.siriusscan.io/rolled-back-in";
 /// Annotation on an ApiKeyRotation: each new value requests exactly one rotation.
 pub const TRIGGER_ANNOTATION: &str = "keys.siriusscan.io/rotate";
 /// Label on the Secrets this operator writes, naming the ApiKeyRotation (used to watch them).

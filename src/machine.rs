@@ -40,6 +40,8 @@ pub enum TargetView {
         paused: bool,
         /// The rotation annotation on the pod template.
         annotation: Option<String>,
+        /// The rollback annotation on the pod template (the revision that rolled it back).
+        rolled_back_in: Option<String>,
         rollout: RolloutState,
     },
 }
@@ -79,8 +81,13 @@ pub enum Action {
     MintPending { revision: u64 },
     /// Write the current (false) or pending (true) key into the consumers' Secret.
     WriteConsumer { pending: bool },
-    /// Mark target `index`'s pod template with the new key's id.
-    Roll { index: usize, key_id: KeyId },
+    /// Mark target `index`'s pod template with the key's id; a rollback also marks the revision
+    /// it rolls back, so the template is new and every pod restarts.
+    Roll {
+        index: usize,
+        key_id: KeyId,
+        rollback_of: Option<u64>,
+    },
     /// Delete the old key's record.
     Revoke { key_id: KeyId },
     /// Set Sirius v1.0's `bootstrap_complete` flag again.
@@ -743,6 +750,7 @@ fn rotating(
                     Action::Roll {
                         index: i,
                         key_id: pending.clone(),
+                        rollback_of: None,
                     },
                     normal(
                         "TargetRolled",
@@ -1101,9 +1109,14 @@ fn rollback(
             ),
         );
     }
+    // Every target restarts on the old key, in reverse order, each after the later ones completed:
+    // also those never rolled, since any pod that restarted by itself after the switch read the
+    // new key, which is about to be removed.
+    let marker = r.revision.to_string();
     for (i, target) in o.spec.targets.iter().enumerate().rev() {
         let TargetView::Found {
             annotation,
+            rolled_back_in,
             rollout,
             ..
         } = &o.targets[i]
@@ -1111,7 +1124,9 @@ fn rollback(
             continue;
         };
         let progress = r.targets.iter().position(|t| t.name == target.name);
-        if annotation.as_deref() == Some(new.as_str()) {
+        if annotation.as_deref() != Some(old.as_str())
+            || rolled_back_in.as_deref() != Some(marker.as_str())
+        {
             if let Some(p) = progress {
                 r.targets[p].state = TargetState::Rolling;
                 r.targets[p].message = Some("rolling back to the old key".into());
@@ -1123,21 +1138,18 @@ fn rollback(
                 "RollingBack",
                 format!("Rolling {} back to the old key.", target.name),
             );
-            b.status.current_rotation = Some(r);
+            b.status.current_rotation = Some(r.clone());
             return b.plan(
                 Action::Roll {
                     index: i,
                     key_id: old.clone(),
+                    rollback_of: Some(r.revision),
                 },
                 normal(
                     "TargetRolledBack",
                     format!("Restarting Deployment {} with the old key.", target.name),
                 ),
             );
-        }
-        let touched = progress.is_some_and(|p| r.targets[p].rolled_at.is_some());
-        if !touched {
-            continue;
         }
         match rollout {
             RolloutState::Complete => {
@@ -1298,6 +1310,7 @@ mod tests {
                 .map(|_| TargetView::Found {
                     paused: false,
                     annotation: None,
+                    rolled_back_in: None,
                     rollout: RolloutState::Complete,
                 })
                 .collect(),

@@ -2,7 +2,7 @@
 //! Deployments and the Valkey records. The raw keys stay here, behind [`RawKey`]; the machine only
 //! sees their ids.
 
-use crate::crd::{ApiKeyRotation, ROLLOUT_ANNOTATION};
+use crate::crd::{ApiKeyRotation, ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION};
 use crate::key::RawKey;
 use crate::keystore::{KeyStore, KeyStoreError};
 use crate::machine::{ConsumerView, RecordView, TargetView, VaultView};
@@ -88,16 +88,19 @@ pub fn consumer_view(secret: Option<&Secret>, key: &str) -> (ConsumerView, Optio
 pub fn target_view(d: Option<&Deployment>) -> TargetView {
     match d {
         None => TargetView::Missing,
-        Some(d) => TargetView::Found {
-            paused: d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false),
-            annotation: d
+        Some(d) => {
+            let annotations = d
                 .spec
                 .as_ref()
                 .and_then(|s| s.template.metadata.as_ref())
-                .and_then(|m| m.annotations.as_ref())
-                .and_then(|a| a.get(ROLLOUT_ANNOTATION).cloned()),
-            rollout: rollout_state(d),
-        },
+                .and_then(|m| m.annotations.as_ref());
+            TargetView::Found {
+                paused: d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false),
+                annotation: annotations.and_then(|a| a.get(ROLLOUT_ANNOTATION).cloned()),
+                rolled_back_in: annotations.and_then(|a| a.get(ROLLBACK_ANNOTATION).cloned()),
+                rollout: rollout_state(d),
+            }
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::crd::{
     ApiKeyRotation, ApiKeyRotationStatus, DeletionPolicy, FINALIZER, MANAGED_BY_LABEL, Phase,
-    ROLLOUT_ANNOTATION, TRIGGER_ANNOTATION,
+    ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION, TRIGGER_ANNOTATION,
 };
 use crate::key::{KeyId, RawKey};
 use crate::keystore::{Endpoint, KeyStore, KeyStoreError};
@@ -592,13 +592,22 @@ impl<'a> Reconciliation<'a> {
                 };
                 self.write_consumer(key).await?;
             }
-            Step::Roll { index, key_id } => {
+            Step::Roll {
+                index,
+                key_id,
+                rollback_of,
+            } => {
                 let target = &spec.targets[*index];
+                // A forward roll leaves the rollback marker out, so server-side apply drops it.
+                let mut annotations = json!({ROLLOUT_ANNOTATION: key_id.as_str()});
+                if let Some(revision) = rollback_of {
+                    annotations[ROLLBACK_ANNOTATION] = json!(revision.to_string());
+                }
                 let patch = json!({
                     "apiVersion": "apps/v1",
                     "kind": "Deployment",
                     "metadata": {"name": target.name},
-                    "spec": {"template": {"metadata": {"annotations": {ROLLOUT_ANNOTATION: key_id.as_str()}}}},
+                    "spec": {"template": {"metadata": {"annotations": annotations}}},
                 });
                 self.deployments
                     .patch(

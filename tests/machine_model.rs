@@ -28,6 +28,7 @@ impl Rng {
 #[derive(Clone)]
 struct Target {
     annotation: Option<String>,
+    rolled_back_in: Option<String>,
     /// Key the running pods hold; during a rollout both the old and the new.
     running: BTreeSet<String>,
     rollout_done_at: Option<Timestamp>,
@@ -71,6 +72,7 @@ impl World {
             .iter()
             .map(|_| Target {
                 annotation: None,
+                rolled_back_in: None,
                 running: initial.iter().cloned().collect(),
                 rollout_done_at: None,
                 failing: false,
@@ -128,6 +130,7 @@ impl World {
                 .map(|t| TargetView::Found {
                     paused: false,
                     annotation: t.annotation.clone(),
+                    rolled_back_in: t.rolled_back_in.clone(),
                     rollout: match (t.rollout_done_at, t.failing) {
                         (_, true) => RolloutState::Failed("ProgressDeadlineExceeded".into()),
                         (Some(at), _) if at <= self.now => RolloutState::Complete,
@@ -166,6 +169,14 @@ impl World {
                 if let Some(k) = latest {
                     t.running = BTreeSet::from([k]);
                 }
+                t.rollout_done_at = None;
+            }
+            // A pod restarts by itself now and then (a crash, an eviction) and reads the Secret
+            // as it is at that moment; it keeps that key until its Deployment rolls again.
+            if let Some(k) = &self.consumer
+                && self.rng.chance(3)
+            {
+                t.running.insert(k.clone());
             }
         }
         self.note_running();
@@ -222,7 +233,11 @@ impl World {
                 );
                 self.consumer = Some(self.key_of_id(&id));
             }
-            Action::Roll { index, key_id } => {
+            Action::Roll {
+                index,
+                key_id,
+                rollback_of,
+            } => {
                 assert!(
                     self.records.contains(&key_id.0),
                     "rolled to an unregistered key"
@@ -262,6 +277,7 @@ impl World {
                 let k = self.key_of_id(key_id);
                 let t = &mut self.targets[*index];
                 t.annotation = Some(key_id.0.clone());
+                t.rolled_back_in = rollback_of.map(|r| r.to_string());
                 t.running.insert(k);
                 t.rollout_done_at = Some(self.now + SignedDuration::from_secs(duration));
                 t.failing = failing;

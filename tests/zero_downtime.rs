@@ -296,3 +296,71 @@ async fn rollback_returns_everything_to_the_old_key_in_reverse_order_without_a_4
         Some(old.expose())
     );
 }
+
+/// A second rotation fails on sirius-engine after its running pods restarted by themselves and
+/// read the new key. Returning the engine to its previous template would bring those same pods
+/// back; the rollback must restart every pod onto the old key before the new key goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_also_restarts_pods_that_picked_up_the_new_key_by_themselves() {
+    let model = AuthModel::RootKeyPlusValkey;
+    let valkey = Arc::new(Valkey::start());
+    let sim = Arc::new(start_sim_with(checked_sim_options()).await);
+    let installed = installed_key(model);
+    sim.create_object(consumer_secret(&installed)).unwrap();
+    deploy_sirius_with_deadline(&sim, 2, Some(1)).await;
+    let mut manifest = rotation(
+        &valkey.url(),
+        json!({"failurePolicy": "Rollback", "validationWindowSeconds": 1}),
+    );
+    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "first"});
+    sim.create_object(manifest).unwrap();
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(60), "rotation 1", || {
+        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    let active = RawKey::new(secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
+    let checker = InvariantChecker::start(sim.clone(), valkey.clone(), model);
+    sim.set_rollout_behavior(
+        NS,
+        "sirius-engine",
+        kube_sim::RolloutBehavior::StallUnlessSecret(active.expose().to_string()),
+    );
+    sim.merge_patch_object(
+        "keys.siriusscan.io",
+        "apikeyrotations",
+        NS,
+        "sirius",
+        json!({"metadata": {"annotations": {"keys.siriusscan.io/rotate": "second"}}}),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(30), "the Secret switched", || {
+        secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref() != Some(active.expose())
+    })
+    .await;
+    sim.restart_pods(NS, "sirius-engine");
+    wait_for(Duration::from_secs(60), "the rollback to finish", || {
+        akr_status(&sim)["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Degraded" && c["reason"] == "RolledBack")
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    operator.abort();
+    let (violations, samples, _) = checker.stop();
+    assert!(samples > 100);
+    assert!(
+        violations.is_empty(),
+        "{} 401s, first: {:?}",
+        violations.len(),
+        violations.first()
+    );
+    assert!(
+        sim.pods()
+            .iter()
+            .all(|p| p.secrets.get(SECRET_REF).cloned().flatten().as_deref()
+                == Some(active.expose())),
+        "every pod runs the key from before the failed rotation"
+    );
+}

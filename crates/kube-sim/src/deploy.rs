@@ -115,6 +115,21 @@ impl DeploySim {
             .insert((ns.into(), name.into()), delay);
     }
 
+    /// Every running pod of the Deployment restarts its containers by itself (a crash, an OOM
+    /// kill): it reads its Secrets again, as kubelet resolves env and files at container start.
+    pub fn restart_pods(&mut self, store: &Store, ns: &str, name: &str) {
+        let Some(DeploymentState {
+            pods, templates, ..
+        }) = self.states.get_mut(&(ns.to_string(), name.to_string()))
+        else {
+            return;
+        };
+        for pod in pods.iter_mut().filter(|p| p.terminating_since.is_none()) {
+            let template = &templates[(pod.revision - 1) as usize];
+            pod.secrets = read_pod_secrets(store, ns, template).0;
+        }
+    }
+
     pub fn pods(&self) -> Vec<PodView> {
         let mut out = Vec::new();
         for ((ns, name), state) in &self.states {

@@ -261,6 +261,16 @@ impl Sim {
             .set_pod_ready_after(ns, deployment, delay);
     }
 
+    /// The Deployment's running pods restart by themselves and read their Secrets again.
+    pub fn restart_pods(&self, ns: &str, deployment: &str) {
+        let store = self.shared.store.lock().unwrap();
+        self.shared
+            .deploy
+            .lock()
+            .unwrap()
+            .restart_pods(&store, ns, deployment);
+    }
+
     /// Every simulated pod (running or terminating) with the Secret values it started with.
     pub fn pods(&self) -> Vec<PodView> {
         self.shared.deploy.lock().unwrap().pods()
