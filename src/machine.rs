@@ -1138,12 +1138,13 @@ fn rollback(
                 "RollingBack",
                 format!("Rolling {} back to the old key.", target.name),
             );
-            b.status.current_rotation = Some(r.clone());
+            let revision = r.revision;
+            b.status.current_rotation = Some(r);
             return b.plan(
                 Action::Roll {
                     index: i,
                     key_id: old.clone(),
-                    rollback_of: Some(r.revision),
+                    rollback_of: Some(revision),
                 },
                 normal(
                     "TargetRolledBack",

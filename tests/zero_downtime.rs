@@ -170,6 +170,32 @@ async fn crashes_at_every_step_mint_one_key_and_keep_zero_downtime_v1_1() {
     crash_everywhere(AuthModel::RootKeyPlusValkey).await;
 }
 
+/// Waits for `Degraded/RolledBack`, then lets the retired pods finish terminating while the
+/// checker still samples.
+async fn wait_rolled_back(sim: &Sim) {
+    wait_for(Duration::from_secs(60), "the rollback to finish", || {
+        akr_status(sim)["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Degraded" && c["reason"] == "RolledBack")
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// Stops the checker: it must have sampled enough and seen no 401. Returns the keys pods held.
+fn assert_no_401(checker: InvariantChecker) -> BTreeSet<String> {
+    let (violations, samples, keys_seen) = checker.stop();
+    assert!(samples > 100);
+    assert!(
+        violations.is_empty(),
+        "{} 401s, first: {:?}",
+        violations.len(),
+        violations.first()
+    );
+    keys_seen
+}
+
 /// `failurePolicy: Rollback`: sirius-engine only works with the old key. The rotation must put
 /// the Secret and all three Deployments back on the old key, in reverse order, each after the
 /// previous completed, remove the new key, and never cause a 401.
@@ -194,23 +220,9 @@ async fn rollback_returns_everything_to_the_old_key_in_reverse_order_without_a_4
     manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
     sim.create_object(manifest).unwrap();
     let operator = spawn_operator(&sim);
-    wait_for(Duration::from_secs(60), "the rollback to finish", || {
-        akr_status(&sim)["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Degraded" && c["reason"] == "RolledBack")
-        })
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_rolled_back(&sim).await;
     operator.abort();
-    let (violations, samples, keys_seen) = checker.stop();
-    assert!(samples > 100);
-    assert!(
-        violations.is_empty(),
-        "{} 401s, first: {:?}",
-        violations.len(),
-        violations.first()
-    );
+    let keys_seen = assert_no_401(checker);
     assert_eq!(
         keys_seen.len(),
         2,
@@ -339,23 +351,9 @@ async fn rollback_also_restarts_pods_that_picked_up_the_new_key_by_themselves() 
     })
     .await;
     sim.restart_pods(NS, "sirius-engine");
-    wait_for(Duration::from_secs(60), "the rollback to finish", || {
-        akr_status(&sim)["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Degraded" && c["reason"] == "RolledBack")
-        })
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_rolled_back(&sim).await;
     operator.abort();
-    let (violations, samples, _) = checker.stop();
-    assert!(samples > 100);
-    assert!(
-        violations.is_empty(),
-        "{} 401s, first: {:?}",
-        violations.len(),
-        violations.first()
-    );
+    assert_no_401(checker);
     assert!(
         sim.pods()
             .iter()
