@@ -2,6 +2,7 @@
 //! Deployments the rotations target. Reconciles are driven by these events, with a slow resync.
 
 use crate::crd::{ApiKeyRotation, MANAGED_BY_LABEL};
+use crate::metrics::Metrics;
 use crate::reconciler::{self, Context};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -44,6 +45,16 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    run_with_metrics(client, settings, Arc::new(Metrics::new()), shutdown).await
+}
+
+/// [`run`], counting into `metrics`.
+pub async fn run_with_metrics(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let (rotations, secrets, deployments) = match &settings.namespace {
         Some(ns) => (
             Api::<ApiKeyRotation>::namespaced(client.clone(), ns),
@@ -60,6 +71,7 @@ pub async fn run(
     let store = controller.store();
     let mut context = Context::new(client, std::env::var("POD_NAME").ok(), settings.resync);
     context.rotations = Some(store.clone());
+    context.metrics = metrics;
     let ctx = Arc::new(context);
     let targets_of = store.clone();
     // The Secrets and Deployments only trigger reconciles (which read what they need afresh), so

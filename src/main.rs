@@ -1,4 +1,4 @@
-use apikey_rotator::{cli, controller, crd, telemetry};
+use apikey_rotator::{cli, controller, crd, leader, operator, telemetry};
 use clap::{Parser, Subcommand};
 
 /// Rotates the Sirius scanner's service API key with zero downtime.
@@ -27,6 +27,11 @@ enum Command {
         /// Reconciles running at once (0: unbounded).
         #[arg(long, default_value_t = controller::DEFAULT_CONCURRENCY, env = "RECONCILE_CONCURRENCY")]
         concurrency: u16,
+        /// Where to serve /metrics, /healthz and /readyz ("off" to serve nothing).
+        #[arg(long, default_value = "0.0.0.0:8080", env = "METRICS_BIND_ADDRESS")]
+        metrics_bind_address: String,
+        #[command(flatten)]
+        election: ElectionArgs,
     },
     /// Print the ApiKeyRotation CustomResourceDefinition (the content of crds/).
     Crd,
@@ -54,6 +59,55 @@ enum Command {
     /// Run a full rotation on an embedded simulated cluster with a real valkey-server.
     #[cfg(feature = "demo")]
     Demo(apikey_rotator::demo::DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct ElectionArgs {
+    /// Act only while holding a coordination.k8s.io Lease (run several replicas safely).
+    #[arg(long, env = "LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", required_if_eq("leader_elect", "true"))]
+    leader_election_namespace: Option<String>,
+    #[arg(long, default_value = "apikey-rotator-leader", env = "LEADER_ELECTION_LEASE_NAME")]
+    lease_name: String,
+    /// This instance's identity in the Lease (default: the pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long the Lease stays valid after the holder's last renewal (seconds).
+    #[arg(long, default_value_t = 15, env = "LEASE_DURATION_SECONDS", value_parser = clap::value_parser!(u64).range(2..=300))]
+    lease_duration_seconds: u64,
+    /// The holder renews this many seconds before the Lease expires; also the clock skew
+    /// between nodes it tolerates.
+    #[arg(long, default_value_t = 5, env = "LEASE_RENEW_GRACE_SECONDS", value_parser = clap::value_parser!(u64).range(1..=120))]
+    lease_renew_grace_seconds: u64,
+}
+
+impl ElectionArgs {
+    fn election(self) -> anyhow::Result<Option<leader::Election>> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            self.lease_renew_grace_seconds < self.lease_duration_seconds,
+            "--lease-renew-grace-seconds must be shorter than --lease-duration-seconds"
+        );
+        let identity = match self.identity {
+            Some(id) => id,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .map_err(|e| anyhow::anyhow!("no --identity and no host name: {e}"))?,
+        };
+        Ok(Some(leader::Election {
+            namespace: self
+                .leader_election_namespace
+                .expect("clap requires it with --leader-elect"),
+            lease_name: self.lease_name,
+            identity,
+            lease_duration: std::time::Duration::from_secs(self.lease_duration_seconds),
+            renew_grace: std::time::Duration::from_secs(self.lease_renew_grace_seconds),
+        }))
+    }
 }
 
 #[tokio::main]
@@ -107,19 +161,33 @@ async fn main() -> anyhow::Result<()> {
             log_level,
             resync_seconds,
             concurrency,
+            metrics_bind_address,
+            election,
         } => {
             telemetry::init(log_format, &log_level);
+            let election = election.election()?;
+            let endpoints = match metrics_bind_address.as_str() {
+                "off" | "0" => None,
+                address => Some(tokio::net::TcpListener::bind(address).await.map_err(|e| {
+                    anyhow::anyhow!("cannot serve metrics on {address}: {e}")
+                })?),
+            };
             let client = kube::Client::try_default().await?;
             tracing::info!(
-                namespace = namespace.as_deref().unwrap_or("(all)"),
+                version = env!("CARGO_PKG_VERSION"),
+                leader_election = election.is_some(),
                 "apikey-rotator starting"
             );
-            let settings = controller::Settings {
-                namespace,
-                resync: std::time::Duration::from_secs(resync_seconds),
-                concurrency,
+            let options = operator::Options {
+                settings: controller::Settings {
+                    namespace,
+                    resync: std::time::Duration::from_secs(resync_seconds),
+                    concurrency,
+                },
+                election,
+                endpoints,
             };
-            controller::run(client, settings, shutdown_signal()).await;
+            operator::run(client, options, shutdown_signal()).await?;
             tracing::info!("apikey-rotator stopped");
             Ok(())
         }

@@ -7,6 +7,7 @@ use crate::crd::{
 };
 use crate::key::{KeyId, RawKey};
 use crate::keystore::{Endpoint, KeyStore, KeyStoreError};
+use crate::metrics::Metrics;
 use crate::machine::{self, Action as Step, EventNote, Observation, Plan, RecordView};
 use crate::observe::{self, PENDING_REVISION_ANNOTATION, VAULT_CURRENT, VAULT_PENDING, Vault};
 use crate::spec_check;
@@ -70,6 +71,22 @@ impl Error {
     }
 
     /// A write that lost a race with another writer.
+    /// The HTTP code of a failed Kubernetes API request (`connection` when none came back).
+    pub fn api_code(&self) -> Option<String> {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => Some(s.code.to_string()),
+            Error::Kube(_) => Some("connection".into()),
+            _ => None,
+        }
+    }
+
+    pub fn is_valkey(&self) -> bool {
+        matches!(
+            self,
+            Error::KeyStore(KeyStoreError::Unavailable(_)) | Error::Password(_)
+        )
+    }
+
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 409)
     }
@@ -98,6 +115,7 @@ pub struct Context {
     /// The last Valkey record view per rotation, to spare a read on every watch event.
     records: std::sync::Mutex<HashMap<String, CachedRecords>>,
     failures: std::sync::Mutex<HashMap<String, u32>>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
@@ -113,6 +131,7 @@ impl Context {
             stores: Mutex::new(HashMap::new()),
             records: std::sync::Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
@@ -167,6 +186,18 @@ fn key_of(akr: &ApiKeyRotation) -> String {
 }
 
 pub async fn reconcile(akr: Arc<ApiKeyRotation>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_once(akr, &ctx).await;
+    ctx.metrics
+        .observe_reconcile(started.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        ctx.metrics
+            .count_reconcile_error(e.reason(), e.api_code(), e.is_valkey());
+    }
+    result
+}
+
+async fn reconcile_once(akr: Arc<ApiKeyRotation>, ctx: &Arc<Context>) -> Result<Action, Error> {
     // The watch cache can lag behind this operator's own status writes (a Secret or Deployment
     // event may start a reconcile before the ApiKeyRotation's own update arrives); deciding on a
     // stale status could repeat a step, so read the object afresh.
@@ -180,8 +211,8 @@ pub async fn reconcile(akr: Arc<ApiKeyRotation>, ctx: Arc<Context>) -> Result<Ac
     let key = key_of(&akr);
     let result = finalizer(&api, FINALIZER, Arc::new(akr), |event| async {
         match event {
-            FinalizerEvent::Apply(akr) => Reconciliation::new(&akr, &ctx).run().await,
-            FinalizerEvent::Cleanup(akr) => Reconciliation::new(&akr, &ctx).clean_up().await,
+            FinalizerEvent::Apply(akr) => Reconciliation::new(&akr, ctx).run().await,
+            FinalizerEvent::Cleanup(akr) => Reconciliation::new(&akr, ctx).clean_up().await,
         }
     })
     .await
@@ -311,6 +342,7 @@ impl<'a> Reconciliation<'a> {
         let spec = &self.akr.spec;
         let owner = key_of(self.akr);
         self.ctx.records.lock().unwrap().remove(&owner);
+        self.ctx.metrics.forget(&self.ns, &self.akr.name_any());
         match spec.deletion_policy {
             DeletionPolicy::Retain => {
                 let forgotten = async {
@@ -762,6 +794,9 @@ impl<'a> Reconciliation<'a> {
         }
         if plan.status != self.status {
             self.apply_status(&plan.status).await?;
+            self.ctx
+                .metrics
+                .observe_status(&self.ns, &self.akr.name_any(), &self.status, &plan.status);
             // The state record follows the phase (and which rotation is in flight), not every step:
             // each Valkey command counts.
             let state_changed = plan.status.phase != self.status.phase

@@ -1,0 +1,420 @@
+//! Prometheus metrics. Rotation metrics are derived from status transitions (the status the
+//! reconciler just wrote against the one before), so they count what happened, once, whichever
+//! replica or restart did it.
+
+use crate::crd::{ApiKeyRotationStatus, Phase, Step, TargetState};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RotationResult {
+    succeeded,
+    rolled_back,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: RotationResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    namespace: String,
+    name: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: String,
+}
+
+const PHASES: [Phase; 5] = [
+    Phase::Pending,
+    Phase::Ready,
+    Phase::Rotating,
+    Phase::Suspended,
+    Phase::Degraded,
+];
+
+/// Every metric the operator exports, registered under the `apikey_rotator` prefix.
+pub struct Metrics {
+    registry: Registry,
+    reconcile_duration: Histogram,
+    reconcile_errors: Family<ReasonLabels, Counter>,
+    kubernetes_api_errors: Family<CodeLabels, Counter>,
+    valkey_errors: Counter,
+    rotations: Family<ResultLabels, Counter>,
+    rollout_failures: Counter,
+    rotation_duration: Family<ResultLabels, Histogram>,
+    step_duration: Family<StepLabels, Histogram>,
+    targets_rolled: Counter,
+    phase: Family<PhaseLabels, Gauge>,
+    leader: Gauge,
+    /// When this process first saw each rotation's current step: (revision, step, since).
+    steps_seen: Mutex<HashMap<(String, String), (u64, Step, Instant)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("apikey_rotator");
+        let metrics = Self {
+            reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            reconcile_errors: Family::default(),
+            kubernetes_api_errors: Family::default(),
+            valkey_errors: Counter::default(),
+            rotations: Family::default(),
+            rollout_failures: Counter::default(),
+            rotation_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1.0, 2.0, 16))
+            }),
+            step_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.01, 2.0, 18))
+            }),
+            targets_rolled: Counter::default(),
+            phase: Family::default(),
+            leader: Gauge::default(),
+            steps_seen: Mutex::new(HashMap::new()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile of an ApiKeyRotation took",
+            metrics.reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that ended in an error, by reason (the Degraded condition's reason)",
+            metrics.reconcile_errors.clone(),
+        );
+        registry.register(
+            "kubernetes_api_errors",
+            "Kubernetes API requests that failed, by HTTP code (or 'connection')",
+            metrics.kubernetes_api_errors.clone(),
+        );
+        registry.register(
+            "valkey_errors",
+            "Reconciles stopped because Valkey was unreachable or refused the operator",
+            metrics.valkey_errors.clone(),
+        );
+        registry.register(
+            "rotations",
+            "Rotations that ended, by result: succeeded (old key revoked) or rolled_back",
+            metrics.rotations.clone(),
+        );
+        registry.register(
+            "rollout_failures",
+            "Target rollouts that failed during a rotation",
+            metrics.rollout_failures.clone(),
+        );
+        registry.register(
+            "rotation_duration_seconds",
+            "Time from a rotation's start to its end, by result",
+            metrics.rotation_duration.clone(),
+        );
+        registry.register(
+            "step_duration_seconds",
+            "Time a rotation spent in each step (Mint, Register, Switch, Roll, Validate, Revoke)",
+            metrics.step_duration.clone(),
+        );
+        registry.register(
+            "targets_rolled",
+            "Target rollouts that finished during rotations",
+            metrics.targets_rolled.clone(),
+        );
+        registry.register(
+            "phase",
+            "1 for each ApiKeyRotation's current phase, 0 for the others",
+            metrics.phase.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this instance holds the leader Lease (or runs without leader election)",
+            metrics.leader.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The text exposition (OpenMetrics) of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding into a String cannot fail");
+        out
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    pub fn observe_reconcile(&self, seconds: f64) {
+        self.reconcile_duration.observe(seconds);
+    }
+
+    pub fn count_reconcile_error(&self, reason: &str, api_code: Option<String>, valkey: bool) {
+        self.reconcile_errors
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+        if let Some(code) = api_code {
+            self.kubernetes_api_errors
+                .get_or_create(&CodeLabels { code })
+                .inc();
+        }
+        if valkey {
+            self.valkey_errors.inc();
+        }
+    }
+
+    /// Counts what changed between the status before and after a write.
+    pub fn observe_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        before: &ApiKeyRotationStatus,
+        after: &ApiKeyRotationStatus,
+    ) {
+        if before.phase != after.phase {
+            for phase in PHASES {
+                self.phase
+                    .get_or_create(&PhaseLabels {
+                        namespace: namespace.into(),
+                        name: name.into(),
+                        phase: format!("{phase:?}"),
+                    })
+                    .set(i64::from(after.phase == Some(phase)));
+            }
+        }
+        let key = (namespace.to_string(), name.to_string());
+        let mut seen = self.steps_seen.lock().unwrap();
+        let now = Instant::now();
+        let current = after.current_rotation.as_ref().map(|r| (r.revision, r.step));
+        if let Some(&(revision, step, since)) = seen.get(&key)
+            && current != Some((revision, step))
+        {
+            let same_rotation = before
+                .current_rotation
+                .as_ref()
+                .is_some_and(|r| r.revision == revision);
+            if same_rotation {
+                self.step_duration
+                    .get_or_create(&StepLabels {
+                        step: format!("{step:?}"),
+                    })
+                    .observe(now.duration_since(since).as_secs_f64());
+            }
+        }
+        match current {
+            Some((revision, step)) => {
+                if seen.get(&key).map(|&(r, s, _)| (r, s)) != Some((revision, step)) {
+                    seen.insert(key, (revision, step, now));
+                }
+            }
+            None => {
+                seen.remove(&key);
+            }
+        }
+        drop(seen);
+
+        let targets = |s: &ApiKeyRotationStatus, state: TargetState| {
+            s.current_rotation.as_ref().map_or(0, |r| {
+                r.targets.iter().filter(|t| t.state == state).count() as u64
+            })
+        };
+        let same = before.current_rotation.as_ref().map(|r| r.revision)
+            == after.current_rotation.as_ref().map(|r| r.revision);
+        if same && after.current_rotation.is_some() {
+            let completed = targets(after, TargetState::Complete);
+            let failed = targets(after, TargetState::Failed);
+            self.targets_rolled
+                .inc_by(completed.saturating_sub(targets(before, TargetState::Complete)));
+            self.rollout_failures
+                .inc_by(failed.saturating_sub(targets(before, TargetState::Failed)));
+        }
+
+        if let (Some(ended), None) = (&before.current_rotation, &after.current_rotation) {
+            // A rollback also takes up its revision, so the flag tells the two apart.
+            let result = if ended.rolling_back.is_some() {
+                Some(RotationResult::rolled_back)
+            } else if after.revision > before.revision {
+                Some(RotationResult::succeeded)
+            } else {
+                None
+            };
+            let Some(result) = result else { return };
+            let labels = ResultLabels { result };
+            self.rotations.get_or_create(&labels).inc();
+            if let Ok(started) = ended.started_at.parse::<jiff::Timestamp>() {
+                let seconds = jiff::Timestamp::now().duration_since(started).as_secs_f64();
+                self.rotation_duration
+                    .get_or_create(&labels)
+                    .observe(seconds.max(0.0));
+            }
+        }
+    }
+
+    /// The ApiKeyRotation is gone: drop its per-rotation series.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        for phase in PHASES {
+            self.phase.remove(&PhaseLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+                phase: format!("{phase:?}"),
+            });
+        }
+        self.steps_seen
+            .lock()
+            .unwrap()
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{RotationProgress, TargetProgress};
+
+    fn rotating(revision: u64, step: Step, states: &[TargetState]) -> ApiKeyRotationStatus {
+        ApiKeyRotationStatus {
+            phase: Some(Phase::Rotating),
+            revision: revision - 1,
+            current_rotation: Some(RotationProgress {
+                revision,
+                trigger: "Manual:x".into(),
+                new_key_id: None,
+                old_key_id: None,
+                step,
+                target_index: 0,
+                targets: states
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| TargetProgress {
+                        name: format!("t{i}"),
+                        state: *s,
+                        rolled_at: None,
+                        completed_at: None,
+                        message: None,
+                    })
+                    .collect(),
+                started_at: "2026-01-01T00:00:00Z".into(),
+                validation_started_at: None,
+                revoked_at: None,
+                revoke_attempts: 0,
+                rolling_back: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn a_successful_rotation_counts_once_with_its_steps_and_targets() {
+        use TargetState::*;
+        let m = Metrics::new();
+        let ready = ApiKeyRotationStatus {
+            phase: Some(Phase::Ready),
+            ..Default::default()
+        };
+        let walk = [
+            ready.clone(),
+            rotating(1, Step::Mint, &[Pending, Pending]),
+            rotating(1, Step::Roll, &[Rolling, Pending]),
+            rotating(1, Step::Roll, &[Complete, Rolling]),
+            rotating(1, Step::Validate, &[Complete, Complete]),
+            ApiKeyRotationStatus {
+                revision: 1,
+                ..ready
+            },
+        ];
+        for pair in walk.windows(2) {
+            m.observe_status("ns", "a", &pair[0], &pair[1]);
+        }
+        // A repeated write of the same status changes nothing.
+        m.observe_status("ns", "a", &walk[5], &walk[5]);
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, r#"apikey_rotator_rotations_total{result="succeeded"}"#),
+            Some(1.0)
+        );
+        assert_eq!(sample(&text, "apikey_rotator_targets_rolled_total"), Some(2.0));
+        assert_eq!(
+            sample(&text, r#"apikey_rotator_step_duration_seconds_count{step="Roll"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, r#"apikey_rotator_phase{namespace="ns",name="a",phase="Ready"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, r#"apikey_rotator_phase{namespace="ns",name="a",phase="Rotating"}"#),
+            Some(0.0)
+        );
+        m.forget("ns", "a");
+        assert!(!m.encode().contains(r#"name="a""#));
+    }
+
+    #[test]
+    fn a_failed_rollout_and_its_rollback_count_apart() {
+        use TargetState::*;
+        let m = Metrics::new();
+        let mut rolling_back = rotating(2, Step::Roll, &[Complete, Failed]);
+        rolling_back.current_rotation.as_mut().unwrap().rolling_back = Some("t1 failed".into());
+        let walk = [
+            rotating(2, Step::Roll, &[Complete, Rolling]),
+            rotating(2, Step::Roll, &[Complete, Failed]),
+            rolling_back,
+            ApiKeyRotationStatus {
+                phase: Some(Phase::Degraded),
+                revision: 2,
+                ..Default::default()
+            },
+        ];
+        for pair in walk.windows(2) {
+            m.observe_status("ns", "b", &pair[0], &pair[1]);
+        }
+        let text = m.encode();
+        assert_eq!(sample(&text, "apikey_rotator_rollout_failures_total"), Some(1.0));
+        assert_eq!(
+            sample(&text, r#"apikey_rotator_rotations_total{result="rolled_back"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, r#"apikey_rotator_rotations_total{result="succeeded"}"#),
+            None
+        );
+    }
+}
