@@ -75,7 +75,15 @@ fn spawn_operator_process(sim: &Sim, dir: &std::path::Path) -> Child {
     )
     .unwrap();
     Command::new(env!("CARGO_BIN_EXE_apikey-rotator"))
-        .args(["run", "--namespace", SCALE_NS, "--log-level", "warn", "--metrics-bind-address", "127.0.0.1:0"])
+        .args([
+            "run",
+            "--namespace",
+            SCALE_NS,
+            "--log-level",
+            "warn",
+            "--metrics-bind-address",
+            "127.0.0.1:0",
+        ])
         .env("KUBECONFIG", &kubeconfig)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

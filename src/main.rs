@@ -13,9 +13,14 @@ struct Cli {
 enum Command {
     /// Run the operator against the cluster from the kubeconfig or the in-cluster config.
     Run {
-        /// Watch only this namespace (default: all namespaces).
-        #[arg(long, short = 'n', env = "WATCH_NAMESPACE")]
-        namespace: Option<String>,
+        /// Watch only these namespaces, comma-separated (default: all namespaces).
+        #[arg(
+            long = "namespace",
+            short = 'n',
+            env = "WATCH_NAMESPACE",
+            value_delimiter = ','
+        )]
+        namespaces: Vec<String>,
         #[arg(long, value_enum, default_value = "text", env = "LOG_FORMAT")]
         log_format: telemetry::LogFormat,
         #[arg(long, default_value = "info", env = "LOG_LEVEL")]
@@ -69,7 +74,11 @@ struct ElectionArgs {
     /// Namespace of the Lease (the operator's own namespace).
     #[arg(long, env = "POD_NAMESPACE", required_if_eq("leader_elect", "true"))]
     leader_election_namespace: Option<String>,
-    #[arg(long, default_value = "apikey-rotator-leader", env = "LEADER_ELECTION_LEASE_NAME")]
+    #[arg(
+        long,
+        default_value = "apikey-rotator-leader",
+        env = "LEADER_ELECTION_LEASE_NAME"
+    )]
     lease_name: String,
     /// This instance's identity in the Lease (default: the pod name, else the host name).
     #[arg(long, env = "POD_NAME")]
@@ -156,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Run {
-            namespace,
+            namespaces,
             log_format,
             log_level,
             resync_seconds,
@@ -168,9 +177,11 @@ async fn main() -> anyhow::Result<()> {
             let election = election.election()?;
             let endpoints = match metrics_bind_address.as_str() {
                 "off" | "0" => None,
-                address => Some(tokio::net::TcpListener::bind(address).await.map_err(|e| {
-                    anyhow::anyhow!("cannot serve metrics on {address}: {e}")
-                })?),
+                address => Some(
+                    tokio::net::TcpListener::bind(address)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {address}: {e}"))?,
+                ),
             };
             let client = kube::Client::try_default().await?;
             tracing::info!(
@@ -180,10 +191,11 @@ async fn main() -> anyhow::Result<()> {
             );
             let options = operator::Options {
                 settings: controller::Settings {
-                    namespace,
+                    namespace: None,
                     resync: std::time::Duration::from_secs(resync_seconds),
                     concurrency,
                 },
+                namespaces,
                 election,
                 endpoints,
             };

@@ -216,7 +216,10 @@ impl Metrics {
         let key = (namespace.to_string(), name.to_string());
         let mut seen = self.steps_seen.lock().unwrap();
         let now = Instant::now();
-        let current = after.current_rotation.as_ref().map(|r| (r.revision, r.step));
+        let current = after
+            .current_rotation
+            .as_ref()
+            .map(|r| (r.revision, r.step));
         if let Some(&(revision, step, since)) = seen.get(&key)
             && current != Some((revision, step))
         {
@@ -367,20 +370,35 @@ mod tests {
         m.observe_status("ns", "a", &walk[5], &walk[5]);
         let text = m.encode();
         assert_eq!(
-            sample(&text, r#"apikey_rotator_rotations_total{result="succeeded"}"#),
-            Some(1.0)
-        );
-        assert_eq!(sample(&text, "apikey_rotator_targets_rolled_total"), Some(2.0));
-        assert_eq!(
-            sample(&text, r#"apikey_rotator_step_duration_seconds_count{step="Roll"}"#),
-            Some(1.0)
-        );
-        assert_eq!(
-            sample(&text, r#"apikey_rotator_phase{namespace="ns",name="a",phase="Ready"}"#),
+            sample(
+                &text,
+                r#"apikey_rotator_rotations_total{result="succeeded"}"#
+            ),
             Some(1.0)
         );
         assert_eq!(
-            sample(&text, r#"apikey_rotator_phase{namespace="ns",name="a",phase="Rotating"}"#),
+            sample(&text, "apikey_rotator_targets_rolled_total"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"apikey_rotator_step_duration_seconds_count{step="Roll"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"apikey_rotator_phase{namespace="ns",name="a",phase="Ready"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"apikey_rotator_phase{namespace="ns",name="a",phase="Rotating"}"#
+            ),
             Some(0.0)
         );
         m.forget("ns", "a");
@@ -407,13 +425,22 @@ mod tests {
             m.observe_status("ns", "b", &pair[0], &pair[1]);
         }
         let text = m.encode();
-        assert_eq!(sample(&text, "apikey_rotator_rollout_failures_total"), Some(1.0));
         assert_eq!(
-            sample(&text, r#"apikey_rotator_rotations_total{result="rolled_back"}"#),
+            sample(&text, "apikey_rotator_rollout_failures_total"),
             Some(1.0)
         );
         assert_eq!(
-            sample(&text, r#"apikey_rotator_rotations_total{result="succeeded"}"#),
+            sample(
+                &text,
+                r#"apikey_rotator_rotations_total{result="rolled_back"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"apikey_rotator_rotations_total{result="succeeded"}"#
+            ),
             None
         );
     }

@@ -9,7 +9,10 @@ use kube::Client;
 use std::sync::Arc;
 
 pub struct Options {
+    /// `settings.namespace` is ignored: see `namespaces`.
     pub settings: Settings,
+    /// Watch only these namespaces (one controller each); empty: every namespace.
+    pub namespaces: Vec<String>,
     /// Absent: this instance acts alone (one replica, or tests).
     pub election: Option<Election>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -21,33 +24,36 @@ pub struct Options {
 /// safe because every step can be resumed.
 pub async fn run(
     client: Client,
-    options: Options,
+    mut options: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
-    let _endpoints = options.endpoints.map(|listener| {
-        let (metrics, health) = (metrics.clone(), health.clone());
-        tokio::spawn(async move {
-            if let Err(e) = server::serve(listener, metrics, health).await {
-                tracing::error!(error = %e, "the metrics and health endpoints stopped");
-            }
+    let _endpoints = options
+        .endpoints
+        .take()
+        .map(|listener| {
+            let (metrics, health) = (metrics.clone(), health.clone());
+            tokio::spawn(async move {
+                if let Err(e) = server::serve(listener, metrics, health).await {
+                    tracing::error!(error = %e, "the metrics and health endpoints stopped");
+                }
+            })
         })
-    })
-    .map(AbortOnDrop);
+        .map(AbortOnDrop);
     let shutdown = shutdown.shared();
 
     let version = client.apiserver_version().await?;
     tracing::info!(
         server = %version.git_version,
-        namespace = options.settings.namespace.as_deref().unwrap_or("(all)"),
+        namespaces = %if options.namespaces.is_empty() { "(all)".to_string() } else { options.namespaces.join(",") },
         "connected to the API server"
     );
 
     let Some(election) = options.election else {
         health.set_ready(true);
         metrics.set_leader(true);
-        controller::run_with_metrics(client, options.settings, metrics, shutdown).await;
+        controllers(client, &options, metrics, shutdown).await;
         return Ok(());
     };
 
@@ -62,7 +68,7 @@ pub async fn run(
         }
     }
     metrics.set_leader(true);
-    let work = controller::run_with_metrics(client, options.settings, metrics.clone(), shutdown);
+    let work = controllers(client, &options, metrics.clone(), shutdown);
     tokio::select! {
         _ = work => {
             metrics.set_leader(false);
@@ -75,6 +81,29 @@ pub async fn run(
             anyhow::bail!("lost the leader Lease; stopped acting")
         }
     }
+}
+
+/// One controller per watched namespace (a namespaced Role allows no cluster-wide watch), or one
+/// for the whole cluster.
+async fn controllers(
+    client: Client,
+    options: &Options,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
+        vec![None]
+    } else {
+        options.namespaces.iter().cloned().map(Some).collect()
+    };
+    futures::future::join_all(scopes.into_iter().map(|namespace| {
+        let settings = Settings {
+            namespace,
+            ..options.settings.clone()
+        };
+        controller::run_with_metrics(client.clone(), settings, metrics.clone(), shutdown.clone())
+    }))
+    .await;
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

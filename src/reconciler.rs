@@ -7,8 +7,8 @@ use crate::crd::{
 };
 use crate::key::{KeyId, RawKey};
 use crate::keystore::{Endpoint, KeyStore, KeyStoreError};
-use crate::metrics::Metrics;
 use crate::machine::{self, Action as Step, EventNote, Observation, Plan, RecordView};
+use crate::metrics::Metrics;
 use crate::observe::{self, PENDING_REVISION_ANNOTATION, VAULT_CURRENT, VAULT_PENDING, Vault};
 use crate::spec_check;
 use k8s_openapi::ByteString;
@@ -794,9 +794,12 @@ impl<'a> Reconciliation<'a> {
         }
         if plan.status != self.status {
             self.apply_status(&plan.status).await?;
-            self.ctx
-                .metrics
-                .observe_status(&self.ns, &self.akr.name_any(), &self.status, &plan.status);
+            self.ctx.metrics.observe_status(
+                &self.ns,
+                &self.akr.name_any(),
+                &self.status,
+                &plan.status,
+            );
             // The state record follows the phase (and which rotation is in flight), not every step:
             // each Valkey command counts.
             let state_changed = plan.status.phase != self.status.phase

@@ -178,7 +178,27 @@ pub async fn handle(
         (&Method::DELETE, _, _) => "delete",
         _ => return error_response(ApiError::bad_request("unsupported method")),
     };
+    let user = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|token| shared.users.lock().unwrap().get(token).cloned());
     shared.record_request(verb, &target.rt.plural);
+    if let Some(user) = &user {
+        shared.record_user_request(&user.name, verb, &target.rt.plural);
+        let attributes = crate::rbac::Attributes {
+            verb,
+            group: &target.rt.group,
+            resource: &target.rt.plural,
+            subresource: &target.subresource,
+            namespace: target.namespace.as_deref(),
+            name: target.name.as_deref(),
+        };
+        let store = shared.store.lock().unwrap();
+        if let Err(e) = crate::rbac::authorize(&store, user, &attributes) {
+            return error_response(e);
+        }
+    }
     if let Some(code) = shared.take_fault(verb, &target.rt.plural) {
         return error_response(ApiError::injected(code));
     }

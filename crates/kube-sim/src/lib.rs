@@ -8,6 +8,7 @@ mod deploy;
 mod fields;
 mod http;
 pub mod memory_valkey;
+mod rbac;
 mod schema;
 mod selector;
 mod status;
@@ -16,6 +17,7 @@ pub mod valkey;
 
 use deploy::DeploySim;
 pub use deploy::{PodView, RolloutBehavior, RolloutRecord};
+pub use rbac::User;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -60,6 +62,9 @@ pub(crate) struct Inner {
     deploy: Mutex<DeploySim>,
     faults: Mutex<Vec<Fault>>,
     requests: Mutex<BTreeMap<(String, String), u64>>,
+    /// Bearer tokens whose requests RBAC authorizes, and who they are.
+    pub users: Mutex<BTreeMap<String, rbac::User>>,
+    user_requests: Mutex<BTreeMap<(String, String, String), u64>>,
 }
 
 pub(crate) type Shared = Arc<Inner>;
@@ -71,6 +76,15 @@ impl Inner {
             .lock()
             .unwrap()
             .entry((verb.to_string(), plural.to_string()))
+            .or_default() += 1;
+    }
+
+    pub fn record_user_request(&self, user: &str, verb: &str, plural: &str) {
+        *self
+            .user_requests
+            .lock()
+            .unwrap()
+            .entry((user.to_string(), verb.to_string(), plural.to_string()))
             .or_default() += 1;
     }
 
@@ -111,6 +125,8 @@ impl Sim {
             )),
             faults: Mutex::new(Vec::new()),
             requests: Mutex::new(BTreeMap::new()),
+            users: Mutex::new(BTreeMap::new()),
+            user_requests: Mutex::new(BTreeMap::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -299,6 +315,22 @@ impl Sim {
     }
 
     /// Requests served so far, by (verb, resource).
+    /// Requests bearing `token` act as `user` and are authorized by RBAC (the Roles, ClusterRoles
+    /// and bindings created in the stand-in); requests without a registered token stay
+    /// unrestricted.
+    pub fn authenticate(&self, token: &str, user: User) {
+        self.shared
+            .users
+            .lock()
+            .unwrap()
+            .insert(token.to_string(), user);
+    }
+
+    /// Requests made by each authenticated user: (user, verb, plural) → count.
+    pub fn user_request_counts(&self) -> BTreeMap<(String, String, String), u64> {
+        self.shared.user_requests.lock().unwrap().clone()
+    }
+
     pub fn request_counts(&self) -> BTreeMap<(String, String), u64> {
         self.shared.requests.lock().unwrap().clone()
     }

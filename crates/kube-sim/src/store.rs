@@ -33,7 +33,13 @@ impl ResourceType {
             format!("{}/{}", self.group, self.version)
         }
     }
-    fn builtin(group: &str, version: &str, plural: &str, kind: &str, namespaced: bool) -> Self {
+    pub(crate) fn builtin(
+        group: &str,
+        version: &str,
+        plural: &str,
+        kind: &str,
+        namespaced: bool,
+    ) -> Self {
         Self {
             group: group.into(),
             version: version.into(),
@@ -124,10 +130,17 @@ impl Store {
                 tracks_generation: true,
                 ..ResourceType::builtin("apps", "v1", "deployments", "Deployment", true)
             },
-        ] {
+        ]
+        .into_iter()
+        .chain(crate::rbac::rbac_types())
+        {
             store.add_type(rt);
         }
         store
+    }
+
+    pub fn resource_type(&self, group: &str, plural: &str) -> Option<ResourceType> {
+        self.types.get(&resource_key(group, plural)).cloned()
     }
 
     pub fn add_type(&mut self, rt: ResourceType) {
