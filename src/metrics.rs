@@ -47,6 +47,11 @@ struct CodeLabels {
     code: String,
 }
 
+/// (namespace, name) of an ApiKeyRotation.
+type RotationName = (String, String);
+/// A rotation's revision and step, and when this process first saw it there.
+type StepSeen = (u64, Step, Instant);
+
 const PHASES: [Phase; 5] = [
     Phase::Pending,
     Phase::Ready,
@@ -70,7 +75,7 @@ pub struct Metrics {
     phase: Family<PhaseLabels, Gauge>,
     leader: Gauge,
     /// When this process first saw each rotation's current step: (revision, step, since).
-    steps_seen: Mutex<HashMap<(String, String), (u64, Step, Instant)>>,
+    steps_seen: Mutex<HashMap<RotationName, StepSeen>>,
 }
 
 impl Default for Metrics {

@@ -50,7 +50,7 @@ pub async fn run(
         "connected to the API server"
     );
 
-    let Some(election) = options.election else {
+    let Some(election) = options.election.take() else {
         health.set_ready(true);
         metrics.set_leader(true);
         controllers(client, &options, metrics, shutdown).await;
