@@ -2,6 +2,7 @@
 //! real controller against both, and the Sirius fixtures.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod sirius;
 
 use apikey_rotator::crd::{ApiKeyRotation, crd_yaml};

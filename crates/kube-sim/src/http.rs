@@ -185,7 +185,12 @@ pub async fn handle(
         .and_then(|token| shared.users.lock().unwrap().get(token).cloned());
     shared.record_request(verb, &target.rt.plural);
     if let Some(user) = &user {
-        shared.record_user_request(&user.name, verb, &target.rt.plural);
+        let resource = if target.subresource.is_empty() {
+            target.rt.plural.clone()
+        } else {
+            format!("{}/{}", target.rt.plural, target.subresource)
+        };
+        shared.record_user_request(&user.name, verb, &resource);
         let attributes = crate::rbac::Attributes {
             verb,
             group: &target.rt.group,
@@ -196,6 +201,7 @@ pub async fn handle(
         };
         let store = shared.store.lock().unwrap();
         if let Err(e) = crate::rbac::authorize(&store, user, &attributes) {
+            shared.denials.lock().unwrap().push(e.message.clone());
             return error_response(e);
         }
     }

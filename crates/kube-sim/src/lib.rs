@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     /// Bearer tokens whose requests RBAC authorizes, and who they are.
     pub users: Mutex<BTreeMap<String, rbac::User>>,
     user_requests: Mutex<BTreeMap<(String, String, String), u64>>,
+    /// The messages of the 403s RBAC answered, in order.
+    denials: Mutex<Vec<String>>,
 }
 
 pub(crate) type Shared = Arc<Inner>;
@@ -127,6 +129,7 @@ impl Sim {
             requests: Mutex::new(BTreeMap::new()),
             users: Mutex::new(BTreeMap::new()),
             user_requests: Mutex::new(BTreeMap::new()),
+            denials: Mutex::new(Vec::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -326,9 +329,14 @@ impl Sim {
             .insert(token.to_string(), user);
     }
 
-    /// Requests made by each authenticated user: (user, verb, plural) → count.
+    /// Requests made by each authenticated user: (user, verb, resource[/subresource]) → count.
     pub fn user_request_counts(&self) -> BTreeMap<(String, String, String), u64> {
         self.shared.user_requests.lock().unwrap().clone()
+    }
+
+    /// What RBAC refused so far (kube-apiserver's 403 messages).
+    pub fn denials(&self) -> Vec<String> {
+        self.shared.denials.lock().unwrap().clone()
     }
 
     pub fn request_counts(&self) -> BTreeMap<(String, String), u64> {
