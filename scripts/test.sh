@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: installs what it needs (valkey-server), checks
-# formatting and lints, then runs every test (unit, stand-in, end-to-end with real Valkey).
+# The whole test suite, from a fresh clone: installs what it needs (valkey-server, Helm's engine
+# for Python), checks formatting and lints, then runs every test (unit, stand-in, end-to-end with
+# real Valkey, the Helm chart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/ensure-valkey.sh
+bash scripts/ensure-helm-sdk.sh
+python3 scripts/chart.py check
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
