@@ -8,13 +8,9 @@ mod common;
 use apikey_rotator::key::RawKey;
 use common::process::*;
 use common::*;
-use kube_sim::{Sim, User};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-
-const RELEASE_NS: &str = "apikey-rotator-system";
-const TOKEN: &str = "operator-sa-token";
 
 #[test]
 fn chart_lints_renders_and_refuses_bad_values() {
@@ -142,55 +138,6 @@ struct Outcome {
     used: BTreeSet<(String, String)>,
 }
 
-fn create_rbac(sim: &Sim, objects: &[Value]) {
-    for kind in [
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-    ] {
-        for o in of_kind(objects, kind) {
-            sim.create_object(o.clone())
-                .unwrap_or_else(|e| panic!("{kind}: {e}"));
-        }
-    }
-    sim.authenticate(TOKEN, User::service_account(RELEASE_NS, "apikey-rotator"));
-}
-
-/// The chart's operator, as its own process with the rendered arguments and identity.
-fn spawn_chart_operator(
-    sim: &Sim,
-    objects: &[Value],
-    dir: &std::path::Path,
-    pod: &str,
-    extra_args: &[&str],
-) -> OperatorProcess {
-    let kubeconfig = write_kubeconfig(dir, sim, Some(TOKEN));
-    let mut args: Vec<String> = deployment_args(objects)
-        .into_iter()
-        .map(|a| {
-            // Every process of a test run serves its endpoints on a port of its own.
-            if a.starts_with("--metrics-bind-address=") {
-                "--metrics-bind-address=127.0.0.1:0".into()
-            } else {
-                a
-            }
-        })
-        .collect();
-    args.extend(extra_args.iter().map(|a| a.to_string()));
-    OperatorProcess::spawn(
-        &kubeconfig,
-        &args,
-        &[
-            ("POD_NAME", pod),
-            ("POD_NAMESPACE", RELEASE_NS),
-            ("LOG_FORMAT", "text"),
-        ],
-        dir.join(format!("{pod}.log")),
-    )
-}
-
 /// Installs the chart's RBAC (after `edit`), runs the operator as the chart does, and waits for a
 /// full rotation, or for the first refused request when `stop_on_denial`.
 async fn rotate_under_chart_rbac(
@@ -202,11 +149,11 @@ async fn rotate_under_chart_rbac(
     let sim = start_sim().await;
     let mut objects = render_chart(sets);
     edit(&mut objects);
-    create_rbac(&sim, &objects);
+    create_rbac(&sim, &objects, &[TOKEN]);
     let old = RawKey::new("0123456789abcdef".repeat(4));
     install_sirius(&sim, &valkey.url(), &old, 2, Some("first"), json!({})).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut operator = spawn_chart_operator(&sim, &objects, dir.path(), "op-0", &[]);
+    let mut operator = spawn_chart_operator(&sim, &objects, dir.path(), "op-0", TOKEN);
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let completed = loop {

@@ -1,7 +1,7 @@
 //! The operator binary as its own process (as a pod runs it), and the Helm chart rendered by
 //! Helm's own engine.
 
-use kube_sim::Sim;
+use kube_sim::{Sim, User};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -122,4 +122,61 @@ pub fn deployment_args(objects: &[Value]) -> Vec<String> {
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
         .collect()
+}
+
+/// The chart's release namespace and the token its ServiceAccount authenticates with.
+pub const RELEASE_NS: &str = "apikey-rotator-system";
+pub const TOKEN: &str = "operator-sa-token";
+
+/// Creates the rendered ServiceAccount, Roles and bindings in the stand-in; requests bearing any
+/// of `tokens` then act as the chart's ServiceAccount and are authorized by those rules.
+pub fn create_rbac(sim: &Sim, objects: &[Value], tokens: &[&str]) {
+    for kind in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    ] {
+        for o in of_kind(objects, kind) {
+            sim.create_object(o.clone())
+                .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        }
+    }
+    for token in tokens {
+        sim.authenticate(token, User::service_account(RELEASE_NS, "apikey-rotator"));
+    }
+}
+
+/// The chart's operator as its own process: the rendered Deployment's arguments, the pod's
+/// environment, and the ServiceAccount's identity (`token`).
+pub fn spawn_chart_operator(
+    sim: &Sim,
+    objects: &[Value],
+    dir: &Path,
+    pod: &str,
+    token: &str,
+) -> OperatorProcess {
+    let kubeconfig = write_kubeconfig(dir, sim, Some(token));
+    let args: Vec<String> = deployment_args(objects)
+        .into_iter()
+        .map(|a| {
+            // Every process of a test run serves its endpoints on a port of its own.
+            if a.starts_with("--metrics-bind-address=") {
+                "--metrics-bind-address=127.0.0.1:0".into()
+            } else {
+                a
+            }
+        })
+        .collect();
+    OperatorProcess::spawn(
+        &kubeconfig,
+        &args,
+        &[
+            ("POD_NAME", pod),
+            ("POD_NAMESPACE", RELEASE_NS),
+            ("LOG_FORMAT", "text"),
+        ],
+        dir.join(format!("{pod}.log")),
+    )
 }

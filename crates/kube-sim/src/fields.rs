@@ -151,6 +151,15 @@ impl Ownership {
         self.managers.retain(|_, owned| !owned.is_empty());
     }
 
+    /// Fields an update removed from the object are no longer anyone's (so a later apply of
+    /// them does not conflict), as in kube-apiserver.
+    pub fn forget(&mut self, removed: &BTreeSet<FieldPath>) {
+        for owned in self.managers.values_mut() {
+            owned.retain(|p| !removed.contains(p));
+        }
+        self.managers.retain(|_, owned| !owned.is_empty());
+    }
+
     pub fn replace_applied(
         &mut self,
         key: ManagerKey,
@@ -198,6 +207,14 @@ impl Ownership {
             .collect();
         Value::Array(entries)
     }
+}
+
+/// Leaf paths present in `old` and gone from `new`.
+pub fn removed_paths(old: &Value, new: &Value) -> BTreeSet<FieldPath> {
+    leaf_paths(old)
+        .into_iter()
+        .filter(|p| get(new, p).is_none())
+        .collect()
 }
 
 /// Leaf paths whose value differs between two versions of an object (added, changed or removed).

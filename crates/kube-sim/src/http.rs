@@ -178,11 +178,12 @@ pub async fn handle(
         (&Method::DELETE, _, _) => "delete",
         _ => return error_response(ApiError::bad_request("unsupported method")),
     };
-    let user = headers
+    let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|token| shared.users.lock().unwrap().get(token).cloned());
+        .unwrap_or("");
+    let user = shared.users.lock().unwrap().get(token).cloned();
     shared.record_request(verb, &target.rt.plural);
     if let Some(user) = &user {
         let resource = if target.subresource.is_empty() {
@@ -190,7 +191,7 @@ pub async fn handle(
         } else {
             format!("{}/{}", target.rt.plural, target.subresource)
         };
-        shared.record_user_request(&user.name, verb, &resource);
+        shared.record_user_request(token, verb, &resource);
         let attributes = crate::rbac::Attributes {
             verb,
             group: &target.rt.group,
@@ -461,6 +462,7 @@ fn track_update(
         },
         changed,
     );
+    ownership.forget(&crate::fields::removed_paths(current, next));
 }
 
 async fn watch_response(

@@ -81,12 +81,12 @@ impl Inner {
             .or_default() += 1;
     }
 
-    pub fn record_user_request(&self, user: &str, verb: &str, plural: &str) {
+    pub fn record_user_request(&self, token: &str, verb: &str, plural: &str) {
         *self
             .user_requests
             .lock()
             .unwrap()
-            .entry((user.to_string(), verb.to_string(), plural.to_string()))
+            .entry((token.to_string(), verb.to_string(), plural.to_string()))
             .or_default() += 1;
     }
 
@@ -329,7 +329,7 @@ impl Sim {
             .insert(token.to_string(), user);
     }
 
-    /// Requests made by each authenticated user: (user, verb, resource[/subresource]) → count.
+    /// Requests made with each registered token: (token, verb, resource[/subresource]) → count.
     pub fn user_request_counts(&self) -> BTreeMap<(String, String, String), u64> {
         self.shared.user_requests.lock().unwrap().clone()
     }

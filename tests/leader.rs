@@ -1,0 +1,183 @@
+//! Two operator processes, as the chart runs them (two replicas, leader election on a Lease, the
+//! chart's RBAC): only the Lease holder acts; killing it hands over and the rotation in flight
+//! completes with the key it had minted.
+
+mod common;
+
+use apikey_rotator::key::RawKey;
+use common::process::*;
+use common::*;
+use kube_sim::{Sim, SimOptions};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const LEASE: &str = "apikey-rotator-leader";
+const LEASE_SECONDS: u64 = 4;
+
+fn holder(sim: &Sim) -> Option<String> {
+    sim.get_object("coordination.k8s.io", "leases", RELEASE_NS, LEASE)
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+}
+
+/// Requests made with `token` to anything but the Lease.
+fn acting_requests(sim: &Sim, token: &str) -> Vec<(String, String, u64)> {
+    sim.user_request_counts()
+        .into_iter()
+        .filter(|((t, _, resource), _)| t == token && resource != "leases")
+        .map(|((_, verb, resource), n)| (verb, resource, n))
+        .collect()
+}
+
+struct TwoReplicas {
+    valkey: Valkey,
+    sim: Sim,
+    dir: tempfile::TempDir,
+    a: OperatorProcess,
+    b: OperatorProcess,
+}
+
+/// Sirius with rollouts slow enough to catch a rotation in flight, and two operator replicas.
+async fn two_replicas() -> TwoReplicas {
+    let valkey = Valkey::start();
+    let sim = start_sim_with(SimOptions {
+        pod_ready_after: Duration::from_millis(700),
+        ..SimOptions::default()
+    })
+    .await;
+    let lease = format!(
+        "leaderElection.leaseDurationSeconds={LEASE_SECONDS},leaderElection.renewGraceSeconds=2"
+    );
+    let objects = render_chart(&[&lease]);
+    create_rbac(&sim, &objects, &["token-a", "token-b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_chart_operator(&sim, &objects, dir.path(), "op-a", "token-a");
+    let b = spawn_chart_operator(&sim, &objects, dir.path(), "op-b", "token-b");
+    wait_for(Duration::from_secs(20), "a leader", || {
+        holder(&sim).is_some()
+    })
+    .await;
+    TwoReplicas {
+        valkey,
+        sim,
+        dir,
+        a,
+        b,
+    }
+}
+
+async fn start_rotation(r: &TwoReplicas) -> RawKey {
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    install_sirius(&r.sim, &r.valkey.url(), &old, 2, Some("first"), json!({})).await;
+    old
+}
+
+fn new_key_id(sim: &Sim) -> Option<Value> {
+    let id = akr_status(sim)["currentRotation"]["newKeyId"].clone();
+    (!id.is_null()).then_some(id)
+}
+
+async fn wait_rotation_done(sim: &Sim) {
+    wait_for(Duration::from_secs(60), "rotation 1 to finish", || {
+        akr_status(sim)["revision"] == json!(1)
+            && event_reasons(sim).iter().any(|r| r == "RotationSucceeded")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_acts_and_a_killed_leader_hands_over_mid_rotation() {
+    let mut r = two_replicas().await;
+    let leader = holder(&r.sim).unwrap();
+    let (leader_token, standby, standby_token) = if leader == "op-a" {
+        ("token-a", "op-b", "token-b")
+    } else {
+        ("token-b", "op-a", "token-a")
+    };
+    let _old = start_rotation(&r).await;
+
+    // Kill the leader while it rolls the second target.
+    wait_for(
+        Duration::from_secs(30),
+        "the rotation to reach sirius-ui",
+        || {
+            let s = akr_status(&r.sim);
+            s["currentRotation"]["step"] == "Roll" && s["currentRotation"]["targetIndex"] == 1
+        },
+    )
+    .await;
+    let minted = new_key_id(&r.sim).expect("the new key is minted before the rollouts");
+    assert!(
+        acting_requests(&r.sim, standby_token).is_empty(),
+        "the standby acted: {:?}",
+        acting_requests(&r.sim, standby_token)
+    );
+    assert!(!acting_requests(&r.sim, leader_token).is_empty());
+    let killed_at = Instant::now();
+    if leader == "op-a" {
+        r.a.kill();
+    } else {
+        r.b.kill();
+    }
+
+    wait_for(
+        Duration::from_secs(LEASE_SECONDS + 5),
+        "the standby to lead",
+        || holder(&r.sim).as_deref() == Some(standby),
+    )
+    .await;
+    let handover = killed_at.elapsed();
+    // The Lease expires at most LEASE_SECONDS after the kill; kube-lease-manager then waits
+    // 0.1 to 1 s before taking it (against two standbys colliding).
+    assert!(
+        handover <= Duration::from_millis(LEASE_SECONDS * 1000 + 1_500),
+        "handover took {handover:?}"
+    );
+    eprintln!("handover after the kill: {handover:?}");
+
+    wait_rotation_done(&r.sim).await;
+    let status = akr_status(&r.sim);
+    assert_eq!(
+        status["activeKeyId"], minted,
+        "the new leader finished the rotation with the key minted before the kill"
+    );
+    assert!(!acting_requests(&r.sim, standby_token).is_empty());
+    // The Events after the handover come from the new leader.
+    let last = events(&r.sim)
+        .into_iter()
+        .rev()
+        .find(|e| e["reason"] == "RotationSucceeded")
+        .unwrap();
+    assert_eq!(last["reportingInstance"], standby);
+    drop(r.dir);
+}
+
+/// SIGTERM: the leader finishes what it was doing, gives the Lease up and exits 0; the standby
+/// takes over (kube-lease-manager's standby looks again when the Lease would have expired).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_leader_exits_cleanly_and_gives_the_lease_up() {
+    let mut r = two_replicas().await;
+    let leader = holder(&r.sim).unwrap();
+    let (leading, standby) = if leader == "op-a" {
+        (&mut r.a, "op-b")
+    } else {
+        (&mut r.b, "op-a")
+    };
+    let status = leading
+        .terminate(Duration::from_secs(10))
+        .expect("the leader exits on SIGTERM");
+    assert!(status.success(), "{status}: {}", leading.log_text());
+    assert_eq!(holder(&r.sim), None, "the Lease was released");
+    let released_at = Instant::now();
+    wait_for(
+        Duration::from_secs(LEASE_SECONDS + 2),
+        "the standby to lead",
+        || holder(&r.sim).as_deref() == Some(standby),
+    )
+    .await;
+    eprintln!(
+        "standby took over {:?} after the release",
+        released_at.elapsed()
+    );
+    start_rotation(&r).await;
+    wait_rotation_done(&r.sim).await;
+}
