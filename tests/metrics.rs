@@ -1,0 +1,192 @@
+//! `/metrics`, `/healthz` and `/readyz` of the running operator, scraped during and after real
+//! rotations: the counters and histograms move as the README documents.
+
+mod common;
+
+use apikey_rotator::controller::{DEFAULT_CONCURRENCY, Settings};
+use apikey_rotator::key::RawKey;
+use apikey_rotator::operator::{self, Options};
+use common::*;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// (status code, body) of a plain HTTP/1.1 GET.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let code = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The value of one sample (`name{labels}` exactly as exposed), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn phase(name: &str, phase: &str) -> String {
+    format!(r#"apikey_rotator_phase{{namespace="{NS}",name="{name}",phase="{phase}"}}"#)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_during_and_after_rotations() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    install_sirius(&sim, &valkey.url(), &old, 2, Some("first"), json!({})).await;
+    // Two failed Deployment patches: reconcile errors and API errors by code. (kube's client
+    // retries 503s by itself, so a 500.)
+    sim.inject_faults("patch", "deployments", 2, 500);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let options = Options {
+        settings: Settings {
+            namespace: None,
+            resync: Duration::from_secs(60),
+            concurrency: DEFAULT_CONCURRENCY,
+        },
+        namespaces: vec![NS.into()],
+        election: None,
+        endpoints: Some(listener),
+    };
+    let operator = tokio::spawn(operator::run(
+        client_for(&sim),
+        options,
+        std::future::pending(),
+    ));
+
+    wait_for(Duration::from_secs(10), "the endpoints", || {
+        std::net::TcpStream::connect(addr).is_ok()
+    })
+    .await;
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    let mut ready = false;
+    for _ in 0..100 {
+        if get(addr, "/readyz").await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "/readyz never answered 200");
+
+    // During the rotation: the phase gauge says Rotating.
+    let mut seen_rotating = false;
+    for _ in 0..400 {
+        let (_, text) = get(addr, "/metrics").await;
+        if sample(&text, &phase("sirius", "Rotating")) == Some(1.0) {
+            seen_rotating = true;
+            assert_eq!(sample(&text, &phase("sirius", "Ready")), Some(0.0));
+            assert_eq!(sample(&text, "apikey_rotator_leader"), Some(1.0));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen_rotating, "the phase gauge never showed Rotating");
+
+    wait_for(Duration::from_secs(30), "rotation 1 to finish", || {
+        akr_status(&sim)["revision"] == json!(1)
+    })
+    .await;
+    let (code, text) = get(addr, "/metrics").await;
+    assert_eq!(code, 200);
+    let value = |series: &str| sample(&text, series).unwrap_or(0.0);
+    assert_eq!(
+        value(r#"apikey_rotator_rotations_total{result="succeeded"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(value("apikey_rotator_targets_rolled_total"), 3.0);
+    assert_eq!(
+        value(r#"apikey_rotator_rotation_duration_seconds_count{result="succeeded"}"#),
+        1.0
+    );
+    for step in ["Mint", "Register", "Switch", "Roll", "Validate", "Revoke"] {
+        assert!(
+            value(&format!(
+                r#"apikey_rotator_step_duration_seconds_count{{step="{step}"}}"#
+            )) >= 1.0,
+            "no {step} duration in:\n{text}"
+        );
+    }
+    assert_eq!(value(&phase("sirius", "Ready")), 1.0);
+    assert_eq!(value(&phase("sirius", "Rotating")), 0.0);
+    assert!(value("apikey_rotator_reconcile_duration_seconds_count") >= 5.0);
+    assert!(
+        value(r#"apikey_rotator_reconcile_errors_total{reason="KubernetesApiError"}"#) >= 1.0,
+        "{text}"
+    );
+    assert!(value(r#"apikey_rotator_kubernetes_api_errors_total{code="500"}"#) >= 1.0);
+    assert_eq!(value("apikey_rotator_rollout_failures_total"), 0.0);
+
+    // A second rotation adds to the counters; Valkey down shows as Valkey errors.
+    sim.merge_patch_object(
+        "keys.siriusscan.io",
+        "apikeyrotations",
+        NS,
+        "sirius",
+        json!({"metadata": {"annotations": {"keys.siriusscan.io/rotate": "second"}}}),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(30), "rotation 2 to finish", || {
+        akr_status(&sim)["revision"] == json!(2)
+    })
+    .await;
+    valkey.pause();
+    sim.merge_patch_object(
+        "keys.siriusscan.io",
+        "apikeyrotations",
+        NS,
+        "sirius",
+        json!({"metadata": {"annotations": {"keys.siriusscan.io/rotate": "third"}}}),
+    )
+    .unwrap();
+    let mut valkey_errors = 0.0;
+    for _ in 0..300 {
+        let (_, text) = get(addr, "/metrics").await;
+        valkey_errors = sample(&text, "apikey_rotator_valkey_errors_total").unwrap_or(0.0);
+        if valkey_errors >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    valkey.resume();
+    assert!(valkey_errors >= 1.0, "Valkey errors were not counted");
+    let (_, text) = get(addr, "/metrics").await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"apikey_rotator_rotations_total{result="succeeded"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, "apikey_rotator_targets_rolled_total"),
+        Some(6.0)
+    );
+
+    // No key, old or new, is ever exposed.
+    for key in [
+        old.expose().to_string(),
+        secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap(),
+    ] {
+        assert!(!text.contains(&key));
+    }
+    operator.abort();
+}
