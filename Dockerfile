@@ -5,6 +5,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY crates ./crates
 COPY src ./src
+# Cargo.toml names the benches; cargo refuses a manifest whose targets are missing.
+COPY benches ./benches
 RUN cargo build --release --locked --bin apikey-rotator
 
 FROM gcr.io/distroless/cc-debian12:nonroot

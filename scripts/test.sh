@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/ensure-valkey.sh
 bash scripts/ensure-helm-sdk.sh
 python3 scripts/chart.py check
+bash scripts/check-dockerfile.sh
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
