@@ -1,6 +1,7 @@
 //! Wires the reconciler to watches: ApiKeyRotations, the Secrets this operator labels, and the
 //! Deployments the rotations target. Reconciles are driven by these events, with a slow resync.
 
+use crate::clock::Clock;
 use crate::crd::{ApiKeyRotation, MANAGED_BY_LABEL};
 use crate::metrics::Metrics;
 use crate::reconciler::{self, Context};
@@ -23,6 +24,8 @@ pub struct Settings {
     pub resync: std::time::Duration,
     /// Reconciles running at once (each holds an API connection while it runs); 0 is unbounded.
     pub concurrency: u16,
+    /// The time rotations are decided on (the system clock but in tests).
+    pub clock: Clock,
 }
 
 /// Enough to keep every rollout moving (reconciles are short; waiting is done by requeueing),
@@ -35,6 +38,7 @@ impl Settings {
             namespace: Some(ns.to_string()),
             resync: crate::reconciler::DEFAULT_RESYNC,
             concurrency: DEFAULT_CONCURRENCY,
+            clock: Clock::default(),
         }
     }
 }
@@ -72,6 +76,7 @@ pub async fn run_with_metrics(
     let mut context = Context::new(client, std::env::var("POD_NAME").ok(), settings.resync);
     context.rotations = Some(store.clone());
     context.metrics = metrics;
+    context.clock = settings.clock.clone();
     let ctx = Arc::new(context);
     let targets_of = store.clone();
     // The Secrets and Deployments only trigger reconciles (which read what they need afresh), so

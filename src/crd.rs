@@ -81,6 +81,17 @@ pub struct ApiKeyRotationSpec {
     #[schemars(range(min = 3600, max = 31536000))]
     pub rotation_interval_seconds: Option<u32>,
 
+    /// Rotate on a cron schedule in a time zone (instead of `rotationIntervalSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+
+    /// When set, a rotation, and each rollout of a rotation, starts only inside one of these
+    /// windows (manual triggers included). A rollout under way when a window closes finishes; the
+    /// next target waits for the next window. Validation and revocation need no window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub maintenance_windows: Vec<MaintenanceWindow>,
+
     /// What a failed rollout does: `Halt` (default) keeps both keys valid and waits; `Rollback`
     /// restores the old key in the Secret, rolls already-rolled targets back in reverse order and
     /// removes the new key's record.
@@ -190,6 +201,40 @@ pub struct ValkeyConnection {
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Schedule {
+    /// Five-field cron expression (minute hour day-of-month month day-of-week), or a nickname
+    /// such as `@weekly`. Across DST changes, a time skipped by the clock runs right after the
+    /// gap, and a repeated time runs once.
+    #[schemars(length(min = 1, max = 128))]
+    pub cron: String,
+    /// IANA time zone the expression is read in.
+    #[serde(default = "default_time_zone")]
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: String,
+    /// Delay each scheduled rotation by up to this many seconds: a share that is stable for this
+    /// ApiKeyRotation and scheduled time, so many rotations on one schedule spread out.
+    #[serde(default)]
+    #[schemars(range(max = 86400))]
+    pub jitter_seconds: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceWindow {
+    /// When the window opens: a five-field cron expression.
+    #[schemars(length(min = 1, max = 128))]
+    pub start: String,
+    /// How long it stays open, in minutes (real time, also across DST changes).
+    #[schemars(range(min = 1, max = 10080))]
+    pub duration_minutes: u32,
+    /// IANA time zone `start` is read in.
+    #[serde(default = "default_time_zone")]
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct SecretKeyRef {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
@@ -244,6 +289,9 @@ pub enum TargetKind {
     Deployment,
 }
 
+fn default_time_zone() -> String {
+    "UTC".into()
+}
 fn default_secret_name() -> String {
     "sirius-api-key".into()
 }
@@ -367,7 +415,7 @@ pub struct Condition {
 pub struct RotationProgress {
     /// The revision this rotation will become (`status.revision + 1`).
     pub revision: u64,
-    /// What started it: `Initial`, `Interval`, `Manual:<token>`.
+    /// What started it: `Initial`, `Interval`, `Schedule`, `Manual:<token>`.
     pub trigger: String,
     /// SHA-256 id of the new key, once minted.
     #[serde(default, skip_serializing_if = "Option::is_none")]

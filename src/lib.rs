@@ -7,6 +7,7 @@
 
 pub mod claims;
 pub mod cli;
+pub mod clock;
 pub mod controller;
 pub mod crd;
 #[cfg(feature = "demo")]
@@ -20,6 +21,7 @@ pub mod observe;
 pub mod operator;
 pub mod reconciler;
 pub mod rollout;
+pub mod schedule;
 pub mod server;
 pub mod sirius;
 pub mod spec_check;

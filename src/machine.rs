@@ -13,6 +13,7 @@ use crate::crd::{
 };
 use crate::key::KeyId;
 use crate::rollout::RolloutState;
+use crate::schedule::Calendar;
 use jiff::{SignedDuration, Timestamp};
 use std::time::Duration;
 
@@ -57,6 +58,8 @@ pub struct RecordView {
 
 #[derive(Clone, Debug)]
 pub struct Observation {
+    /// `namespace/name` of the ApiKeyRotation (seeds the schedule's jitter).
+    pub name: String,
     pub generation: Option<i64>,
     pub spec: ApiKeyRotationSpec,
     pub status: ApiKeyRotationStatus,
@@ -117,6 +120,18 @@ pub struct Plan {
     /// The status to record once the action succeeded.
     pub status: ApiKeyRotationStatus,
     pub event: Option<EventNote>,
+}
+
+/// The Rotating condition's reason while a maintenance window is awaited.
+pub const WAITING_FOR_WINDOW: &str = "WaitingForWindow";
+
+/// The Rotating condition's current reason.
+fn waiting_reason(o: &Observation) -> Option<&str> {
+    o.status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ROTATING)
+        .map(|c| c.reason.as_str())
 }
 
 pub const READY: &str = "Ready";
@@ -401,11 +416,14 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
                 .map(|c| c.last_transition_time.clone()),
         ))
         .unwrap_or(now);
-    let next = o
-        .spec
-        .rotation_interval_seconds
-        .map(|s| active_since + SignedDuration::from_secs(s as i64));
-    b.status.next_rotation_time = next.map(ts);
+    let calendar = Calendar::from_spec(&o.spec).unwrap_or_default();
+    let next = match o.spec.rotation_interval_seconds {
+        Some(s) => Some(active_since + SignedDuration::from_secs(s as i64)),
+        None => calendar.next_scheduled(active_since, &o.name),
+    };
+    // A due rotation starts at the first instant a maintenance window allows.
+    let next_start = next.and_then(|at| calendar.next_window_open(at));
+    b.status.next_rotation_time = next_start.map(ts);
     b.status.current_rotation = None;
     b.condition(ROTATING, false, "Idle", "No rotation in flight.");
     b.condition(
@@ -439,9 +457,44 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
         .filter(|t| !t.is_empty() && o.status.last_trigger.as_ref() != Some(t));
     let trigger = match (manual, next) {
         (Some(token), _) => Some(format!("Manual:{token}")),
-        (None, Some(at)) if at <= now && !rolled_back => Some("Interval".to_string()),
+        (None, Some(at)) if at <= now && !rolled_back => Some(
+            if o.spec.rotation_interval_seconds.is_some() {
+                "Interval"
+            } else {
+                "Schedule"
+            }
+            .to_string(),
+        ),
         _ => None,
     };
+    if let Some(trigger) = &trigger
+        && !calendar.window_open(now)
+    {
+        // Requested or due, but no window is open: the trigger stays pending until one opens.
+        let opens = calendar.next_window_open(now);
+        let message = format!(
+            "Rotation {revision} ({trigger}) starts when the next maintenance window opens{}.",
+            opens
+                .map(|at| format!(" at {}", ts(at)))
+                .unwrap_or_default()
+        );
+        let first_wait = waiting_reason(o) != Some(WAITING_FOR_WINDOW);
+        b.condition(ROTATING, false, WAITING_FOR_WINDOW, message.clone());
+        b.status.next_rotation_time = opens.map(ts);
+        b.status.phase = Some(if rolled_back {
+            Phase::Degraded
+        } else {
+            Phase::Ready
+        });
+        return b.plan(
+            Action::Wait {
+                requeue_after: opens.map(|at| until(now, at)),
+            },
+            first_wait
+                .then(|| normal(WAITING_FOR_WINDOW, message))
+                .flatten(),
+        );
+    }
     match trigger {
         Some(trigger) => {
             if let Some(token) = manual {
@@ -477,7 +530,7 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
             });
             b.plan(
                 Action::Wait {
-                    requeue_after: next.map(|at| until(now, at)),
+                    requeue_after: next_start.map(|at| until(now, at)),
                 },
                 None,
             )
@@ -727,6 +780,29 @@ fn rotating(
                             "Deployment {} is paused; resume it to continue the rotation.",
                             target.name
                         ),
+                    );
+                }
+                let calendar = Calendar::from_spec(&o.spec).unwrap_or_default();
+                if !calendar.window_open(now) {
+                    // A rollout starts only inside a window; both keys stay valid meanwhile.
+                    let opens = calendar.next_window_open(now);
+                    let message = format!(
+                        "Rotation {} waits for the next maintenance window{} to roll out {}.",
+                        r.revision,
+                        opens.map(|at| format!(" ({})", ts(at))).unwrap_or_default(),
+                        target.name
+                    );
+                    let first_wait = waiting_reason(o) != Some(WAITING_FOR_WINDOW);
+                    r.step = Step::Roll;
+                    b.condition(ROTATING, true, WAITING_FOR_WINDOW, message.clone());
+                    b.status.current_rotation = Some(r);
+                    return b.plan(
+                        Action::Wait {
+                            requeue_after: opens.map(|at| until(now, at)),
+                        },
+                        first_wait
+                            .then(|| normal(WAITING_FOR_WINDOW, message))
+                            .flatten(),
                     );
                 }
                 r.step = Step::Roll;
@@ -1304,6 +1380,7 @@ mod tests {
         spec.rotation_interval_seconds = interval;
         let key = KeyId("a".repeat(64));
         Observation {
+            name: "ns/a".into(),
             generation: Some(1),
             targets: spec
                 .targets
@@ -1419,6 +1496,74 @@ mod tests {
         );
         assert_eq!(plan.status.phase, Some(Phase::Suspended));
         assert!(plan.status.current_rotation.is_none());
+    }
+
+    fn with_calendar(o: &mut Observation, calendar: serde_json::Value) {
+        let mut spec = serde_json::to_value(&o.spec).unwrap();
+        for (k, v) in calendar.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        o.spec = serde_json::from_value(spec).unwrap();
+    }
+
+    #[test]
+    fn a_cron_schedule_starts_a_rotation_when_due_and_shows_the_next_time() {
+        let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+        with_calendar(
+            &mut o,
+            serde_json::json!({"schedule": {"cron": "0 3 * * *", "timeZone": "Asia/Tokyo"}}),
+        );
+        // 03:00 in Tokyo is 18:00 UTC the day before.
+        let plan = decide(&o);
+        assert_eq!(
+            plan.status.next_rotation_time.as_deref(),
+            Some("2026-11-25T18:00:00Z")
+        );
+        assert_eq!(
+            plan.action,
+            Action::Wait {
+                requeue_after: Some(until(o.now, "2026-11-25T18:00:00Z".parse().unwrap()))
+            }
+        );
+        o.now = "2026-11-25T18:00:00Z".parse().unwrap();
+        let plan = decide(&o);
+        assert_eq!(plan.status.current_rotation.unwrap().trigger, "Schedule");
+    }
+
+    #[test]
+    fn a_due_or_requested_rotation_waits_for_a_window_and_says_so_once() {
+        let mut o = idle_observation(Some(3600), "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+        with_calendar(
+            &mut o,
+            serde_json::json!({"maintenanceWindows": [{"start": "0 22 * * *", "durationMinutes": 60}]}),
+        );
+        let plan = decide(&o);
+        assert!(plan.status.current_rotation.is_none());
+        assert_eq!(
+            plan.status.next_rotation_time.as_deref(),
+            Some("2026-11-25T22:00:00Z")
+        );
+        assert_eq!(
+            plan.action,
+            Action::Wait {
+                requeue_after: Some(until(o.now, "2026-11-25T22:00:00Z".parse().unwrap()))
+            }
+        );
+        assert_eq!(plan.event.as_ref().unwrap().reason, WAITING_FOR_WINDOW);
+        // The next decision, on that status, does not repeat the Event.
+        o.status = plan.status.clone();
+        o.trigger = Some("now-please".into());
+        let plan = decide(&o);
+        assert!(plan.event.is_none());
+        assert!(plan.status.current_rotation.is_none());
+        assert_eq!(plan.status.last_trigger, None, "the request stays pending");
+        // Inside the window the requested rotation starts.
+        o.now = "2026-11-25T22:00:00Z".parse().unwrap();
+        let plan = decide(&o);
+        assert_eq!(
+            plan.status.current_rotation.unwrap().trigger,
+            "Manual:now-please"
+        );
     }
 
     #[test]

@@ -194,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
                     namespace: None,
                     resync: std::time::Duration::from_secs(resync_seconds),
                     concurrency,
+                    clock: Default::default(),
                 },
                 namespaces,
                 election,

@@ -1,6 +1,7 @@
 //! The thin side of the operator: observe, ask the machine, perform its one action, record the
 //! status and the Event, and repeat until the machine says to wait.
 
+use crate::clock::Clock;
 use crate::crd::{
     ApiKeyRotation, ApiKeyRotationStatus, DeletionPolicy, FINALIZER, MANAGED_BY_LABEL, Phase,
     ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION, TRIGGER_ANNOTATION,
@@ -116,6 +117,7 @@ pub struct Context {
     records: std::sync::Mutex<HashMap<String, CachedRecords>>,
     failures: std::sync::Mutex<HashMap<String, u32>>,
     pub metrics: Arc<Metrics>,
+    pub clock: Clock,
 }
 
 impl Context {
@@ -132,6 +134,7 @@ impl Context {
             records: std::sync::Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::new()),
+            clock: Clock::default(),
         }
     }
 
@@ -564,11 +567,12 @@ impl<'a> Reconciliation<'a> {
         }
         let (records, cached) = self.records(store, vault.as_ref(), fresh).await?;
         let observation = Observation {
+            name: key_of(self.akr),
             generation: self.akr.metadata.generation,
             spec: spec.clone(),
             status: self.status.clone(),
             trigger: self.akr.annotations().get(TRIGGER_ANNOTATION).cloned(),
-            now: jiff::Timestamp::now(),
+            now: self.ctx.clock.now(),
             vault: vault.as_ref().map(Vault::view),
             consumer: consumer_view,
             consumer_labelled: observe::is_labelled(consumer.as_ref()),
@@ -676,7 +680,7 @@ impl<'a> Reconciliation<'a> {
                     "oldKeyId": r.and_then(|r| r.old_key_id.clone()),
                     "newKeyId": r.and_then(|r| r.new_key_id.clone()),
                     "startedAt": r.map(|r| r.started_at.clone()),
-                    "finishedAt": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    "finishedAt": self.ctx.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
                     "failure": r.and_then(|r| r.rolling_back.clone()),
                     "targets": r.map(|r| r.targets.clone()),
                 });
@@ -813,7 +817,7 @@ impl<'a> Reconciliation<'a> {
                     "rotation": plan.status.current_rotation.as_ref().map(|r| json!({
                         "revision": r.revision, "step": r.step, "newKeyId": r.new_key_id, "startedAt": r.started_at,
                     })),
-                    "updatedAt": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    "updatedAt": self.ctx.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
                 });
                 store
                     .write_state(
@@ -867,7 +871,10 @@ impl<'a> Reconciliation<'a> {
 
     /// `Degraded=True` with this reason (and an Event when it is new); keeps everything else.
     async fn report_failure(&mut self, reason: &'static str, message: &str) -> Result<(), Error> {
-        let now = jiff::Timestamp::now()
+        let now = self
+            .ctx
+            .clock
+            .now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
         let mut status = self.status.clone();

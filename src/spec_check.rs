@@ -125,6 +125,9 @@ pub fn problems(spec: &ApiKeyRotationSpec) -> Vec<String> {
             "spec.rotationIntervalSeconds: {i} is outside 3600..=31536000"
         ));
     }
+    if let Err(problems) = crate::schedule::Calendar::from_spec(spec) {
+        out.extend(problems);
+    }
     if !(1..=100).contains(&spec.history_limit) {
         out.push(format!(
             "spec.historyLimit: {} is outside 1..=100",

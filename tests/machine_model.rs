@@ -101,6 +101,7 @@ impl World {
 
     fn observe(&self) -> Observation {
         Observation {
+            name: "ns/model".into(),
             generation: Some(1),
             spec: self.spec.clone(),
             status: self.status.clone(),

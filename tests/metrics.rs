@@ -60,6 +60,7 @@ async fn metrics_move_during_and_after_rotations() {
             namespace: None,
             resync: Duration::from_secs(60),
             concurrency: DEFAULT_CONCURRENCY,
+            clock: Default::default(),
         },
         namespaces: vec![NS.into()],
         election: None,

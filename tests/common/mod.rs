@@ -139,6 +139,7 @@ pub fn spawn_operator_with_resync(sim: &Sim, resync: Duration) -> tokio::task::J
         namespace: Some(NS.into()),
         resync,
         concurrency: apikey_rotator::controller::DEFAULT_CONCURRENCY,
+        clock: Default::default(),
     };
     tokio::spawn(apikey_rotator::controller::run(
         client,
