@@ -417,12 +417,7 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
         ))
         .unwrap_or(now);
     let calendar = Calendar::from_spec(&o.spec).unwrap_or_default();
-    let next = match o.spec.rotation_interval_seconds {
-        Some(s) => Some(active_since + SignedDuration::from_secs(s as i64)),
-        None => calendar.next_scheduled(active_since, &o.name),
-    };
-    // A due rotation starts at the first instant a maintenance window allows.
-    let next_start = next.and_then(|at| calendar.next_window_open(at));
+    let (next, next_start) = next_rotation(o, active_since);
     b.status.next_rotation_time = next_start.map(ts);
     b.status.current_rotation = None;
     b.condition(ROTATING, false, "Idle", "No rotation in flight.");
@@ -536,6 +531,20 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
             )
         }
     }
+}
+
+/// When the next automatic rotation is due after a rotation (or activation) at `active_since`,
+/// and when it can start (the first instant a maintenance window allows).
+fn next_rotation(
+    o: &Observation,
+    active_since: Timestamp,
+) -> (Option<Timestamp>, Option<Timestamp>) {
+    let calendar = Calendar::from_spec(&o.spec).unwrap_or_default();
+    let due = match o.spec.rotation_interval_seconds {
+        Some(s) => Some(active_since + SignedDuration::from_secs(s as i64)),
+        None => calendar.next_scheduled(active_since, &o.name),
+    };
+    (due, due.and_then(|at| calendar.next_window_open(at)))
 }
 
 fn new_rotation(
@@ -1019,10 +1028,7 @@ fn finish(o: &Observation, vault: &VaultView, r: RotationProgress, mut b: Status
     b.status.active_key_id = Some(vault.current.0.clone());
     b.status.current_rotation = None;
     b.status.phase = Some(Phase::Ready);
-    b.status.next_rotation_time = o
-        .spec
-        .rotation_interval_seconds
-        .map(|s| ts(o.now + SignedDuration::from_secs(s as i64)));
+    b.status.next_rotation_time = next_rotation(o, o.now).1.map(ts);
     b.condition(
         ROTATING,
         false,

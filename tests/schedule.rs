@@ -1,0 +1,217 @@
+//! Schedules and maintenance windows end to end: the real controller with its clock moved to the
+//! edges (a window closing mid-rotation, DST changes), the stand-in and a real Valkey.
+
+mod common;
+
+use apikey_rotator::clock::Clock;
+use apikey_rotator::controller::{DEFAULT_CONCURRENCY, Settings};
+use apikey_rotator::key::RawKey;
+use common::*;
+use kube_sim::{Sim, SimOptions};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn t(s: &str) -> jiff::Timestamp {
+    s.parse().unwrap()
+}
+
+/// The controller in this process, on `clock`, re-checking quiet rotations every second.
+fn spawn_operator_on(sim: &Sim, clock: &Clock) -> tokio::task::JoinHandle<()> {
+    let settings = Settings {
+        namespace: Some(NS.into()),
+        resync: Duration::from_secs(1),
+        concurrency: DEFAULT_CONCURRENCY,
+        clock: clock.clone(),
+    };
+    tokio::spawn(apikey_rotator::controller::run(
+        client_for(sim),
+        settings,
+        std::future::pending(),
+    ))
+}
+
+fn rotating_condition(sim: &Sim) -> Value {
+    akr_status(sim)["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Rotating")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn template_key(sim: &Sim, deployment: &str) -> Value {
+    sim.get_object("apps", "deployments", NS, deployment)
+        .unwrap()["spec"]["template"]["metadata"]["annotations"]["keys.siriusscan.io/key-id"]
+        .clone()
+}
+
+fn trigger(sim: &Sim, token: &str) {
+    sim.merge_patch_object(
+        "keys.siriusscan.io",
+        "apikeyrotations",
+        NS,
+        "sirius",
+        json!({"metadata": {"annotations": {"keys.siriusscan.io/rotate": token}}}),
+    )
+    .unwrap();
+}
+
+async fn wait_revision(sim: &Sim, revision: u64) {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("rotation {revision}"),
+        || akr_status(sim)["revision"] == json!(revision) && akr_status(sim)["phase"] == "Ready",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_closing_mid_rotation_lets_the_rollout_finish_and_the_rest_waits() {
+    let valkey = Valkey::start();
+    // Rollouts take a few seconds, so the window closes while sirius-api rolls.
+    let sim = start_sim_with(SimOptions {
+        pod_ready_after: Duration::from_secs(3),
+        ..SimOptions::default()
+    })
+    .await;
+    let clock = Clock::default();
+    // Windows: 02:00-03:00 in New York (07:00-08:00 UTC in November). Two seconds before the
+    // window closes, a rotation is requested.
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let windows = json!({"maintenanceWindows": [{"start": "0 2 * * *", "durationMinutes": 60, "timeZone": "America/New_York"}]});
+    install_sirius(&sim, &valkey.url(), &old, 2, Some("first"), windows).await;
+    clock.set(t("2026-11-28T07:59:58Z"));
+    let operator = spawn_operator_on(&sim, &clock);
+
+    wait_for(
+        Duration::from_secs(30),
+        "sirius-ui to wait for the next window",
+        || {
+            let status = akr_status(&sim);
+            rotating_condition(&sim)["reason"] == "WaitingForWindow"
+                && status["currentRotation"]["targets"][0]["state"] == "Complete"
+        },
+    )
+    .await;
+    let status = akr_status(&sim);
+    let new_id = status["currentRotation"]["newKeyId"].clone();
+    assert_eq!(
+        template_key(&sim, "sirius-api"),
+        new_id,
+        "api finished its rollout"
+    );
+    assert_eq!(
+        template_key(&sim, "sirius-ui"),
+        Value::Null,
+        "ui was not started"
+    );
+    assert_eq!(template_key(&sim, "sirius-engine"), Value::Null);
+    assert!(
+        rotating_condition(&sim)["message"]
+            .as_str()
+            .unwrap()
+            .contains("2026-11-29T07:00:00Z"),
+        "{}",
+        rotating_condition(&sim)
+    );
+    // Both keys stay valid while the rotation waits.
+    assert!(valkey.exists(&format!("apikey:{}", old.id())));
+    assert!(valkey.exists(&format!("apikey:{}", new_id.as_str().unwrap())));
+    assert!(event_reasons(&sim).iter().any(|r| r == "WaitingForWindow"));
+    // Still waiting a few resyncs later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(template_key(&sim, "sirius-ui"), Value::Null);
+
+    // The next window opens: the rest of the rotation goes through.
+    clock.set(t("2026-11-29T07:00:00Z"));
+    wait_revision(&sim, 1).await;
+    assert_eq!(template_key(&sim, "sirius-engine"), new_id);
+    assert!(!valkey.exists(&format!("apikey:{}", old.id())));
+
+    // After that window, a new request waits for the next one.
+    clock.set(t("2026-11-29T08:30:00Z"));
+    trigger(&sim, "second");
+    wait_for(Duration::from_secs(10), "the request to wait", || {
+        rotating_condition(&sim)["reason"] == "WaitingForWindow"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = akr_status(&sim);
+    assert!(status["currentRotation"].is_null(), "{status}");
+    assert_eq!(status["nextRotationTime"], "2026-11-30T07:00:00Z");
+    assert_eq!(status["revision"], 1);
+    clock.set(t("2026-11-30T07:00:00Z"));
+    wait_revision(&sim, 2).await;
+    assert_eq!(
+        akr_status(&sim)["lastTrigger"],
+        "second",
+        "the pending request was the one served"
+    );
+    operator.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_across_dst_changes_rotates_once_at_the_right_instant() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let clock = Clock::default();
+    // 02:30 every day in Berlin. On 2027-03-28 the clock jumps from 02:00 to 03:00 CEST.
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let schedule = json!({"schedule": {"cron": "30 2 * * *", "timeZone": "Europe/Berlin"}});
+    install_sirius(&sim, &valkey.url(), &old, 1, None, schedule).await;
+    clock.set(t("2027-03-28T00:59:55Z"));
+    let operator = spawn_operator_on(&sim, &clock);
+
+    wait_for(Duration::from_secs(10), "the next rotation time", || {
+        akr_status(&sim)["nextRotationTime"] == "2027-03-28T01:00:00Z"
+    })
+    .await;
+    // 02:30 does not exist that day: the rotation runs right after the gap, at 03:00 CEST.
+    wait_revision(&sim, 1).await;
+    let started = events(&sim)
+        .into_iter()
+        .find(|e| e["reason"] == "RotationStarted")
+        .unwrap();
+    assert!(
+        started["note"].as_str().unwrap().contains("(Schedule)"),
+        "{started}"
+    );
+    let status = akr_status(&sim);
+    let last: jiff::Timestamp = status["lastRotationTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(last >= t("2027-03-28T01:00:00Z") && last < t("2027-03-28T01:01:00Z"));
+    // Back to 02:30 CEST the next day.
+    assert_eq!(status["nextRotationTime"], "2027-03-29T00:30:00Z");
+
+    // On 2026-10-25 Berlin repeats 02:00-03:00: 02:30 comes twice, the rotation runs once.
+    // (A second installation: on this clock the first one's last rotation is in the future.)
+    operator.abort();
+    let sim2 = start_sim().await;
+    let valkey2 = Valkey::start();
+    install_sirius(
+        &sim2,
+        &valkey2.url(),
+        &old,
+        1,
+        None,
+        json!({"schedule": {"cron": "30 2 * * *", "timeZone": "Europe/Berlin"}}),
+    )
+    .await;
+    clock.set(t("2026-10-25T00:29:55Z"));
+    let operator = spawn_operator_on(&sim2, &clock);
+    wait_revision(&sim2, 1).await; // at 02:30 CEST = 00:30 UTC
+    assert_eq!(
+        akr_status(&sim2)["nextRotationTime"],
+        "2026-10-26T01:30:00Z"
+    );
+    // The repeated 02:30 (CET, 01:30 UTC) passes without a second rotation.
+    clock.set(t("2026-10-25T01:29:58Z"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(akr_status(&sim2)["revision"], 1);
+    operator.abort();
+    drop((valkey, sim));
+}
