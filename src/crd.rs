@@ -92,6 +92,12 @@ pub struct ApiKeyRotationSpec {
     #[schemars(length(max = 16))]
     pub maintenance_windows: Vec<MaintenanceWindow>,
 
+    /// Live checks with the keys themselves: after each target's rollout and before revoking,
+    /// the API must accept the new key; after revoking, it must refuse the old one. A failed check
+    /// is handled like a failed rollout (`failurePolicy`). Absent: no probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+
     /// What a failed rollout does: `Halt` (default) keeps both keys valid and waits; `Rollback`
     /// restores the old key in the Secret, rolls already-rolled targets back in reverse order and
     /// removes the new key's record.
@@ -235,6 +241,30 @@ pub struct MaintenanceWindow {
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// Requested with GET and the key in `header`; for Sirius `http://sirius-api:9001/host/`.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    pub url: String,
+    /// The header carrying the key.
+    #[serde(default = "default_key_header")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9-]+$"))]
+    pub header: String,
+    /// How long one request may take (seconds).
+    #[serde(default = "default_probe_timeout")]
+    #[schemars(range(min = 1, max = 60))]
+    pub timeout_seconds: u32,
+    /// Answers that show the new key is accepted.
+    #[serde(default = "default_accepted_status")]
+    #[schemars(length(min = 1, max = 16), inner(range(min = 100, max = 599)))]
+    pub accepted_status_codes: Vec<u16>,
+    /// The answer that shows the old key is refused once revoked.
+    #[serde(default = "default_refused_status")]
+    #[schemars(range(min = 100, max = 599))]
+    pub refused_status_code: u16,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct SecretKeyRef {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
@@ -289,6 +319,18 @@ pub enum TargetKind {
     Deployment,
 }
 
+fn default_key_header() -> String {
+    "X-API-Key".into()
+}
+fn default_probe_timeout() -> u32 {
+    5
+}
+fn default_accepted_status() -> Vec<u16> {
+    vec![200]
+}
+fn default_refused_status() -> u16 {
+    401
+}
 fn default_time_zone() -> String {
     "UTC".into()
 }
@@ -436,6 +478,13 @@ pub struct RotationProgress {
     pub revoked_at: Option<String>,
     #[serde(default)]
     pub revoke_attempts: u32,
+    /// When the API accepted the new key at the end of the validation window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_before_revoke_at: Option<String>,
+    /// When the API refused the old key after its revocation (the runbook's "confirm old key
+    /// returns 401").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_key_refused_at: Option<String>,
     /// Set when the rotation failed under `failurePolicy: Rollback` and is being undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling_back: Option<String>,
@@ -450,6 +499,9 @@ pub struct TargetProgress {
     pub rolled_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
+    /// When the API accepted the new key after this target's rollout (with `verification`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

@@ -19,6 +19,7 @@ pub mod machine;
 pub mod metrics;
 pub mod observe;
 pub mod operator;
+pub mod probe;
 pub mod reconciler;
 pub mod rollout;
 pub mod schedule;

@@ -9,7 +9,7 @@
 
 use crate::crd::{
     ApiKeyRotationSpec, ApiKeyRotationStatus, Condition, FailurePolicy, Phase, RotationProgress,
-    SecretDriftPolicy, Step, TargetProgress, TargetState,
+    SecretDriftPolicy, Step, TargetProgress, TargetState, Verification,
 };
 use crate::key::KeyId;
 use crate::rollout::RolloutState;
@@ -72,7 +72,21 @@ pub struct Observation {
     pub consumer_labelled: bool,
     pub records: RecordView,
     pub targets: Vec<TargetView>,
+    /// The answer to the probe the previous decision asked for (see [`Action::Probe`]).
+    pub probe: Option<(ProbeStage, ProbeOutcome)>,
 }
+
+/// Which verification probe: the new key after a target's rollout or before revoking, or the
+/// old key after its revocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeStage {
+    AfterTarget(usize),
+    BeforeRevoke,
+    OldKeyRefused,
+}
+
+/// The HTTP status the API answered, or why no answer came.
+pub type ProbeOutcome = Result<u16, String>;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
@@ -101,6 +115,9 @@ pub enum Action {
     DropPending,
     /// Record the finished rotation in Valkey history, with its result.
     RecordHistory { revision: u64, result: &'static str },
+    /// Ask the API with a key (`verification`), then decide again with the answer: the new key
+    /// for `AfterTarget` and `BeforeRevoke`, the old key for `OldKeyRefused`.
+    Probe { stage: ProbeStage },
     /// Nothing but the status (and event) to write; decide again right away.
     StatusOnly,
     /// Nothing to do until something changes or the time passes.
@@ -133,6 +150,10 @@ fn waiting_reason(o: &Observation) -> Option<&str> {
         .find(|c| c.type_ == ROTATING)
         .map(|c| c.reason.as_str())
 }
+
+pub const ROLLOUT_FAILED: &str = "RolloutFailed";
+pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+pub const OLD_KEY_STILL_ACCEPTED: &str = "OldKeyStillAccepted";
 
 pub const READY: &str = "Ready";
 pub const ROTATING: &str = "Rotating";
@@ -570,6 +591,7 @@ fn new_rotation(
                 state: TargetState::Pending,
                 rolled_at: None,
                 completed_at: None,
+                verified_at: None,
                 message: None,
             })
             .collect(),
@@ -577,6 +599,8 @@ fn new_rotation(
         validation_started_at: None,
         revoked_at: None,
         revoke_attempts: 0,
+        verified_before_revoke_at: None,
+        old_key_refused_at: None,
         rolling_back: None,
     }
 }
@@ -757,6 +781,7 @@ fn rotating(
                     state: TargetState::Pending,
                     rolled_at: None,
                     completed_at: None,
+                    verified_at: None,
                     message: None,
                 });
                 r.targets.len() - 1
@@ -845,6 +870,47 @@ fn rotating(
             }
             TargetView::Found { rollout, .. } => match rollout {
                 RolloutState::Complete => {
+                    if let Some(v) = &o.spec.verification
+                        && r.targets[progress].verified_at.is_none()
+                    {
+                        let stage = ProbeStage::AfterTarget(i);
+                        let Some(outcome) = probe_answer(o, stage) else {
+                            b.status.current_rotation = Some(r);
+                            return b.plan(Action::Probe { stage }, None);
+                        };
+                        return match accepted(v, outcome) {
+                            Ok(code) => {
+                                let t = &mut r.targets[progress];
+                                t.state = TargetState::Complete;
+                                t.completed_at.get_or_insert_with(|| ts(now));
+                                t.verified_at = Some(ts(now));
+                                t.message = None;
+                                b.status.current_rotation = Some(r);
+                                b.plan(
+                                    Action::StatusOnly,
+                                    normal(
+                                        "TargetVerified",
+                                        format!(
+                                            "Deployment {} finished its rollout and the API accepts the new key (HTTP {code}).",
+                                            target.name
+                                        ),
+                                    ),
+                                )
+                            }
+                            Err(why) => failed(
+                                o,
+                                b,
+                                r,
+                                progress,
+                                i,
+                                target.name.clone(),
+                                VERIFICATION_FAILED,
+                                format!(
+                                    "after its rollout the API did not accept the new key: {why}"
+                                ),
+                            ),
+                        };
+                    }
                     if r.targets[progress].state != TargetState::Complete {
                         r.targets[progress].state = TargetState::Complete;
                         r.targets[progress].completed_at = Some(ts(now));
@@ -860,7 +926,16 @@ fn rotating(
                     }
                 }
                 RolloutState::Failed(message) => {
-                    return failed(o, b, r, progress, i, target.name.clone(), message.clone());
+                    return failed(
+                        o,
+                        b,
+                        r,
+                        progress,
+                        i,
+                        target.name.clone(),
+                        ROLLOUT_FAILED,
+                        message.clone(),
+                    );
                 }
                 RolloutState::Progressing(message) => {
                     let rolled_at = parse_ts(&r.targets[progress].rolled_at).unwrap_or(now);
@@ -870,7 +945,16 @@ fn rotating(
                             "deployment \"{}\" did not finish its rollout within {deadline}s: {message}",
                             target.name
                         );
-                        return failed(o, b, r, progress, i, target.name.clone(), message);
+                        return failed(
+                            o,
+                            b,
+                            r,
+                            progress,
+                            i,
+                            target.name.clone(),
+                            ROLLOUT_FAILED,
+                            message,
+                        );
                     }
                     r.step = Step::Roll;
                     r.targets[progress].state = TargetState::Rolling;
@@ -946,6 +1030,50 @@ fn rotating(
     let old = vault.current.clone();
     r.step = Step::Revoke;
     match parse_ts(&r.revoked_at) {
+        None if o.spec.verification.is_some() && r.verified_before_revoke_at.is_none() => {
+            let v = o.spec.verification.as_ref().expect("checked");
+            let stage = ProbeStage::BeforeRevoke;
+            let Some(outcome) = probe_answer(o, stage) else {
+                b.status.current_rotation = Some(r);
+                return b.plan(Action::Probe { stage }, None);
+            };
+            match accepted(v, outcome) {
+                Ok(code) => {
+                    r.verified_before_revoke_at = Some(ts(now));
+                    b.status.current_rotation = Some(r);
+                    b.plan(
+                        Action::StatusOnly,
+                        normal(
+                            "NewKeyVerified",
+                            format!(
+                                "The API accepts the new key (HTTP {code}); revoking the old key."
+                            ),
+                        ),
+                    )
+                }
+                Err(why) => {
+                    let last = o.spec.targets.len().saturating_sub(1);
+                    let name = o.spec.targets[last].name.clone();
+                    let progress = r
+                        .targets
+                        .iter()
+                        .position(|t| t.name == name)
+                        .unwrap_or(last);
+                    failed(
+                        o,
+                        b,
+                        r,
+                        progress,
+                        last,
+                        name,
+                        VERIFICATION_FAILED,
+                        format!(
+                            "before revoking the old key the API did not accept the new key: {why}"
+                        ),
+                    )
+                }
+            }
+        }
         None => {
             r.revoked_at = Some(ts_precise(now));
             r.revoke_attempts = 1;
@@ -990,6 +1118,57 @@ fn rotating(
                 warning("RevocationRepeated", format!("The old key's record {} came back (a request in flight rewrote it); deleted it again.", old.short())),
             )
         }
+        Some(_) if o.spec.verification.is_some() && r.old_key_refused_at.is_none() => {
+            let v = o.spec.verification.as_ref().expect("checked");
+            let stage = ProbeStage::OldKeyRefused;
+            let Some(outcome) = probe_answer(o, stage) else {
+                b.status.current_rotation = Some(r);
+                return b.plan(Action::Probe { stage }, None);
+            };
+            match outcome {
+                Ok(code) if *code == v.refused_status_code => {
+                    r.old_key_refused_at = Some(ts(now));
+                    b.status.current_rotation = Some(r);
+                    b.plan(
+                        Action::StatusOnly,
+                        normal(
+                            "OldKeyRefused",
+                            format!(
+                                "Confirmed: the API answers HTTP {code} to the old key {}.",
+                                old.short()
+                            ),
+                        ),
+                    )
+                }
+                other => {
+                    // Still accepted somewhere (a record rewritten by a request in flight, an
+                    // API replica that kept it): delete it again and ask again after the delay.
+                    let answer = match other {
+                        Ok(code) => format!("HTTP {code}"),
+                        Err(why) => why.clone(),
+                    };
+                    let text = format!(
+                        "The API did not refuse the old key {} after its revocation ({answer}, expected HTTP {}); revoked it again.",
+                        old.short(),
+                        v.refused_status_code
+                    );
+                    let event = b
+                        .degraded_changed(OLD_KEY_STILL_ACCEPTED, &text)
+                        .then(|| warning(OLD_KEY_STILL_ACCEPTED, text.clone()))
+                        .flatten();
+                    b.condition(DEGRADED, true, OLD_KEY_STILL_ACCEPTED, text);
+                    r.revoked_at = Some(ts_precise(now));
+                    r.revoke_attempts += 1;
+                    b.status.current_rotation = Some(r);
+                    b.plan(
+                        Action::Revoke {
+                            key_id: old.clone(),
+                        },
+                        event,
+                    )
+                }
+            }
+        }
         Some(_) => {
             r.step = Step::Finish;
             b.condition(
@@ -1001,6 +1180,26 @@ fn rotating(
             b.status.current_rotation = Some(r);
             b.plan(Action::Promote, None)
         }
+    }
+}
+
+/// The probe answer for `stage`, if the previous decision asked for it.
+fn probe_answer(o: &Observation, stage: ProbeStage) -> Option<&ProbeOutcome> {
+    o.probe
+        .as_ref()
+        .filter(|(asked, _)| *asked == stage)
+        .map(|(_, outcome)| outcome)
+}
+
+/// Whether the answer shows the new key accepted: the status code, or what was wrong.
+fn accepted(v: &Verification, outcome: &ProbeOutcome) -> Result<u16, String> {
+    match outcome {
+        Ok(code) if v.accepted_status_codes.contains(code) => Ok(*code),
+        Ok(code) => Err(format!(
+            "{} answered HTTP {code} (accepted: {:?})",
+            v.url, v.accepted_status_codes
+        )),
+        Err(why) => Err(why.clone()),
     }
 }
 
@@ -1092,6 +1291,7 @@ fn halted(
 
 /// A target's rollout failed: the old key stays valid, the rotation halts and reports. It
 /// resumes by itself if the Deployment later completes.
+#[allow(clippy::too_many_arguments)]
 fn failed(
     o: &Observation,
     mut b: StatusBuilder,
@@ -1099,6 +1299,7 @@ fn failed(
     progress: usize,
     index: usize,
     name: String,
+    reason: &'static str,
     message: String,
 ) -> Plan {
     r.step = Step::Roll;
@@ -1106,8 +1307,13 @@ fn failed(
     r.targets[progress].state = TargetState::Failed;
     r.targets[progress].message = Some(message.clone());
     let rollback = o.spec.failure_policy == FailurePolicy::Rollback;
+    let what = if reason == VERIFICATION_FAILED {
+        "Verification"
+    } else {
+        "Rollout"
+    };
     let text = format!(
-        "Rollout of {name} failed: {}. {}",
+        "{what} of {name} failed: {}. {}",
         message.trim_end_matches('.'),
         if rollback {
             "Rolling back to the old key."
@@ -1120,19 +1326,19 @@ fn failed(
         r.validation_started_at = None;
         r.revoked_at = None;
         r.revoke_attempts = 0;
-        b.condition(DEGRADED, true, "RolloutFailed", text.clone());
+        b.condition(DEGRADED, true, reason, text.clone());
         b.condition(ROTATING, true, "RollingBack", text.clone());
         b.status.phase = Some(Phase::Degraded);
         b.status.current_rotation = Some(r);
-        return b.plan(Action::StatusOnly, warning("RolloutFailed", text));
+        return b.plan(Action::StatusOnly, warning(reason, text));
     }
-    let event = if b.degraded_changed("RolloutFailed", &text) {
-        warning("RolloutFailed", text.clone())
+    let event = if b.degraded_changed(reason, &text) {
+        warning(reason, text.clone())
     } else {
         None
     };
-    b.condition(DEGRADED, true, "RolloutFailed", text.clone());
-    b.condition(ROTATING, true, "RolloutFailed", text);
+    b.condition(DEGRADED, true, reason, text.clone());
+    b.condition(ROTATING, true, reason, text);
     b.status.phase = Some(Phase::Degraded);
     b.status.current_rotation = Some(r);
     b.plan(
@@ -1387,6 +1593,7 @@ mod tests {
         let key = KeyId("a".repeat(64));
         Observation {
             name: "ns/a".into(),
+            probe: None,
             generation: Some(1),
             targets: spec
                 .targets

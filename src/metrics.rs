@@ -329,6 +329,7 @@ mod tests {
                         state: *s,
                         rolled_at: None,
                         completed_at: None,
+                        verified_at: None,
                         message: None,
                     })
                     .collect(),
@@ -336,6 +337,8 @@ mod tests {
                 validation_started_at: None,
                 revoked_at: None,
                 revoke_attempts: 0,
+                verified_before_revoke_at: None,
+                old_key_refused_at: None,
                 rolling_back: None,
             }),
             ..Default::default()

@@ -8,9 +8,12 @@ use crate::crd::{
 };
 use crate::key::{KeyId, RawKey};
 use crate::keystore::{Endpoint, KeyStore, KeyStoreError};
-use crate::machine::{self, Action as Step, EventNote, Observation, Plan, RecordView};
+use crate::machine::{
+    self, Action as Step, EventNote, Observation, Plan, ProbeOutcome, ProbeStage, RecordView,
+};
 use crate::metrics::Metrics;
 use crate::observe::{self, PENDING_REVISION_ANNOTATION, VAULT_CURRENT, VAULT_PENDING, Vault};
+use crate::probe::Prober;
 use crate::spec_check;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -118,6 +121,7 @@ pub struct Context {
     failures: std::sync::Mutex<HashMap<String, u32>>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
+    prober: Prober,
 }
 
 impl Context {
@@ -135,6 +139,7 @@ impl Context {
             failures: std::sync::Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::new()),
             clock: Clock::default(),
+            prober: Prober::new(),
         }
     }
 
@@ -460,6 +465,12 @@ impl<'a> Reconciliation<'a> {
                 (observation, vault, consumer_key, _) = self.observe(&store, true).await?;
                 plan = machine::decide(&observation);
             }
+            if let Step::Probe { stage } = plan.action {
+                let outcome = self.probe(stage, vault.as_ref()).await;
+                tracing::info!(rotation = %key_of(self.akr), ?stage, ?outcome, "verification probe");
+                observation.probe = Some((stage, outcome));
+                plan = machine::decide(&observation);
+            }
             tracing::debug!(rotation = %key_of(self.akr), action = ?plan.action, "decided");
             let wait = match &plan.action {
                 Step::Wait { requeue_after } => Some(*requeue_after),
@@ -480,6 +491,30 @@ impl<'a> Reconciliation<'a> {
             }
         }
         Ok(Action::requeue(Duration::from_millis(10)))
+    }
+
+    /// Asks the API with the key the stage is about (`spec.verification`).
+    async fn probe(&self, stage: ProbeStage, vault: Option<&Vault>) -> ProbeOutcome {
+        let Some(v) = &self.akr.spec.verification else {
+            return Err("no spec.verification".into());
+        };
+        let key = match (stage, vault) {
+            (ProbeStage::OldKeyRefused, Some(vault)) => Some(&vault.current),
+            (_, Some(vault)) => vault.pending.as_ref().map(|(key, _)| key),
+            (_, None) => None,
+        };
+        let Some(key) = key else {
+            return Err("the vault holds no key to probe with".into());
+        };
+        self.ctx
+            .prober
+            .status(
+                &v.url,
+                &v.header,
+                key,
+                Duration::from_secs(v.timeout_seconds.into()),
+            )
+            .await
     }
 
     /// Keeps the cached record view true to what this reconcile just wrote.
@@ -568,6 +603,7 @@ impl<'a> Reconciliation<'a> {
         let (records, cached) = self.records(store, vault.as_ref(), fresh).await?;
         let observation = Observation {
             name: key_of(self.akr),
+            probe: None,
             generation: self.akr.metadata.generation,
             spec: spec.clone(),
             status: self.status.clone(),
@@ -594,6 +630,8 @@ impl<'a> Reconciliation<'a> {
         let need_vault =
             || vault.ok_or_else(|| Error::Corrupt("the vault Secret disappeared".into()));
         match &plan.action {
+            // Performed by `drive`, which decides again on the answer.
+            Step::Probe { .. } => {}
             Step::CreateVault { adopt } => {
                 let key = match (adopt, consumer_key) {
                     (true, Some(k)) => k.clone(),
@@ -682,6 +720,8 @@ impl<'a> Reconciliation<'a> {
                     "startedAt": r.map(|r| r.started_at.clone()),
                     "finishedAt": self.ctx.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
                     "failure": r.and_then(|r| r.rolling_back.clone()),
+                    "verifiedBeforeRevokeAt": r.and_then(|r| r.verified_before_revoke_at.clone()),
+                    "oldKeyRefusedAt": r.and_then(|r| r.old_key_refused_at.clone()),
                     "targets": r.map(|r| r.targets.clone()),
                 });
                 store

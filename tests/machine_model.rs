@@ -102,6 +102,7 @@ impl World {
     fn observe(&self) -> Observation {
         Observation {
             name: "ns/model".into(),
+            probe: None,
             generation: Some(1),
             spec: self.spec.clone(),
             status: self.status.clone(),
@@ -194,6 +195,7 @@ impl World {
     /// Performs one action on the world; the safety properties are asserted here.
     fn perform(&mut self, action: &Action) {
         match action {
+            Action::Probe { .. } => panic!("the model configures no verification probes"),
             Action::CreateVault { adopt } => {
                 let key = match (adopt, &self.consumer) {
                     (true, Some(k)) => k.clone(),
@@ -484,6 +486,7 @@ fn without_crashes_each_rotation_walks_the_steps_in_order() {
             Action::Promote => "promote".into(),
             Action::RecordHistory { .. } => "history".into(),
             Action::DropPending => "drop".into(),
+            Action::Probe { .. } => "probe".into(),
             Action::StatusOnly | Action::SetBootstrapFlag => continue_marker(),
             Action::Wait { .. } => continue_marker(),
         });

@@ -4,6 +4,7 @@
 
 pub mod process;
 pub mod sirius;
+pub mod sirius_api;
 
 use apikey_rotator::crd::{ApiKeyRotation, crd_yaml};
 use apikey_rotator::key::RawKey;
