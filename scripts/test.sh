@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: installs what it needs (valkey-server, Helm's engine
-# for Python), checks formatting and lints, then runs every test (unit, stand-in, end-to-end with
+# The whole test suite, from a fresh clone: installs what it needs (valkey-server, prometheus,
+# Helm's engine for Python), checks formatting and lints, then runs every test (unit, stand-in, end-to-end with
 # real Valkey, the Helm chart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/ensure-valkey.sh
+bash scripts/ensure-prometheus.sh
 bash scripts/ensure-helm-sdk.sh
 python3 scripts/chart.py check
 bash scripts/check-dockerfile.sh

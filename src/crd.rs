@@ -98,6 +98,12 @@ pub struct ApiKeyRotationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
 
+    /// A Prometheus query (for example the API's 401 rate) that must stay at or under a
+    /// threshold throughout the validation window; over it, the rotation fails per
+    /// `failurePolicy` and the old key is not revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_gate: Option<MetricsGate>,
+
     /// What a failed rollout does: `Halt` (default) keeps both keys valid and waits; `Rollback`
     /// restores the old key in the Secret, rolls already-rolled targets back in reverse order and
     /// removes the new key's record.
@@ -265,6 +271,25 @@ pub struct Verification {
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsGate {
+    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus-operated.monitoring:9090`.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    pub prometheus_url: String,
+    /// An instant query with one numeric result, e.g.
+    /// `sum(rate(sirius_api_http_requests_total{code="401"}[1m]))`. No series counts as 0.
+    #[schemars(length(min = 1, max = 4096))]
+    pub query: String,
+    /// The result may not go over this.
+    pub threshold: f64,
+    /// How often the query runs during the validation window (seconds); it also runs once when
+    /// the window ends, before the revocation.
+    #[serde(default = "default_gate_interval")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub interval_seconds: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct SecretKeyRef {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
@@ -319,6 +344,9 @@ pub enum TargetKind {
     Deployment,
 }
 
+fn default_gate_interval() -> u32 {
+    15
+}
 fn default_key_header() -> String {
     "X-API-Key".into()
 }
@@ -478,6 +506,11 @@ pub struct RotationProgress {
     pub revoked_at: Option<String>,
     #[serde(default)]
     pub revoke_attempts: u32,
+    /// When the metrics gate last passed, and the value it read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_checked_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_value: Option<f64>,
     /// When the API accepted the new key at the end of the validation window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified_before_revoke_at: Option<String>,

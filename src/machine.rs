@@ -74,7 +74,12 @@ pub struct Observation {
     pub targets: Vec<TargetView>,
     /// The answer to the probe the previous decision asked for (see [`Action::Probe`]).
     pub probe: Option<(ProbeStage, ProbeOutcome)>,
+    /// The metrics gate's reading, when the previous decision asked for it.
+    pub gate: Option<GateReading>,
 }
+
+/// The metrics gate query's value, or why there is none.
+pub type GateReading = Result<f64, String>;
 
 /// Which verification probe: the new key after a target's rollout or before revoking, or the
 /// old key after its revocation.
@@ -118,6 +123,8 @@ pub enum Action {
     /// Ask the API with a key (`verification`), then decide again with the answer: the new key
     /// for `AfterTarget` and `BeforeRevoke`, the old key for `OldKeyRefused`.
     Probe { stage: ProbeStage },
+    /// Run the metrics gate's query, then decide again with the reading.
+    QueryGate,
     /// Nothing but the status (and event) to write; decide again right away.
     StatusOnly,
     /// Nothing to do until something changes or the time passes.
@@ -154,6 +161,8 @@ fn waiting_reason(o: &Observation) -> Option<&str> {
 pub const ROLLOUT_FAILED: &str = "RolloutFailed";
 pub const VERIFICATION_FAILED: &str = "VerificationFailed";
 pub const OLD_KEY_STILL_ACCEPTED: &str = "OldKeyStillAccepted";
+pub const METRICS_GATE_FAILED: &str = "MetricsGateFailed";
+pub const GATE_UNAVAILABLE: &str = "MetricsGateUnavailable";
 
 pub const READY: &str = "Ready";
 pub const ROTATING: &str = "Rotating";
@@ -599,6 +608,8 @@ fn new_rotation(
         validation_started_at: None,
         revoked_at: None,
         revoke_attempts: 0,
+        gate_checked_at: None,
+        gate_value: None,
         verified_before_revoke_at: None,
         old_key_refused_at: None,
         rolling_back: None,
@@ -1009,6 +1020,101 @@ fn rotating(
         );
     };
     let window_end = at_least(started, o.spec.validation_window_seconds);
+    if let Some(gate) = &o.spec.metrics_gate {
+        let last = parse_ts(&r.gate_checked_at);
+        let next_check = match last {
+            None => started,
+            Some(t) => {
+                (t + SignedDuration::from_secs(gate.interval_seconds.into())).min(window_end)
+            }
+        };
+        let final_check_done = last.is_some_and(|t| t >= window_end);
+        if now >= next_check && !final_check_done {
+            r.step = Step::Validate;
+            match &o.gate {
+                None => {
+                    b.status.current_rotation = Some(r);
+                    return b.plan(Action::QueryGate, None);
+                }
+                Some(Ok(value)) if *value > gate.threshold => {
+                    let last_index = o.spec.targets.len().saturating_sub(1);
+                    let name = o.spec.targets[last_index].name.clone();
+                    let progress = r
+                        .targets
+                        .iter()
+                        .position(|t| t.name == name)
+                        .unwrap_or(last_index);
+                    // Resumed (Halt) or not, a new validation window must start over.
+                    r.validation_started_at = None;
+                    r.gate_checked_at = None;
+                    return failed(
+                        o,
+                        b,
+                        r,
+                        progress,
+                        last_index,
+                        name,
+                        METRICS_GATE_FAILED,
+                        format!(
+                            "the metrics gate read {value} (over {}) during the validation window: {}",
+                            gate.threshold, gate.query
+                        ),
+                    );
+                }
+                Some(Ok(value)) => {
+                    r.gate_checked_at = Some(ts_precise(now));
+                    r.gate_value = Some(*value);
+                    let event = (now >= window_end).then(|| {
+                        normal(
+                            "MetricsGatePassed",
+                            format!(
+                                "The metrics gate stayed at or under {} for the whole validation window (last {value}).",
+                                gate.threshold
+                            ),
+                        )
+                    });
+                    b.status.current_rotation = Some(r);
+                    return b.plan(Action::StatusOnly, event.flatten());
+                }
+                Some(Err(why)) => {
+                    // No reading, no verdict: the revocation waits for one.
+                    let text = format!("Cannot read the metrics gate ({why}); retrying.");
+                    let event = (waiting_reason(o) != Some(GATE_UNAVAILABLE))
+                        .then(|| warning(GATE_UNAVAILABLE, text.clone()))
+                        .flatten();
+                    b.condition(ROTATING, true, GATE_UNAVAILABLE, text);
+                    b.status.current_rotation = Some(r);
+                    return b.plan(
+                        Action::Wait {
+                            requeue_after: Some(Duration::from_secs(5)),
+                        },
+                        event,
+                    );
+                }
+            }
+        }
+        if now < window_end {
+            r.step = Step::Validate;
+            b.condition(
+                ROTATING,
+                true,
+                "Validate",
+                format!(
+                    "Validating until {}; the metrics gate read {} (at most {}).",
+                    ts(window_end),
+                    r.gate_value.map(|v| v.to_string()).unwrap_or_default(),
+                    gate.threshold
+                ),
+            );
+            b.status.current_rotation = Some(r);
+            return b.plan(
+                Action::Wait {
+                    requeue_after: Some(until(now, next_check.max(now).min(window_end))),
+                },
+                None,
+            );
+        }
+    }
     if now < window_end {
         r.step = Step::Validate;
         b.condition(
@@ -1307,10 +1413,10 @@ fn failed(
     r.targets[progress].state = TargetState::Failed;
     r.targets[progress].message = Some(message.clone());
     let rollback = o.spec.failure_policy == FailurePolicy::Rollback;
-    let what = if reason == VERIFICATION_FAILED {
-        "Verification"
-    } else {
-        "Rollout"
+    let what = match reason {
+        VERIFICATION_FAILED => "Verification",
+        METRICS_GATE_FAILED => "Validation",
+        _ => "Rollout",
     };
     let text = format!(
         "{what} of {name} failed: {}. {}",
@@ -1594,6 +1700,7 @@ mod tests {
         Observation {
             name: "ns/a".into(),
             probe: None,
+            gate: None,
             generation: Some(1),
             targets: spec
                 .targets

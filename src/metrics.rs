@@ -337,6 +337,8 @@ mod tests {
                 validation_started_at: None,
                 revoked_at: None,
                 revoke_attempts: 0,
+                gate_checked_at: None,
+                gate_value: None,
                 verified_before_revoke_at: None,
                 old_key_refused_at: None,
                 rolling_back: None,

@@ -2,7 +2,7 @@
 //! The key goes out in a header marked sensitive and is never logged or returned.
 
 use crate::key::RawKey;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -63,6 +63,71 @@ impl Prober {
             Ok(Err(e)) => Err(format!("request to {url} failed: {e}")),
             Ok(Ok(response)) => Ok(response.status().as_u16()),
         }
+    }
+}
+
+impl Prober {
+    /// One Prometheus instant query (`/api/v1/query`): the value of its only sample (a scalar, or
+    /// a vector of at most one series; no series reads 0).
+    pub async fn query_prometheus(
+        &self,
+        base: &str,
+        query: &str,
+        timeout: Duration,
+    ) -> Result<f64, String> {
+        let url = url::Url::parse_with_params(
+            &format!("{}/api/v1/query", base.trim_end_matches('/')),
+            &[("query", query)],
+        )
+        .map_err(|e| format!("bad Prometheus URL {base}: {e}"))?;
+        let request = http::Request::get(url.as_str())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("bad query request: {e}"))?;
+        let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => {
+                return Err(format!(
+                    "no answer from {base} within {}s",
+                    timeout.as_secs()
+                ));
+            }
+            Ok(Err(e)) => return Err(format!("request to {base} failed: {e}")),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        let body = tokio::time::timeout(timeout, response.into_body().collect())
+            .await
+            .map_err(|_| "the Prometheus answer did not finish in time".to_string())?
+            .map_err(|e| format!("reading the Prometheus answer: {e}"))?
+            .to_bytes();
+        let answer: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("Prometheus answered HTTP {status} with no JSON: {e}"))?;
+        if answer["status"] != "success" {
+            return Err(format!(
+                "Prometheus refused the query: {}",
+                answer["error"].as_str().unwrap_or("(no error text)")
+            ));
+        }
+        let data = &answer["data"];
+        let sample = match data["resultType"].as_str() {
+            Some("scalar") => &data["result"],
+            Some("vector") => match data["result"].as_array().map(Vec::as_slice) {
+                Some([]) => return Ok(0.0),
+                Some([one]) => &one["value"],
+                Some(many) => {
+                    return Err(format!(
+                        "the query returned {} series; aggregate it to one (e.g. sum(...))",
+                        many.len()
+                    ));
+                }
+                None => return Err("malformed vector result".into()),
+            },
+            other => return Err(format!("unsupported result type {other:?}")),
+        };
+        sample[1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| !v.is_nan())
+            .ok_or_else(|| format!("no numeric value in {sample}"))
     }
 }
 

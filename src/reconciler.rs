@@ -465,6 +465,16 @@ impl<'a> Reconciliation<'a> {
                 (observation, vault, consumer_key, _) = self.observe(&store, true).await?;
                 plan = machine::decide(&observation);
             }
+            if let (Step::QueryGate, Some(gate)) = (&plan.action, &self.akr.spec.metrics_gate) {
+                let reading = self
+                    .ctx
+                    .prober
+                    .query_prometheus(&gate.prometheus_url, &gate.query, Duration::from_secs(10))
+                    .await;
+                tracing::info!(rotation = %key_of(self.akr), ?reading, "metrics gate");
+                observation.gate = Some(reading);
+                plan = machine::decide(&observation);
+            }
             if let Step::Probe { stage } = plan.action {
                 let outcome = self.probe(stage, vault.as_ref()).await;
                 tracing::info!(rotation = %key_of(self.akr), ?stage, ?outcome, "verification probe");
@@ -604,6 +614,7 @@ impl<'a> Reconciliation<'a> {
         let observation = Observation {
             name: key_of(self.akr),
             probe: None,
+            gate: None,
             generation: self.akr.metadata.generation,
             spec: spec.clone(),
             status: self.status.clone(),
@@ -631,7 +642,7 @@ impl<'a> Reconciliation<'a> {
             || vault.ok_or_else(|| Error::Corrupt("the vault Secret disappeared".into()));
         match &plan.action {
             // Performed by `drive`, which decides again on the answer.
-            Step::Probe { .. } => {}
+            Step::Probe { .. } | Step::QueryGate => {}
             Step::CreateVault { adopt } => {
                 let key = match (adopt, consumer_key) {
                     (true, Some(k)) => k.clone(),

@@ -103,6 +103,7 @@ impl World {
         Observation {
             name: "ns/model".into(),
             probe: None,
+            gate: None,
             generation: Some(1),
             spec: self.spec.clone(),
             status: self.status.clone(),
@@ -195,7 +196,9 @@ impl World {
     /// Performs one action on the world; the safety properties are asserted here.
     fn perform(&mut self, action: &Action) {
         match action {
-            Action::Probe { .. } => panic!("the model configures no verification probes"),
+            Action::Probe { .. } | Action::QueryGate => {
+                panic!("the model configures no verification probes and no metrics gate")
+            }
             Action::CreateVault { adopt } => {
                 let key = match (adopt, &self.consumer) {
                     (true, Some(k)) => k.clone(),
@@ -487,6 +490,7 @@ fn without_crashes_each_rotation_walks_the_steps_in_order() {
             Action::RecordHistory { .. } => "history".into(),
             Action::DropPending => "drop".into(),
             Action::Probe { .. } => "probe".into(),
+            Action::QueryGate => "gate".into(),
             Action::StatusOnly | Action::SetBootstrapFlag => continue_marker(),
             Action::Wait { .. } => continue_marker(),
         });

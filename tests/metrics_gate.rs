@@ -1,0 +1,113 @@
+//! The metrics gate against a real Prometheus scraping a test exporter: a rising 401 rate during
+//! the validation window fails the rotation (the old key is not revoked); a flat one lets it
+//! finish.
+
+mod common;
+
+use apikey_rotator::key::RawKey;
+use common::prometheus::{Exporter, Prometheus};
+use common::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const QUERY: &str = r#"sum(rate(sirius_api_http_requests_total{code="401"}[5s]))"#;
+
+fn gate(prometheus: &Prometheus) -> Value {
+    json!({
+        "validationWindowSeconds": 8,
+        "metricsGate": {"prometheusUrl": prometheus.url, "query": QUERY, "threshold": 0.5, "intervalSeconds": 1},
+    })
+}
+
+fn degraded_reason(status: &Value) -> Value {
+    status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Degraded")
+        .map(|c| c["reason"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flat_401_rate_lets_the_rotation_finish() {
+    let exporter = Exporter::start().await;
+    let prometheus = Prometheus::start(exporter.addr).await;
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    install_sirius(
+        &sim,
+        &valkey.url(),
+        &old,
+        1,
+        Some("first"),
+        gate(&prometheus),
+    )
+    .await;
+    let operator = spawn_operator(&sim);
+
+    wait_for(Duration::from_secs(40), "rotation 1", || {
+        akr_status(&sim)["revision"] == json!(1)
+    })
+    .await;
+    operator.abort();
+    assert!(!valkey.exists(&format!("apikey:{}", old.id())));
+    let passed = events(&sim)
+        .into_iter()
+        .find(|e| e["reason"] == "MetricsGatePassed")
+        .expect("a MetricsGatePassed Event");
+    assert!(
+        passed["note"].as_str().unwrap().contains("last 0"),
+        "{passed}"
+    );
+    assert_eq!(prometheus.query(QUERY).await, Ok(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rising_401_rate_fails_the_rotation_and_keeps_the_old_key() {
+    let exporter = Exporter::start().await;
+    let prometheus = Prometheus::start(exporter.addr).await;
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    install_sirius(
+        &sim,
+        &valkey.url(),
+        &old,
+        1,
+        Some("first"),
+        gate(&prometheus),
+    )
+    .await;
+    let operator = spawn_operator(&sim);
+
+    // The 401s start once every target runs the new key.
+    wait_for(Duration::from_secs(30), "the validation window", || {
+        akr_status(&sim)["currentRotation"]["step"] == "Validate"
+    })
+    .await;
+    exporter.set_401_rate(20);
+
+    wait_for(Duration::from_secs(30), "MetricsGateFailed", || {
+        degraded_reason(&akr_status(&sim)) == "MetricsGateFailed"
+    })
+    .await;
+    let status = akr_status(&sim);
+    assert_eq!(status["phase"], "Degraded");
+    assert_eq!(status["revision"], 0);
+    // Nothing revoked: both keys are still valid.
+    assert!(valkey.exists(&format!("apikey:{}", old.id())));
+    let new_id = status["currentRotation"]["newKeyId"].as_str().unwrap();
+    assert!(valkey.exists(&format!("apikey:{new_id}")));
+    let failed = events(&sim)
+        .into_iter()
+        .find(|e| e["reason"] == "MetricsGateFailed")
+        .expect("a MetricsGateFailed Event");
+    assert!(
+        failed["note"].as_str().unwrap().contains("over 0.5"),
+        "{failed}"
+    );
+    assert!(prometheus.query(QUERY).await.unwrap() > 0.5);
+    operator.abort();
+}
