@@ -215,3 +215,50 @@ async fn a_schedule_across_dst_changes_rotates_once_at_the_right_instant() {
     operator.abort();
     drop((valkey, sim));
 }
+
+/// Repeated triggers and spec edits during a rotation never start a second rotation alongside it:
+/// the last token is served once, after the rotation in flight finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_triggers_and_spec_edits_never_overlap_rotations() {
+    let valkey = Valkey::start();
+    let sim = start_sim_with(SimOptions {
+        pod_ready_after: Duration::from_millis(400),
+        ..SimOptions::default()
+    })
+    .await;
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    install_sirius(&sim, &valkey.url(), &old, 2, Some("t0"), json!({})).await;
+    let operator = spawn_operator_on(&sim, &Clock::default());
+    wait_for(Duration::from_secs(10), "rotation 1 to start", || {
+        !akr_status(&sim)["currentRotation"].is_null()
+    })
+    .await;
+    for (i, token) in ["t1", "t2", "t3", "t4", "t5"].into_iter().enumerate() {
+        trigger(&sim, token);
+        // A spec edit too (a new generation).
+        sim.merge_patch_object(
+            "keys.siriusscan.io",
+            "apikeyrotations",
+            NS,
+            "sirius",
+            json!({"spec": {"validationWindowSeconds": 1 + i}}),
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let revision = akr_status(&sim)["currentRotation"]["revision"].clone();
+        assert!(revision == 1 || revision.is_null(), "{revision}");
+    }
+    wait_revision(&sim, 2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = akr_status(&sim);
+    assert_eq!(status["revision"], 2, "{status}");
+    assert_eq!(status["lastTrigger"], "t5");
+    let started: Vec<String> = events(&sim)
+        .into_iter()
+        .filter(|e| e["reason"] == "RotationStarted")
+        .map(|e| e["note"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert!(started[1].contains("Manual:t5"), "{started:?}");
+    operator.abort();
+}
