@@ -292,3 +292,56 @@ async fn every_rule_of_the_chart_is_needed() {
         );
     }
 }
+
+/// Every rendered object is a valid object of its kind: it reads into the Kubernetes API types
+/// (k8s-openapi) and writes back unchanged, so no field is misspelt or misplaced (kube-apiserver
+/// would reject or drop it).
+#[test]
+fn every_rendered_object_matches_its_kubernetes_type() {
+    use k8s_openapi::api::{apps, core, networking, policy, rbac};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+    fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(object: &Value) {
+        let typed: T = serde_json::from_value(object.clone())
+            .unwrap_or_else(|e| panic!("{}: {e}", object["kind"]));
+        let back = serde_json::to_value(&typed).unwrap();
+        assert_eq!(
+            same_numbers(back),
+            same_numbers(object.clone()),
+            "{} {} changed through its type (a misspelt or misplaced field)",
+            object["kind"],
+            object["metadata"]["name"]
+        );
+    }
+    for sets in [
+        vec![],
+        vec!["rbac.scope=namespaces,rbac.watchNamespaces={sirius}"],
+        vec![
+            "serviceMonitor.enabled=true,networkPolicy.enabled=true,grafanaDashboard.enabled=true",
+            "networkPolicy.egress[0].ports[0].port=6379",
+        ],
+    ] {
+        for object in render_chart(&sets) {
+            match object["kind"].as_str().unwrap() {
+                "Deployment" => round_trip::<apps::v1::Deployment>(&object),
+                "Service" => round_trip::<core::v1::Service>(&object),
+                "ServiceAccount" => round_trip::<core::v1::ServiceAccount>(&object),
+                "ConfigMap" => round_trip::<core::v1::ConfigMap>(&object),
+                "ClusterRole" => round_trip::<rbac::v1::ClusterRole>(&object),
+                "ClusterRoleBinding" => round_trip::<rbac::v1::ClusterRoleBinding>(&object),
+                "Role" => round_trip::<rbac::v1::Role>(&object),
+                "RoleBinding" => round_trip::<rbac::v1::RoleBinding>(&object),
+                "PodDisruptionBudget" => round_trip::<policy::v1::PodDisruptionBudget>(&object),
+                "NetworkPolicy" => round_trip::<networking::v1::NetworkPolicy>(&object),
+                "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(&object),
+                // The Prometheus Operator's type: checked by hand, it has no Rust type here.
+                "ServiceMonitor" => {
+                    let spec = &object["spec"];
+                    assert_eq!(spec["endpoints"][0]["port"], "metrics");
+                    assert!(spec["selector"]["matchLabels"].is_object());
+                }
+                other => panic!("no check for rendered kind {other}"),
+            }
+        }
+    }
+}

@@ -5,7 +5,7 @@
 use apikey_rotator::crd::{ApiKeyRotationSpec, ApiKeyRotationStatus};
 use apikey_rotator::key::KeyId;
 use apikey_rotator::machine::{
-    Action, ConsumerView, Observation, RecordView, TargetView, VaultView, decide,
+    Action, ConsumerView, Observation, Plan, ProbeStage, RecordView, TargetView, VaultView, decide,
 };
 use apikey_rotator::rollout::RolloutState;
 use jiff::{SignedDuration, Timestamp};
@@ -50,6 +50,15 @@ struct World {
     last_run: std::collections::HashMap<String, Timestamp>,
     rollbacks: usize,
     counter: u64,
+    /// Verification probes and a metrics gate are configured; the API and Prometheus answer
+    /// (now and then wrongly: a refused new key, an old key still accepted, a high or missing
+    /// reading).
+    checks: bool,
+    /// The validation windows (by their start stamp) in which the gate read over its threshold,
+    /// and the decision that read it was recorded (a crash before the status write loses the
+    /// reading, and a fresh one decides).
+    high_readings: BTreeSet<String>,
+    unrecorded_high: Option<String>,
 }
 
 impl World {
@@ -92,7 +101,73 @@ impl World {
             last_run: Default::default(),
             rollbacks: 0,
             counter: 0,
+            checks: false,
+            high_readings: BTreeSet::new(),
+            unrecorded_high: None,
         }
+    }
+
+    fn with_checks(seed: u64, adopt: bool, policy: &str) -> Self {
+        let mut w = Self::with_policy(seed, adopt, policy);
+        w.checks = true;
+        w.spec.verification = Some(
+            serde_json::from_value(serde_json::json!({"url": "http://sirius-api:9001/host/"}))
+                .unwrap(),
+        );
+        w.spec.metrics_gate = Some(
+            serde_json::from_value(serde_json::json!({
+                "prometheusUrl": "http://prometheus:9090", "query": "q", "threshold": 1.0, "intervalSeconds": 10
+            }))
+            .unwrap(),
+        );
+        w
+    }
+
+    /// Decides, answering the probes and gate queries the decision asks for, as the reconciler
+    /// does.
+    fn decide(&mut self) -> Plan {
+        self.unrecorded_high = None;
+        let mut o = self.observe();
+        let mut plan = decide(&o);
+        for _ in 0..3 {
+            match plan.action {
+                Action::Probe { stage } => {
+                    let vault = self.vault.clone().unwrap();
+                    let (key, old) = match stage {
+                        ProbeStage::OldKeyRefused => (vault.current.0.clone(), true),
+                        _ => (vault.pending.as_ref().unwrap().0.0.clone(), false),
+                    };
+                    let accepted = self.records.contains(&key);
+                    // A wrong answer now and then: the API refuses the new key, or still takes
+                    // the old one.
+                    let accepted = if self.rng.chance(10) { old } else { accepted };
+                    o.probe = Some((stage, Ok(if accepted { 200 } else { 401 })));
+                }
+                Action::QueryGate => {
+                    let roll = self.rng.next() % 100;
+                    o.gate = Some(match roll {
+                        0..3 => Err("prometheus is down".into()),
+                        3..8 => Ok(2.0),
+                        _ => Ok(0.0),
+                    });
+                    if o.gate == Some(Ok(2.0))
+                        && let Some(started) = self
+                            .status
+                            .current_rotation
+                            .as_ref()
+                            .and_then(|r| r.validation_started_at.clone())
+                    {
+                        self.unrecorded_high = Some(started);
+                    }
+                }
+                _ => return plan,
+            }
+            plan = decide(&o);
+        }
+        panic!(
+            "a probe answer did not lead to a decision: {:?}",
+            plan.action
+        )
     }
 
     fn id(key: &str) -> KeyId {
@@ -197,7 +272,7 @@ impl World {
     fn perform(&mut self, action: &Action) {
         match action {
             Action::Probe { .. } | Action::QueryGate => {
-                panic!("the model configures no verification probes and no metrics gate")
+                panic!("probes and gate queries are answered in World::decide")
             }
             Action::CreateVault { adopt } => {
                 let key = match (adopt, &self.consumer) {
@@ -291,6 +366,32 @@ impl World {
             }
             Action::Revoke { key_id } => {
                 let revoked = self.key_of_id(key_id);
+                let r = self.status.current_rotation.clone().unwrap();
+                if self.checks && r.rolling_back.is_none() {
+                    assert!(
+                        r.verified_before_revoke_at.is_some(),
+                        "revoked before the API accepted the new key"
+                    );
+                    let window_end: Timestamp =
+                        r.validation_started_at.as_ref().unwrap().parse().unwrap();
+                    let window_end = window_end
+                        + SignedDuration::from_secs(self.spec.validation_window_seconds as i64);
+                    let checked: Timestamp = r
+                        .gate_checked_at
+                        .expect("revoked without a metrics gate reading")
+                        .parse()
+                        .unwrap();
+                    assert!(
+                        checked >= window_end,
+                        "revoked without a gate reading at the window's end"
+                    );
+                    assert!(
+                        !self
+                            .high_readings
+                            .contains(r.validation_started_at.as_ref().unwrap()),
+                        "revoked although the gate read over its threshold in this window"
+                    );
+                }
                 for t in &self.targets {
                     assert!(
                         !t.running.contains(&revoked),
@@ -313,6 +414,13 @@ impl World {
                 self.records.remove(&key_id.0);
             }
             Action::Promote => {
+                if self.checks {
+                    let r = self.status.current_rotation.as_ref().unwrap();
+                    assert!(
+                        r.old_key_refused_at.is_some(),
+                        "finished before the API refused the old key"
+                    );
+                }
                 let v = self.vault.as_mut().unwrap();
                 if let Some((p, _)) = v.pending.take() {
                     v.current = p;
@@ -361,7 +469,15 @@ fn run_with_policy(
     rotations: u64,
     policy: &str,
 ) -> World {
-    let mut w = World::with_policy(seed, adopt, policy);
+    run_world(
+        World::with_policy(seed, adopt, policy),
+        seed,
+        crash_percent,
+        rotations,
+    )
+}
+
+fn run_world(mut w: World, seed: u64, crash_percent: u64, rotations: u64) -> World {
     let mut steps = 0;
     let mut flushes = 0;
     while w.status.revision < rotations {
@@ -382,7 +498,7 @@ fn run_with_policy(
             flushes += 1;
             w.records.clear();
             // The records come back before anyone notices: the next decision must re-register.
-            let plan = decide(&w.observe());
+            let plan = w.decide();
             assert!(
                 matches!(
                     plan.action,
@@ -395,7 +511,7 @@ fn run_with_policy(
             w.status = plan.status;
             continue;
         }
-        let plan = decide(&w.observe());
+        let plan = w.decide();
         // A crash may happen before the action (nothing done), or after it but before the status
         // write; either way the next decision starts from the world as it is.
         let crash = w.rng.next() % 100;
@@ -407,6 +523,9 @@ fn run_with_policy(
             continue;
         }
         w.status = plan.status;
+        if let Some(started) = w.unrecorded_high.take() {
+            w.high_readings.insert(started);
+        }
         if flushes == 0 {
             w.check_no_401();
         }
@@ -468,6 +587,26 @@ fn rollbacks_with_crashes_never_break_safety_and_leave_one_valid_key() {
     assert!(
         rolled_back > 50,
         "rollbacks were exercised only {rolled_back} times"
+    );
+}
+
+#[test]
+fn with_probes_and_a_metrics_gate_nothing_is_revoked_or_finished_unverified() {
+    let mut rolled_back = 0;
+    for seed in 0..600 {
+        let policy = if seed % 3 == 0 { "Rollback" } else { "Halt" };
+        let w = run_world(World::with_checks(seed, seed % 2 == 0, policy), seed, 30, 3);
+        rolled_back += w.rollbacks;
+        let active = w.vault.as_ref().unwrap().current.clone();
+        assert_eq!(
+            w.records.iter().cloned().collect::<Vec<_>>(),
+            vec![active.0.clone()],
+            "seed {seed}: only the active key's record is left"
+        );
+    }
+    assert!(
+        rolled_back > 10,
+        "failed checks rolled back only {rolled_back} times"
     );
 }
 
