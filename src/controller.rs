@@ -5,7 +5,7 @@ use crate::clock::Clock;
 use crate::crd::{ApiKeyRotation, MANAGED_BY_LABEL};
 use crate::metrics::Metrics;
 use crate::reconciler::{self, Context};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
@@ -47,7 +47,7 @@ impl Settings {
 pub async fn run(
     client: Client,
     settings: Settings,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     run_with_metrics(client, settings, Arc::new(Metrics::new()), shutdown).await
 }
@@ -57,7 +57,7 @@ pub async fn run_with_metrics(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let (rotations, secrets, deployments) = match &settings.namespace {
         Some(ns) => (
@@ -81,7 +81,7 @@ pub async fn run_with_metrics(
     let targets_of = store.clone();
     // The Secrets and Deployments only trigger reconciles (which read what they need afresh), so
     // their watches carry metadata only: a cluster's Deployments and Secrets never sit in memory.
-    controller
+    let running = controller
         .watches(
             secrets,
             watcher::Config::default()
@@ -110,13 +110,27 @@ pub async fn run_with_metrics(
             },
         )
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone())
         .run(reconciler::reconcile, reconciler::error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(rotation = %obj, "reconciled"),
                 Err(e) => tracing::debug!(error = %e, "reconcile error"),
             }
-        })
-        .await;
+        });
+    // Reconciles start only once the first list filled the store, so a shutdown before that has
+    // nothing to wait for; kube-runtime's graceful shutdown would wait for the store forever.
+    let stopped_before_the_first_list = async move {
+        shutdown.await;
+        if store.wait_until_ready().now_or_never().is_none() {
+            return;
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = running => {}
+        _ = stopped_before_the_first_list => {
+            tracing::info!("stopped before the first list; nothing was in flight");
+        }
+    }
 }

@@ -1020,6 +1020,9 @@ fn rotating(
         );
     };
     let window_end = at_least(started, o.spec.validation_window_seconds);
+    // The next wake-up while validating, and what the gate read so far.
+    let mut wake = window_end;
+    let mut gate_note = String::new();
     if let Some(gate) = &o.spec.metrics_gate {
         let last = parse_ts(&r.gate_checked_at);
         let next_check = match last {
@@ -1037,23 +1040,13 @@ fn rotating(
                     return b.plan(Action::QueryGate, None);
                 }
                 Some(Ok(value)) if *value > gate.threshold => {
-                    let last_index = o.spec.targets.len().saturating_sub(1);
-                    let name = o.spec.targets[last_index].name.clone();
-                    let progress = r
-                        .targets
-                        .iter()
-                        .position(|t| t.name == name)
-                        .unwrap_or(last_index);
                     // Resumed (Halt) or not, a new validation window must start over.
                     r.validation_started_at = None;
                     r.gate_checked_at = None;
-                    return failed(
+                    return failed_after_last_target(
                         o,
                         b,
                         r,
-                        progress,
-                        last_index,
-                        name,
                         METRICS_GATE_FAILED,
                         format!(
                             "the metrics gate read {value} (over {}) during the validation window: {}",
@@ -1093,27 +1086,12 @@ fn rotating(
                 }
             }
         }
-        if now < window_end {
-            r.step = Step::Validate;
-            b.condition(
-                ROTATING,
-                true,
-                "Validate",
-                format!(
-                    "Validating until {}; the metrics gate read {} (at most {}).",
-                    ts(window_end),
-                    r.gate_value.map(|v| v.to_string()).unwrap_or_default(),
-                    gate.threshold
-                ),
-            );
-            b.status.current_rotation = Some(r);
-            return b.plan(
-                Action::Wait {
-                    requeue_after: Some(until(now, next_check.max(now).min(window_end))),
-                },
-                None,
-            );
-        }
+        wake = next_check.max(now).min(window_end);
+        gate_note = format!(
+            "; the metrics gate read {} (at most {})",
+            r.gate_value.map(|v| v.to_string()).unwrap_or_default(),
+            gate.threshold
+        );
     }
     if now < window_end {
         r.step = Step::Validate;
@@ -1121,12 +1099,12 @@ fn rotating(
             ROTATING,
             true,
             "Validate",
-            format!("Validating until {}.", ts(window_end)),
+            format!("Validating until {}{gate_note}.", ts(window_end)),
         );
         b.status.current_rotation = Some(r);
         return b.plan(
             Action::Wait {
-                requeue_after: Some(until(now, window_end)),
+                requeue_after: Some(until(now, wake)),
             },
             None,
         );
@@ -1157,27 +1135,15 @@ fn rotating(
                         ),
                     )
                 }
-                Err(why) => {
-                    let last = o.spec.targets.len().saturating_sub(1);
-                    let name = o.spec.targets[last].name.clone();
-                    let progress = r
-                        .targets
-                        .iter()
-                        .position(|t| t.name == name)
-                        .unwrap_or(last);
-                    failed(
-                        o,
-                        b,
-                        r,
-                        progress,
-                        last,
-                        name,
-                        VERIFICATION_FAILED,
-                        format!(
-                            "before revoking the old key the API did not accept the new key: {why}"
-                        ),
-                    )
-                }
+                Err(why) => failed_after_last_target(
+                    o,
+                    b,
+                    r,
+                    VERIFICATION_FAILED,
+                    format!(
+                        "before revoking the old key the API did not accept the new key: {why}"
+                    ),
+                ),
             }
         }
         None => {
@@ -1453,6 +1419,25 @@ fn failed(
         },
         event,
     )
+}
+
+/// A check after the last rollout failed (verification before revoking, the metrics gate): the
+/// rotation fails as if the last target's rollout had.
+fn failed_after_last_target(
+    o: &Observation,
+    b: StatusBuilder,
+    r: RotationProgress,
+    reason: &'static str,
+    message: String,
+) -> Plan {
+    let last = o.spec.targets.len().saturating_sub(1);
+    let name = o.spec.targets[last].name.clone();
+    let progress = r
+        .targets
+        .iter()
+        .position(|t| t.name == name)
+        .unwrap_or(last);
+    failed(o, b, r, progress, last, name, reason, message)
 }
 
 /// Undo a failed rotation (`failurePolicy: Rollback`): the old key back into the Secret, the

@@ -173,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
             metrics_bind_address,
             election,
         } => {
+            let shutdown = shutdown_signal();
             telemetry::init(log_format, &log_level);
             let election = election.election()?;
             let endpoints = match metrics_bind_address.as_str() {
@@ -200,26 +201,25 @@ async fn main() -> anyhow::Result<()> {
                 election,
                 endpoints,
             };
-            operator::run(client, options, shutdown_signal()).await?;
+            operator::run(client, options, shutdown).await?;
             tracing::info!("apikey-rotator stopped");
             Ok(())
         }
     }
 }
 
-/// SIGTERM (Kubernetes) or Ctrl-C: stop taking work, let reconciles in flight finish.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+/// SIGTERM (Kubernetes) or Ctrl-C: stop taking work, let reconciles in flight finish. The handlers
+/// are installed when this is called (not when the future is first polled), so a signal that
+/// arrives during start-up is not fatal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
         tokio::select! {
-            _ = ctrl_c => {},
             _ = term.recv() => {},
+            _ = interrupt.recv() => {},
         }
+        tracing::info!("shutdown requested; finishing reconciles in flight");
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested; finishing reconciles in flight");
 }

@@ -76,14 +76,6 @@ fn new_key_id(sim: &Sim) -> Option<Value> {
     (!id.is_null()).then_some(id)
 }
 
-async fn wait_rotation_done(sim: &Sim) {
-    wait_for(Duration::from_secs(60), "rotation 1 to finish", || {
-        akr_status(sim)["revision"] == json!(1)
-            && event_reasons(sim).iter().any(|r| r == "RotationSucceeded")
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_acts_and_a_killed_leader_hands_over_mid_rotation() {
     let mut r = two_replicas().await;
@@ -134,7 +126,7 @@ async fn only_the_leader_acts_and_a_killed_leader_hands_over_mid_rotation() {
     );
     eprintln!("handover after the kill: {handover:?}");
 
-    wait_rotation_done(&r.sim).await;
+    wait_revision(&r.sim, 1).await;
     let status = akr_status(&r.sim);
     assert_eq!(
         status["activeKeyId"], minted,
@@ -151,8 +143,9 @@ async fn only_the_leader_acts_and_a_killed_leader_hands_over_mid_rotation() {
     drop(r.dir);
 }
 
-/// SIGTERM: the leader finishes what it was doing, gives the Lease up and exits 0; the standby
-/// takes over (kube-lease-manager's standby looks again when the Lease would have expired).
+/// SIGTERM: the leader finishes what it was doing, gives the Lease up and exits 0, both right
+/// after it started leading (before its first list) and later; the standby takes over
+/// (kube-lease-manager's standby looks again when the Lease would have expired).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_leader_exits_cleanly_and_gives_the_lease_up() {
     let mut r = two_replicas().await;
@@ -162,9 +155,12 @@ async fn a_terminated_leader_exits_cleanly_and_gives_the_lease_up() {
     } else {
         (&mut r.b, "op-a")
     };
-    let status = leading
-        .terminate(Duration::from_secs(10))
-        .expect("the leader exits on SIGTERM");
+    let Some(status) = leading.terminate(Duration::from_secs(10)) else {
+        panic!(
+            "the leader did not exit on SIGTERM:\n{}",
+            leading.log_text()
+        );
+    };
     assert!(status.success(), "{status}: {}", leading.log_text());
     assert_eq!(holder(&r.sim), None, "the Lease was released");
     let released_at = Instant::now();
@@ -179,5 +175,20 @@ async fn a_terminated_leader_exits_cleanly_and_gives_the_lease_up() {
         released_at.elapsed()
     );
     start_rotation(&r).await;
-    wait_rotation_done(&r.sim).await;
+    wait_revision(&r.sim, 1).await;
+
+    // The new leader, its watches running and a rotation behind it, stops as cleanly.
+    let (new_leader, _) = if standby == "op-a" {
+        (&mut r.a, ())
+    } else {
+        (&mut r.b, ())
+    };
+    let Some(status) = new_leader.terminate(Duration::from_secs(10)) else {
+        panic!(
+            "the new leader did not exit on SIGTERM:\n{}",
+            new_leader.log_text()
+        );
+    };
+    assert!(status.success(), "{status}: {}", new_leader.log_text());
+    assert_eq!(holder(&r.sim), None);
 }

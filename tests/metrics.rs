@@ -101,10 +101,7 @@ async fn metrics_move_during_and_after_rotations() {
     }
     assert!(seen_rotating, "the phase gauge never showed Rotating");
 
-    wait_for(Duration::from_secs(30), "rotation 1 to finish", || {
-        akr_status(&sim)["revision"] == json!(1)
-    })
-    .await;
+    wait_revision(&sim, 1).await;
     let (code, text) = get(addr, "/metrics").await;
     assert_eq!(code, 200);
     let value = |series: &str| sample(&text, series).unwrap_or(0.0);
@@ -145,10 +142,7 @@ async fn metrics_move_during_and_after_rotations() {
         json!({"metadata": {"annotations": {"keys.siriusscan.io/rotate": "second"}}}),
     )
     .unwrap();
-    wait_for(Duration::from_secs(30), "rotation 2 to finish", || {
-        akr_status(&sim)["revision"] == json!(2)
-    })
-    .await;
+    wait_revision(&sim, 2).await;
     valkey.pause();
     sim.merge_patch_object(
         "keys.siriusscan.io",

@@ -57,15 +57,6 @@ fn trigger(sim: &Sim, token: &str) {
     .unwrap();
 }
 
-async fn wait_revision(sim: &Sim, revision: u64) {
-    wait_for(
-        Duration::from_secs(30),
-        &format!("rotation {revision}"),
-        || akr_status(sim)["revision"] == json!(revision) && akr_status(sim)["phase"] == "Ready",
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_closing_mid_rotation_lets_the_rollout_finish_and_the_rest_waits() {
     let valkey = Valkey::start();

@@ -15,6 +15,41 @@ fn verification(api: &SiriusApi) -> Value {
     json!({"verification": {"url": api.host_url(), "timeoutSeconds": 2}})
 }
 
+/// Sirius (its Secret, Deployments and a sirius-api that authenticates on the test Valkey), an
+/// ApiKeyRotation with verification probes, and the operator. `prepare` sets the API up first.
+struct Installed {
+    valkey: Valkey,
+    api: SiriusApi,
+    sim: Sim,
+    old: RawKey,
+    operator: tokio::task::JoinHandle<()>,
+}
+
+async fn install(prepare: impl FnOnce(&SiriusApi, &RawKey)) -> Installed {
+    let valkey = Valkey::start();
+    let api = SiriusApi::start(&valkey.url()).await;
+    let sim = start_sim().await;
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    prepare(&api, &old);
+    install_sirius(
+        &sim,
+        &valkey.url(),
+        &old,
+        2,
+        Some("first"),
+        verification(&api),
+    )
+    .await;
+    let operator = spawn_operator(&sim);
+    Installed {
+        valkey,
+        api,
+        sim,
+        old,
+        operator,
+    }
+}
+
 fn template_key(sim: &Sim, deployment: &str) -> Value {
     sim.get_object("apps", "deployments", NS, deployment)
         .unwrap()["spec"]["template"]["metadata"]["annotations"]["keys.siriusscan.io/key-id"]
@@ -27,26 +62,15 @@ fn count(sim: &Sim, reason: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_pass_on_a_good_rotation_and_the_old_keys_401_is_confirmed() {
-    let valkey = Valkey::start();
-    let api = SiriusApi::start(&valkey.url()).await;
-    let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
-    install_sirius(
-        &sim,
-        &valkey.url(),
-        &old,
-        2,
-        Some("first"),
-        verification(&api),
-    )
-    .await;
-    let operator = spawn_operator(&sim);
+    let Installed {
+        valkey,
+        api,
+        sim,
+        old,
+        operator,
+    } = install(|_, _| {}).await;
 
-    wait_for(Duration::from_secs(30), "rotation 1", || {
-        akr_status(&sim)["revision"] == json!(1)
-            && event_reasons(&sim).iter().any(|r| r == "RotationSucceeded")
-    })
-    .await;
+    wait_revision(&sim, 1).await;
     operator.abort();
     let new = RawKey::new(secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
 
@@ -79,20 +103,13 @@ async fn probes_pass_on_a_good_rotation_and_the_old_keys_401_is_confirmed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_refusing_the_new_key_stops_the_rotation_before_the_next_target() {
-    let valkey = Valkey::start();
-    let api = SiriusApi::start(&valkey.url()).await;
-    let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
-    install_sirius(
-        &sim,
-        &valkey.url(),
-        &old,
-        2,
-        Some("first"),
-        verification(&api),
-    )
-    .await;
-    let operator = spawn_operator(&sim);
+    let Installed {
+        valkey,
+        api,
+        sim,
+        old,
+        operator,
+    } = install(|_, _| {}).await;
 
     // The API refuses whatever key the rotation mints.
     let new_id = {
@@ -150,35 +167,27 @@ async fn a_server_refusing_the_new_key_stops_the_rotation_before_the_next_target
         json!({"metadata": {"labels": {"nudge": "1"}}}),
     )
     .unwrap();
-    wait_for(Duration::from_secs(30), "rotation 1", || {
-        akr_status(&sim)["revision"] == json!(1)
-    })
-    .await;
+    wait_revision(&sim, 1).await;
     assert!(!valkey.exists(&format!("apikey:{}", old.id())));
     operator.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_key_still_accepted_after_revocation_is_reported_and_revoked_again() {
-    let valkey = Valkey::start();
-    let api = SiriusApi::start(&valkey.url()).await;
-    let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
     // An API that keeps the old key as its root key (never restarted with the new one).
-    api.set(Behaviour {
-        root_key_id: Some(old.id().0),
-        ..Behaviour::default()
-    });
-    install_sirius(
-        &sim,
-        &valkey.url(),
-        &old,
-        2,
-        Some("first"),
-        verification(&api),
-    )
+    let Installed {
+        valkey: _valkey,
+        api,
+        sim,
+        old: _,
+        operator,
+    } = install(|api, old| {
+        api.set(Behaviour {
+            root_key_id: Some(old.id().0),
+            ..Behaviour::default()
+        })
+    })
     .await;
-    let operator = spawn_operator(&sim);
 
     wait_for(Duration::from_secs(30), "OldKeyStillAccepted", || {
         akr_status(&sim)["conditions"]
@@ -194,10 +203,7 @@ async fn an_old_key_still_accepted_after_revocation_is_reported_and_revoked_agai
     assert!(count(&sim, "OldKeyStillAccepted") >= 1);
     // Once the API refuses it, the rotation confirms and finishes.
     api.set(Behaviour::default());
-    wait_for(Duration::from_secs(30), "rotation 1", || {
-        akr_status(&sim)["revision"] == json!(1)
-    })
-    .await;
+    wait_revision(&sim, 1).await;
     assert_eq!(count(&sim, "OldKeyRefused"), 1);
     operator.abort();
 }

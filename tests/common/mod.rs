@@ -262,6 +262,21 @@ pub async fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> b
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// Waits until `revision` rotations finished and the last one said so (`RotationSucceeded`).
+pub async fn wait_revision(sim: &Sim, revision: u64) {
+    wait_for(
+        Duration::from_secs(45),
+        &format!("rotation {revision} to finish"),
+        || {
+            let status = akr_status(sim);
+            status["revision"] == json!(revision)
+                && status["phase"] == "Ready"
+                && event_reasons(sim).iter().any(|r| r == "RotationSucceeded")
+        },
+    )
+    .await;
+}
+
 pub fn akr_status(sim: &Sim) -> Value {
     sim.get_object("keys.siriusscan.io", "apikeyrotations", NS, "sirius")
         .map(|o| o["status"].clone())
