@@ -503,22 +503,13 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
                 .map(|at| format!(" at {}", ts(at)))
                 .unwrap_or_default()
         );
-        let first_wait = waiting_reason(o) != Some(WAITING_FOR_WINDOW);
-        b.condition(ROTATING, false, WAITING_FOR_WINDOW, message.clone());
         b.status.next_rotation_time = opens.map(ts);
         b.status.phase = Some(if rolled_back {
             Phase::Degraded
         } else {
             Phase::Ready
         });
-        return b.plan(
-            Action::Wait {
-                requeue_after: opens.map(|at| until(now, at)),
-            },
-            first_wait
-                .then(|| normal(WAITING_FOR_WINDOW, message))
-                .flatten(),
-        );
+        return wait_for_window(o, b, false, message, opens);
     }
     match trigger {
         Some(trigger) => {
@@ -575,6 +566,27 @@ fn next_rotation(
         None => calendar.next_scheduled(active_since, &o.name),
     };
     (due, due.and_then(|at| calendar.next_window_open(at)))
+}
+
+/// Waits until the next maintenance window opens, saying why in the Rotating condition (an Event
+/// only when the wait begins).
+fn wait_for_window(
+    o: &Observation,
+    mut b: StatusBuilder,
+    rotating: bool,
+    message: String,
+    opens: Option<Timestamp>,
+) -> Plan {
+    let first_wait = waiting_reason(o) != Some(WAITING_FOR_WINDOW);
+    b.condition(ROTATING, rotating, WAITING_FOR_WINDOW, message.clone());
+    b.plan(
+        Action::Wait {
+            requeue_after: opens.map(|at| until(o.now, at)),
+        },
+        first_wait
+            .then(|| normal(WAITING_FOR_WINDOW, message))
+            .flatten(),
+    )
 }
 
 fn new_rotation(
@@ -837,18 +849,9 @@ fn rotating(
                         opens.map(|at| format!(" ({})", ts(at))).unwrap_or_default(),
                         target.name
                     );
-                    let first_wait = waiting_reason(o) != Some(WAITING_FOR_WINDOW);
                     r.step = Step::Roll;
-                    b.condition(ROTATING, true, WAITING_FOR_WINDOW, message.clone());
                     b.status.current_rotation = Some(r);
-                    return b.plan(
-                        Action::Wait {
-                            requeue_after: opens.map(|at| until(now, at)),
-                        },
-                        first_wait
-                            .then(|| normal(WAITING_FOR_WINDOW, message))
-                            .flatten(),
-                    );
+                    return wait_for_window(o, b, true, message, opens);
                 }
                 r.step = Step::Roll;
                 r.targets[progress].state = TargetState::Rolling;

@@ -9,18 +9,6 @@ use kube_sim::RolloutBehavior;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-fn condition(sim: &kube_sim::Sim, type_: &str) -> Value {
-    akr_status(sim)["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
-        .unwrap_or(Value::Null)
-}
-
-fn degraded_reason(sim: &kube_sim::Sim) -> Option<String> {
-    let c = condition(sim, "Degraded");
-    (c["status"] == "True").then(|| c["reason"].as_str().unwrap_or("").to_string())
-}
-
 async fn ready_setup(
     valkey_url: &str,
     trigger: Option<&str>,

@@ -134,24 +134,10 @@ async fn metrics_move_during_and_after_rotations() {
     assert_eq!(value("apikey_rotator_rollout_failures_total"), 0.0);
 
     // A second rotation adds to the counters; Valkey down shows as Valkey errors.
-    sim.merge_patch_object(
-        "keys.siriusscan.io",
-        "apikeyrotations",
-        NS,
-        "sirius",
-        json!({"metadata": {"annotations": {"keys.siriusscan.io/rotate": "second"}}}),
-    )
-    .unwrap();
+    request_rotation(&sim, "second");
     wait_revision(&sim, 2).await;
     valkey.pause();
-    sim.merge_patch_object(
-        "keys.siriusscan.io",
-        "apikeyrotations",
-        NS,
-        "sirius",
-        json!({"metadata": {"annotations": {"keys.siriusscan.io/rotate": "third"}}}),
-    )
-    .unwrap();
+    request_rotation(&sim, "third");
     let mut valkey_errors = 0.0;
     for _ in 0..300 {
         let (_, text) = get(addr, "/metrics").await;

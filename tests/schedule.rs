@@ -30,33 +30,6 @@ fn spawn_operator_on(sim: &Sim, clock: &Clock) -> tokio::task::JoinHandle<()> {
     ))
 }
 
-fn rotating_condition(sim: &Sim) -> Value {
-    akr_status(sim)["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == "Rotating")
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
-fn template_key(sim: &Sim, deployment: &str) -> Value {
-    sim.get_object("apps", "deployments", NS, deployment)
-        .unwrap()["spec"]["template"]["metadata"]["annotations"]["keys.siriusscan.io/key-id"]
-        .clone()
-}
-
-fn trigger(sim: &Sim, token: &str) {
-    sim.merge_patch_object(
-        "keys.siriusscan.io",
-        "apikeyrotations",
-        NS,
-        "sirius",
-        json!({"metadata": {"annotations": {"keys.siriusscan.io/rotate": token}}}),
-    )
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_closing_mid_rotation_lets_the_rollout_finish_and_the_rest_waits() {
     let valkey = Valkey::start();
@@ -80,7 +53,7 @@ async fn a_window_closing_mid_rotation_lets_the_rollout_finish_and_the_rest_wait
         "sirius-ui to wait for the next window",
         || {
             let status = akr_status(&sim);
-            rotating_condition(&sim)["reason"] == "WaitingForWindow"
+            condition(&sim, "Rotating")["reason"] == "WaitingForWindow"
                 && status["currentRotation"]["targets"][0]["state"] == "Complete"
         },
     )
@@ -99,12 +72,12 @@ async fn a_window_closing_mid_rotation_lets_the_rollout_finish_and_the_rest_wait
     );
     assert_eq!(template_key(&sim, "sirius-engine"), Value::Null);
     assert!(
-        rotating_condition(&sim)["message"]
+        condition(&sim, "Rotating")["message"]
             .as_str()
             .unwrap()
             .contains("2026-11-29T07:00:00Z"),
         "{}",
-        rotating_condition(&sim)
+        condition(&sim, "Rotating")
     );
     // Both keys stay valid while the rotation waits.
     assert!(valkey.exists(&format!("apikey:{}", old.id())));
@@ -122,9 +95,9 @@ async fn a_window_closing_mid_rotation_lets_the_rollout_finish_and_the_rest_wait
 
     // After that window, a new request waits for the next one.
     clock.set(t("2026-11-29T08:30:00Z"));
-    trigger(&sim, "second");
+    request_rotation(&sim, "second");
     wait_for(Duration::from_secs(10), "the request to wait", || {
-        rotating_condition(&sim)["reason"] == "WaitingForWindow"
+        condition(&sim, "Rotating")["reason"] == "WaitingForWindow"
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -225,7 +198,7 @@ async fn repeated_triggers_and_spec_edits_never_overlap_rotations() {
     })
     .await;
     for (i, token) in ["t1", "t2", "t3", "t4", "t5"].into_iter().enumerate() {
-        trigger(&sim, token);
+        request_rotation(&sim, token);
         // A spec edit too (a new generation).
         sim.merge_patch_object(
             "keys.siriusscan.io",

@@ -50,12 +50,6 @@ async fn install(prepare: impl FnOnce(&SiriusApi, &RawKey)) -> Installed {
     }
 }
 
-fn template_key(sim: &Sim, deployment: &str) -> Value {
-    sim.get_object("apps", "deployments", NS, deployment)
-        .unwrap()["spec"]["template"]["metadata"]["annotations"]["keys.siriusscan.io/key-id"]
-        .clone()
-}
-
 fn count(sim: &Sim, reason: &str) -> usize {
     event_reasons(sim).iter().filter(|r| *r == reason).count()
 }
@@ -82,10 +76,7 @@ async fn probes_pass_on_a_good_rotation_and_the_old_keys_401_is_confirmed() {
     assert!(new_answers.iter().all(|s| *s == 200), "{new_answers:?}");
     // ... and the old key got its 401 after the revocation, which is reported.
     assert_eq!(api.answers_to(old.id().as_str()), vec![401]);
-    let refused = events(&sim)
-        .into_iter()
-        .find(|e| e["reason"] == "OldKeyRefused")
-        .expect("an OldKeyRefused Event");
+    let refused = event(&sim, "OldKeyRefused");
     assert!(
         refused["note"].as_str().unwrap().contains("HTTP 401"),
         "{refused}"
@@ -126,14 +117,7 @@ async fn a_server_refusing_the_new_key_stops_the_rotation_before_the_next_target
         ..Behaviour::default()
     });
 
-    wait_for(Duration::from_secs(30), "VerificationFailed", || {
-        akr_status(&sim)["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Degraded" && c["reason"] == "VerificationFailed")
-    })
-    .await;
+    wait_degraded(&sim, "VerificationFailed").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let status = akr_status(&sim);
     assert_eq!(status["phase"], "Degraded");
@@ -147,10 +131,7 @@ async fn a_server_refusing_the_new_key_stops_the_rotation_before_the_next_target
     assert_eq!(template_key(&sim, "sirius-engine"), Value::Null);
     // Nothing was revoked: the old key stays valid.
     assert!(valkey.exists(&format!("apikey:{}", old.id())));
-    let failed = events(&sim)
-        .into_iter()
-        .find(|e| e["reason"] == "VerificationFailed")
-        .expect("a VerificationFailed Event");
+    let failed = event(&sim, "VerificationFailed");
     assert!(
         failed["note"].as_str().unwrap().contains("HTTP 401"),
         "{failed}"
@@ -189,14 +170,7 @@ async fn an_old_key_still_accepted_after_revocation_is_reported_and_revoked_agai
     })
     .await;
 
-    wait_for(Duration::from_secs(30), "OldKeyStillAccepted", || {
-        akr_status(&sim)["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Degraded" && c["reason"] == "OldKeyStillAccepted")
-    })
-    .await;
+    wait_degraded(&sim, "OldKeyStillAccepted").await;
     let status = akr_status(&sim);
     assert_eq!(status["revision"], 0, "not declared finished");
     assert_eq!(status["currentRotation"]["step"], "Revoke");

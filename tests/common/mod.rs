@@ -277,6 +277,54 @@ pub async fn wait_revision(sim: &Sim, revision: u64) {
     .await;
 }
 
+/// The ApiKeyRotation's condition of this type (Null when absent).
+pub fn condition(sim: &Sim, type_: &str) -> Value {
+    akr_status(sim)["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// The reason of `Degraded=True`, if it is.
+pub fn degraded_reason(sim: &Sim) -> Option<String> {
+    let c = condition(sim, "Degraded");
+    (c["status"] == "True").then(|| c["reason"].as_str().unwrap_or("").to_string())
+}
+
+pub async fn wait_degraded(sim: &Sim, reason: &str) {
+    wait_for(Duration::from_secs(30), reason, || {
+        degraded_reason(sim).as_deref() == Some(reason)
+    })
+    .await;
+}
+
+/// The first Event with this reason.
+pub fn event(sim: &Sim, reason: &str) -> Value {
+    events(sim)
+        .into_iter()
+        .find(|e| e["reason"] == reason)
+        .unwrap_or_else(|| panic!("no {reason} Event in {:?}", event_reasons(sim)))
+}
+
+/// Requests a rotation with a new trigger token (what `apikey-rotator rotate` does).
+pub fn request_rotation(sim: &Sim, token: &str) {
+    sim.merge_patch_object(
+        "keys.siriusscan.io",
+        "apikeyrotations",
+        NS,
+        "sirius",
+        json!({"metadata": {"annotations": {"keys.siriusscan.io/rotate": token}}}),
+    )
+    .unwrap();
+}
+
+/// The key id a Deployment's pod template was rolled to (Null when never rolled).
+pub fn template_key(sim: &Sim, deployment: &str) -> Value {
+    sim.get_object("apps", "deployments", NS, deployment)
+        .unwrap()["spec"]["template"]["metadata"]["annotations"]["keys.siriusscan.io/key-id"]
+        .clone()
+}
+
 pub fn akr_status(sim: &Sim) -> Value {
     sim.get_object("keys.siriusscan.io", "apikeyrotations", NS, "sirius")
         .map(|o| o["status"].clone())
