@@ -10,22 +10,18 @@ use axum::routing::get;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// What the probes report.
+/// What the readiness probe reports. (Liveness is the process answering at all: anything the
+/// operator cannot recover from ends the process, and the kubelet restarts it.)
 #[derive(Debug, Default)]
 pub struct Health {
     /// The API server answered and this instance either leads with its watches running or
     /// stands by for the Lease.
     ready: AtomicBool,
-    /// Set when the operator cannot go on (a restart is the remedy).
-    broken: AtomicBool,
 }
 
 impl Health {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
-    }
-    pub fn set_broken(&self) {
-        self.broken.store(true, Ordering::Relaxed);
     }
 }
 
@@ -62,16 +58,12 @@ async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
     )
 }
 
-async fn healthz(State(s): State<Shared>) -> impl IntoResponse {
-    if s.health.broken.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "broken\n")
-    } else {
-        (StatusCode::OK, "ok\n")
-    }
+async fn healthz() -> impl IntoResponse {
+    (StatusCode::OK, "ok\n")
 }
 
 async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
-    if s.health.ready.load(Ordering::Relaxed) && !s.health.broken.load(Ordering::Relaxed) {
+    if s.health.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
