@@ -539,6 +539,50 @@ pub struct TargetProgress {
     pub message: Option<String>,
 }
 
+impl TargetProgress {
+    /// A target this rotation has not rolled yet.
+    pub fn pending(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            state: TargetState::Pending,
+            rolled_at: None,
+            completed_at: None,
+            verified_at: None,
+            message: None,
+        }
+    }
+}
+
+impl RotationProgress {
+    /// A rotation at its first step: nothing minted, rolled or checked yet.
+    pub fn started<'a>(
+        revision: u64,
+        trigger: String,
+        old_key_id: Option<String>,
+        targets: impl IntoIterator<Item = &'a str>,
+        started_at: String,
+    ) -> Self {
+        Self {
+            revision,
+            trigger,
+            new_key_id: None,
+            old_key_id,
+            step: Step::Mint,
+            target_index: 0,
+            targets: targets.into_iter().map(TargetProgress::pending).collect(),
+            started_at,
+            validation_started_at: None,
+            revoked_at: None,
+            revoke_attempts: 0,
+            gate_checked_at: None,
+            gate_value: None,
+            verified_before_revoke_at: None,
+            old_key_refused_at: None,
+            rolling_back: None,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum TargetState {
     Pending,

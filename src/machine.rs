@@ -447,7 +447,7 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
         ))
         .unwrap_or(now);
     let calendar = Calendar::from_spec(&o.spec).unwrap_or_default();
-    let (next, next_start) = next_rotation(o, active_since);
+    let (next, next_start) = next_rotation(o, &calendar, active_since);
     b.status.next_rotation_time = next_start.map(ts);
     b.status.current_rotation = None;
     b.condition(ROTATING, false, "Idle", "No rotation in flight.");
@@ -558,9 +558,9 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
 /// and when it can start (the first instant a maintenance window allows).
 fn next_rotation(
     o: &Observation,
+    calendar: &Calendar,
     active_since: Timestamp,
 ) -> (Option<Timestamp>, Option<Timestamp>) {
-    let calendar = Calendar::from_spec(&o.spec).unwrap_or_default();
     let due = match o.spec.rotation_interval_seconds {
         Some(s) => Some(active_since + SignedDuration::from_secs(s as i64)),
         None => calendar.next_scheduled(active_since, &o.name),
@@ -597,34 +597,14 @@ fn new_rotation(
     old: &KeyId,
 ) -> RotationProgress {
     RotationProgress {
-        revision,
-        trigger,
         new_key_id: new_key.map(|k| k.0),
-        old_key_id: Some(old.0.clone()),
-        step: Step::Mint,
-        target_index: 0,
-        targets: o
-            .spec
-            .targets
-            .iter()
-            .map(|t| TargetProgress {
-                name: t.name.clone(),
-                state: TargetState::Pending,
-                rolled_at: None,
-                completed_at: None,
-                verified_at: None,
-                message: None,
-            })
-            .collect(),
-        started_at: ts(o.now),
-        validation_started_at: None,
-        revoked_at: None,
-        revoke_attempts: 0,
-        gate_checked_at: None,
-        gate_value: None,
-        verified_before_revoke_at: None,
-        old_key_refused_at: None,
-        rolling_back: None,
+        ..RotationProgress::started(
+            revision,
+            trigger,
+            Some(old.0.clone()),
+            o.spec.targets.iter().map(|t| t.name.as_str()),
+            ts(o.now),
+        )
     }
 }
 
@@ -799,14 +779,7 @@ fn rotating(
             .iter()
             .position(|t| t.name == target.name)
             .unwrap_or_else(|| {
-                r.targets.push(TargetProgress {
-                    name: target.name.clone(),
-                    state: TargetState::Pending,
-                    rolled_at: None,
-                    completed_at: None,
-                    verified_at: None,
-                    message: None,
-                });
+                r.targets.push(TargetProgress::pending(&target.name));
                 r.targets.len() - 1
             });
         r.target_index = i as u32;
@@ -1302,7 +1275,8 @@ fn finish(o: &Observation, vault: &VaultView, r: RotationProgress, mut b: Status
     b.status.active_key_id = Some(vault.current.0.clone());
     b.status.current_rotation = None;
     b.status.phase = Some(Phase::Ready);
-    b.status.next_rotation_time = next_rotation(o, o.now).1.map(ts);
+    let calendar = Calendar::from_spec(&o.spec).unwrap_or_default();
+    b.status.next_rotation_time = next_rotation(o, &calendar, o.now).1.map(ts);
     b.condition(
         ROTATING,
         false,

@@ -315,33 +315,22 @@ mod tests {
             phase: Some(Phase::Rotating),
             revision: revision - 1,
             current_rotation: Some(RotationProgress {
-                revision,
-                trigger: "Manual:x".into(),
-                new_key_id: None,
-                old_key_id: None,
                 step,
-                target_index: 0,
                 targets: states
                     .iter()
                     .enumerate()
-                    .map(|(i, s)| TargetProgress {
-                        name: format!("t{i}"),
-                        state: *s,
-                        rolled_at: None,
-                        completed_at: None,
-                        verified_at: None,
-                        message: None,
+                    .map(|(i, state)| TargetProgress {
+                        state: *state,
+                        ..TargetProgress::pending(&format!("t{i}"))
                     })
                     .collect(),
-                started_at: "2026-01-01T00:00:00Z".into(),
-                validation_started_at: None,
-                revoked_at: None,
-                revoke_attempts: 0,
-                gate_checked_at: None,
-                gate_value: None,
-                verified_before_revoke_at: None,
-                old_key_refused_at: None,
-                rolling_back: None,
+                ..RotationProgress::started(
+                    revision,
+                    "Manual:x".into(),
+                    None,
+                    [],
+                    "2026-01-01T00:00:00Z".into(),
+                )
             }),
             ..Default::default()
         }

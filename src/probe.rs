@@ -55,18 +55,27 @@ impl Prober {
             .header(header, value)
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("bad probe request: {e}"))?;
+        let response = self.send(request, url, timeout).await?;
+        Ok(response.status().as_u16())
+    }
+
+    /// Sends `request` to `target` (named in errors), waiting at most `timeout` for the answer.
+    async fn send(
+        &self,
+        request: http::Request<Empty<Bytes>>,
+        target: &str,
+        timeout: Duration,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => Err(format!(
-                "no answer from {url} within {}s",
+                "no answer from {target} within {}s",
                 timeout.as_secs()
             )),
-            Ok(Err(e)) => Err(format!("request to {url} failed: {e}")),
-            Ok(Ok(response)) => Ok(response.status().as_u16()),
+            Ok(Err(e)) => Err(format!("request to {target} failed: {e}")),
+            Ok(Ok(response)) => Ok(response),
         }
     }
-}
 
-impl Prober {
     /// One Prometheus instant query (`/api/v1/query`): the value of its only sample (a scalar, or
     /// a vector of at most one series; no series reads 0).
     pub async fn query_prometheus(
@@ -83,16 +92,7 @@ impl Prober {
         let request = http::Request::get(url.as_str())
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("bad query request: {e}"))?;
-        let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Err(_) => {
-                return Err(format!(
-                    "no answer from {base} within {}s",
-                    timeout.as_secs()
-                ));
-            }
-            Ok(Err(e)) => return Err(format!("request to {base} failed: {e}")),
-            Ok(Ok(r)) => r,
-        };
+        let response = self.send(request, base, timeout).await?;
         let status = response.status();
         let body = tokio::time::timeout(timeout, response.into_body().collect())
             .await

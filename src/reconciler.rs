@@ -74,7 +74,6 @@ impl Error {
         }
     }
 
-    /// A write that lost a race with another writer.
     /// The HTTP code of a failed Kubernetes API request (`connection` when none came back).
     pub fn api_code(&self) -> Option<String> {
         match self {
@@ -91,6 +90,7 @@ impl Error {
         )
     }
 
+    /// A write that lost a race with another writer.
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 409)
     }
