@@ -98,3 +98,9 @@ impl Candidate {
         }
     }
 }
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
