@@ -39,6 +39,21 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+const SUCCEEDED: &str = r#"apikey_rotator_rotations_total{result="succeeded"}"#;
+
+/// Scrapes `/metrics` until the succeeded rotations reach `count` (or 5 s pass), and returns
+/// that scrape.
+async fn scrape_once_counted(addr: SocketAddr, count: f64) -> (u16, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (code, text) = get(addr, "/metrics").await;
+        if sample(&text, SUCCEEDED) == Some(count) || std::time::Instant::now() > deadline {
+            return (code, text);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn phase(name: &str, phase: &str) -> String {
     format!(r#"apikey_rotator_phase{{namespace="{NS}",name="{name}",phase="{phase}"}}"#)
 }
@@ -102,14 +117,11 @@ async fn metrics_move_during_and_after_rotations() {
     assert!(seen_rotating, "the phase gauge never showed Rotating");
 
     wait_revision(&sim, 1).await;
-    let (code, text) = get(addr, "/metrics").await;
+    // The status is visible a moment before the operator counts its write.
+    let (code, text) = scrape_once_counted(addr, 1.0).await;
     assert_eq!(code, 200);
     let value = |series: &str| sample(&text, series).unwrap_or(0.0);
-    assert_eq!(
-        value(r#"apikey_rotator_rotations_total{result="succeeded"}"#),
-        1.0,
-        "{text}"
-    );
+    assert_eq!(value(SUCCEEDED), 1.0, "{text}");
     assert_eq!(value("apikey_rotator_targets_rolled_total"), 3.0);
     assert_eq!(
         value(r#"apikey_rotator_rotation_duration_seconds_count{result="succeeded"}"#),
@@ -136,6 +148,7 @@ async fn metrics_move_during_and_after_rotations() {
     // A second rotation adds to the counters; Valkey down shows as Valkey errors.
     request_rotation(&sim, "second");
     wait_revision(&sim, 2).await;
+    scrape_once_counted(addr, 2.0).await;
     valkey.pause();
     request_rotation(&sim, "third");
     let mut valkey_errors = 0.0;
