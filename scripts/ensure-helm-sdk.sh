@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs helm-python-sdk (Helm's Go SDK behind a Python binding; no helm binary) from PyPI when
-# it is missing. scripts/chart.py and tests/chart.rs render and lint the chart with it.
+# it is missing. scripts/chart.py and tests/integration/chart.rs render and lint the chart with it.
 set -euo pipefail
 
 if python3 -c "import helm_python" >/dev/null 2>&1; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs Debian's prometheus when it is missing. tests/metrics_gate.rs starts its own server on
+# Installs Debian's prometheus when it is missing. tests/integration/metrics_gate.rs starts its own server on
 # a free loopback port; this only makes the binary available.
 set -euo pipefail
 

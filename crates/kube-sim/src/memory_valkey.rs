@@ -2,7 +2,7 @@
 //! `valkey-server`. The operator talks to it with its ordinary Valkey client, so the demo still
 //! runs the production code path. It implements exactly the commands the operator, the demo and
 //! the tests send, with Valkey's replies (including its errors for wrong types and unknown
-//! commands); `tests/memory_valkey.rs` replays the same sessions against a real valkey-server and
+//! commands); `tests/integration/memory_valkey.rs` replays the same sessions against a real valkey-server and
 //! compares every reply.
 
 use redis::{Parser, Value};

@@ -1,10 +1,8 @@
 //! `apikey-rotator rotate` and `status` against the stand-in, with the real operator running.
 
-mod common;
-
+use crate::common::*;
 use apikey_rotator::cli::{self, Output, Scope};
 use apikey_rotator::key::RawKey;
-use common::*;
 use kube_sim::RolloutBehavior;
 use serde_json::{Value, json};
 use std::time::Duration;

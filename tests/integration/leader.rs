@@ -2,11 +2,9 @@
 //! chart's RBAC): only the Lease holder acts; killing it hands over and the rotation in flight
 //! completes with the key it had minted.
 
-mod common;
-
+use crate::common::process::*;
+use crate::common::*;
 use apikey_rotator::key::RawKey;
-use common::process::*;
-use common::*;
 use kube_sim::{Sim, SimOptions};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};

@@ -5,14 +5,12 @@
 //! only at the end, the rotation finished after the fault healed, and the fault's own condition
 //! and Event. docs/fault-matrix.md shows the matrix.
 
-mod common;
-
-use apikey_rotator::key::RawKey;
-use common::sirius::{
+use crate::common::sirius::{
     AuthModel, InvariantChecker, SECRET_REF, accepts, checked_sim_options, installed_key,
     record_ids,
 };
-use common::*;
+use crate::common::*;
+use apikey_rotator::key::RawKey;
 use kube_sim::{RolloutBehavior, Sim};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;

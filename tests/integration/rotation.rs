@@ -1,9 +1,7 @@
 //! The rotation end to end: the real controller against the stand-in and a real Valkey.
 
-mod common;
-
+use crate::common::*;
 use apikey_rotator::key::RawKey;
-use common::*;
 use serde_json::json;
 use std::time::Duration;
 

@@ -1,9 +1,7 @@
 //! The API stand-in checked against what kube-apiserver does, through an ordinary kube::Client,
 //! one semantic per test, so what the other tests prove on it can be trusted.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};

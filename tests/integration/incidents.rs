@@ -1,10 +1,8 @@
 //! The runbook's incidents, handled by the operator by itself: Valkey outage and data loss,
 //! a deleted or edited consumers' Secret, missing and paused targets, a failed rollout.
 
-mod common;
-
+use crate::common::*;
 use apikey_rotator::key::RawKey;
-use common::*;
 use kube_sim::RolloutBehavior;
 use serde_json::{Value, json};
 use std::time::Duration;

@@ -1,12 +1,10 @@
 //! `/metrics`, `/healthz` and `/readyz` of the running operator, scraped during and after real
 //! rotations: the counters and histograms move as the README documents.
 
-mod common;
-
+use crate::common::*;
 use apikey_rotator::controller::{DEFAULT_CONCURRENCY, Settings};
 use apikey_rotator::key::RawKey;
 use apikey_rotator::operator::{self, Options};
-use common::*;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,9 +1,7 @@
 //! The shipped CRD, the examples, and how the operator treats a spec it cannot use.
 
-mod common;
-
+use crate::common::*;
 use apikey_rotator::key::RawKey;
-use common::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -3,11 +3,9 @@
 //! rendered Deployment's arguments, as the chart's ServiceAccount; the stand-in authorizes every
 //! request of that identity against the rendered Roles and bindings, as kube-apiserver would.
 
-mod common;
-
+use crate::common::process::*;
+use crate::common::*;
 use apikey_rotator::key::RawKey;
-use common::process::*;
-use common::*;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

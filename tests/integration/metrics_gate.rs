@@ -2,11 +2,9 @@
 //! the validation window fails the rotation (the old key is not revoked); a flat one lets it
 //! finish.
 
-mod common;
-
+use crate::common::prometheus::{Exporter, Prometheus};
+use crate::common::*;
 use apikey_rotator::key::RawKey;
-use common::prometheus::{Exporter, Prometheus};
-use common::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 

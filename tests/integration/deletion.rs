@@ -1,10 +1,8 @@
 //! Deleting an ApiKeyRotation: the finalizer; `deletionPolicy: Retain` (default) never revokes a
 //! key, `Revoke` decommissions them and waits for Valkey.
 
-mod common;
-
+use crate::common::*;
 use apikey_rotator::key::RawKey;
-use common::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 

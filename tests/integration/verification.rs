@@ -2,11 +2,9 @@
 //! the test Valkey: they pass on a good rotation, stop a rotation whose new key the API refuses
 //! before the next target, and confirm and report the old key's 401 after revocation.
 
-mod common;
-
+use crate::common::sirius_api::{Behaviour, SiriusApi};
+use crate::common::*;
 use apikey_rotator::key::RawKey;
-use common::sirius_api::{Behaviour, SiriusApi};
-use common::*;
 use kube_sim::Sim;
 use serde_json::{Value, json};
 use std::time::Duration;

@@ -1,12 +1,10 @@
 //! Schedules and maintenance windows end to end: the real controller with its clock moved to the
 //! edges (a window closing mid-rotation, DST changes), the stand-in and a real Valkey.
 
-mod common;
-
+use crate::common::*;
 use apikey_rotator::clock::Clock;
 use apikey_rotator::controller::{DEFAULT_CONCURRENCY, Settings};
 use apikey_rotator::key::RawKey;
-use common::*;
 use kube_sim::{Sim, SimOptions};
 use serde_json::{Value, json};
 use std::time::Duration;

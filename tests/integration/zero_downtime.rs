@@ -1,14 +1,12 @@
 //! Zero downtime under both Sirius auth models, with and without the controller being killed at
 //! every step boundary and in the middle of steps.
 
-mod common;
-
-use apikey_rotator::key::RawKey;
-use common::sirius::{
+use crate::common::sirius::{
     AuthModel, InvariantChecker, SECRET_REF, accepts, checked_sim_options, installed_key,
     record_ids,
 };
-use common::*;
+use crate::common::*;
+use apikey_rotator::key::RawKey;
 use kube_sim::Sim;
 use serde_json::json;
 use std::collections::BTreeSet;

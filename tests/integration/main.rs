@@ -1,0 +1,24 @@
+//! Every integration test, in one binary: each file of its own linked the whole dependency tree
+//! again (about 280 MB apiece with debug info), and nineteen of them filled the CI disk.
+//! Each topic is a module; nextest still runs every test in its own process.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod chart;
+mod cli;
+mod crd_and_spec;
+mod deletion;
+mod demo;
+mod fault_matrix;
+mod incidents;
+mod leader;
+mod machine_model;
+mod memory_valkey;
+mod metrics;
+mod metrics_gate;
+mod rotation;
+mod schedule;
+mod stand_in;
+mod verification;
+mod zero_downtime;
