@@ -1,16 +1,18 @@
-//! Wires the reconciler to watches: ApiKeyRotations, the Secrets this operator labels, and the
-//! Deployments the rotations target. Reconciles are driven by these events, with a slow resync.
+//! Wires the reconciler to watches: ApiKeyRotations, the Secrets this operator labels, the
+//! Deployments the rotations target, and Valkey's own change feed. Reconciles are driven by these
+//! events, with a slow resync.
 
 use crate::clock::Clock;
 use crate::crd::{ApiKeyRotation, MANAGED_BY_LABEL};
 use crate::metrics::Metrics;
 use crate::reconciler::{self, Context};
+use crate::valkey_watch::{Loss, Watchers};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
@@ -20,7 +22,8 @@ use std::sync::Arc;
 pub struct Settings {
     /// Watch one namespace, or all.
     pub namespace: Option<String>,
-    /// Reconcile quiet rotations this often (bounds how long Valkey data loss goes unnoticed).
+    /// Reconcile quiet rotations this often (catches drift, and Valkey data loss where the
+    /// server gives no change feed).
     pub resync: std::time::Duration,
     /// Reconciles running at once (each holds an API connection while it runs); 0 is unbounded.
     pub concurrency: u16,
@@ -77,7 +80,10 @@ pub async fn run_with_metrics(
     context.rotations = Some(store.clone());
     context.metrics = metrics;
     context.clock = settings.clock.clone();
+    let (watchers, losses) = Watchers::new();
+    context.valkey_watchers = Some(watchers);
     let ctx = Arc::new(context);
+    let hit_by_valkey_loss = rotations_hit(losses, store.clone(), ctx.clone());
     let targets_of = store.clone();
     // The Secrets and Deployments only trigger reconciles (which read what they need afresh), so
     // their watches carry metadata only: a cluster's Deployments and Secrets never sit in memory.
@@ -109,6 +115,7 @@ pub async fn run_with_metrics(
                     .collect::<Vec<_>>()
             },
         )
+        .reconcile_on(hit_by_valkey_loss)
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown.clone())
         .run(reconciler::reconcile, reconciler::error_policy, ctx)
@@ -133,4 +140,28 @@ pub async fn run_with_metrics(
             tracing::info!("stopped before the first list; nothing was in flight");
         }
     }
+}
+
+/// The rotations a Valkey loss may have hit, each with its cached record view dropped so that its
+/// reconcile reads Valkey afresh and writes back what is missing.
+fn rotations_hit(
+    losses: tokio::sync::mpsc::UnboundedReceiver<Loss>,
+    rotations: Store<ApiKeyRotation>,
+    ctx: Arc<Context>,
+) -> impl futures::Stream<Item = ObjectRef<ApiKeyRotation>> + Send + 'static {
+    futures::stream::unfold(losses, |mut losses| async move {
+        losses.recv().await.map(|loss| (loss, losses))
+    })
+    .flat_map(move |loss| {
+        let hit: Vec<_> = rotations
+            .state()
+            .into_iter()
+            .filter(|akr| loss.hits(akr))
+            .map(|akr| {
+                ctx.forget_records(&akr);
+                ObjectRef::from_obj(&*akr)
+            })
+            .collect();
+        futures::stream::iter(hit)
+    })
 }

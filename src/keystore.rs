@@ -47,23 +47,29 @@ pub fn check_url(url: &str) -> Result<(), KeyStoreError> {
         .map_err(|e| KeyStoreError::InvalidUrl(e.to_string()))
 }
 
+/// A client for the endpoint speaking `protocol` (RESP3 is needed for pushed invalidations).
+pub fn client(
+    endpoint: &Endpoint,
+    protocol: redis::ProtocolVersion,
+) -> Result<redis::Client, KeyStoreError> {
+    let mut url = normalize_url(&endpoint.url);
+    if endpoint.insecure_skip_tls_verify && url.starts_with("rediss://") && !url.contains('#') {
+        url.push_str("#insecure");
+    }
+    let client =
+        redis::Client::open(url.as_str()).map_err(|e| KeyStoreError::InvalidUrl(e.to_string()))?;
+    let info = client.get_connection_info().clone();
+    let mut settings = info.redis_settings().clone().set_protocol(protocol);
+    if let Some(password) = &endpoint.password {
+        settings = settings.set_password(password);
+    }
+    redis::Client::open(info.set_redis_settings(settings))
+        .map_err(|e| KeyStoreError::InvalidUrl(e.to_string()))
+}
+
 impl KeyStore {
     pub async fn connect(endpoint: &Endpoint) -> Result<Self, KeyStoreError> {
-        let mut url = normalize_url(&endpoint.url);
-        if endpoint.insecure_skip_tls_verify && url.starts_with("rediss://") && !url.contains('#') {
-            url.push_str("#insecure");
-        }
-        let client = redis::Client::open(url.as_str())
-            .map_err(|e| KeyStoreError::InvalidUrl(e.to_string()))?;
-        let client = match &endpoint.password {
-            Some(password) => {
-                let info = client.get_connection_info().clone();
-                let settings = info.redis_settings().clone().set_password(password);
-                redis::Client::open(info.set_redis_settings(settings))
-                    .map_err(|e| KeyStoreError::InvalidUrl(e.to_string()))?
-            }
-            None => client,
-        };
+        let client = client(endpoint, redis::ProtocolVersion::RESP2)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(Duration::from_secs(3)))

@@ -27,3 +27,4 @@ pub mod server;
 pub mod sirius;
 pub mod spec_check;
 pub mod telemetry;
+pub mod valkey_watch;

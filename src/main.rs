@@ -25,8 +25,8 @@ enum Command {
         log_format: telemetry::LogFormat,
         #[arg(long, default_value = "info", env = "LOG_LEVEL")]
         log_level: String,
-        /// Reconcile quiet rotations this often, in seconds (bounds how long Valkey data loss
-        /// goes unnoticed).
+        /// Reconcile quiet rotations this often, in seconds (Valkey's change feed reports data
+        /// loss at once; this bounds it where the server cannot give the feed).
         #[arg(long, default_value_t = 60, env = "RESYNC_SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
         resync_seconds: u64,
         /// Reconciles running at once (0: unbounded).

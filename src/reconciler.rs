@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::observe::{self, PENDING_REVISION_ANNOTATION, VAULT_CURRENT, VAULT_PENDING, Vault};
 use crate::probe::Prober;
 use crate::spec_check;
+use crate::valkey_watch::Watchers;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -122,6 +123,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     prober: Prober,
+    /// Valkey's change feeds, started for each server a rotation uses (none in unit tests).
+    pub valkey_watchers: Option<Watchers>,
 }
 
 impl Context {
@@ -140,7 +143,13 @@ impl Context {
             metrics: Arc::new(Metrics::new()),
             clock: Clock::default(),
             prober: Prober::new(),
+            valkey_watchers: None,
         }
+    }
+
+    /// The next reconcile of `akr` reads Valkey instead of the cached record view.
+    pub fn forget_records(&self, akr: &ApiKeyRotation) {
+        self.records.lock().unwrap().remove(&key_of(akr));
     }
 
     async fn keystore(&self, endpoint: &Endpoint) -> Result<KeyStore, KeyStoreError> {
@@ -451,6 +460,9 @@ impl<'a> Reconciliation<'a> {
     async fn drive(&mut self) -> Result<Action, Error> {
         let endpoint = self.endpoint().await?;
         let store = self.ctx.keystore(&endpoint).await?;
+        if let Some(watchers) = &self.ctx.valkey_watchers {
+            watchers.ensure(&endpoint, &self.akr.spec.valkey.record_prefix);
+        }
         for _ in 0..MAX_STEPS_PER_RECONCILE {
             let (mut observation, mut vault, mut consumer_key, cached) =
                 self.observe(&store, false).await?;

@@ -97,6 +97,23 @@ impl Valkey {
         self.server.resume();
     }
 
+    /// The users of the connections that follow changes (client-side tracking is on).
+    pub fn change_feed_users(&self) -> Vec<String> {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut self.conn())
+            .unwrap();
+        list.lines()
+            .filter(|client| {
+                client
+                    .split(' ')
+                    .any(|f| f.starts_with("flags=") && f.contains('t'))
+            })
+            .filter_map(|client| client.split(' ').find_map(|f| f.strip_prefix("user=")))
+            .map(str::to_string)
+            .collect()
+    }
+
     pub fn flushall(&self) {
         let _: () = redis::cmd("FLUSHALL").query(&mut self.conn()).unwrap();
     }

@@ -72,6 +72,161 @@ async fn valkey_data_loss_between_rotations_is_repaired_within_a_resync() {
     );
 }
 
+/// With the resync an hour away, only Valkey's change feed can explain a repair: a flush, one
+/// deleted record, and a restart of the server without persistence are each written back within
+/// seconds (milliseconds, in practice: printed with `--no-capture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_data_loss_is_repaired_from_valkeys_change_feed_without_waiting_for_a_resync() {
+    let mut valkey = Valkey::start();
+    let (sim, old) = ready_setup(&valkey.url(), None, json!({})).await;
+    // Sirius v1.0 has started: its record and bootstrap flag are there before the operator.
+    let record = format!("apikey:{}", old.id());
+    valkey.set(
+        &record,
+        &apikey_rotator::sirius::record_json(
+            &old,
+            "root",
+            "system-bootstrap",
+            jiff::Timestamp::now(),
+        ),
+    );
+    valkey.set("apikey:bootstrap_complete", "true");
+    let operator = spawn_operator_with_resync(&sim, Duration::from_secs(3600));
+    wait_for(Duration::from_secs(10), "Ready with the flag noted", || {
+        akr_status(&sim)["phase"] == "Ready"
+            && akr_status(&sim)["bootstrapFlagInUse"] == json!(true)
+    })
+    .await;
+    wait_for(Duration::from_secs(5), "the operator's change feed", || {
+        !valkey.change_feed_users().is_empty()
+    })
+    .await;
+    let intact = |valkey: &Valkey| {
+        valkey.exists(&record) && valkey.get("apikey:bootstrap_complete").as_deref() == Some("true")
+    };
+
+    type Lose = fn(&mut Valkey, &str);
+    let losses: [(&str, Lose); 3] = [
+        ("FLUSHALL", |valkey, _| valkey.flushall()),
+        ("the active key's record deleted", |valkey, record| {
+            valkey.del(record)
+        }),
+        ("a restart without persistence", |valkey, _| {
+            valkey.restart()
+        }),
+    ];
+    for (what, lose) in losses {
+        let lost = std::time::Instant::now();
+        lose(&mut valkey, &record);
+        assert!(!intact(&valkey), "{what} lost nothing");
+        wait_for(
+            Duration::from_secs(10),
+            &format!("repair after {what}"),
+            || intact(&valkey),
+        )
+        .await;
+        eprintln!("{what}: repaired in {} ms", lost.elapsed().as_millis());
+    }
+    wait_for(
+        Duration::from_secs(5),
+        "the ValkeyStateRestored Event",
+        || {
+            event_reasons(&sim)
+                .iter()
+                .any(|r| r == "ValkeyStateRestored")
+        },
+    )
+    .await;
+    // The restart may have been reported as an outage meanwhile; it heals without a resync too.
+    wait_for(Duration::from_secs(10), "Ready", || {
+        akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    operator.abort();
+}
+
+/// The Valkey password comes from `valkey.passwordSecretRef` (here an ACL user named in the URL).
+/// When it changes on the server and in the Secret, the operator and its change feed go on with
+/// the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valkey_password_from_a_secret_is_used_and_a_changed_one_is_picked_up() {
+    use base64::Engine;
+    let valkey = Valkey::start();
+    let set_password = |password: &str| {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("sirius")
+            .arg("on")
+            .arg("resetpass")
+            .arg(format!(">{password}"))
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .exec(&mut valkey.conn())
+            .unwrap();
+    };
+    let password_data = |password: &str| json!({"password": base64::engine::general_purpose::STANDARD.encode(password)});
+    set_password("first-password");
+    let sim = start_sim().await;
+    sim.create_object(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "sirius-valkey-auth", "namespace": NS},
+        "data": password_data("first-password"),
+    }))
+    .unwrap();
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let url = format!("redis://sirius@127.0.0.1:{}/0", valkey.port);
+    let auth =
+        json!({"valkey": {"passwordSecretRef": {"name": "sirius-valkey-auth", "key": "password"}}});
+    install_sirius(&sim, &url, &old, 1, None, auth).await;
+    let operator = spawn_operator_with_resync(&sim, Duration::from_secs(3600));
+    let record = format!("apikey:{}", old.id());
+    wait_for(
+        Duration::from_secs(10),
+        "Ready, with the record written as sirius",
+        || akr_status(&sim)["phase"] == "Ready" && valkey.exists(&record),
+    )
+    .await;
+    wait_for(Duration::from_secs(5), "a change feed as sirius", || {
+        valkey.change_feed_users() == ["sirius"]
+    })
+    .await;
+    // The reconciles that Ready's own status writes trigger end; with the resync an hour away,
+    // nothing but the feed can now make the operator read the password again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    set_password("second-password");
+    sim.merge_patch_object(
+        "",
+        "secrets",
+        NS,
+        "sirius-valkey-auth",
+        json!({"data": password_data("second-password")}),
+    )
+    .unwrap();
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg("sirius")
+        .exec(&mut valkey.conn())
+        .unwrap();
+    // The old feed is refused on reconnecting; the reconcile that follows reads the new password.
+    wait_for(
+        Duration::from_secs(10),
+        "a change feed with the new password",
+        || valkey.change_feed_users() == ["sirius"],
+    )
+    .await;
+    valkey.flushall();
+    wait_for(Duration::from_secs(5), "the record written back", || {
+        valkey.exists(&record)
+    })
+    .await;
+    operator.abort();
+    assert_eq!(akr_status(&sim)["phase"], "Ready");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_down_blocks_every_step_that_needs_it_and_the_rotation_resumes_after() {
     let mut valkey = Valkey::start();

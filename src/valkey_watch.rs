@@ -1,0 +1,361 @@
+//! Valkey's own change feed, so data loss is repaired in milliseconds rather than at the next
+//! resync. One RESP3 connection per server and record prefix turns on client-side tracking in
+//! broadcast mode (`CLIENT TRACKING ON BCAST PREFIX apikey:`): Valkey then pushes an invalidation
+//! for every change under the prefix, and a null one for `FLUSHALL`/`FLUSHDB`. A dropped
+//! connection (a restart, perhaps without persistence) is reported on reconnect.
+//!
+//! The feed only says where records may be gone; the reconciler, which decides what must exist,
+//! reads Valkey and writes back. Without the feed (a server without RESP3, or tracking refused by
+//! an ACL) the resync still finds the loss.
+
+use crate::crd::ApiKeyRotation;
+use crate::keystore::{self, Endpoint};
+use crate::sirius;
+use redis::{PushKind, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Records under `prefix` on the server at `url` may be gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loss {
+    pub url: String,
+    pub prefix: String,
+    /// The record ids (or `bootstrap_complete`) found missing; `None` when anything may be gone
+    /// (a flush, or a reconnect after the server went away).
+    pub missing: Option<Vec<String>>,
+}
+
+impl Loss {
+    /// Whether the loss may have taken records `akr` needs: same server and prefix, and a flush
+    /// or a key (or the bootstrap flag) its status names.
+    pub fn hits(&self, akr: &ApiKeyRotation) -> bool {
+        let valkey = &akr.spec.valkey;
+        if valkey.url != self.url || valkey.record_prefix != self.prefix {
+            return false;
+        }
+        let (Some(missing), Some(status)) = (&self.missing, &akr.status) else {
+            return true;
+        };
+        let rotation = status.current_rotation.as_ref();
+        let needed = [
+            status.active_key_id.as_deref(),
+            status.previous_key_id.as_deref(),
+            rotation.and_then(|r| r.new_key_id.as_deref()),
+            rotation.and_then(|r| r.old_key_id.as_deref()),
+        ];
+        missing.iter().any(|id| {
+            needed.contains(&Some(id.as_str()))
+                || (id == sirius::BOOTSTRAP_FLAG && status.bootstrap_flag_in_use)
+        })
+    }
+}
+
+/// The running feeds, one per server and record prefix; dropping this stops them.
+pub struct Watchers {
+    losses: mpsc::UnboundedSender<Loss>,
+    running: Arc<Mutex<HashMap<FeedKey, JoinHandle<()>>>>,
+}
+
+type FeedKey = (Endpoint, String);
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Watchers {
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<Loss>) {
+        let (losses, receiver) = mpsc::unbounded_channel();
+        let running = Arc::new(Mutex::new(HashMap::new()));
+        (Self { losses, running }, receiver)
+    }
+
+    /// Starts the feed for this server and prefix unless it was started before (a feed reconnects
+    /// by itself, and one the server cannot give is not asked for again).
+    pub fn ensure(&self, endpoint: &Endpoint, prefix: &str) {
+        let mut running = self.running.lock().unwrap();
+        let key = (endpoint.clone(), prefix.to_string());
+        if running.contains_key(&key) {
+            return;
+        }
+        let task = tokio::spawn(follow(
+            key.clone(),
+            self.losses.clone(),
+            Arc::downgrade(&self.running),
+        ));
+        running.insert(key, task);
+    }
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for task in self.running.lock().unwrap().values() {
+            task.abort();
+        }
+    }
+}
+
+/// Why a session with the server ended.
+enum Ended {
+    /// The connection dropped or could not be made: try again.
+    Disconnected(String),
+    /// The server will not track (no RESP3, or an ACL refuses CLIENT TRACKING): give up.
+    Unsupported(String),
+    /// The password was refused. The reconciler just connected with the endpoint's password, so
+    /// it changed since: this feed ends, and the next reconcile starts one with the new password.
+    PasswordRefused,
+}
+
+async fn follow(
+    key: FeedKey,
+    losses: mpsc::UnboundedSender<Loss>,
+    feeds: Weak<Mutex<HashMap<FeedKey, JoinHandle<()>>>>,
+) {
+    let (endpoint, prefix) = &key;
+    let mut backoff = Duration::from_millis(100);
+    let mut connected_before = false;
+    loop {
+        let ended = session(
+            endpoint,
+            prefix,
+            &losses,
+            &mut connected_before,
+            &mut backoff,
+        )
+        .await;
+        match ended {
+            Ended::Unsupported(why) => {
+                tracing::warn!(url = %endpoint.url, %why, "Valkey does not push changes; data loss is found at the next resync");
+                return;
+            }
+            Ended::Disconnected(why) => {
+                tracing::debug!(url = %endpoint.url, %why, ?backoff, "Valkey change feed lost; reconnecting");
+            }
+            Ended::PasswordRefused => {
+                tracing::debug!(url = %endpoint.url, "Valkey refused this feed's password; ending it");
+                if let Some(feeds) = feeds.upgrade() {
+                    feeds.lock().unwrap().remove(&key);
+                }
+                // Unwatched from here: the rotations reconcile, read the new password, and start
+                // a feed with it.
+                report(&losses, endpoint, prefix, None);
+                return;
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn session(
+    endpoint: &Endpoint,
+    prefix: &str,
+    losses: &mpsc::UnboundedSender<Loss>,
+    connected_before: &mut bool,
+    backoff: &mut Duration,
+) -> Ended {
+    let client = match keystore::client(endpoint, redis::ProtocolVersion::RESP3) {
+        Ok(client) => client,
+        Err(e) => return Ended::Unsupported(e.to_string()),
+    };
+    let (pushes, mut pushed) = mpsc::unbounded_channel();
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+        .set_response_timeout(Some(Duration::from_secs(3)))
+        .set_push_sender(pushes);
+    let mut conn = match client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+    {
+        Ok(conn) => conn,
+        Err(e) if password_refused(&e) => return Ended::PasswordRefused,
+        // The server answered, but not to HELLO 3 (Redis before 6, or a stand-in without RESP3).
+        Err(e)
+            if matches!(
+                e.kind(),
+                redis::ErrorKind::RESP3NotSupported | redis::ErrorKind::Server(_)
+            ) =>
+        {
+            return Ended::Unsupported(e.to_string());
+        }
+        Err(e) => return Ended::Disconnected(e.to_string()),
+    };
+    let tracking = redis::cmd("CLIENT")
+        .arg("TRACKING")
+        .arg("ON")
+        .arg("BCAST")
+        .arg("PREFIX")
+        .arg(prefix)
+        .exec_async(&mut conn)
+        .await;
+    match tracking {
+        Ok(()) => {}
+        Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+            return Ended::Disconnected(e.to_string());
+        }
+        Err(e) => return Ended::Unsupported(e.to_string()),
+    }
+    tracing::debug!(url = %endpoint.url, prefix, "following Valkey's changes");
+    *backoff = Duration::from_millis(100);
+    if *connected_before {
+        // The server may have restarted empty while the connection was down.
+        report(losses, endpoint, prefix, None);
+    }
+    *connected_before = true;
+    while let Some(push) = pushed.recv().await {
+        match push.kind {
+            PushKind::Disconnection => return Ended::Disconnected("connection closed".into()),
+            PushKind::Invalidate => {
+                let Some(changed) = invalidated_keys(&push.data) else {
+                    report(losses, endpoint, prefix, None);
+                    continue;
+                };
+                let watched: Vec<String> = changed
+                    .into_iter()
+                    .filter(|key| is_watched_record(prefix, key))
+                    .collect();
+                if watched.is_empty() {
+                    continue;
+                }
+                // A change is mostly Sirius rewriting `last_used_at`; only a missing record matters.
+                let mut pipe = redis::pipe();
+                for key in &watched {
+                    pipe.exists(key);
+                }
+                match pipe.query_async::<Vec<bool>>(&mut conn).await {
+                    Ok(exists) => {
+                        let missing: Vec<String> = watched
+                            .iter()
+                            .zip(exists)
+                            .filter(|(_, exists)| !exists)
+                            .map(|(key, _)| key[prefix.len()..].to_string())
+                            .collect();
+                        if !missing.is_empty() {
+                            report(losses, endpoint, prefix, Some(missing));
+                        }
+                    }
+                    Err(e) => {
+                        report(losses, endpoint, prefix, None);
+                        return Ended::Disconnected(e.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ended::Disconnected("push channel closed".into())
+}
+
+fn password_refused(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+}
+
+fn report(
+    losses: &mpsc::UnboundedSender<Loss>,
+    endpoint: &Endpoint,
+    prefix: &str,
+    missing: Option<Vec<String>>,
+) {
+    tracing::debug!(url = %endpoint.url, prefix, ?missing, "Valkey records may be gone");
+    let _ = losses.send(Loss {
+        url: endpoint.url.clone(),
+        prefix: prefix.to_string(),
+        missing,
+    });
+}
+
+/// The keys of an invalidation push; `None` for a flush (Valkey sends null then).
+fn invalidated_keys(data: &[Value]) -> Option<Vec<String>> {
+    match data.first() {
+        Some(Value::Array(keys)) => Some(
+            keys.iter()
+                .filter_map(|key| match key {
+                    Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+                    Value::SimpleString(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// A Sirius key record (`<prefix><sha256 hex>`) or the v1.0 bootstrap flag.
+fn is_watched_record(prefix: &str, key: &str) -> bool {
+    key.strip_prefix(prefix).is_some_and(|rest| {
+        rest == sirius::BOOTSTRAP_FLAG
+            || (rest.len() == 64 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_records_and_the_bootstrap_flag_are_watched() {
+        let id = "ab".repeat(32);
+        assert!(is_watched_record("apikey:", &format!("apikey:{id}")));
+        assert!(is_watched_record("apikey:", "apikey:bootstrap_complete"));
+        assert!(!is_watched_record("apikey:", "apikey:root"));
+        assert!(!is_watched_record(
+            "apikey:",
+            &format!("apikey:{}", "AB".repeat(32))
+        ));
+        assert!(!is_watched_record("apikey:", &format!("other:{id}")));
+    }
+
+    fn rotation(status: serde_json::Value) -> ApiKeyRotation {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "keys.siriusscan.io/v1alpha1",
+            "kind": "ApiKeyRotation",
+            "metadata": {"name": "sirius", "namespace": "sirius"},
+            "spec": {"valkey": {"url": "redis://valkey:6379"}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn loss(url: &str, missing: Option<&[&str]>) -> Loss {
+        Loss {
+            url: url.into(),
+            prefix: "apikey:".into(),
+            missing: missing.map(|m| m.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn a_loss_hits_the_rotations_that_need_what_went_missing() {
+        let ready = rotation(serde_json::json!({"activeKeyId": "a1", "previousKeyId": "a0"}));
+        assert!(loss("redis://valkey:6379", None).hits(&ready));
+        assert!(loss("redis://valkey:6379", Some(&["a1"])).hits(&ready));
+        assert!(loss("redis://valkey:6379", Some(&["a0"])).hits(&ready));
+        assert!(!loss("redis://valkey:6379", Some(&["b2"])).hits(&ready));
+        assert!(!loss("redis://other:6379", None).hits(&ready));
+        assert!(!loss("redis://valkey:6379", Some(&["bootstrap_complete"])).hits(&ready));
+
+        let rotating = rotation(serde_json::json!({
+            "activeKeyId": "a1",
+            "bootstrapFlagInUse": true,
+            "currentRotation": {"revision": 2, "trigger": "manual", "newKeyId": "a2",
+                "oldKeyId": "a1", "step": "Validate", "targetIndex": 3, "targets": [],
+                "startedAt": "2026-11-26T00:00:00Z"},
+        }));
+        assert!(loss("redis://valkey:6379", Some(&["a2"])).hits(&rotating));
+        assert!(loss("redis://valkey:6379", Some(&["bootstrap_complete"])).hits(&rotating));
+
+        let new = rotation(serde_json::Value::Null);
+        assert!(loss("redis://valkey:6379", Some(&["zz"])).hits(&new));
+    }
+
+    #[test]
+    fn a_null_invalidation_is_a_flush() {
+        assert_eq!(invalidated_keys(&[Value::Nil]), None);
+        assert_eq!(invalidated_keys(&[]), None);
+        assert_eq!(
+            invalidated_keys(&[Value::Array(vec![Value::BulkString(b"apikey:x".to_vec())])]),
+            Some(vec!["apikey:x".to_string()])
+        );
+    }
+}
