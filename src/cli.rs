@@ -1,7 +1,7 @@
 //! The commands a platform engineer runs against a cluster: `status` (a table or JSON of the
 //! rotations) and `rotate` (request one rotation now).
 
-use crate::crd::{ApiKeyRotation, TRIGGER_ANNOTATION, TargetState};
+use crate::crd::{ApiKeyRotation, OUTSIDE_WINDOWS_ANNOTATION, TRIGGER_ANNOTATION, TargetState};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -137,12 +137,14 @@ pub fn render_table(rotations: &[ApiKeyRotation]) -> String {
     out
 }
 
-/// Sets the trigger annotation to a new token: exactly one rotation follows. Returns the token.
+/// Sets the trigger annotation to a new token: exactly one rotation follows. With
+/// `outside_windows`, that rotation does not wait for maintenance windows. Returns the token.
 pub async fn rotate(
     client: Client,
     namespace: &str,
     name: &str,
     token: Option<String>,
+    outside_windows: bool,
 ) -> anyhow::Result<String> {
     let api: Api<ApiKeyRotation> = Api::namespaced(client, namespace);
     let current = api.get(name).await?;
@@ -155,7 +157,12 @@ pub async fn rotate(
         current.annotations().get(TRIGGER_ANNOTATION) != Some(&token),
         "token {token:?} was already requested; each token means one rotation, pick another"
     );
-    let patch = json!({"metadata": {"annotations": {TRIGGER_ANNOTATION: token}}});
+    // One patch: the controller never sees the token without its window override.
+    let patch = if outside_windows {
+        json!({"metadata": {"annotations": {TRIGGER_ANNOTATION: token, OUTSIDE_WINDOWS_ANNOTATION: token}}})
+    } else {
+        json!({"metadata": {"annotations": {TRIGGER_ANNOTATION: token}}})
+    };
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(token)

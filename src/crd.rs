@@ -17,6 +17,10 @@ pub const ROLLOUT_ANNOTATION: &str = "keys.siriusscan.io/key-id";
 pub const ROLLBACK_ANNOTATION: &str = "keys.siriusscan.io/rolled-back-in";
 /// Annotation on an ApiKeyRotation: each new value requests exactly one rotation.
 pub const TRIGGER_ANNOTATION: &str = "keys.siriusscan.io/rotate";
+/// Annotation on an ApiKeyRotation: when it holds the same token as [`TRIGGER_ANNOTATION`], that
+/// one rotation starts and rolls out whether or not a maintenance window is open (a leaked key
+/// cannot wait for Sunday night). A stale value never applies to a later token.
+pub const OUTSIDE_WINDOWS_ANNOTATION: &str = "keys.siriusscan.io/rotate-outside-windows";
 /// Label on the Secrets this operator writes, naming the ApiKeyRotation (used to watch them).
 pub const MANAGED_BY_LABEL: &str = "keys.siriusscan.io/rotation";
 
@@ -521,6 +525,9 @@ pub struct RotationProgress {
     /// Set when the rotation failed under `failurePolicy: Rollback` and is being undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling_back: Option<String>,
+    /// Requested outside maintenance windows: it starts and rolls out whenever it can.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outside_windows: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -579,6 +586,7 @@ impl RotationProgress {
             verified_before_revoke_at: None,
             old_key_refused_at: None,
             rolling_back: None,
+            outside_windows: false,
         }
     }
 }

@@ -65,6 +65,9 @@ pub struct Observation {
     pub status: ApiKeyRotationStatus,
     /// Value of the manual trigger annotation.
     pub trigger: Option<String>,
+    /// Value of the annotation that lets the manual trigger with this token ignore maintenance
+    /// windows.
+    pub outside_windows: Option<String>,
     pub now: Timestamp,
     pub vault: Option<VaultView>,
     pub consumer: ConsumerView,
@@ -492,7 +495,9 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
         ),
         _ => None,
     };
+    let outside_windows = manual.is_some() && o.outside_windows.as_ref() == manual;
     if let Some(trigger) = &trigger
+        && !outside_windows
         && !calendar.window_open(now)
     {
         // Requested or due, but no window is open: the trigger stays pending until one opens.
@@ -516,27 +521,20 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
             if let Some(token) = manual {
                 b.status.last_trigger = Some(token.clone());
             }
-            b.status.current_rotation = Some(new_rotation(
-                o,
-                revision,
-                trigger.clone(),
-                None,
-                &vault.current,
-            ));
+            b.status.current_rotation = Some(RotationProgress {
+                outside_windows,
+                ..new_rotation(o, revision, trigger.clone(), None, &vault.current)
+            });
             b.status.phase = Some(Phase::Rotating);
-            b.condition(
-                ROTATING,
-                true,
-                "Mint",
-                format!("Rotation {revision} started ({trigger})."),
-            );
-            b.plan(
-                Action::StatusOnly,
-                normal(
-                    "RotationStarted",
-                    format!("Rotation {revision} started ({trigger})."),
-                ),
-            )
+            let message = if outside_windows && !calendar.window_open(now) {
+                format!(
+                    "Rotation {revision} started ({trigger}), outside maintenance windows as requested."
+                )
+            } else {
+                format!("Rotation {revision} started ({trigger}).")
+            };
+            b.condition(ROTATING, true, "Mint", message.clone());
+            b.plan(Action::StatusOnly, normal("RotationStarted", message))
         }
         None => {
             b.status.phase = Some(if rolled_back {
@@ -813,7 +811,7 @@ fn rotating(
                     );
                 }
                 let calendar = Calendar::from_spec(&o.spec).unwrap_or_default();
-                if !calendar.window_open(now) {
+                if !r.outside_windows && !calendar.window_open(now) {
                     // A rollout starts only inside a window; both keys stay valid meanwhile.
                     let opens = calendar.next_window_open(now);
                     let message = format!(
@@ -1688,6 +1686,7 @@ mod tests {
                 ..Default::default()
             },
             trigger: None,
+            outside_windows: None,
             now: now.parse().unwrap(),
             vault: Some(VaultView {
                 current: key.clone(),
@@ -1845,6 +1844,32 @@ mod tests {
         assert_eq!(
             plan.status.current_rotation.unwrap().trigger,
             "Manual:now-please"
+        );
+    }
+
+    #[test]
+    fn a_request_marked_outside_windows_starts_at_once_and_only_that_request() {
+        let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+        with_calendar(
+            &mut o,
+            serde_json::json!({"maintenanceWindows": [{"start": "0 22 * * *", "durationMinutes": 60}]}),
+        );
+        // A stale override (an earlier token) does not apply to a new request.
+        o.trigger = Some("leak-2".into());
+        o.outside_windows = Some("leak-1".into());
+        let plan = decide(&o);
+        assert!(plan.status.current_rotation.is_none());
+        assert_eq!(plan.event.as_ref().unwrap().reason, WAITING_FOR_WINDOW);
+
+        o.outside_windows = Some("leak-2".into());
+        let plan = decide(&o);
+        let rotation = plan.status.current_rotation.as_ref().unwrap();
+        assert_eq!(rotation.trigger, "Manual:leak-2");
+        assert!(rotation.outside_windows, "kept for the rollouts to come");
+        assert_eq!(plan.status.last_trigger.as_deref(), Some("leak-2"));
+        assert_eq!(
+            plan.event.unwrap().message,
+            "Rotation 1 started (Manual:leak-2), outside maintenance windows as requested."
         );
     }
 

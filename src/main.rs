@@ -60,6 +60,10 @@ enum Command {
         /// The token to set (default: the current time); each new token means one rotation.
         #[arg(long)]
         token: Option<String>,
+        /// Start and roll out this rotation even when no maintenance window is open (an
+        /// emergency, such as a leaked key).
+        #[arg(long)]
+        outside_windows: bool,
     },
     /// Run a full rotation on an embedded simulated cluster with a real valkey-server.
     #[cfg(feature = "demo")]
@@ -146,10 +150,11 @@ async fn main() -> anyhow::Result<()> {
             name,
             namespace,
             token,
+            outside_windows,
         } => {
             let client = kube::Client::try_default().await?;
             let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
-            let token = cli::rotate(client, &namespace, &name, token).await?;
+            let token = cli::rotate(client, &namespace, &name, token, outside_windows).await?;
             println!(
                 "rotation of {namespace}/{name} requested (token {token}); watch it with `apikey-rotator status -n {namespace}`"
             );

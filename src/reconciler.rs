@@ -3,8 +3,8 @@
 
 use crate::clock::Clock;
 use crate::crd::{
-    ApiKeyRotation, ApiKeyRotationStatus, DeletionPolicy, FINALIZER, MANAGED_BY_LABEL, Phase,
-    ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION, TRIGGER_ANNOTATION,
+    ApiKeyRotation, ApiKeyRotationStatus, DeletionPolicy, FINALIZER, MANAGED_BY_LABEL,
+    OUTSIDE_WINDOWS_ANNOTATION, Phase, ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION, TRIGGER_ANNOTATION,
 };
 use crate::key::{KeyId, RawKey};
 use crate::keystore::{Endpoint, KeyStore, KeyStoreError};
@@ -631,6 +631,11 @@ impl<'a> Reconciliation<'a> {
             spec: spec.clone(),
             status: self.status.clone(),
             trigger: self.akr.annotations().get(TRIGGER_ANNOTATION).cloned(),
+            outside_windows: self
+                .akr
+                .annotations()
+                .get(OUTSIDE_WINDOWS_ANNOTATION)
+                .cloned(),
             now: self.ctx.clock.now(),
             vault: vault.as_ref().map(Vault::view),
             consumer: consumer_view,

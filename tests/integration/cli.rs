@@ -35,7 +35,7 @@ async fn rotate_requests_one_rotation_and_status_shows_finished_and_in_flight_ro
         "{table}"
     );
 
-    let token = cli::rotate(client.clone(), NS, "sirius", None)
+    let token = cli::rotate(client.clone(), NS, "sirius", None, false)
         .await
         .unwrap();
     wait_for(Duration::from_secs(30), "rotation 1", || {
@@ -60,12 +60,12 @@ async fn rotate_requests_one_rotation_and_status_shows_finished_and_in_flight_ro
 
     // The same token again is refused; a new one starts rotation 2, held at sirius-engine.
     assert!(
-        cli::rotate(client.clone(), NS, "sirius", Some(token))
+        cli::rotate(client.clone(), NS, "sirius", Some(token), false)
             .await
             .is_err()
     );
     sim.set_rollout_behavior(NS, "sirius-engine", RolloutBehavior::Stall);
-    cli::rotate(client.clone(), NS, "sirius", Some("second".into()))
+    cli::rotate(client.clone(), NS, "sirius", Some("second".into()), false)
         .await
         .unwrap();
     wait_for(

@@ -183,6 +183,7 @@ impl World {
             spec: self.spec.clone(),
             status: self.status.clone(),
             trigger: self.trigger.clone(),
+            outside_windows: None,
             now: self.now,
             vault: self.vault.clone(),
             consumer: match &self.consumer {

@@ -224,3 +224,49 @@ async fn repeated_triggers_and_spec_edits_never_overlap_rotations() {
     assert!(started[1].contains("Manual:t5"), "{started:?}");
     operator.abort();
 }
+
+/// An emergency (a leaked key) cannot wait for the window: `apikey-rotator rotate
+/// --outside-windows` starts and rolls out that one rotation now, while the ordinary request
+/// before it waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_requested_outside_windows_runs_to_the_end_at_once() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let clock = Clock::default();
+    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let windows = json!({"maintenanceWindows": [{"start": "0 2 * * *", "durationMinutes": 60, "timeZone": "America/New_York"}]});
+    install_sirius(&sim, &valkey.url(), &old, 1, Some("routine"), windows).await;
+    clock.set(t("2026-11-28T12:00:00Z"));
+    let operator = spawn_operator_on(&sim, &clock);
+    wait_for(
+        Duration::from_secs(10),
+        "the routine request to wait",
+        || condition(&sim, "Rotating")["reason"] == "WaitingForWindow",
+    )
+    .await;
+
+    apikey_rotator::cli::rotate(client_for(&sim), NS, "sirius", Some("leaked".into()), true)
+        .await
+        .unwrap();
+    wait_revision(&sim, 1).await;
+    operator.abort();
+    let status = akr_status(&sim);
+    assert_eq!(status["lastTrigger"], "leaked");
+    let new = RawKey::new(secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
+    assert_eq!(status["activeKeyId"], new.id().as_str());
+    for target in ["sirius-api", "sirius-ui", "sirius-engine"] {
+        assert_eq!(template_key(&sim, target), new.id().as_str(), "{target}");
+    }
+    assert!(
+        !valkey.exists(&format!("apikey:{}", old.id())),
+        "old key revoked"
+    );
+    assert!(
+        event(&sim, "RotationStarted")["note"]
+            .as_str()
+            .unwrap()
+            .contains("outside maintenance windows as requested"),
+        "{}",
+        event(&sim, "RotationStarted")
+    );
+}
