@@ -4,6 +4,7 @@
 
 use crate::key::{KeyId, RawKey};
 use crate::sirius;
+use crate::valkey_watch::OwnChanges;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub struct Endpoint {
 #[derive(Clone)]
 pub struct KeyStore {
     conn: ConnectionManager,
+    /// Where record writes are announced to Valkey's change feed, when one follows this server.
+    own_changes: Option<OwnChanges>,
 }
 
 /// Accepts `valkey://` and `valkeys://` as aliases of `redis://` and `rediss://`.
@@ -76,7 +79,28 @@ impl KeyStore {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
         let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            own_changes: None,
+        })
+    }
+
+    /// Announces this store's record writes to a change feed (see [`OwnChanges`]).
+    pub fn with_own_changes(mut self, own_changes: OwnChanges) -> Self {
+        self.own_changes = Some(own_changes);
+        self
+    }
+
+    fn expect_change(&self, key: &str) {
+        if let Some(own) = &self.own_changes {
+            own.expect(key);
+        }
+    }
+
+    fn withdraw_change(&self, key: &str) {
+        if let Some(own) = &self.own_changes {
+            own.withdraw(key);
+        }
     }
 
     fn record_key(prefix: &str, id: &KeyId) -> String {
@@ -106,28 +130,38 @@ impl KeyStore {
         label: &str,
     ) -> Result<bool, KeyStoreError> {
         let json = sirius::record_json(key, label, "apikey-rotator", jiff::Timestamp::now());
+        let record = Self::record_key(prefix, &key.id());
+        self.expect_change(&record);
         let mut conn = self.conn.clone();
         let written: bool = redis::cmd("SET")
-            .arg(Self::record_key(prefix, &key.id()))
+            .arg(&record)
             .arg(json)
             .arg("NX")
             .query_async::<Option<String>>(&mut conn)
             .await?
             .is_some();
+        if !written {
+            self.withdraw_change(&record);
+        }
         Ok(written)
     }
 
     pub async fn set_bootstrap_flag(&self, prefix: &str) -> Result<(), KeyStoreError> {
+        let flag = format!("{prefix}{}", sirius::BOOTSTRAP_FLAG);
+        self.expect_change(&flag);
         let mut conn = self.conn.clone();
-        let _: () = conn
-            .set(format!("{prefix}{}", sirius::BOOTSTRAP_FLAG), "true")
-            .await?;
+        let _: () = conn.set(&flag, "true").await?;
         Ok(())
     }
 
     pub async fn revoke(&self, prefix: &str, id: &KeyId) -> Result<(), KeyStoreError> {
+        let record = Self::record_key(prefix, id);
+        self.expect_change(&record);
         let mut conn = self.conn.clone();
-        let _: i64 = conn.del(Self::record_key(prefix, id)).await?;
+        let deleted: i64 = conn.del(&record).await?;
+        if deleted == 0 {
+            self.withdraw_change(&record);
+        }
         Ok(())
     }
 

@@ -157,7 +157,10 @@ impl Context {
         if let Some(s) = stores.get(endpoint) {
             return Ok(s.clone());
         }
-        let store = KeyStore::connect(endpoint).await?;
+        let mut store = KeyStore::connect(endpoint).await?;
+        if let Some(watchers) = &self.valkey_watchers {
+            store = store.with_own_changes(watchers.own_changes(endpoint));
+        }
         stores.insert(endpoint.clone(), store.clone());
         Ok(store)
     }

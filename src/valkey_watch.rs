@@ -14,7 +14,7 @@ use crate::sirius;
 use redis::{PushKind, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -53,9 +53,41 @@ impl Loss {
     }
 }
 
+/// Record changes the operator makes itself on one server. Their invalidations are skipped
+/// rather than checked: an own write is no loss (and checking each would cost a command).
+#[derive(Clone, Default)]
+pub struct OwnChanges(Arc<Mutex<HashMap<String, Instant>>>);
+
+/// An expected change not seen by then is forgotten (the feed may have been reconnecting).
+const OWN_CHANGE_TTL: Duration = Duration::from_secs(10);
+
+impl OwnChanges {
+    /// This operator is about to change `key` (a full Valkey key).
+    pub fn expect(&self, key: &str) {
+        let mut expected = self.0.lock().unwrap();
+        expected.retain(|_, at| at.elapsed() < OWN_CHANGE_TTL);
+        expected.insert(key.to_string(), Instant::now());
+    }
+
+    /// The change did not happen after all (`SET NX` found a record, `DEL` found none).
+    pub fn withdraw(&self, key: &str) {
+        self.0.lock().unwrap().remove(key);
+    }
+
+    /// Whether a change of `key` was this operator's own (each expectation counts once).
+    fn take(&self, key: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .remove(key)
+            .is_some_and(|at| at.elapsed() < OWN_CHANGE_TTL)
+    }
+}
+
 /// The running feeds, one per server and record prefix; dropping this stops them.
 pub struct Watchers {
     losses: mpsc::UnboundedSender<Loss>,
+    own_changes: Mutex<HashMap<Endpoint, OwnChanges>>,
     running: Arc<Mutex<HashMap<FeedKey, JoinHandle<()>>>>,
 }
 
@@ -67,7 +99,21 @@ impl Watchers {
     pub fn new() -> (Self, mpsc::UnboundedReceiver<Loss>) {
         let (losses, receiver) = mpsc::unbounded_channel();
         let running = Arc::new(Mutex::new(HashMap::new()));
-        (Self { losses, running }, receiver)
+        let own_changes = Mutex::new(HashMap::new());
+        (
+            Self {
+                losses,
+                own_changes,
+                running,
+            },
+            receiver,
+        )
+    }
+
+    /// Where the key store for `endpoint` notes its own record changes.
+    pub fn own_changes(&self, endpoint: &Endpoint) -> OwnChanges {
+        let mut own = self.own_changes.lock().unwrap();
+        own.entry(endpoint.clone()).or_default().clone()
     }
 
     /// Starts the feed for this server and prefix unless it was started before (a feed reconnects
@@ -78,9 +124,11 @@ impl Watchers {
         if running.contains_key(&key) {
             return;
         }
+        let own = self.own_changes(endpoint);
         let task = tokio::spawn(follow(
             key.clone(),
             self.losses.clone(),
+            own,
             Arc::downgrade(&self.running),
         ));
         running.insert(key, task);
@@ -109,6 +157,7 @@ enum Ended {
 async fn follow(
     key: FeedKey,
     losses: mpsc::UnboundedSender<Loss>,
+    own: OwnChanges,
     feeds: Weak<Mutex<HashMap<FeedKey, JoinHandle<()>>>>,
 ) {
     let (endpoint, prefix) = &key;
@@ -119,6 +168,7 @@ async fn follow(
             endpoint,
             prefix,
             &losses,
+            &own,
             &mut connected_before,
             &mut backoff,
         )
@@ -151,6 +201,7 @@ async fn session(
     endpoint: &Endpoint,
     prefix: &str,
     losses: &mpsc::UnboundedSender<Loss>,
+    own: &OwnChanges,
     connected_before: &mut bool,
     backoff: &mut Duration,
 ) -> Ended {
@@ -212,7 +263,7 @@ async fn session(
                 };
                 let watched: Vec<String> = changed
                     .into_iter()
-                    .filter(|key| is_watched_record(prefix, key))
+                    .filter(|key| is_watched_record(prefix, key) && !own.take(key))
                     .collect();
                 if watched.is_empty() {
                     continue;
@@ -347,6 +398,18 @@ mod tests {
 
         let new = rotation(serde_json::Value::Null);
         assert!(loss("redis://valkey:6379", Some(&["zz"])).hits(&new));
+    }
+
+    #[test]
+    fn an_own_change_is_skipped_once_and_a_withdrawn_one_not_at_all() {
+        let own = OwnChanges::default();
+        own.expect("apikey:a");
+        own.expect("apikey:b");
+        own.withdraw("apikey:b");
+        assert!(own.take("apikey:a"));
+        assert!(!own.take("apikey:a"), "a second change of the same key is someone else's");
+        assert!(!own.take("apikey:b"));
+        assert!(!own.take("apikey:c"));
     }
 
     #[test]
