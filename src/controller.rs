@@ -80,7 +80,7 @@ pub async fn run_with_metrics(
     context.rotations = Some(store.clone());
     context.metrics = metrics;
     context.clock = settings.clock.clone();
-    let (watchers, losses) = Watchers::new();
+    let (watchers, losses) = Watchers::new(context.metrics.clone());
     context.valkey_watchers = Some(watchers);
     let ctx = Arc::new(context);
     let hit_by_valkey_loss = rotations_hit(losses, store.clone(), ctx.clone());

@@ -67,6 +67,8 @@ pub struct Metrics {
     reconcile_errors: Family<ReasonLabels, Counter>,
     kubernetes_api_errors: Family<CodeLabels, Counter>,
     valkey_errors: Counter,
+    valkey_change_feeds: Gauge,
+    valkey_losses_reported: Counter,
     rotations: Family<ResultLabels, Counter>,
     rollout_failures: Counter,
     rotation_duration: Family<ResultLabels, Histogram>,
@@ -92,6 +94,8 @@ impl Metrics {
             reconcile_errors: Family::default(),
             kubernetes_api_errors: Family::default(),
             valkey_errors: Counter::default(),
+            valkey_change_feeds: Gauge::default(),
+            valkey_losses_reported: Counter::default(),
             rotations: Family::default(),
             rollout_failures: Counter::default(),
             rotation_duration: Family::new_with_constructor(|| {
@@ -125,6 +129,18 @@ impl Metrics {
             "valkey_errors",
             "Reconciles stopped because Valkey was unreachable or refused the operator",
             metrics.valkey_errors.clone(),
+        );
+        registry.register(
+            "valkey_change_feeds",
+            "Valkey change feeds following their server (0 for a server while it reconnects or \
+             cannot give one; its data loss is then found at the resync)",
+            metrics.valkey_change_feeds.clone(),
+        );
+        registry.register(
+            "valkey_losses_reported",
+            "Possible Valkey data losses a change feed reported (a flush, a missing record, a \
+             reconnect)",
+            metrics.valkey_losses_reported.clone(),
         );
         registry.register(
             "rotations",
@@ -167,12 +183,58 @@ impl Metrics {
         }
     }
 
+    /// The name of every metric exported (as in its `# TYPE` line), for checks that the
+    /// dashboard and the docs cover them all. Labelled families appear only once they hold a
+    /// series, so each gets a placeholder one here.
+    pub fn catalogue() -> Vec<String> {
+        let metrics = Self::new();
+        let any = || "any".to_string();
+        let _ = metrics
+            .reconcile_errors
+            .get_or_create(&ReasonLabels { reason: any() });
+        let _ = metrics
+            .kubernetes_api_errors
+            .get_or_create(&CodeLabels { code: any() });
+        let result = ResultLabels {
+            result: RotationResult::succeeded,
+        };
+        let _ = metrics.rotations.get_or_create(&result);
+        let _ = metrics.rotation_duration.get_or_create(&result);
+        let _ = metrics
+            .step_duration
+            .get_or_create(&StepLabels { step: any() });
+        let _ = metrics.phase.get_or_create(&PhaseLabels {
+            namespace: any(),
+            name: any(),
+            phase: any(),
+        });
+        metrics
+            .encode()
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|line| line.split(' ').next())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The text exposition (OpenMetrics) of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding into a String cannot fail");
         out
+    }
+
+    pub fn valkey_change_feed_started(&self) {
+        self.valkey_change_feeds.inc();
+    }
+
+    pub fn valkey_change_feed_ended(&self) {
+        self.valkey_change_feeds.dec();
+    }
+
+    pub fn count_valkey_loss_reported(&self) {
+        self.valkey_losses_reported.inc();
     }
 
     pub fn set_leader(&self, leader: bool) {

@@ -10,6 +10,7 @@
 
 use crate::crd::ApiKeyRotation;
 use crate::keystore::{self, Endpoint};
+use crate::metrics::Metrics;
 use crate::sirius;
 use redis::{PushKind, Value};
 use std::collections::HashMap;
@@ -29,8 +30,9 @@ pub struct Loss {
 }
 
 impl Loss {
-    /// Whether the loss may have taken records `akr` needs: same server and prefix, and a flush
-    /// or a key (or the bootstrap flag) its status names.
+    /// Whether the loss may have taken records `akr` needs: same server and prefix, and a flush,
+    /// or the active key, a key of the rotation in flight or the bootstrap flag in use (the
+    /// previous key was revoked on purpose).
     pub fn hits(&self, akr: &ApiKeyRotation) -> bool {
         let valkey = &akr.spec.valkey;
         if valkey.url != self.url || valkey.record_prefix != self.prefix {
@@ -42,7 +44,6 @@ impl Loss {
         let rotation = status.current_rotation.as_ref();
         let needed = [
             status.active_key_id.as_deref(),
-            status.previous_key_id.as_deref(),
             rotation.and_then(|r| r.new_key_id.as_deref()),
             rotation.and_then(|r| r.old_key_id.as_deref()),
         ];
@@ -89,6 +90,7 @@ pub struct Watchers {
     losses: mpsc::UnboundedSender<Loss>,
     own_changes: Mutex<HashMap<Endpoint, OwnChanges>>,
     running: Arc<Mutex<HashMap<FeedKey, JoinHandle<()>>>>,
+    metrics: Arc<Metrics>,
 }
 
 type FeedKey = (Endpoint, String);
@@ -96,7 +98,7 @@ type FeedKey = (Endpoint, String);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Watchers {
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<Loss>) {
+    pub fn new(metrics: Arc<Metrics>) -> (Self, mpsc::UnboundedReceiver<Loss>) {
         let (losses, receiver) = mpsc::unbounded_channel();
         let running = Arc::new(Mutex::new(HashMap::new()));
         let own_changes = Mutex::new(HashMap::new());
@@ -105,6 +107,7 @@ impl Watchers {
                 losses,
                 own_changes,
                 running,
+                metrics,
             },
             receiver,
         )
@@ -124,13 +127,14 @@ impl Watchers {
         if running.contains_key(&key) {
             return;
         }
-        let own = self.own_changes(endpoint);
-        let task = tokio::spawn(follow(
-            key.clone(),
-            self.losses.clone(),
-            own,
-            Arc::downgrade(&self.running),
-        ));
+        let feed = Feed {
+            endpoint: endpoint.clone(),
+            prefix: prefix.to_string(),
+            losses: self.losses.clone(),
+            own: self.own_changes(endpoint),
+            metrics: self.metrics.clone(),
+        };
+        let task = tokio::spawn(follow(feed, Arc::downgrade(&self.running)));
         running.insert(key, task);
     }
 }
@@ -154,41 +158,55 @@ enum Ended {
     PasswordRefused,
 }
 
-async fn follow(
-    key: FeedKey,
+/// One server and record prefix followed: where its losses go, and which changes are our own.
+struct Feed {
+    endpoint: Endpoint,
+    prefix: String,
     losses: mpsc::UnboundedSender<Loss>,
     own: OwnChanges,
-    feeds: Weak<Mutex<HashMap<FeedKey, JoinHandle<()>>>>,
-) {
-    let (endpoint, prefix) = &key;
+    metrics: Arc<Metrics>,
+}
+
+/// Counts a feed in `valkey_change_feeds` while it follows its server.
+struct Following(Arc<Metrics>);
+
+impl Following {
+    fn start(metrics: &Arc<Metrics>) -> Self {
+        metrics.valkey_change_feed_started();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.valkey_change_feed_ended();
+    }
+}
+
+async fn follow(feed: Feed, feeds: Weak<Mutex<HashMap<FeedKey, JoinHandle<()>>>>) {
+    let url = &feed.endpoint.url;
     let mut backoff = Duration::from_millis(100);
     let mut connected_before = false;
     loop {
-        let ended = session(
-            endpoint,
-            prefix,
-            &losses,
-            &own,
-            &mut connected_before,
-            &mut backoff,
-        )
-        .await;
-        match ended {
+        match feed.session(&mut connected_before, &mut backoff).await {
             Ended::Unsupported(why) => {
-                tracing::warn!(url = %endpoint.url, %why, "Valkey does not push changes; data loss is found at the next resync");
+                tracing::warn!(%url, %why, "Valkey does not push changes; data loss is found at the next resync");
                 return;
             }
             Ended::Disconnected(why) => {
-                tracing::debug!(url = %endpoint.url, %why, ?backoff, "Valkey change feed lost; reconnecting");
+                tracing::debug!(%url, %why, ?backoff, "Valkey change feed lost; reconnecting");
             }
             Ended::PasswordRefused => {
-                tracing::debug!(url = %endpoint.url, "Valkey refused this feed's password; ending it");
+                tracing::debug!(%url, "Valkey refused this feed's password; ending it");
                 if let Some(feeds) = feeds.upgrade() {
-                    feeds.lock().unwrap().remove(&key);
+                    feeds
+                        .lock()
+                        .unwrap()
+                        .remove(&(feed.endpoint.clone(), feed.prefix.clone()));
                 }
                 // Unwatched from here: the rotations reconcile, read the new password, and start
                 // a feed with it.
-                report(&losses, endpoint, prefix, None);
+                feed.report(None);
                 return;
             }
         }
@@ -197,123 +215,116 @@ async fn follow(
     }
 }
 
-async fn session(
-    endpoint: &Endpoint,
-    prefix: &str,
-    losses: &mpsc::UnboundedSender<Loss>,
-    own: &OwnChanges,
-    connected_before: &mut bool,
-    backoff: &mut Duration,
-) -> Ended {
-    let client = match keystore::client(endpoint, redis::ProtocolVersion::RESP3) {
-        Ok(client) => client,
-        Err(e) => return Ended::Unsupported(e.to_string()),
-    };
-    let (pushes, mut pushed) = mpsc::unbounded_channel();
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(3)))
-        .set_response_timeout(Some(Duration::from_secs(3)))
-        .set_push_sender(pushes);
-    let mut conn = match client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-    {
-        Ok(conn) => conn,
-        Err(e) if password_refused(&e) => return Ended::PasswordRefused,
-        // The server answered, but not to HELLO 3 (Redis before 6, or a stand-in without RESP3).
-        Err(e)
-            if matches!(
-                e.kind(),
-                redis::ErrorKind::RESP3NotSupported | redis::ErrorKind::Server(_)
-            ) =>
+impl Feed {
+    async fn session(&self, connected_before: &mut bool, backoff: &mut Duration) -> Ended {
+        let client = match keystore::client(&self.endpoint, redis::ProtocolVersion::RESP3) {
+            Ok(client) => client,
+            Err(e) => return Ended::Unsupported(e.to_string()),
+        };
+        let (pushes, mut pushed) = mpsc::unbounded_channel();
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_push_sender(pushes);
+        let mut conn = match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
         {
-            return Ended::Unsupported(e.to_string());
+            Ok(conn) => conn,
+            Err(e) if password_refused(&e) => return Ended::PasswordRefused,
+            // The server answered, but not to HELLO 3 (Redis before 6, or a stand-in without
+            // RESP3).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    redis::ErrorKind::RESP3NotSupported | redis::ErrorKind::Server(_)
+                ) =>
+            {
+                return Ended::Unsupported(e.to_string());
+            }
+            Err(e) => return Ended::Disconnected(e.to_string()),
+        };
+        let tracking = redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("BCAST")
+            .arg("PREFIX")
+            .arg(&self.prefix)
+            .exec_async(&mut conn)
+            .await;
+        match tracking {
+            Ok(()) => {}
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                return Ended::Disconnected(e.to_string());
+            }
+            Err(e) => return Ended::Unsupported(e.to_string()),
         }
-        Err(e) => return Ended::Disconnected(e.to_string()),
-    };
-    let tracking = redis::cmd("CLIENT")
-        .arg("TRACKING")
-        .arg("ON")
-        .arg("BCAST")
-        .arg("PREFIX")
-        .arg(prefix)
-        .exec_async(&mut conn)
-        .await;
-    match tracking {
-        Ok(()) => {}
-        Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
-            return Ended::Disconnected(e.to_string());
+        let _following = Following::start(&self.metrics);
+        tracing::debug!(url = %self.endpoint.url, prefix = %self.prefix, "following Valkey's changes");
+        *backoff = Duration::from_millis(100);
+        if *connected_before {
+            // The server may have restarted empty while the connection was down.
+            self.report(None);
         }
-        Err(e) => return Ended::Unsupported(e.to_string()),
-    }
-    tracing::debug!(url = %endpoint.url, prefix, "following Valkey's changes");
-    *backoff = Duration::from_millis(100);
-    if *connected_before {
-        // The server may have restarted empty while the connection was down.
-        report(losses, endpoint, prefix, None);
-    }
-    *connected_before = true;
-    while let Some(push) = pushed.recv().await {
-        match push.kind {
-            PushKind::Disconnection => return Ended::Disconnected("connection closed".into()),
-            PushKind::Invalidate => {
-                let Some(changed) = invalidated_keys(&push.data) else {
-                    report(losses, endpoint, prefix, None);
-                    continue;
-                };
-                let watched: Vec<String> = changed
-                    .into_iter()
-                    .filter(|key| is_watched_record(prefix, key) && !own.take(key))
-                    .collect();
-                if watched.is_empty() {
-                    continue;
-                }
-                // A change is mostly Sirius rewriting `last_used_at`; only a missing record matters.
-                let mut pipe = redis::pipe();
-                for key in &watched {
-                    pipe.exists(key);
-                }
-                match pipe.query_async::<Vec<bool>>(&mut conn).await {
-                    Ok(exists) => {
-                        let missing: Vec<String> = watched
-                            .iter()
-                            .zip(exists)
-                            .filter(|(_, exists)| !exists)
-                            .map(|(key, _)| key[prefix.len()..].to_string())
-                            .collect();
-                        if !missing.is_empty() {
-                            report(losses, endpoint, prefix, Some(missing));
+        *connected_before = true;
+        while let Some(push) = pushed.recv().await {
+            match push.kind {
+                PushKind::Disconnection => return Ended::Disconnected("connection closed".into()),
+                PushKind::Invalidate => {
+                    let Some(changed) = invalidated_keys(&push.data) else {
+                        self.report(None);
+                        continue;
+                    };
+                    let watched: Vec<String> = changed
+                        .into_iter()
+                        .filter(|key| is_watched_record(&self.prefix, key) && !self.own.take(key))
+                        .collect();
+                    if watched.is_empty() {
+                        continue;
+                    }
+                    // Mostly Sirius rewriting `last_used_at`; only a missing record matters.
+                    let mut pipe = redis::pipe();
+                    for key in &watched {
+                        pipe.exists(key);
+                    }
+                    match pipe.query_async::<Vec<bool>>(&mut conn).await {
+                        Ok(exists) => {
+                            let missing: Vec<String> = watched
+                                .iter()
+                                .zip(exists)
+                                .filter(|(_, exists)| !exists)
+                                .map(|(key, _)| key[self.prefix.len()..].to_string())
+                                .collect();
+                            if !missing.is_empty() {
+                                self.report(Some(missing));
+                            }
+                        }
+                        Err(e) => {
+                            self.report(None);
+                            return Ended::Disconnected(e.to_string());
                         }
                     }
-                    Err(e) => {
-                        report(losses, endpoint, prefix, None);
-                        return Ended::Disconnected(e.to_string());
-                    }
                 }
+                _ => {}
             }
-            _ => {}
         }
+        Ended::Disconnected("push channel closed".into())
     }
-    Ended::Disconnected("push channel closed".into())
+
+    fn report(&self, missing: Option<Vec<String>>) {
+        tracing::debug!(url = %self.endpoint.url, prefix = %self.prefix, ?missing, "Valkey records may be gone");
+        self.metrics.count_valkey_loss_reported();
+        let _ = self.losses.send(Loss {
+            url: self.endpoint.url.clone(),
+            prefix: self.prefix.clone(),
+            missing,
+        });
+    }
 }
 
 fn password_refused(e: &redis::RedisError) -> bool {
     e.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
-}
-
-fn report(
-    losses: &mpsc::UnboundedSender<Loss>,
-    endpoint: &Endpoint,
-    prefix: &str,
-    missing: Option<Vec<String>>,
-) {
-    tracing::debug!(url = %endpoint.url, prefix, ?missing, "Valkey records may be gone");
-    let _ = losses.send(Loss {
-        url: endpoint.url.clone(),
-        prefix: prefix.to_string(),
-        missing,
-    });
 }
 
 /// The keys of an invalidation push; `None` for a flush (Valkey sends null then).
@@ -381,7 +392,10 @@ mod tests {
         let ready = rotation(serde_json::json!({"activeKeyId": "a1", "previousKeyId": "a0"}));
         assert!(loss("redis://valkey:6379", None).hits(&ready));
         assert!(loss("redis://valkey:6379", Some(&["a1"])).hits(&ready));
-        assert!(loss("redis://valkey:6379", Some(&["a0"])).hits(&ready));
+        assert!(
+            !loss("redis://valkey:6379", Some(&["a0"])).hits(&ready),
+            "revoked already"
+        );
         assert!(!loss("redis://valkey:6379", Some(&["b2"])).hits(&ready));
         assert!(!loss("redis://other:6379", None).hits(&ready));
         assert!(!loss("redis://valkey:6379", Some(&["bootstrap_complete"])).hits(&ready));
@@ -407,7 +421,10 @@ mod tests {
         own.expect("apikey:b");
         own.withdraw("apikey:b");
         assert!(own.take("apikey:a"));
-        assert!(!own.take("apikey:a"), "a second change of the same key is someone else's");
+        assert!(
+            !own.take("apikey:a"),
+            "a second change of the same key is someone else's"
+        );
         assert!(!own.take("apikey:b"));
         assert!(!own.take("apikey:c"));
     }

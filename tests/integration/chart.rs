@@ -125,7 +125,22 @@ fn the_pod_is_hardened_and_probed() {
     let dashboard = of_kind(&all, "ConfigMap")[0];
     let json: Value =
         serde_json::from_str(dashboard["data"]["apikey-rotator.json"].as_str().unwrap()).unwrap();
-    assert!(json["panels"].as_array().unwrap().len() >= 8);
+    // Every metric the operator exports is plotted.
+    let queries: Vec<String> = json["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap())
+        .map(|target| target["expr"].as_str().unwrap().to_string())
+        .collect();
+    let names = apikey_rotator::metrics::Metrics::catalogue();
+    assert_eq!(names.len(), 13, "{names:?}");
+    for name in names {
+        assert!(
+            queries.iter().any(|q| q.contains(&name)),
+            "the dashboard does not plot {name}"
+        );
+    }
 }
 
 /// What happened when the operator ran with the chart's RBAC.

@@ -142,6 +142,7 @@ async fn metrics_move_during_and_after_rotations() {
     );
     assert!(value(r#"apikey_rotator_kubernetes_api_errors_total{code="500"}"#) >= 1.0);
     assert_eq!(value("apikey_rotator_rollout_failures_total"), 0.0);
+    assert_eq!(value("apikey_rotator_valkey_change_feeds"), 1.0, "{text}");
 
     // A second rotation adds to the counters; Valkey down shows as Valkey errors.
     request_rotation(&sim, "second");
@@ -172,6 +173,19 @@ async fn metrics_move_during_and_after_rotations() {
         sample(&text, "apikey_rotator_targets_rolled_total"),
         Some(6.0)
     );
+
+    // The change feed reports a flush.
+    valkey.flushall();
+    let mut reported = 0.0;
+    for _ in 0..100 {
+        let (_, text) = get(addr, "/metrics").await;
+        reported = sample(&text, "apikey_rotator_valkey_losses_reported_total").unwrap_or(0.0);
+        if reported >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reported >= 1.0, "the flush was not counted");
 
     // No key, old or new, is ever exposed.
     for key in [
