@@ -133,12 +133,14 @@ impl KeyStore {
         let record = Self::record_key(prefix, &key.id());
         self.expect_change(&record);
         let mut conn = self.conn.clone();
+        // A failed command withdraws too: the feed then checks the change (harmless if it was made).
         let written: bool = redis::cmd("SET")
             .arg(&record)
             .arg(json)
             .arg("NX")
             .query_async::<Option<String>>(&mut conn)
-            .await?
+            .await
+            .inspect_err(|_| self.withdraw_change(&record))?
             .is_some();
         if !written {
             self.withdraw_change(&record);
@@ -150,7 +152,10 @@ impl KeyStore {
         let flag = format!("{prefix}{}", sirius::BOOTSTRAP_FLAG);
         self.expect_change(&flag);
         let mut conn = self.conn.clone();
-        let _: () = conn.set(&flag, "true").await?;
+        let _: () = conn
+            .set(&flag, "true")
+            .await
+            .inspect_err(|_| self.withdraw_change(&flag))?;
         Ok(())
     }
 
@@ -158,7 +163,10 @@ impl KeyStore {
         let record = Self::record_key(prefix, id);
         self.expect_change(&record);
         let mut conn = self.conn.clone();
-        let deleted: i64 = conn.del(&record).await?;
+        let deleted: i64 = conn
+            .del(&record)
+            .await
+            .inspect_err(|_| self.withdraw_change(&record))?;
         if deleted == 0 {
             self.withdraw_change(&record);
         }
