@@ -97,20 +97,22 @@ impl Valkey {
         self.server.resume();
     }
 
-    /// The users of the connections that follow changes (client-side tracking is on).
-    pub fn change_feed_users(&self) -> Vec<String> {
+    /// (client id, user) of the connections that follow changes (client-side tracking is on).
+    pub fn change_feeds(&self) -> Vec<(String, String)> {
         let list: String = redis::cmd("CLIENT")
             .arg("LIST")
             .query(&mut self.conn())
             .unwrap();
+        let field = |client: &str, name: &str| {
+            client
+                .split(' ')
+                .find_map(|f| f.strip_prefix(name))
+                .unwrap_or_default()
+                .to_string()
+        };
         list.lines()
-            .filter(|client| {
-                client
-                    .split(' ')
-                    .any(|f| f.starts_with("flags=") && f.contains('t'))
-            })
-            .filter_map(|client| client.split(' ').find_map(|f| f.strip_prefix("user=")))
-            .map(str::to_string)
+            .filter(|client| field(client, "flags=").contains('t'))
+            .map(|client| (field(client, "id="), field(client, "user=")))
             .collect()
     }
 

@@ -98,7 +98,7 @@ async fn valkey_data_loss_is_repaired_from_valkeys_change_feed_without_waiting_f
     })
     .await;
     wait_for(Duration::from_secs(5), "the operator's change feed", || {
-        !valkey.change_feed_users().is_empty()
+        !valkey.change_feeds().is_empty()
     })
     .await;
     let intact = |valkey: &Valkey| {
@@ -188,10 +188,13 @@ async fn a_valkey_password_from_a_secret_is_used_and_a_changed_one_is_picked_up(
         || akr_status(&sim)["phase"] == "Ready" && valkey.exists(&record),
     )
     .await;
+    let mut feeds = vec![];
     wait_for(Duration::from_secs(5), "a change feed as sirius", || {
-        valkey.change_feed_users() == ["sirius"]
+        feeds = valkey.change_feeds();
+        feeds.len() == 1 && feeds[0].1 == "sirius"
     })
     .await;
+    let first_feed = feeds[0].0.clone();
     // The reconciles that Ready's own status writes trigger end; with the resync an hour away,
     // nothing but the feed can now make the operator read the password again.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -211,11 +214,15 @@ async fn a_valkey_password_from_a_secret_is_used_and_a_changed_one_is_picked_up(
         .arg("sirius")
         .exec(&mut valkey.conn())
         .unwrap();
-    // The old feed is refused on reconnecting; the reconcile that follows reads the new password.
+    // The old feed is refused on reconnecting; the reconcile that follows reads the new password
+    // and starts a feed with it (a new connection: the killed one may linger in CLIENT LIST).
     wait_for(
         Duration::from_secs(10),
         "a change feed with the new password",
-        || valkey.change_feed_users() == ["sirius"],
+        || {
+            let feeds = valkey.change_feeds();
+            feeds.len() == 1 && feeds[0].1 == "sirius" && feeds[0].0 != first_feed
+        },
     )
     .await;
     valkey.flushall();
