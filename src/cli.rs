@@ -158,11 +158,11 @@ pub async fn rotate(
         "token {token:?} was already requested; each token means one rotation, pick another"
     );
     // One patch: the controller never sees the token without its window override.
-    let patch = if outside_windows {
-        json!({"metadata": {"annotations": {TRIGGER_ANNOTATION: token, OUTSIDE_WINDOWS_ANNOTATION: token}}})
-    } else {
-        json!({"metadata": {"annotations": {TRIGGER_ANNOTATION: token}}})
-    };
+    let mut annotations = json!({TRIGGER_ANNOTATION: token});
+    if outside_windows {
+        annotations[OUTSIDE_WINDOWS_ANNOTATION] = json!(token);
+    }
+    let patch = json!({"metadata": {"annotations": annotations}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(token)
