@@ -159,6 +159,9 @@ fn rotations_hit(
             .filter(|akr| loss.hits(akr))
             .map(|akr| {
                 ctx.forget_records(&akr);
+                if loss.reconnected {
+                    ctx.valkey_is_back(&akr);
+                }
                 ObjectRef::from_obj(&*akr)
             })
             .collect();

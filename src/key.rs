@@ -60,8 +60,14 @@ impl KeyId {
         (text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
             .then(|| KeyId(text.to_string()))
     }
+    /// The first 12 characters (ids are ASCII hex; anything else is cut at a character boundary).
     pub fn short(&self) -> &str {
-        &self.0[..12.min(self.0.len())]
+        let end = self
+            .0
+            .char_indices()
+            .nth(12)
+            .map_or(self.0.len(), |(i, _)| i);
+        &self.0[..end]
     }
     pub fn as_str(&self) -> &str {
         &self.0

@@ -103,6 +103,13 @@ impl KeyStore {
         }
     }
 
+    /// Whether the server answers (and takes the endpoint's password).
+    pub async fn ping(&self) -> Result<(), KeyStoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
     fn record_key(prefix: &str, id: &KeyId) -> String {
         format!("{prefix}{id}")
     }

@@ -5,6 +5,7 @@
 //! - [`key`] keeps raw keys behind a type that cannot be logged; [`keystore`] and [`sirius`] speak
 //!   Sirius's Valkey record format.
 
+pub mod backoff;
 pub mod claims;
 pub mod cli;
 pub mod clock;

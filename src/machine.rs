@@ -24,6 +24,10 @@ pub struct VaultView {
     pub current: KeyId,
     /// The key being rolled out, with the rotation revision it was minted for.
     pub pending: Option<(KeyId, u64)>,
+    /// Only the current key's id is known: the vault was lost mid-rotation and recreated from
+    /// the consumers' Secret, which held the new key. The old key can still be revoked (by id),
+    /// but neither restored, nor rolled back to, nor probed.
+    pub current_raw_lost: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -100,6 +104,10 @@ pub type ProbeOutcome = Result<u16, String>;
 pub enum Action {
     /// Create the vault Secret: adopt the consumers' key when there is one, else mint.
     CreateVault { adopt: bool },
+    /// Recreate a lost (deleted or emptied) vault from the key the consumers' Secret holds: as the
+    /// current key, or as the pending key of a rotation in flight whose old key (by id) lost its
+    /// raw value.
+    RestoreVault { as_pending: Option<(u64, KeyId)> },
     /// Write Sirius records (SET NX) for the keys marked true.
     Register { current: bool, pending: bool },
     /// Mint the new key into the vault for this rotation revision.
@@ -285,6 +293,9 @@ fn warning(reason: &'static str, message: impl Into<String>) -> Option<EventNote
 pub fn decide(o: &Observation) -> Plan {
     let mut b = StatusBuilder::new(o);
     let Some(vault) = &o.vault else {
+        if o.status.active_key_id.is_some() {
+            return vault_lost(o, b);
+        }
         return bootstrap(o, b);
     };
     b.status.active_key_id = Some(vault.current.0.clone());
@@ -329,6 +340,125 @@ fn bootstrap(o: &Observation, mut b: StatusBuilder) -> Plan {
     b.plan(Action::CreateVault { adopt }, event)
 }
 
+pub const VAULT_LOST: &str = "VaultLost";
+
+fn vault_name(o: &Observation) -> String {
+    let name = o.name.rsplit('/').next().unwrap_or_default();
+    format!("{name}-apikey-vault")
+}
+
+/// The vault (the only copy of the raw keys besides the consumers' Secret) was deleted or emptied
+/// after the operator set it up. It is recreated only from a key whose id the status vouches for;
+/// anything else halts with nothing revoked, since a wrong guess could cut off every consumer.
+fn vault_lost(o: &Observation, mut b: StatusBuilder) -> Plan {
+    let vault = vault_name(o);
+    let secret = &o.spec.secret.name;
+    let held = consumer_id(o).map(KeyId::as_str);
+    let held_is = |id: Option<&String>| held.is_some() && held == id.map(String::as_str);
+    let rotation = o.status.current_rotation.as_ref();
+    let restore = |b: StatusBuilder, as_pending, message: String| {
+        b.plan(
+            Action::RestoreVault { as_pending },
+            warning(VAULT_LOST, message),
+        )
+    };
+    match rotation {
+        None if held_is(o.status.active_key_id.as_ref()) => {
+            return restore(
+                b,
+                None,
+                format!(
+                    "The vault Secret {vault} was gone; recreated it from Secret {secret}, which holds the active key."
+                ),
+            );
+        }
+        Some(r) if r.rolling_back.is_none() && held_is(r.new_key_id.as_ref()) => {
+            if let Some(old) = r.old_key_id.as_deref().and_then(KeyId::parse) {
+                return restore(
+                    b,
+                    Some((r.revision, old)),
+                    format!(
+                        "The vault Secret {vault} was gone during rotation {}; recreated it from Secret {secret}, which holds the new key. The rotation goes on, but the old key's raw value is lost: a rollback is no longer possible.",
+                        r.revision
+                    ),
+                );
+            }
+        }
+        Some(r)
+            if r.rolling_back.is_none()
+                && r.step < Step::Switch
+                && held_is(r.old_key_id.as_ref()) =>
+        {
+            return restore(
+                b,
+                None,
+                format!(
+                    "The vault Secret {vault} was gone during rotation {} before the new key was delivered; recreated it from Secret {secret}, which holds the old key. The undelivered new key is revoked and another one minted.",
+                    r.revision
+                ),
+            );
+        }
+        None if o.status.revision == 0 && !ever_ready(o) => {
+            // Lost during set-up, before its key reached anyone: start over, revoking that key's
+            // record first so it is not left valid and unrecorded.
+            if let Some(first) = o.status.active_key_id.as_deref().and_then(KeyId::parse) {
+                b.status.active_key_id = None;
+                b.status.active_key_id_short = None;
+                return b.plan(
+                    Action::Revoke { key_id: first },
+                    warning(
+                        VAULT_LOST,
+                        format!("The vault Secret {vault} was gone before its first key was delivered; revoked that key and starts over."),
+                    ),
+                );
+            }
+        }
+        _ => {}
+    }
+    let wanted = match rotation {
+        Some(r) => format!(
+            "the new key {} or, before the switch, the old key {}",
+            short_id(r.new_key_id.as_deref()),
+            short_id(r.old_key_id.as_deref())
+        ),
+        None => format!(
+            "the active key {}",
+            short_id(o.status.active_key_id.as_deref())
+        ),
+    };
+    let message = format!(
+        "The vault Secret {vault} is gone and Secret {secret} does not hold {wanted}; nothing was changed or revoked. Restore {vault} from a backup, or put that key back into Secret {secret}."
+    );
+    let event = b
+        .degraded_changed(VAULT_LOST, &message)
+        .then(|| warning(VAULT_LOST, message.clone()))
+        .flatten();
+    b.condition(DEGRADED, true, VAULT_LOST, message);
+    b.status.phase = Some(Phase::Degraded);
+    b.plan(
+        Action::Wait {
+            requeue_after: Some(Duration::from_secs(60)),
+        },
+        event,
+    )
+}
+
+/// Whether the Ready condition was ever true (the active key was delivered at least once).
+fn ever_ready(o: &Observation) -> bool {
+    o.status.revision > 0
+        || o.status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == READY && c.status == "True")
+}
+
+/// The short form of an id read back from status (`?` when it is not one).
+fn short_id(id: Option<&str>) -> String {
+    id.and_then(KeyId::parse)
+        .map(|id| id.short().to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
 fn consumer_id(o: &Observation) -> Option<&KeyId> {
     match &o.consumer {
         ConsumerView::Holds(Some(id)) => Some(id),
@@ -357,7 +487,13 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
         );
     }
     if !o.records.current {
-        let event = if o.status.active_key_id.is_some() {
+        // The status names a key before its record is written, so every registered key can be
+        // found (and revoked) even if the vault is lost.
+        if o.status.active_key_id.as_ref() != Some(&vault.current.0) {
+            b.status.phase = Some(Phase::Pending);
+            return b.plan(Action::StatusOnly, None);
+        }
+        let event = if ever_ready(o) {
             // It was registered before: Valkey lost it (flush, restart without persistence).
             warning(
                 "ValkeyStateRestored",
@@ -642,7 +778,7 @@ fn rotating(
     // The old key stays valid until it is revoked: restore its record first if it was lost.
     // (During a rollback `revokedAt` tracks the new key's removal; the old key stays.)
     let revoking = r.revoked_at.is_some() && r.rolling_back.is_none();
-    if !o.records.current && !revoking {
+    if !o.records.current && !revoking && !vault.current_raw_lost {
         b.status.current_rotation = Some(r);
         return b.plan(
             Action::Register {
@@ -667,6 +803,52 @@ fn rotating(
     let pending = match &vault.pending {
         Some((id, rev)) if *rev == r.revision => id.clone(),
         _ => {
+            // A new key named in status but in no vault (the vault was lost and recreated
+            // from the old key): revoke it before minting another, so no registered key is left
+            // valid and unrecorded. Once delivered, pods may run it: halt instead.
+            if let Some(orphan) = r
+                .new_key_id
+                .as_deref()
+                .and_then(KeyId::parse)
+                .filter(|id| *id != vault.current)
+            {
+                if r.step >= Step::Switch {
+                    let message = format!(
+                        "Rotation {}'s new key {} was delivered, but its raw value was lost with the vault Secret {}; nothing was revoked. Put the new key back into Secret {}, or restore the vault from a backup.",
+                        r.revision,
+                        orphan.short(),
+                        vault_name(o),
+                        o.spec.secret.name
+                    );
+                    let event = b
+                        .degraded_changed(VAULT_LOST, &message)
+                        .then(|| warning(VAULT_LOST, message.clone()))
+                        .flatten();
+                    b.condition(DEGRADED, true, VAULT_LOST, message);
+                    b.status.phase = Some(Phase::Degraded);
+                    b.status.current_rotation = Some(r);
+                    return b.plan(
+                        Action::Wait {
+                            requeue_after: Some(Duration::from_secs(60)),
+                        },
+                        event,
+                    );
+                }
+                r.new_key_id = None;
+                b.status.current_rotation = Some(r);
+                return b.plan(
+                    Action::Revoke {
+                        key_id: orphan.clone(),
+                    },
+                    warning(
+                        "UndeliveredKeyRevoked",
+                        format!(
+                            "Revoked the undelivered new key {}, whose raw value was lost with the vault.",
+                            orphan.short()
+                        ),
+                    ),
+                );
+            }
             r.step = Step::Mint;
             b.condition(
                 ROTATING,
@@ -781,6 +963,11 @@ fn rotating(
                 r.targets.len() - 1
             });
         r.target_index = i as u32;
+        // A target that completed in this rotation stays complete: its later scale-ups,
+        // restarts, evictions or other rollouts are not this rotation's to judge.
+        if r.targets[progress].state == TargetState::Complete {
+            continue;
+        }
         let deadline = target.deadline_seconds(&o.spec);
         match &o.targets[i] {
             TargetView::Missing => {
@@ -923,7 +1110,10 @@ fn rotating(
                     );
                 }
                 RolloutState::Progressing(message) => {
+                    // The deadline runs from when this rotation patched the target; a rollout
+                    // found without that stamp (the status was lost) is timed from now.
                     let rolled_at = parse_ts(&r.targets[progress].rolled_at).unwrap_or(now);
+                    r.targets[progress].rolled_at = Some(ts(rolled_at));
                     let limit = rolled_at + SignedDuration::from_secs(deadline as i64);
                     if now >= limit {
                         let message = format!(
@@ -1164,7 +1354,11 @@ fn rotating(
                 warning("RevocationRepeated", format!("The old key's record {} came back (a request in flight rewrote it); deleted it again.", old.short())),
             )
         }
-        Some(_) if o.spec.verification.is_some() && r.old_key_refused_at.is_none() => {
+        Some(_)
+            if o.spec.verification.is_some()
+                && r.old_key_refused_at.is_none()
+                && !vault.current_raw_lost =>
+        {
             let v = o.spec.verification.as_ref().expect("checked");
             let stage = ProbeStage::OldKeyRefused;
             let Some(outcome) = probe_answer(o, stage) else {
@@ -1291,8 +1485,9 @@ fn finish(o: &Observation, vault: &VaultView, r: RotationProgress, mut b: Status
     let old = r
         .old_key_id
         .as_deref()
-        .map(|s| &s[..12.min(s.len())])
-        .unwrap_or("?")
+        .and_then(KeyId::parse)
+        .map(|id| id.short().to_string())
+        .unwrap_or_else(|| "?".into())
         .to_string();
     b.plan(
         Action::RecordHistory {
@@ -1353,7 +1548,10 @@ fn failed(
     r.target_index = index as u32;
     r.targets[progress].state = TargetState::Failed;
     r.targets[progress].message = Some(message.clone());
-    let rollback = o.spec.failure_policy == FailurePolicy::Rollback;
+    // A rollback writes the old key back: never once it was revoked (nor without its raw value).
+    let old_key_gone =
+        r.revoked_at.is_some() || o.vault.as_ref().is_some_and(|v| v.current_raw_lost);
+    let rollback = o.spec.failure_policy == FailurePolicy::Rollback && !old_key_gone;
     let what = match reason {
         VERIFICATION_FAILED => "Verification",
         METRICS_GATE_FAILED => "Validation",
@@ -1364,6 +1562,8 @@ fn failed(
         message.trim_end_matches('.'),
         if rollback {
             "Rolling back to the old key."
+        } else if old_key_gone {
+            "The old key is revoked or lost, so rolling back is no longer possible; the new key stays."
         } else {
             "The old key stays valid."
         }
@@ -1691,6 +1891,7 @@ mod tests {
             vault: Some(VaultView {
                 current: key.clone(),
                 pending: None,
+                current_raw_lost: false,
             }),
             consumer: ConsumerView::Holds(Some(key)),
             consumer_labelled: true,

@@ -3,7 +3,7 @@
 //! sees their ids.
 
 use crate::crd::{ApiKeyRotation, ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION};
-use crate::key::RawKey;
+use crate::key::{KeyId, RawKey};
 use crate::keystore::{KeyStore, KeyStoreError};
 use crate::machine::{ConsumerView, RecordView, TargetView, VaultView};
 use crate::rollout::rollout_state;
@@ -21,9 +21,15 @@ pub fn vault_name(akr: &ApiKeyRotation) -> String {
     format!("{}-apikey-vault", akr.name_any())
 }
 
+/// On a vault recreated mid-rotation from the consumers' Secret (which held the new key): the id
+/// of the old key, whose raw value was lost with the original vault.
+pub const LOST_CURRENT_ANNOTATION: &str = "keys.siriusscan.io/lost-current-key-id";
+
 /// The vault's raw keys, and the resourceVersion its next write must match.
 pub struct Vault {
-    pub current: RawKey,
+    /// The current key's raw value; `None` when it was lost (see [`LOST_CURRENT_ANNOTATION`]).
+    pub current: Option<RawKey>,
+    pub current_id: KeyId,
     pub pending: Option<(RawKey, u64)>,
     pub resource_version: Option<String>,
 }
@@ -31,8 +37,9 @@ pub struct Vault {
 impl Vault {
     pub fn view(&self) -> VaultView {
         VaultView {
-            current: self.current.id(),
+            current: self.current_id.clone(),
             pending: self.pending.as_ref().map(|(k, r)| (k.id(), *r)),
+            current_raw_lost: self.current.is_none(),
         }
     }
 }
@@ -45,9 +52,10 @@ pub fn secret_value(secret: &Secret, key: &str) -> Option<RawKey> {
     (!text.is_empty()).then(|| RawKey::new(text))
 }
 
-pub fn parse_vault(secret: &Secret) -> Result<Vault, String> {
-    let current =
-        secret_value(secret, VAULT_CURRENT).ok_or("the vault Secret has no current key")?;
+/// The vault's keys; `Ok(None)` for a vault Secret that exists but holds no key (emptied), which
+/// counts as lost.
+pub fn parse_vault(secret: &Secret) -> Result<Option<Vault>, String> {
+    let current = secret_value(secret, VAULT_CURRENT);
     let pending = match secret_value(secret, VAULT_PENDING) {
         Some(k) => {
             let revision = secret
@@ -59,11 +67,21 @@ pub fn parse_vault(secret: &Secret) -> Result<Vault, String> {
         }
         None => None,
     };
-    Ok(Vault {
+    let current_id = match (&current, &pending) {
+        (Some(k), _) => k.id(),
+        (None, None) => return Ok(None),
+        (None, Some(_)) => secret
+            .annotations()
+            .get(LOST_CURRENT_ANNOTATION)
+            .and_then(|id| KeyId::parse(id))
+            .ok_or("the vault Secret has no current key")?,
+    };
+    Ok(Some(Vault {
         current,
+        current_id,
         pending,
         resource_version: secret.resource_version(),
-    })
+    }))
 }
 
 pub async fn get_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, kube::Error> {
@@ -112,7 +130,7 @@ pub async fn record_view(
     let Some(vault) = vault else {
         return Ok(RecordView::default());
     };
-    let current = vault.current.id();
+    let current = vault.current_id.clone();
     let pending = vault.pending.as_ref().map(|(k, _)| k.id());
     let mut ids = vec![&current];
     if let Some(p) = &pending {

@@ -1,6 +1,7 @@
 //! The thin side of the operator: observe, ask the machine, perform its one action, record the
 //! status and the Event, and repeat until the machine says to wait.
 
+use crate::backoff::{self, Backoffs, Failure};
 use crate::clock::Clock;
 use crate::crd::{
     ApiKeyRotation, ApiKeyRotationStatus, DeletionPolicy, FINALIZER, MANAGED_BY_LABEL,
@@ -29,7 +30,7 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Mutex;
+use tokio::sync::OnceCell;
 
 pub const FIELD_MANAGER: &str = "apikey-rotator";
 /// How often a quiet rotation is looked at anyway (detects Valkey data loss and drift).
@@ -62,6 +63,8 @@ pub enum Error {
     Corrupt(String),
     #[error("Valkey password: {0}")]
     Password(String),
+    #[error(transparent)]
+    Undone(#[from] backoff::Undone),
 }
 
 impl Error {
@@ -96,6 +99,17 @@ impl Error {
         matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 409)
     }
 
+    /// What decides the back-off after this error.
+    pub fn failure(&self) -> Failure {
+        match self {
+            _ if self.is_conflict() => Failure::Conflict,
+            _ if self.is_transient() => Failure::Transient,
+            _ if self.is_valkey() => Failure::Valkey,
+            Error::Undone(u) => Failure::Undone(u.retry_in),
+            _ => Failure::Other,
+        }
+    }
+
     /// The condition reason a failure is reported with.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -106,6 +120,7 @@ impl Error {
             }
             Error::Random(_) => "RandomSourceFailed",
             Error::Corrupt(_) => "VaultCorrupt",
+            Error::Undone(_) => "WriteUndone",
         }
     }
 }
@@ -116,10 +131,12 @@ pub struct Context {
     pub rotations: Option<kube::runtime::reflector::Store<ApiKeyRotation>>,
     pub reporter: Reporter,
     pub resync: Duration,
-    stores: Mutex<HashMap<Endpoint, KeyStore>>,
+    /// One key store per Valkey endpoint, each connected on first use under its own lock, so a
+    /// slow or unreachable server never delays the rotations that use another.
+    stores: std::sync::Mutex<HashMap<Endpoint, Arc<OnceCell<KeyStore>>>>,
     /// The last Valkey record view per rotation, to spare a read on every watch event.
     records: std::sync::Mutex<HashMap<String, CachedRecords>>,
-    failures: std::sync::Mutex<HashMap<String, u32>>,
+    pub backoffs: Backoffs,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     prober: Prober,
@@ -137,9 +154,9 @@ impl Context {
                 instance,
             },
             resync,
-            stores: Mutex::new(HashMap::new()),
+            stores: Default::default(),
             records: std::sync::Mutex::new(HashMap::new()),
-            failures: std::sync::Mutex::new(HashMap::new()),
+            backoffs: Backoffs::default(),
             metrics: Arc::new(Metrics::new()),
             clock: Clock::default(),
             prober: Prober::new(),
@@ -152,21 +169,36 @@ impl Context {
         self.records.lock().unwrap().remove(&key_of(akr));
     }
 
-    async fn keystore(&self, endpoint: &Endpoint) -> Result<KeyStore, KeyStoreError> {
-        let mut stores = self.stores.lock().await;
-        if let Some(s) = stores.get(endpoint) {
-            return Ok(s.clone());
+    /// Valkey answers again (its change feed reconnected): a rotation backing off because of
+    /// Valkey may try again at once.
+    pub fn valkey_is_back(&self, akr: &ApiKeyRotation) {
+        let key = key_of(akr);
+        if self.backoffs.valkey_failed_last(&key) {
+            self.backoffs.succeeded(&key);
         }
-        let mut store = KeyStore::connect(endpoint).await?;
-        if let Some(watchers) = &self.valkey_watchers {
-            store = store.with_own_changes(watchers.own_changes(endpoint));
-        }
-        stores.insert(endpoint.clone(), store.clone());
-        Ok(store)
     }
 
-    async fn forget_keystore(&self, endpoint: &Endpoint) {
-        self.stores.lock().await.remove(endpoint);
+    async fn keystore(&self, endpoint: &Endpoint) -> Result<KeyStore, KeyStoreError> {
+        let cell = self
+            .stores
+            .lock()
+            .unwrap()
+            .entry(endpoint.clone())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
+            let store = KeyStore::connect(endpoint).await?;
+            Ok(match &self.valkey_watchers {
+                Some(watchers) => store.with_own_changes(watchers.own_changes(endpoint)),
+                None => store,
+            })
+        })
+        .await
+        .cloned()
+    }
+
+    fn forget_keystore(&self, endpoint: &Endpoint) {
+        self.stores.lock().unwrap().remove(endpoint);
     }
 }
 
@@ -206,6 +238,14 @@ fn key_of(akr: &ApiKeyRotation) -> String {
 }
 
 pub async fn reconcile(akr: Arc<ApiKeyRotation>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Backing off: whatever triggered this reconcile waits its turn, costing nothing.
+    if let Some(left) = ctx.backoffs.holding(
+        &key_of(&akr),
+        akr.metadata.generation,
+        akr.metadata.deletion_timestamp.is_some(),
+    ) {
+        return Ok(Action::requeue(left));
+    }
     let started = std::time::Instant::now();
     let result = reconcile_once(akr, &ctx).await;
     ctx.metrics
@@ -242,27 +282,16 @@ async fn reconcile_once(akr: Arc<ApiKeyRotation>, ctx: &Arc<Context>) -> Result<
         other => Error::Corrupt(other.to_string()),
     });
     if result.is_ok() {
-        ctx.failures.lock().unwrap().remove(&key);
+        ctx.backoffs.succeeded(&key);
     }
     result
 }
 
 /// Exponential back-off per ApiKeyRotation, short for transient API errors.
 pub fn error_policy(akr: Arc<ApiKeyRotation>, error: &Error, ctx: Arc<Context>) -> Action {
-    let mut failures = ctx.failures.lock().unwrap();
-    let n = failures.entry(key_of(&akr)).or_default();
-    *n = (*n + 1).min(16);
-    let delay = if error.is_conflict() {
-        // 20 ms, 40 ms, ... up to 500 ms: the next attempt reads afresh, so it usually succeeds.
-        Duration::from_millis((20u64 << (*n - 1).min(5)).min(500))
-    } else if error.is_transient() {
-        // 100 ms, 200 ms, ... up to 5 s: a blip or an overloaded API server should not stall a
-        // rotation, nor be hammered.
-        Duration::from_millis((100u64 << (*n - 1).min(6)).min(5_000))
-    } else {
-        // 2 s, 4 s, ... up to 5 minutes.
-        Duration::from_secs((1u64 << (*n).min(8)).min(300))
-    };
+    let delay = ctx
+        .backoffs
+        .failed(&key_of(&akr), akr.metadata.generation, error.failure());
     tracing::warn!(rotation = %key_of(&akr), reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -276,6 +305,8 @@ struct Reconciliation<'a> {
     deployments: Api<Deployment>,
     recorder: Recorder,
     status: ApiKeyRotationStatus,
+    /// The resourceVersion of a vault Secret observed without any key.
+    emptied_vault: std::sync::Mutex<Option<String>>,
 }
 
 impl<'a> Reconciliation<'a> {
@@ -289,6 +320,7 @@ impl<'a> Reconciliation<'a> {
             deployments: Api::namespaced(ctx.client.clone(), &ns),
             recorder: Recorder::new(ctx.client.clone(), ctx.reporter.clone()),
             status: akr.status.clone().unwrap_or_default(),
+            emptied_vault: Default::default(),
             ns,
         }
     }
@@ -320,14 +352,7 @@ impl<'a> Reconciliation<'a> {
             }
         }
         let outcome = self.drive().await;
-        let failures_so_far = self
-            .ctx
-            .failures
-            .lock()
-            .unwrap()
-            .get(&key_of(self.akr))
-            .copied()
-            .unwrap_or(0);
+        let failures_so_far = self.ctx.backoffs.failures(&key_of(self.akr));
         if let Err(e) = &outcome {
             if e.is_transient() && failures_so_far < 3 {
                 return outcome;
@@ -340,15 +365,6 @@ impl<'a> Reconciliation<'a> {
             };
             // Reporting is best effort: the original error decides the back-off.
             let _ = self.report_failure(e.reason(), &message).await;
-            if matches!(e, Error::KeyStore(KeyStoreError::Unavailable(_))) {
-                self.ctx
-                    .forget_keystore(&self.endpoint().await.unwrap_or_else(|_| Endpoint {
-                        url: spec.valkey.url.clone(),
-                        password: None,
-                        insecure_skip_tls_verify: spec.valkey.insecure_skip_tls_verify,
-                    }))
-                    .await;
-            }
         }
         outcome
     }
@@ -362,6 +378,10 @@ impl<'a> Reconciliation<'a> {
         let spec = &self.akr.spec;
         let owner = key_of(self.akr);
         self.ctx.records.lock().unwrap().remove(&owner);
+        self.ctx.backoffs.forget(&owner);
+        if let Some(watchers) = &self.ctx.valkey_watchers {
+            watchers.release(&owner);
+        }
         self.ctx.metrics.forget(&self.ns, &self.akr.name_any());
         match spec.deletion_policy {
             DeletionPolicy::Retain => {
@@ -391,9 +411,9 @@ impl<'a> Reconciliation<'a> {
                 // The vault (if the garbage collector has not taken it yet) also knows a key minted
                 // just before a crash, which the status may not name yet.
                 if let Some(secret) = self.secrets.get_opt(&observe::vault_name(self.akr)).await?
-                    && let Ok(vault) = observe::parse_vault(&secret)
+                    && let Ok(Some(vault)) = observe::parse_vault(&secret)
                 {
-                    ids.push(vault.current.id());
+                    ids.push(vault.current_id.clone());
                     ids.extend(vault.pending.map(|(k, _)| k.id()));
                 }
                 let status = &self.status;
@@ -462,9 +482,27 @@ impl<'a> Reconciliation<'a> {
 
     async fn drive(&mut self) -> Result<Action, Error> {
         let endpoint = self.endpoint().await?;
-        let store = self.ctx.keystore(&endpoint).await?;
+        let result = self.drive_on(&endpoint).await;
+        if matches!(result, Err(Error::KeyStore(KeyStoreError::Unavailable(_)))) {
+            // The next attempt connects afresh.
+            self.ctx.forget_keystore(&endpoint);
+        }
+        result
+    }
+
+    async fn drive_on(&mut self, endpoint: &Endpoint) -> Result<Action, Error> {
+        let store = self.ctx.keystore(endpoint).await?;
+        if self.ctx.backoffs.valkey_failed_last(&key_of(self.akr)) {
+            // Valkey failed last time: ask it first, before reading anything from the API server.
+            store.ping().await?;
+        }
+        let endpoint = endpoint.clone();
         if let Some(watchers) = &self.ctx.valkey_watchers {
-            watchers.ensure(&endpoint, &self.akr.spec.valkey.record_prefix);
+            watchers.ensure(
+                &key_of(self.akr),
+                &endpoint,
+                &self.akr.spec.valkey.record_prefix,
+            );
         }
         for _ in 0..MAX_STEPS_PER_RECONCILE {
             let (mut observation, mut vault, mut consumer_key, cached) =
@@ -501,13 +539,19 @@ impl<'a> Reconciliation<'a> {
                 Step::Wait { requeue_after } => Some(*requeue_after),
                 _ => None,
             };
+            self.ctx
+                .backoffs
+                .guard(&key_of(self.akr), &plan.action, || {
+                    self.describe(&plan.action)
+                })?;
             self.perform(&plan, &store, vault.as_ref(), consumer_key.as_ref())
                 .await?;
+            self.ctx.backoffs.performed(&key_of(self.akr), &plan.action);
             self.note_own_valkey_write(&plan.action);
             self.record(&plan, &store).await?;
             if wait.is_none() {
                 // A step went through: the back-off of earlier failures no longer applies.
-                self.ctx.failures.lock().unwrap().remove(&key_of(self.akr));
+                self.ctx.backoffs.succeeded(&key_of(self.akr));
             }
             if let Some(requeue_after) = wait {
                 let resync = self.ctx.resync;
@@ -518,13 +562,32 @@ impl<'a> Reconciliation<'a> {
         Ok(Action::requeue(Duration::from_millis(10)))
     }
 
+    /// What a write changes, in the words of a report that it keeps being undone.
+    fn describe(&self, action: &Step) -> String {
+        let spec = &self.akr.spec;
+        match action {
+            Step::WriteConsumer { .. } => format!(
+                "The key in Secret {} (data key {})",
+                spec.secret.name, spec.secret.key
+            ),
+            Step::Roll { index, .. } => format!(
+                "The pod-template annotation {ROLLOUT_ANNOTATION} of Deployment {}",
+                spec.targets.get(*index).map_or("?", |t| t.name.as_str())
+            ),
+            Step::RestoreVault { .. } => {
+                format!("The vault Secret {}", observe::vault_name(self.akr))
+            }
+            _ => "The Valkey records of the keys".to_string(),
+        }
+    }
+
     /// Asks the API with the key the stage is about (`spec.verification`).
     async fn probe(&self, stage: ProbeStage, vault: Option<&Vault>) -> ProbeOutcome {
         let Some(v) = &self.akr.spec.verification else {
             return Err("no spec.verification".into());
         };
         let key = match (stage, vault) {
-            (ProbeStage::OldKeyRefused, Some(vault)) => Some(&vault.current),
+            (ProbeStage::OldKeyRefused, Some(vault)) => vault.current.as_ref(),
             (_, Some(vault)) => vault.pending.as_ref().map(|(key, _)| key),
             (_, None) => None,
         };
@@ -563,6 +626,7 @@ impl<'a> Reconciliation<'a> {
             }
             Step::SetBootstrapFlag => entry.view.bootstrap_flag = true,
             Step::CreateVault { .. }
+            | Step::RestoreVault { .. }
             | Step::MintPending { .. }
             | Step::Promote
             | Step::DropPending => {
@@ -583,7 +647,7 @@ impl<'a> Reconciliation<'a> {
         let Some(v) = vault else {
             return Ok((RecordView::default(), false));
         };
-        let current = v.current.id();
+        let current = v.current_id.clone();
         let pending = v.pending.as_ref().map(|(k, _)| k.id());
         let ttl = RECORDS_TTL.min(self.ctx.resync);
         if !fresh {
@@ -613,10 +677,15 @@ impl<'a> Reconciliation<'a> {
         fresh: bool,
     ) -> Result<(Observation, Option<Vault>, Option<RawKey>, bool), Error> {
         let spec = &self.akr.spec;
-        let vault = match self.secrets.get_opt(&observe::vault_name(self.akr)).await? {
-            Some(s) => Some(observe::parse_vault(&s).map_err(Error::Corrupt)?),
+        let vault_secret = self.secrets.get_opt(&observe::vault_name(self.akr)).await?;
+        let vault = match &vault_secret {
+            Some(s) => observe::parse_vault(s).map_err(Error::Corrupt)?,
             None => None,
         };
+        // An emptied vault is lost, but its restore must replace it rather than create it.
+        *self.emptied_vault.lock().unwrap() = vault_secret
+            .filter(|_| vault.is_none())
+            .and_then(|s| s.metadata.resource_version);
         let consumer = self.secrets.get_opt(&spec.secret.name).await?;
         let (consumer_view, consumer_key) =
             observe::consumer_view(consumer.as_ref(), &spec.secret.key);
@@ -660,6 +729,12 @@ impl<'a> Reconciliation<'a> {
         let prefix = &spec.valkey.record_prefix;
         let need_vault =
             || vault.ok_or_else(|| Error::Corrupt("the vault Secret disappeared".into()));
+        let need_current = |vault: &'_ Vault| -> Result<RawKey, Error> {
+            vault
+                .current
+                .clone()
+                .ok_or_else(|| Error::Corrupt("the vault lost the current key's raw value".into()))
+        };
         match &plan.action {
             // Performed by `drive`, which decides again on the answer.
             Step::Probe { .. } | Step::QueryGate => {}
@@ -670,12 +745,15 @@ impl<'a> Reconciliation<'a> {
                 };
                 self.create_vault(&key).await?;
             }
+            Step::RestoreVault { as_pending } => {
+                let key = consumer_key
+                    .ok_or_else(|| Error::Corrupt("the consumers' Secret lost its key".into()))?;
+                self.restore_vault(key, as_pending.as_ref()).await?;
+            }
             Step::Register { current, pending } => {
                 let vault = need_vault()?;
-                if *current {
-                    store
-                        .register(prefix, &vault.current, &spec.key.label)
-                        .await?;
+                if let (true, Some(key)) = (*current, &vault.current) {
+                    store.register(prefix, key, &spec.key.label).await?;
                 }
                 if let (true, Some((key, _))) = (*pending, &vault.pending) {
                     store.register(prefix, key, &spec.key.label).await?;
@@ -685,17 +763,17 @@ impl<'a> Reconciliation<'a> {
                 let vault = need_vault()?;
                 let key = self.mint()?;
                 let mut data = BTreeMap::new();
-                data.insert(VAULT_CURRENT.to_string(), vault.current.clone());
+                data.insert(VAULT_CURRENT.to_string(), need_current(vault)?);
                 data.insert(VAULT_PENDING.to_string(), key);
                 self.replace_vault(vault, data, Some(*revision)).await?;
             }
             Step::WriteConsumer { pending } => {
                 let vault = need_vault()?;
                 let key = match (pending, &vault.pending) {
-                    (true, Some((k, _))) => k,
-                    _ => &vault.current,
+                    (true, Some((k, _))) => k.clone(),
+                    _ => need_current(vault)?,
                 };
-                self.write_consumer(key).await?;
+                self.write_consumer(&key).await?;
             }
             Step::Roll {
                 index,
@@ -736,7 +814,7 @@ impl<'a> Reconciliation<'a> {
             Step::DropPending => {
                 let vault = need_vault()?;
                 if vault.pending.is_some() {
-                    let data = BTreeMap::from([(VAULT_CURRENT.to_string(), vault.current.clone())]);
+                    let data = BTreeMap::from([(VAULT_CURRENT.to_string(), need_current(vault)?)]);
                     self.replace_vault(vault, data, None).await?;
                 }
             }
@@ -803,6 +881,48 @@ impl<'a> Reconciliation<'a> {
         };
         // Another writer got there first: the next observation shows its key.
         tolerate_conflict(self.secrets.create(&write_params(), &secret).await)
+    }
+
+    /// Writes a lost vault back from the consumers' key: replacing an emptied one (only if it is
+    /// unchanged since it was read), else creating it (a 409 means another writer got there first).
+    async fn restore_vault(
+        &self,
+        key: &RawKey,
+        as_pending: Option<&(u64, KeyId)>,
+    ) -> Result<(), Error> {
+        let mut meta = self.owned_meta(observe::vault_name(self.akr));
+        let slot = match as_pending {
+            None => VAULT_CURRENT,
+            Some((revision, lost_current)) => {
+                meta.annotations = Some(BTreeMap::from([
+                    (
+                        PENDING_REVISION_ANNOTATION.to_string(),
+                        revision.to_string(),
+                    ),
+                    (
+                        observe::LOST_CURRENT_ANNOTATION.to_string(),
+                        lost_current.to_string(),
+                    ),
+                ]));
+                VAULT_PENDING
+            }
+        };
+        let emptied = self.emptied_vault.lock().unwrap().clone();
+        meta.resource_version = emptied.clone();
+        let secret = Secret {
+            metadata: meta,
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(
+                slot.to_string(),
+                ByteString(key.expose().as_bytes().to_vec()),
+            )])),
+            ..Default::default()
+        };
+        let name = observe::vault_name(self.akr);
+        tolerate_conflict(match emptied {
+            Some(_) => self.secrets.replace(&name, &write_params(), &secret).await,
+            None => self.secrets.create(&write_params(), &secret).await,
+        })
     }
 
     /// Replaces the vault's data, only if it is unchanged since it was read (a 409 means someone

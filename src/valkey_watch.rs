@@ -27,6 +27,9 @@ pub struct Loss {
     /// The record ids (or `bootstrap_complete`) found missing; `None` when anything may be gone
     /// (a flush, or a reconnect after the server went away).
     pub missing: Option<Vec<String>>,
+    /// The feed just connected again: the server answers and takes the endpoint's password, so
+    /// a rotation backing off because of Valkey may try again at once.
+    pub reconnected: bool,
 }
 
 impl Loss {
@@ -85,28 +88,65 @@ impl OwnChanges {
     }
 }
 
-/// The running feeds, one per server and record prefix; dropping this stops them.
+/// The running feeds, one per server and record prefix, each kept while a rotation uses it;
+/// dropping this stops them.
 pub struct Watchers {
     losses: mpsc::UnboundedSender<Loss>,
     own_changes: Mutex<HashMap<Endpoint, OwnChanges>>,
-    running: Arc<Mutex<HashMap<FeedKey, JoinHandle<()>>>>,
+    feeds: Arc<Mutex<Feeds>>,
     metrics: Arc<Metrics>,
 }
 
 type FeedKey = (Endpoint, String);
 
+#[derive(Default)]
+struct Feeds {
+    running: HashMap<FeedKey, JoinHandle<()>>,
+    /// Feeds that ended because the server refused them (no tracking, a refused password): not
+    /// asked for again before this instant, and how often they were refused in a row.
+    refused: HashMap<FeedKey, (Instant, u32)>,
+    /// Which feed each rotation (`namespace/name`) uses.
+    users: HashMap<String, FeedKey>,
+}
+
+impl Feeds {
+    /// Stops the feed if no rotation uses it any more.
+    fn stop_if_unused(&mut self, key: &FeedKey) {
+        if self.users.values().any(|k| k == key) {
+            return;
+        }
+        if let Some(task) = self.running.remove(key) {
+            task.abort();
+        }
+        self.refused.remove(key);
+    }
+
+    /// A feed ended for a reason that retrying at once would not change.
+    fn refused(&mut self, key: &FeedKey, first_retry: Duration) {
+        self.running.remove(key);
+        let times = self.refused.get(key).map_or(0, |(_, n)| *n);
+        let wait = (first_retry * 2u32.pow(times.min(5))).min(MAX_REFUSED_WAIT);
+        self.refused
+            .insert(key.clone(), (Instant::now() + wait, times + 1));
+    }
+}
+
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A server that refused tracking is asked again after this long (an ACL may have changed).
+const RETRY_UNSUPPORTED: Duration = Duration::from_secs(600);
+/// A refused password is tried again after 30 s, then ever less often.
+const RETRY_REFUSED_PASSWORD: Duration = Duration::from_secs(30);
+const MAX_REFUSED_WAIT: Duration = Duration::from_secs(900);
 
 impl Watchers {
     pub fn new(metrics: Arc<Metrics>) -> (Self, mpsc::UnboundedReceiver<Loss>) {
         let (losses, receiver) = mpsc::unbounded_channel();
-        let running = Arc::new(Mutex::new(HashMap::new()));
         let own_changes = Mutex::new(HashMap::new());
         (
             Self {
                 losses,
                 own_changes,
-                running,
+                feeds: Default::default(),
                 metrics,
             },
             receiver,
@@ -119,12 +159,22 @@ impl Watchers {
         own.entry(endpoint.clone()).or_default().clone()
     }
 
-    /// Starts the feed for this server and prefix unless it was started before (a feed reconnects
-    /// by itself, and one the server cannot give is not asked for again).
-    pub fn ensure(&self, endpoint: &Endpoint, prefix: &str) {
-        let mut running = self.running.lock().unwrap();
+    /// Starts the feed `rotation` needs for this server and prefix, unless it runs already or
+    /// was refused lately; a feed the rotation used before and nobody else uses stops.
+    pub fn ensure(&self, rotation: &str, endpoint: &Endpoint, prefix: &str) {
+        let mut feeds = self.feeds.lock().unwrap();
         let key = (endpoint.clone(), prefix.to_string());
-        if running.contains_key(&key) {
+        if let Some(before) = feeds.users.insert(rotation.to_string(), key.clone())
+            && before != key
+        {
+            feeds.stop_if_unused(&before);
+        }
+        if feeds.running.contains_key(&key)
+            || feeds
+                .refused
+                .get(&key)
+                .is_some_and(|(until, _)| Instant::now() < *until)
+        {
             return;
         }
         let feed = Feed {
@@ -134,14 +184,27 @@ impl Watchers {
             own: self.own_changes(endpoint),
             metrics: self.metrics.clone(),
         };
-        let task = tokio::spawn(follow(feed, Arc::downgrade(&self.running)));
-        running.insert(key, task);
+        let task = tokio::spawn(follow(feed, Arc::downgrade(&self.feeds)));
+        feeds.running.insert(key, task);
+    }
+
+    /// `rotation` is gone: its feed stops unless another rotation uses it.
+    pub fn release(&self, rotation: &str) {
+        let mut feeds = self.feeds.lock().unwrap();
+        if let Some(key) = feeds.users.remove(rotation) {
+            feeds.stop_if_unused(&key);
+        }
+    }
+
+    /// Feeds running now (for tests and metrics).
+    pub fn running(&self) -> usize {
+        self.feeds.lock().unwrap().running.len()
     }
 }
 
 impl Drop for Watchers {
     fn drop(&mut self) {
-        for task in self.running.lock().unwrap().values() {
+        for task in self.feeds.lock().unwrap().running.values() {
             task.abort();
         }
     }
@@ -183,35 +246,38 @@ impl Drop for Following {
     }
 }
 
-async fn follow(feed: Feed, feeds: Weak<Mutex<HashMap<FeedKey, JoinHandle<()>>>>) {
+async fn follow(feed: Feed, feeds: Weak<Mutex<Feeds>>) {
     let url = &feed.endpoint.url;
+    let key = (feed.endpoint.clone(), feed.prefix.clone());
     let mut backoff = Duration::from_millis(100);
     let mut connected_before = false;
     loop {
-        match feed.session(&mut connected_before, &mut backoff).await {
+        let retry_after = match feed.session(&mut connected_before, &mut backoff).await {
             Ended::Unsupported(why) => {
                 tracing::warn!(%url, %why, "Valkey does not push changes; data loss is found at the next resync");
-                return;
+                RETRY_UNSUPPORTED
             }
             Ended::Disconnected(why) => {
                 tracing::debug!(%url, %why, ?backoff, "Valkey change feed lost; reconnecting");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
             }
             Ended::PasswordRefused => {
                 tracing::debug!(%url, "Valkey refused this feed's password; ending it");
-                if let Some(feeds) = feeds.upgrade() {
-                    feeds
-                        .lock()
-                        .unwrap()
-                        .remove(&(feed.endpoint.clone(), feed.prefix.clone()));
+                if connected_before {
+                    // The password worked before, so it changed: the rotations reconcile, read
+                    // the new one, and start a feed with it. A password that never worked
+                    // reports nothing (the rotations' own back-off covers them).
+                    feed.report(None, false);
                 }
-                // Unwatched from here: the rotations reconcile, read the new password, and start
-                // a feed with it.
-                feed.report(None);
-                return;
+                RETRY_REFUSED_PASSWORD
             }
+        };
+        if let Some(feeds) = feeds.upgrade() {
+            feeds.lock().unwrap().refused(&key, retry_after);
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        return;
     }
 }
 
@@ -264,7 +330,7 @@ impl Feed {
         *backoff = Duration::from_millis(100);
         if *connected_before {
             // The server may have restarted empty while the connection was down.
-            self.report(None);
+            self.report(None, true);
         }
         *connected_before = true;
         while let Some(push) = pushed.recv().await {
@@ -272,7 +338,7 @@ impl Feed {
                 PushKind::Disconnection => return Ended::Disconnected("connection closed".into()),
                 PushKind::Invalidate => {
                     let Some(changed) = invalidated_keys(&push.data) else {
-                        self.report(None);
+                        self.report(None, false);
                         continue;
                     };
                     let watched: Vec<String> = changed
@@ -296,11 +362,11 @@ impl Feed {
                                 .map(|(key, _)| key[self.prefix.len()..].to_string())
                                 .collect();
                             if !missing.is_empty() {
-                                self.report(Some(missing));
+                                self.report(Some(missing), false);
                             }
                         }
                         Err(e) => {
-                            self.report(None);
+                            self.report(None, false);
                             return Ended::Disconnected(e.to_string());
                         }
                     }
@@ -311,13 +377,14 @@ impl Feed {
         Ended::Disconnected("push channel closed".into())
     }
 
-    fn report(&self, missing: Option<Vec<String>>) {
+    fn report(&self, missing: Option<Vec<String>>, reconnected: bool) {
         tracing::debug!(url = %self.endpoint.url, prefix = %self.prefix, ?missing, "Valkey records may be gone");
         self.metrics.count_valkey_loss_reported();
         let _ = self.losses.send(Loss {
             url: self.endpoint.url.clone(),
             prefix: self.prefix.clone(),
             missing,
+            reconnected,
         });
     }
 }
@@ -384,6 +451,7 @@ mod tests {
             url: url.into(),
             prefix: "apikey:".into(),
             missing: missing.map(|m| m.iter().map(|s| s.to_string()).collect()),
+            reconnected: false,
         }
     }
 

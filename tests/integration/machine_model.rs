@@ -59,6 +59,13 @@ struct World {
     /// reading, and a fresh one decides).
     high_readings: BTreeSet<String>,
     unrecorded_high: Option<String>,
+    /// Targets that completed in this rotation are scaled now and then (an HPA, a drain): their
+    /// new pods take longer than the deadline, or never become ready.
+    scale_ups: bool,
+    /// Rollouts the rotation starts never fail (so any failure comes from elsewhere).
+    no_roll_failures: bool,
+    /// The vault Secret is deleted now and then.
+    vault_losses: bool,
 }
 
 impl World {
@@ -104,6 +111,9 @@ impl World {
             checks: false,
             high_readings: BTreeSet::new(),
             unrecorded_high: None,
+            scale_ups: false,
+            no_roll_failures: false,
+            vault_losses: false,
         }
     }
 
@@ -170,8 +180,10 @@ impl World {
         )
     }
 
+    /// A key's id as Sirius's are shaped (64 lowercase hex), and reversible: the key's bytes in
+    /// hex, padded with zero bytes.
     fn id(key: &str) -> KeyId {
-        KeyId(format!("id-{key}"))
+        KeyId(format!("{:0<64}", hex::encode(key)))
     }
 
     fn observe(&self) -> Observation {
@@ -228,8 +240,16 @@ impl World {
         k
     }
 
+    fn key_of(id: &str) -> String {
+        let mut bytes = hex::decode(id).unwrap();
+        while bytes.last() == Some(&0) {
+            bytes.pop();
+        }
+        String::from_utf8(bytes).unwrap()
+    }
+
     fn key_of_id(&self, id: &KeyId) -> String {
-        id.0.strip_prefix("id-").unwrap().to_string()
+        Self::key_of(&id.0)
     }
 
     fn advance(&mut self, secs: i64) {
@@ -241,10 +261,7 @@ impl World {
                 t.failing = false;
             }
             if t.rollout_done_at.is_some_and(|at| at <= self.now) && !t.failing {
-                let latest = t
-                    .annotation
-                    .clone()
-                    .map(|id| id.strip_prefix("id-").unwrap().to_string());
+                let latest = t.annotation.clone().map(|id| Self::key_of(&id));
                 if let Some(k) = latest {
                     t.running = BTreeSet::from([k]);
                 }
@@ -284,12 +301,29 @@ impl World {
                     self.vault = Some(VaultView {
                         current: Self::id(&key),
                         pending: None,
+                        current_raw_lost: false,
                     });
                 }
             }
+            Action::RestoreVault { as_pending } => {
+                let held = Self::id(self.consumer.as_ref().expect("restored from no key"));
+                assert!(self.vault.is_none(), "restored a vault that exists");
+                self.vault = Some(match as_pending {
+                    None => VaultView {
+                        current: held,
+                        pending: None,
+                        current_raw_lost: false,
+                    },
+                    Some((revision, lost)) => VaultView {
+                        current: lost.clone(),
+                        pending: Some((held, *revision)),
+                        current_raw_lost: true,
+                    },
+                });
+            }
             Action::Register { current, pending } => {
                 let v = self.vault.clone().unwrap();
-                if *current {
+                if *current && !v.current_raw_lost {
                     self.records.insert(v.current.0.clone());
                 }
                 if let (true, Some((p, _))) = (*pending, &v.pending) {
@@ -305,6 +339,10 @@ impl World {
                 let id = if *pending {
                     v.pending.unwrap().0
                 } else {
+                    assert!(
+                        !v.current_raw_lost,
+                        "delivered a key whose raw value is lost"
+                    );
                     v.current
                 };
                 // Never hand consumers a key that is not valid.
@@ -355,7 +393,7 @@ impl World {
                     }
                 }
                 let duration = 1 + (self.rng.next() % 20) as i64;
-                let failing = !rolling_back && self.rng.chance(10);
+                let failing = !rolling_back && !self.no_roll_failures && self.rng.chance(10);
                 let k = self.key_of_id(key_id);
                 let t = &mut self.targets[*index];
                 t.annotation = Some(key_id.0.clone());
@@ -367,8 +405,13 @@ impl World {
             }
             Action::Revoke { key_id } => {
                 let revoked = self.key_of_id(key_id);
-                let r = self.status.current_rotation.clone().unwrap();
-                if self.checks && r.rolling_back.is_none() {
+                let r = self.status.current_rotation.clone();
+                // A revocation outside a rotation is of a key from a lost vault's set-up; inside
+                // one, of the old key, the new key of a rollback, or an undelivered new key.
+                let old_key_revocation = r.as_ref().is_some_and(|r| {
+                    r.rolling_back.is_none() && r.old_key_id.as_ref() == Some(&key_id.0)
+                });
+                if let (true, true, Some(r)) = (self.checks, old_key_revocation, &r) {
                     assert!(
                         r.verified_before_revoke_at.is_some(),
                         "revoked before the API accepted the new key"
@@ -379,6 +422,7 @@ impl World {
                         + SignedDuration::from_secs(self.spec.validation_window_seconds as i64);
                     let checked: Timestamp = r
                         .gate_checked_at
+                        .as_ref()
                         .expect("revoked without a metrics gate reading")
                         .parse()
                         .unwrap();
@@ -425,13 +469,24 @@ impl World {
                 let v = self.vault.as_mut().unwrap();
                 if let Some((p, _)) = v.pending.take() {
                     v.current = p;
+                    v.current_raw_lost = false;
                 }
             }
             Action::DropPending => {
-                self.vault.as_mut().unwrap().pending = None;
+                let v = self.vault.as_mut().unwrap();
+                assert!(!v.current_raw_lost, "dropped the only raw key left");
+                v.pending = None;
             }
             Action::RecordHistory { result, .. } => {
                 self.rollbacks += usize::from(*result == "RolledBack");
+                if *result == "Succeeded" {
+                    let r = self.status.current_rotation.as_ref().unwrap();
+                    let old = r.old_key_id.as_ref().unwrap();
+                    assert!(
+                        !self.records.contains(old),
+                        "finished while the old key {old} is still valid"
+                    );
+                }
             }
             Action::StatusOnly | Action::SetBootstrapFlag => {}
             Action::Wait { requeue_after } => {
@@ -441,6 +496,33 @@ impl World {
                 self.advance(secs);
             }
         }
+    }
+
+    /// A target this rotation completed is scaled up: the new pods read the Secret as it is, and
+    /// take longer than the progress deadline to become ready, or never do.
+    fn scale_a_completed_target(&mut self) {
+        let Some(r) = &self.status.current_rotation else {
+            return;
+        };
+        let completed: Vec<usize> = r
+            .targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.state == apikey_rotator::crd::TargetState::Complete)
+            .map(|(i, _)| i)
+            .collect();
+        if completed.is_empty() {
+            return;
+        }
+        let i = completed[(self.rng.next() % completed.len() as u64) as usize];
+        let slow = self.now + SignedDuration::from_secs(600);
+        let failing = self.rng.chance(50);
+        let consumer = self.consumer.clone();
+        let t = &mut self.targets[i];
+        t.running.extend(consumer);
+        t.rollout_done_at = Some(slow);
+        t.failing = failing;
+        self.note_running();
     }
 
     /// Every key a pod holds is valid, once set-up registered the first key.
@@ -481,6 +563,7 @@ fn run_with_policy(
 fn run_world(mut w: World, seed: u64, crash_percent: u64, rotations: u64) -> World {
     let mut steps = 0;
     let mut flushes = 0;
+    let mut vault_losses = 0;
     while w.status.revision < rotations {
         steps += 1;
         assert!(
@@ -495,11 +578,18 @@ fn run_world(mut w: World, seed: u64, crash_percent: u64, rotations: u64) -> Wor
             w.trigger = Some(format!("t{}", w.status.revision + 1));
         }
         // Valkey data loss now and then.
-        if w.rng.chance(1) && flushes < 3 {
+        if w.rng.chance(1) && flushes < 3 && w.vault.is_some() {
             flushes += 1;
             w.records.clear();
-            // The records come back before anyone notices: the next decision must re-register.
-            let plan = w.decide();
+            // The records come back before anyone notices: the next decision must re-register
+            // (during set-up, once the status names the key).
+            let mut plan = w.decide();
+            if w.status.active_key_id.as_ref() != w.vault.as_ref().map(|v| &v.current.0)
+                && plan.action == Action::StatusOnly
+            {
+                w.status = plan.status;
+                plan = w.decide();
+            }
             assert!(
                 matches!(
                     plan.action,
@@ -512,7 +602,30 @@ fn run_world(mut w: World, seed: u64, crash_percent: u64, rotations: u64) -> Wor
             w.status = plan.status;
             continue;
         }
+        if w.scale_ups && w.rng.chance(3) {
+            w.scale_a_completed_target();
+        }
+        if w.vault_losses && w.vault.is_some() && w.rng.chance(1) && vault_losses < 3 {
+            vault_losses += 1;
+            w.vault = None;
+        }
         let plan = w.decide();
+        if std::env::var("MODEL_TRACE").is_ok_and(|v| v == seed.to_string()) {
+            eprintln!(
+                "{:?} {:?} vault={:?} consumer={:?} records={:?}",
+                plan.action,
+                plan.event.as_ref().map(|e| e.reason),
+                w.vault.as_ref().map(|v| (
+                    World::key_of(&v.current.0),
+                    v.pending.as_ref().map(|p| World::key_of(&p.0.0))
+                )),
+                w.consumer,
+                w.records
+                    .iter()
+                    .map(|r| World::key_of(r))
+                    .collect::<Vec<_>>()
+            );
+        }
         // A crash may happen before the action (nothing done), or after it but before the status
         // write; either way the next decision starts from the world as it is.
         let crash = w.rng.next() % 100;
@@ -612,6 +725,49 @@ fn with_probes_and_a_metrics_gate_nothing_is_revoked_or_finished_unverified() {
 }
 
 #[test]
+fn a_completed_target_scaled_or_failing_later_never_fails_or_rolls_back_the_rotation() {
+    for seed in 0..600 {
+        let mut w = World::with_policy(seed, seed % 2 == 0, "Rollback");
+        w.scale_ups = true;
+        w.no_roll_failures = true;
+        let w = run_world(w, seed, 30, 3);
+        assert_eq!(w.rollbacks, 0, "seed {seed}: a later scale-up rolled back");
+        let active = w.vault.as_ref().unwrap().current.clone();
+        assert_eq!(
+            w.records.iter().cloned().collect::<Vec<_>>(),
+            vec![active.0.clone()],
+            "seed {seed}: only the active key's record is left"
+        );
+    }
+}
+
+#[test]
+fn a_lost_vault_is_recreated_from_a_key_the_status_vouches_for_and_no_key_is_left_valid() {
+    let mut restored_mid_rotation = 0;
+    for seed in 0..1_000 {
+        let mut w = World::with_policy(seed, seed % 2 == 0, "Halt");
+        w.vault_losses = true;
+        let w = run_world(w, seed, 30, 3);
+        let v = w.vault.as_ref().unwrap();
+        assert!(!v.current_raw_lost && v.pending.is_none(), "seed {seed}");
+        restored_mid_rotation += usize::from(w.minted.len() > 3 + usize::from(seed % 2 != 0));
+        assert_eq!(
+            w.consumer.as_deref().map(World::id),
+            Some(v.current.clone())
+        );
+        assert_eq!(
+            w.records.iter().cloned().collect::<Vec<_>>(),
+            vec![v.current.0.clone()],
+            "seed {seed}: only the active key's record is left (no orphan stays valid)"
+        );
+    }
+    assert!(
+        restored_mid_rotation > 10,
+        "a vault lost before the switch (a second mint) happened only {restored_mid_rotation} times"
+    );
+}
+
+#[test]
 fn without_crashes_each_rotation_walks_the_steps_in_order() {
     let mut w = World::new(7, true);
     w.trigger = Some("go".into());
@@ -619,7 +775,7 @@ fn without_crashes_each_rotation_walks_the_steps_in_order() {
     while w.status.revision < 1 {
         let plan = decide(&w.observe());
         actions.push(match &plan.action {
-            Action::CreateVault { .. } => "vault".to_string(),
+            Action::CreateVault { .. } | Action::RestoreVault { .. } => "vault".to_string(),
             Action::Register { .. } => "register".into(),
             Action::MintPending { .. } => "mint".into(),
             Action::WriteConsumer { pending: true } => "switch".into(),
@@ -676,7 +832,7 @@ fn suspend_holds_a_rotation_at_a_step_boundary_and_resume_finishes_it() {
     while !w.targets[0]
         .annotation
         .as_ref()
-        .is_some_and(|a| a.starts_with("id-k"))
+        .is_some_and(|a| World::key_of(a).starts_with('k'))
     {
         let plan = decide(&w.observe());
         w.perform(&plan.action);

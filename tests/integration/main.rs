@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod adversity;
 mod chart;
 mod cli;
 mod crd_and_spec;

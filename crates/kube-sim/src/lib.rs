@@ -317,7 +317,11 @@ impl Sim {
         });
     }
 
-    /// Requests served so far, by (verb, resource).
+    /// Drops every injected fault not yet served.
+    pub fn clear_faults(&self) {
+        self.shared.faults.lock().unwrap().clear();
+    }
+
     /// Requests bearing `token` act as `user` and are authorized by RBAC (the Roles, ClusterRoles
     /// and bindings created in the stand-in); requests without a registered token stay
     /// unrestricted.

@@ -1,0 +1,335 @@
+//! Ordinary events nobody scripts: a finished target scaled, the vault Secret deleted, a Valkey
+//! that refuses the operator, a write someone else keeps undoing. None of them may cost a key,
+//! a rollback or a request storm.
+
+use crate::common::*;
+use apikey_rotator::key::RawKey;
+use kube_sim::Sim;
+use serde_json::json;
+use std::time::Duration;
+
+fn old_key() -> RawKey {
+    RawKey::new("0123456789abcdef".repeat(4))
+}
+
+fn step(sim: &Sim) -> String {
+    akr_status(sim)["currentRotation"]["step"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn total_requests(sim: &Sim) -> u64 {
+    sim.request_counts().values().sum()
+}
+
+fn delete_vault(sim: &Sim) {
+    sim.delete_object("", "secrets", NS, "sirius-apikey-vault")
+        .unwrap();
+}
+
+/// Issue 13, case 1: `kubectl scale` of a target that finished its rollout (its new pods slower
+/// than every deadline) late in the validation window. Before, the Roll loop re-judged it against
+/// a deadline counted from its old `rolledAt`: RolloutFailed, and the whole rotation rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_up_after_a_target_completed_never_fails_or_rolls_back_the_rotation() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = old_key();
+    let spec = json!({"failurePolicy": "Rollback", "progressDeadlineSeconds": 10, "validationWindowSeconds": 12});
+    install_sirius(&sim, &valkey.url(), &old, 1, Some("now"), spec).await;
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(30), "the validation window", || {
+        step(&sim) == "Validate"
+    })
+    .await;
+    // The new pods of the scale-up take longer than the 10 s deadline to become ready.
+    sim.set_pod_ready_after(NS, "sirius-api", Duration::from_secs(30));
+    sim.merge_patch_object(
+        "apps",
+        "deployments",
+        NS,
+        "sirius-api",
+        json!({"spec": {"replicas": 2}}),
+    )
+    .unwrap();
+    wait_revision(&sim, 1).await;
+    operator.abort();
+    let reasons = event_reasons(&sim);
+    for bad in ["RolloutFailed", "RotationRolledBack", "SecretRolledBack"] {
+        assert!(
+            !reasons.iter().any(|r| r == bad),
+            "{bad} after a scale-up: {reasons:?}"
+        );
+    }
+    assert!(!valkey.exists(&format!("apikey:{}", old.id())));
+    let new = RawKey::new(secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
+    assert!(valkey.exists(&format!("apikey:{}", new.id())));
+}
+
+/// Issue 13, case 2: Valkey with `requirepass` and no `passwordSecretRef`. Before, the change
+/// feed's refused HELLO reported a loss, the loss scheduled an immediate reconcile over the error
+/// policy's back-off, and the operator sent about 950 API requests a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valkey_that_refuses_the_operator_backs_off_and_costs_the_api_server_almost_nothing() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = old_key();
+    install_sirius(&sim, &valkey.url(), &old, 1, None, json!({})).await;
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("only-the-admin-knows")
+        .exec(&mut valkey.conn())
+        .unwrap();
+    let operator = spawn_operator(&sim);
+    wait_degraded(&sim, "ValkeyUnavailable").await;
+    let message = condition(&sim, "Degraded")["message"].to_string();
+    assert!(
+        message.contains("NOAUTH") || message.contains("uthentication"),
+        "{message}"
+    );
+    let before = total_requests(&sim);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let during = total_requests(&sim) - before;
+    operator.abort();
+    assert!(
+        during < 10,
+        "{during} API requests in 20 s from one rotation whose Valkey refuses it: {:?}",
+        sim.request_counts()
+    );
+    assert!(
+        events(&sim)
+            .iter()
+            .filter(|e| e["reason"] == "ValkeyUnavailable")
+            .count()
+            <= 2
+    );
+}
+
+/// Issue 13, case 3: the vault deleted while sirius-engine still has to roll. Before, the
+/// operator adopted the consumers' (new) key as if nothing had happened and said
+/// `RotationSucceeded` ("old key is revoked") with the old record still valid and the engine never
+/// rolled. Now the vault is recreated from the new key and the rotation goes on to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_deleted_mid_roll_is_recreated_from_the_new_key_and_the_rotation_really_finishes() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = old_key();
+    install_sirius(&sim, &valkey.url(), &old, 1, Some("now"), json!({})).await;
+    sim.set_pod_ready_after(NS, "sirius-ui", Duration::from_secs(2));
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(30), "sirius-ui rolling", || {
+        let r = &akr_status(&sim)["currentRotation"];
+        r["step"] == "Roll" && r["targetIndex"] == json!(1)
+    })
+    .await;
+    delete_vault(&sim);
+    wait_revision(&sim, 1).await;
+    operator.abort();
+    let lost = event(&sim, "VaultLost");
+    assert!(
+        lost["note"]
+            .as_str()
+            .unwrap()
+            .contains("rollback is no longer possible"),
+        "{lost}"
+    );
+    let new = RawKey::new(secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
+    assert_ne!(new, old);
+    assert_eq!(template_key(&sim, "sirius-engine"), json!(new.id().0));
+    assert!(
+        !valkey.exists(&format!("apikey:{}", old.id())),
+        "finished with the old key valid"
+    );
+    assert!(valkey.exists(&format!("apikey:{}", new.id())));
+    assert_eq!(
+        secret_value(&sim, "sirius-apikey-vault", "current").as_deref(),
+        Some(new.expose())
+    );
+}
+
+/// The vault deleted before the new key reached the consumers' Secret: the vault is recreated
+/// from the old key, the undelivered new key's record is revoked (not left valid and
+/// unrecorded), and a fresh key is minted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_deleted_before_the_switch_leaves_no_orphan_key_valid() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = old_key();
+    install_sirius(&sim, &valkey.url(), &old, 1, None, json!({})).await;
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(10), "Ready", || {
+        akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    // The switch (an apply of the consumers' Secret) keeps failing for a while.
+    sim.inject_faults("patch", "secrets", 1_000, 503);
+    request_rotation(&sim, "now");
+    let mut first_new = String::new();
+    wait_for(Duration::from_secs(20), "the new key registered", || {
+        first_new = akr_status(&sim)["currentRotation"]["newKeyId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        !first_new.is_empty() && valkey.exists(&format!("apikey:{first_new}"))
+    })
+    .await;
+    delete_vault(&sim);
+    wait_for(Duration::from_secs(20), "the orphan revoked", || {
+        !valkey.exists(&format!("apikey:{first_new}"))
+    })
+    .await;
+    sim.clear_faults();
+    wait_revision(&sim, 1).await;
+    operator.abort();
+    assert!(
+        event_reasons(&sim)
+            .iter()
+            .any(|r| r == "UndeliveredKeyRevoked")
+    );
+    let new = RawKey::new(secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
+    assert_ne!(new.id().0, first_new, "a fresh key was minted");
+    let mut records: Vec<String> = valkey
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("apikey:") && k.len() == "apikey:".len() + 64)
+        .collect();
+    records.sort();
+    assert_eq!(
+        records,
+        vec![format!("apikey:{}", new.id())],
+        "only the active key is valid"
+    );
+}
+
+/// Outside a rotation: a deleted vault is recreated from the consumers' Secret when it holds the
+/// active key; when it holds some other key, nothing is adopted or revoked and the rotation says
+/// what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_lost_while_idle_is_restored_only_from_the_active_key() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = old_key();
+    install_sirius(&sim, &valkey.url(), &old, 1, None, json!({})).await;
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(10), "Ready", || {
+        akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    delete_vault(&sim);
+    wait_for(Duration::from_secs(10), "the vault back", || {
+        secret_value(&sim, "sirius-apikey-vault", "current").as_deref() == Some(old.expose())
+    })
+    .await;
+    wait_for(Duration::from_secs(5), "the VaultLost Event", || {
+        event_reasons(&sim).iter().any(|r| r == "VaultLost")
+    })
+    .await;
+    // Now the consumers' Secret gets a key nobody registered (reported, not restored), then
+    // the vault is emptied.
+    sim.merge_patch_object(
+        "keys.siriusscan.io",
+        "apikeyrotations",
+        NS,
+        "sirius",
+        json!({"spec": {"secretDriftPolicy": "Report"}}),
+    )
+    .unwrap();
+    let stranger = RawKey::new("fedcba9876543210".repeat(4));
+    sim.merge_patch_object(
+        "",
+        "secrets",
+        NS,
+        "sirius-api-key",
+        json!({"data": {"SIRIUS_API_KEY": base64_of(stranger.expose())}}),
+    )
+    .unwrap();
+    wait_degraded(&sim, "SecretDrift").await;
+    sim.merge_patch_object(
+        "",
+        "secrets",
+        NS,
+        "sirius-apikey-vault",
+        json!({"data": {"current": null}}),
+    )
+    .unwrap();
+    wait_degraded(&sim, "VaultLost").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    operator.abort();
+    let message = condition(&sim, "Degraded")["message"].to_string();
+    assert!(message.contains("nothing was changed"), "{message}");
+    assert!(
+        valkey.exists(&format!("apikey:{}", old.id())),
+        "the active key stays valid"
+    );
+    assert!(!valkey.exists(&format!("apikey:{}", stranger.id())));
+    assert_eq!(
+        secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
+        Some(stranger.expose()),
+        "the consumers' Secret is left as found"
+    );
+}
+
+/// Another manager (a GitOps tool's self-heal) puts the old key back into the consumers' Secret
+/// every time the operator switches it. The operator neither gives up the rotation nor loops:
+/// it reports `WriteUndone` and writes again ever less often.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_someone_keeps_undoing_is_reported_and_backed_off() {
+    let valkey = Valkey::start();
+    let sim = std::sync::Arc::new(start_sim().await);
+    let old = old_key();
+    install_sirius(&sim, &valkey.url(), &old, 1, None, json!({})).await;
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(10), "Ready", || {
+        akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    let undo = {
+        let sim = sim.clone();
+        let old = old.expose().to_string();
+        tokio::spawn(async move {
+            loop {
+                if secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref()
+                    != Some(old.as_str())
+                {
+                    let _ = sim.merge_patch_object(
+                        "",
+                        "secrets",
+                        NS,
+                        "sirius-api-key",
+                        json!({"data": {"SIRIUS_API_KEY": base64_of(&old)}}),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let patches = || {
+        sim.request_counts()
+            .get(&("patch".to_string(), "secrets".to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    request_rotation(&sim, "now");
+    wait_degraded(&sim, "WriteUndone").await;
+    let message = condition(&sim, "Degraded")["message"].to_string();
+    assert!(message.contains("Secret sirius-api-key"), "{message}");
+    assert!(event_reasons(&sim).iter().any(|r| r == "WriteUndone"));
+    let before = patches();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let during = patches() - before;
+    assert!(during <= 4, "{during} writes of the Secret in 8 s");
+    // The other manager stops: the rotation finishes.
+    undo.abort();
+    tokio::time::timeout(Duration::from_secs(60), wait_revision(&sim, 1))
+        .await
+        .unwrap();
+    operator.abort();
+    assert!(!valkey.exists(&format!("apikey:{}", old.id())));
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
