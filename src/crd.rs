@@ -125,6 +125,14 @@ pub struct ApiKeyRotationSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
+    /// What the operator does when the active key's record is deleted while Valkey is otherwise
+    /// intact (someone revoked the key in Sirius, e.g. a leaked key deleted in the UI):
+    /// `Rotate` (default) treats it as a revocation and rotates at once, outside maintenance
+    /// windows, without restoring the revoked key; `Restore` writes the record back. A flush or
+    /// a Valkey restarted empty is always restored.
+    #[serde(default)]
+    pub external_revocation: ExternalRevocation,
+
     /// No new rotation starts and a rotation in flight pauses at its next step boundary.
     #[serde(default)]
     pub suspend: bool,
@@ -324,6 +332,13 @@ pub enum SecretDriftPolicy {
     #[default]
     Restore,
     Report,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ExternalRevocation {
+    #[default]
+    Rotate,
+    Restore,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -528,6 +543,9 @@ pub struct RotationProgress {
     /// Requested outside maintenance windows: it starts and rolls out whenever it can.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub outside_windows: bool,
+    /// Started because the old key was revoked in Sirius itself: its record is not restored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub old_key_revoked_externally: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -587,6 +605,7 @@ impl RotationProgress {
             old_key_refused_at: None,
             rolling_back: None,
             outside_windows: false,
+            old_key_revoked_externally: false,
         }
     }
 }

@@ -17,6 +17,23 @@ pub enum KeyStoreError {
     Unavailable(#[from] redis::RedisError),
 }
 
+/// What Valkey holds under one key record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordState {
+    Valid,
+    Missing,
+    /// Something is there, but not a Sirius record of that key: it counts as missing.
+    Malformed,
+}
+
+/// One read of a rotation's records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordsRead {
+    pub records: Vec<RecordState>,
+    pub bootstrap_flag: bool,
+    pub also_exists: bool,
+}
+
 /// Where a rotation's records live.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint {
@@ -30,6 +47,17 @@ pub struct KeyStore {
     conn: ConnectionManager,
     /// Where record writes are announced to Valkey's change feed, when one follows this server.
     own_changes: Option<OwnChanges>,
+}
+
+/// A command refused because the key holds another Valkey type (also inside a pipeline, where
+/// the crate wraps the server's error).
+fn is_wrong_type(e: &redis::RedisError) -> bool {
+    e.code() == Some("WRONGTYPE") || e.to_string().contains("WRONGTYPE")
+}
+
+/// Where the operator keeps a rotation's state (`owner` is `namespace/name`).
+pub fn state_key(operator_prefix: &str, owner: &str) -> String {
+    format!("{operator_prefix}state:{owner}")
 }
 
 /// Accepts `valkey://` and `valkeys://` as aliases of `redis://` and `rediss://`.
@@ -114,45 +142,97 @@ impl KeyStore {
         format!("{prefix}{id}")
     }
 
-    /// Whether each id has a record, then whether the bootstrap flag is set (one round trip).
-    pub async fn records_exist(
+    /// Which ids have a valid Sirius record, whether the bootstrap flag is set, and whether
+    /// `also` exists (one `MGET`: Valkey answers nil for a key of another type).
+    pub async fn read_records(
         &self,
         prefix: &str,
         ids: &[&KeyId],
-    ) -> Result<Vec<bool>, KeyStoreError> {
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.exists(Self::record_key(prefix, id));
-        }
-        pipe.exists(format!("{prefix}{}", sirius::BOOTSTRAP_FLAG));
+        also: &str,
+    ) -> Result<RecordsRead, KeyStoreError> {
+        let mut keys: Vec<String> = ids.iter().map(|id| Self::record_key(prefix, id)).collect();
+        keys.push(format!("{prefix}{}", sirius::BOOTSTRAP_FLAG));
+        keys.push(also.to_string());
         let mut conn = self.conn.clone();
-        Ok(pipe.query_async(&mut conn).await?)
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        if values.len() != keys.len() {
+            return Err(KeyStoreError::Unavailable(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "MGET answered a different number of values",
+            ))));
+        }
+        let mut records: Vec<RecordState> = ids
+            .iter()
+            .zip(&values)
+            .map(|(id, value)| match value {
+                None => RecordState::Missing,
+                Some(v) if sirius::is_record_of(v, id) => RecordState::Valid,
+                Some(_) => RecordState::Malformed,
+            })
+            .collect();
+        // A nil is a missing key or one of another type; only data loss costs this second look.
+        for (state, key) in records.iter_mut().zip(&keys) {
+            if *state == RecordState::Missing {
+                let exists: bool = conn.exists(key).await?;
+                if exists {
+                    *state = RecordState::Malformed;
+                }
+            }
+        }
+        Ok(RecordsRead {
+            records,
+            bootstrap_flag: values[ids.len()].is_some(),
+            also_exists: values[ids.len() + 1].is_some(),
+        })
     }
 
-    /// Writes a Sirius record unless one exists (an existing one keeps its label and times).
+    /// Writes a Sirius record unless a valid one exists (an existing one keeps its label and
+    /// times); one that is not a valid record of this key (malformed JSON, another id, another
+    /// Valkey type) is overwritten.
     pub async fn register(
         &self,
         prefix: &str,
         key: &RawKey,
         label: &str,
     ) -> Result<bool, KeyStoreError> {
+        let id = key.id();
         let json = sirius::record_json(key, label, "apikey-rotator", jiff::Timestamp::now());
-        let record = Self::record_key(prefix, &key.id());
+        let record = Self::record_key(prefix, &id);
         self.expect_change(&record);
         let mut conn = self.conn.clone();
         // A failed command withdraws too: the feed then checks the change (harmless if it was made).
         let written: bool = redis::cmd("SET")
             .arg(&record)
-            .arg(json)
+            .arg(&json)
             .arg("NX")
             .query_async::<Option<String>>(&mut conn)
             .await
             .inspect_err(|_| self.withdraw_change(&record))?
             .is_some();
-        if !written {
-            self.withdraw_change(&record);
+        if written {
+            return Ok(true);
         }
-        Ok(written)
+        let existing: Result<Option<String>, _> = conn.get(&record).await;
+        let valid = match existing {
+            Ok(Some(v)) => sirius::is_record_of(&v, &id),
+            Ok(None) => false,
+            Err(e) if is_wrong_type(&e) => false,
+            Err(e) => {
+                self.withdraw_change(&record);
+                return Err(e.into());
+            }
+        };
+        if valid {
+            self.withdraw_change(&record);
+            return Ok(false);
+        }
+        tracing::warn!(record = %record, "a record that is not a valid Sirius record of its key was overwritten");
+        let _: () = conn
+            .set(&record, &json)
+            .await
+            .inspect_err(|_| self.withdraw_change(&record))?;
+        Ok(true)
     }
 
     pub async fn set_bootstrap_flag(&self, prefix: &str) -> Result<(), KeyStoreError> {
@@ -189,7 +269,7 @@ impl KeyStore {
     ) -> Result<(), KeyStoreError> {
         let mut conn = self.conn.clone();
         let _: () = conn
-            .set(format!("{operator_prefix}state:{owner}"), state_json)
+            .set(state_key(operator_prefix, owner), state_json)
             .await?;
         Ok(())
     }
@@ -201,7 +281,7 @@ impl KeyStore {
         owner: &str,
         keep_history: bool,
     ) -> Result<(), KeyStoreError> {
-        let mut keys = vec![format!("{operator_prefix}state:{owner}")];
+        let mut keys = vec![state_key(operator_prefix, owner)];
         if !keep_history {
             keys.push(format!("{operator_prefix}history:{owner}"));
         }
@@ -222,13 +302,31 @@ impl KeyStore {
     ) -> Result<(), KeyStoreError> {
         let key = format!("{operator_prefix}history:{owner}");
         let mut conn = self.conn.clone();
-        let (_, revisions): ((), Vec<u64>) = redis::pipe()
+        let written: Result<((), Vec<String>), _> = redis::pipe()
             .hset(&key, revision, entry_json)
             .hkeys(&key)
             .query_async(&mut conn)
-            .await?;
+            .await;
+        let fields = match written {
+            Ok((_, fields)) => fields,
+            // Our own key, holding something else: history is best kept, never a blocker.
+            Err(e) if is_wrong_type(&e) => {
+                tracing::warn!(history = %key, "the history key held another Valkey type; replaced it");
+                let _: ((), ()) = redis::pipe()
+                    .del(&key)
+                    .hset(&key, revision, entry_json)
+                    .query_async(&mut conn)
+                    .await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let oldest_kept = revision.saturating_sub(limit as u64) + 1;
-        let expired: Vec<u64> = revisions.into_iter().filter(|r| *r < oldest_kept).collect();
+        // A field that is no revision (written by hand) is dropped with the expired ones.
+        let expired: Vec<String> = fields
+            .into_iter()
+            .filter(|f| f.parse::<u64>().map_or(true, |r| r < oldest_kept))
+            .collect();
         if !expired.is_empty() {
             let _: i64 = conn.hdel(&key, expired).await?;
         }

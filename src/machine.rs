@@ -8,8 +8,8 @@
 //! show (timestamps, the rotation in flight).
 
 use crate::crd::{
-    ApiKeyRotationSpec, ApiKeyRotationStatus, Condition, FailurePolicy, Phase, RotationProgress,
-    SecretDriftPolicy, Step, TargetProgress, TargetState, Verification,
+    ApiKeyRotationSpec, ApiKeyRotationStatus, Condition, ExternalRevocation, FailurePolicy, Phase,
+    RotationProgress, SecretDriftPolicy, Step, TargetProgress, TargetState, Verification,
 };
 use crate::key::KeyId;
 use crate::rollout::RolloutState;
@@ -55,9 +55,16 @@ pub enum TargetView {
 /// is set.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RecordView {
+    /// The current key has a valid record.
     pub current: bool,
+    /// The pending key has a valid record.
     pub pending: bool,
     pub bootstrap_flag: bool,
+    /// One of the records is there but is not a valid Sirius record of its key.
+    pub malformed: bool,
+    /// The operator's own state entry is there: Valkey was not flushed or restarted empty, so a
+    /// missing record was deleted on its own (a revocation in Sirius).
+    pub valkey_intact: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -493,12 +500,26 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
             b.status.phase = Some(Phase::Pending);
             return b.plan(Action::StatusOnly, None);
         }
+        if ever_ready(o)
+            && o.records.valkey_intact
+            && !o.records.malformed
+            && o.spec.external_revocation == ExternalRevocation::Rotate
+            && !o.spec.suspend
+        {
+            return revoked_externally(o, vault, b);
+        }
         let event = if ever_ready(o) {
-            // It was registered before: Valkey lost it (flush, restart without persistence).
+            // It was registered before: Valkey lost it (flush, restart without persistence), or
+            // it was overwritten with something that is no record of the key.
+            let what = if o.records.malformed {
+                "was not a valid Sirius record"
+            } else {
+                "was gone"
+            };
             warning(
                 "ValkeyStateRestored",
                 format!(
-                    "The Valkey record of the active key {} was gone; wrote it back.",
+                    "The Valkey record of the active key {} {what}; wrote it back.",
                     vault.current.short()
                 ),
             )
@@ -688,6 +709,28 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
     }
 }
 
+pub const KEY_REVOKED_EXTERNALLY: &str = "KeyRevokedExternally";
+
+/// The active key's record was deleted while Valkey kept everything else: someone revoked the
+/// key in Sirius (a leak). That is honoured: the key is not written back, and a rotation starts
+/// at once, maintenance windows or not, so consumers move to a new key.
+fn revoked_externally(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
+    let revision = o.status.revision + 1;
+    let trigger = KEY_REVOKED_EXTERNALLY.to_string();
+    b.status.current_rotation = Some(RotationProgress {
+        outside_windows: true,
+        old_key_revoked_externally: true,
+        ..new_rotation(o, revision, trigger, None, &vault.current)
+    });
+    b.status.phase = Some(Phase::Rotating);
+    let message = format!(
+        "The Valkey record of the active key {} was deleted while Valkey kept its other data (revoked in Sirius?). It is not restored; rotation {revision} starts now, outside maintenance windows (spec.externalRevocation: Restore writes such a record back instead).",
+        vault.current.short()
+    );
+    b.condition(ROTATING, true, "Mint", message.clone());
+    b.plan(Action::StatusOnly, warning(KEY_REVOKED_EXTERNALLY, message))
+}
+
 /// When the next automatic rotation is due after a rotation (or activation) at `active_since`,
 /// and when it can start (the first instant a maintenance window allows).
 fn next_rotation(
@@ -778,7 +821,7 @@ fn rotating(
     // The old key stays valid until it is revoked: restore its record first if it was lost.
     // (During a rollback `revokedAt` tracks the new key's removal; the old key stays.)
     let revoking = r.revoked_at.is_some() && r.rolling_back.is_none();
-    if !o.records.current && !revoking && !vault.current_raw_lost {
+    if !o.records.current && !revoking && !vault.current_raw_lost && !r.old_key_revoked_externally {
         b.status.current_rotation = Some(r);
         return b.plan(
             Action::Register {
@@ -1899,6 +1942,7 @@ mod tests {
                 current: true,
                 pending: false,
                 bootstrap_flag: false,
+                ..Default::default()
             },
         }
     }

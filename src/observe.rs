@@ -2,9 +2,10 @@
 //! Deployments and the Valkey records. The raw keys stay here, behind [`RawKey`]; the machine only
 //! sees their ids.
 
+use crate::crd::ValkeyConnection;
 use crate::crd::{ApiKeyRotation, ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION};
 use crate::key::{KeyId, RawKey};
-use crate::keystore::{KeyStore, KeyStoreError};
+use crate::keystore::{KeyStore, KeyStoreError, RecordState, state_key};
 use crate::machine::{ConsumerView, RecordView, TargetView, VaultView};
 use crate::rollout::rollout_state;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -124,7 +125,8 @@ pub fn target_view(d: Option<&Deployment>) -> TargetView {
 
 pub async fn record_view(
     store: &KeyStore,
-    prefix: &str,
+    spec: &ValkeyConnection,
+    owner: &str,
     vault: Option<&Vault>,
 ) -> Result<RecordView, KeyStoreError> {
     let Some(vault) = vault else {
@@ -136,10 +138,18 @@ pub async fn record_view(
     if let Some(p) = &pending {
         ids.push(p);
     }
-    let found = store.records_exist(prefix, &ids).await?;
+    // The operator's own state entry lives in the same database: while it is there, Valkey
+    // was neither flushed nor restarted empty.
+    let state = state_key(&spec.operator_prefix, owner);
+    let read = store
+        .read_records(&spec.record_prefix, &ids, &state)
+        .await?;
+    let valid = |i: usize| read.records.get(i) == Some(&RecordState::Valid);
     Ok(RecordView {
-        current: found[0],
-        pending: pending.is_some() && found[1],
-        bootstrap_flag: found[found.len() - 1],
+        current: valid(0),
+        pending: pending.is_some() && valid(1),
+        bootstrap_flag: read.bootstrap_flag,
+        malformed: read.records.contains(&RecordState::Malformed),
+        valkey_intact: read.also_exists,
     })
 }

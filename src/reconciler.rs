@@ -658,7 +658,8 @@ impl<'a> Reconciliation<'a> {
                 return Ok((c.view, true));
             }
         }
-        let view = observe::record_view(store, &self.akr.spec.valkey.record_prefix, vault).await?;
+        let view =
+            observe::record_view(store, &self.akr.spec.valkey, &key_of(self.akr), vault).await?;
         self.ctx.records.lock().unwrap().insert(
             key_of(self.akr),
             CachedRecords {

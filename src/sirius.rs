@@ -25,6 +25,25 @@ pub fn record_json(
     )
 }
 
+/// Whether `value` is a Sirius record of the key `id`: a JSON object whose `id` is that id and
+/// whose other fields are strings (the API rewrites `last_used_at`; it keeps the shape).
+pub fn is_record_of(value: &str, id: &KeyId) -> bool {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(value)
+    else {
+        return false;
+    };
+    fields.get("id").and_then(|v| v.as_str()) == Some(id.as_str())
+        && [
+            "label",
+            "prefix",
+            "created_by",
+            "created_at",
+            "last_used_at",
+        ]
+        .iter()
+        .all(|f| fields.get(*f).is_some_and(|v| v.is_string()))
+}
+
 pub fn rfc3339_seconds(t: jiff::Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
@@ -54,6 +73,38 @@ pub fn go_string(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+#[cfg(test)]
+mod record_checks {
+    use super::*;
+
+    #[test]
+    fn only_a_well_formed_record_of_the_same_id_counts() {
+        let key = RawKey::new(format!("sk_{}", "ab".repeat(32)));
+        let id = key.id();
+        let record = record_json(&key, "l", "me", jiff::Timestamp::UNIX_EPOCH);
+        assert!(is_record_of(&record, &id));
+        let used = record.replace(
+            "\"last_used_at\":\"\"",
+            "\"last_used_at\":\"2026-01-01T00:00:00Z\"",
+        );
+        assert!(is_record_of(&used, &id));
+        assert!(!is_record_of(&record, &RawKey::new("other").id()));
+        for bad in [
+            "",
+            "true",
+            "{}",
+            "[1]",
+            "{\"id\":1}",
+            "not json",
+            "{\"id\":\"é\"",
+        ] {
+            assert!(!is_record_of(bad, &id), "{bad}");
+        }
+        let missing_field = record.replace(",\"label\":\"l\"", "");
+        assert!(!is_record_of(&missing_field, &id));
+    }
 }
 
 #[cfg(test)]

@@ -163,8 +163,9 @@ async fn a_vault_deleted_before_the_switch_leaves_no_orphan_key_valid() {
         akr_status(&sim)["phase"] == "Ready"
     })
     .await;
-    // The switch (an apply of the consumers' Secret) keeps failing for a while.
-    sim.inject_faults("patch", "secrets", 1_000, 503);
+    // The switch (an apply of the consumers' Secret) keeps failing for a while (500: kube's
+    // client retries a 503 by itself).
+    sim.inject_faults("patch", "secrets", 1_000, 500);
     request_rotation(&sim, "now");
     let mut first_new = String::new();
     wait_for(Duration::from_secs(20), "the new key registered", || {
@@ -327,6 +328,127 @@ async fn a_write_someone_keeps_undoing_is_reported_and_backed_off() {
         .unwrap();
     operator.abort();
     assert!(!valkey.exists(&format!("apikey:{}", old.id())));
+}
+
+/// A key revoked in Sirius itself (one record deleted, Valkey otherwise intact: a leaked key
+/// deleted in the UI) is a revocation, not data loss: it is never written back, and a rotation
+/// starts at once although no maintenance window is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_in_sirius_itself_is_honoured_and_replaced_at_once() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = old_key();
+    // A window that is closed but for one minute a year.
+    let windows = json!({"maintenanceWindows": [{"start": "0 3 1 1 *", "durationMinutes": 1}]});
+    install_sirius(&sim, &valkey.url(), &old, 1, None, windows).await;
+    let operator = spawn_operator_with_resync(&sim, Duration::from_secs(3600));
+    let record = format!("apikey:{}", old.id());
+    wait_for(Duration::from_secs(10), "Ready", || {
+        akr_status(&sim)["phase"] == "Ready" && valkey.exists(&record)
+    })
+    .await;
+    wait_for(Duration::from_secs(5), "the change feed", || {
+        !valkey.change_feeds().is_empty()
+    })
+    .await;
+    valkey.del(&record);
+    let mut came_back = false;
+    tokio::time::timeout(Duration::from_secs(45), async {
+        while !(akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready") {
+            came_back |= valkey.exists(&record);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the rotation the revocation started finishes");
+    operator.abort();
+    assert!(!came_back, "the revoked key's record was written back");
+    let revoked = event(&sim, "KeyRevokedExternally");
+    assert_eq!(revoked["type"], "Warning");
+    let new = RawKey::new(secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
+    assert_ne!(new, old);
+    assert!(valkey.exists(&format!("apikey:{}", new.id())));
+    assert!(
+        !event_reasons(&sim)
+            .iter()
+            .any(|r| r == "ValkeyStateRestored")
+    );
+}
+
+/// A record that exists but is no Sirius record of its key (malformed JSON, another id, another
+/// Valkey type) counts as missing and is rewritten; a malformed history never blocks a finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_checked_not_only_counted() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    let old = old_key();
+    install_sirius(&sim, &valkey.url(), &old, 1, None, json!({})).await;
+    let operator = spawn_operator_with_resync(&sim, Duration::from_secs(1));
+    let record = format!("apikey:{}", old.id());
+    wait_for(Duration::from_secs(10), "Ready", || {
+        akr_status(&sim)["phase"] == "Ready" && valkey.exists(&record)
+    })
+    .await;
+    let valid = |valkey: &Valkey| {
+        let mut conn = valkey.conn();
+        let value: Result<Option<String>, _> = redis::cmd("GET").arg(&record).query(&mut conn);
+        value
+            .ok()
+            .flatten()
+            .is_some_and(|v| apikey_rotator::sirius::is_record_of(&v, &old.id()))
+    };
+    for (what, value) in [
+        ("malformed JSON", "{\"id\":"),
+        (
+            "another key's record",
+            "{\"id\":\"00\",\"label\":\"l\",\"prefix\":\"p\",\"created_by\":\"c\",\"created_at\":\"t\",\"last_used_at\":\"\"}",
+        ),
+    ] {
+        valkey.set(&record, value);
+        wait_for(
+            Duration::from_secs(10),
+            &format!("{what} rewritten"),
+            || valid(&valkey),
+        )
+        .await;
+    }
+    valkey.del(&record);
+    let _: () = redis::cmd("HSET")
+        .arg(&record)
+        .arg("id")
+        .arg(old.id().0)
+        .query(&mut valkey.conn())
+        .unwrap();
+    wait_for(Duration::from_secs(10), "a hash replaced", || {
+        valid(&valkey)
+    })
+    .await;
+    assert!(
+        events(&sim)
+            .iter()
+            .any(|e| e["reason"] == "ValkeyStateRestored"
+                && e["note"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("not a valid Sirius record")),
+        "{:?}",
+        event_reasons(&sim)
+    );
+    // Someone wrote junk into the operator's history: the next rotation still finishes.
+    let history = "apikey-rotator:history:sirius/sirius";
+    let _: () = redis::cmd("HSET")
+        .arg(history)
+        .arg("not-a-revision")
+        .arg("{")
+        .query(&mut valkey.conn())
+        .unwrap();
+    request_rotation(&sim, "now");
+    wait_revision(&sim, 1).await;
+    valkey.del(history);
+    valkey.set(history, "a string, not a hash");
+    request_rotation(&sim, "again");
+    wait_revision(&sim, 2).await;
+    operator.abort();
 }
 
 fn base64_of(s: &str) -> String {

@@ -78,7 +78,14 @@ async fn valkey_data_loss_between_rotations_is_repaired_within_a_resync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_data_loss_is_repaired_from_valkeys_change_feed_without_waiting_for_a_resync() {
     let mut valkey = Valkey::start();
-    let (sim, old) = ready_setup(&valkey.url(), None, json!({})).await;
+    // A deleted record is written back too (by default it would be a revocation: see
+    // adversity::a_key_revoked_in_sirius_itself_is_honoured_and_replaced_at_once).
+    let (sim, old) = ready_setup(
+        &valkey.url(),
+        None,
+        json!({"externalRevocation": "Restore"}),
+    )
+    .await;
     // Sirius v1.0 has started: its record and bootstrap flag are there before the operator.
     let record = format!("apikey:{}", old.id());
     valkey.set(

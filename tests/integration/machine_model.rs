@@ -214,6 +214,7 @@ impl World {
                     .and_then(|v| v.pending.as_ref())
                     .is_some_and(|(p, _)| self.records.contains(&p.0)),
                 bootstrap_flag: false,
+                ..Default::default()
             },
             targets: self
                 .targets

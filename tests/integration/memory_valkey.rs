@@ -121,7 +121,11 @@ async fn operator_session(store: &KeyStore, old: &RawKey, new: &RawKey) -> Vec<S
     replies.push(format!(
         "{:?}",
         store
-            .records_exist("apikey:", &[&old_id, &new_id])
+            .read_records(
+                "apikey:",
+                &[&old_id, &new_id],
+                "apikey-rotator:state:sirius/sirius"
+            )
             .await
             .unwrap()
     ));
@@ -151,7 +155,11 @@ async fn operator_session(store: &KeyStore, old: &RawKey, new: &RawKey) -> Vec<S
     replies.push(format!(
         "{:?}",
         store
-            .records_exist("apikey:", &[&old_id, &new_id])
+            .read_records(
+                "apikey:",
+                &[&old_id, &new_id],
+                "apikey-rotator:state:sirius/sirius"
+            )
             .await
             .unwrap()
     ));
@@ -159,7 +167,11 @@ async fn operator_session(store: &KeyStore, old: &RawKey, new: &RawKey) -> Vec<S
     replies.push(format!(
         "{:?}",
         store
-            .records_exist("apikey:", &[&old_id, &new_id])
+            .read_records(
+                "apikey:",
+                &[&old_id, &new_id],
+                "apikey-rotator:state:sirius/sirius"
+            )
             .await
             .unwrap()
     ));

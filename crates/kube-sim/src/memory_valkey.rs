@@ -162,6 +162,15 @@ fn execute(args: &[Vec<u8>], data: &Data) -> Reply {
             Some(Entry::String(value)) => Reply::Bulk(value.clone()),
             Some(Entry::Hash(_)) => Reply::Error(WRONG_TYPE.into()),
         },
+        // Valkey answers nil for a key that holds no string.
+        ("MGET", n) if n >= 1 => Reply::Array(
+            rest.iter()
+                .map(|k| match data.get(k) {
+                    Some(Entry::String(value)) => Reply::Bulk(value.clone()),
+                    _ => Reply::Nil,
+                })
+                .collect(),
+        ),
         ("SET", n) if n >= 2 => set(&mut data, rest),
         ("DEL", n) if n >= 1 => {
             Reply::Integer(rest.iter().filter(|k| data.remove(*k).is_some()).count() as i64)
@@ -223,8 +232,8 @@ fn execute(args: &[Vec<u8>], data: &Data) -> Reply {
             Reply::Ok
         }
         (
-            "PING" | "SELECT" | "EXISTS" | "GET" | "SET" | "DEL" | "HSET" | "HKEYS" | "HGETALL"
-            | "HDEL" | "KEYS" | "DBSIZE",
+            "PING" | "SELECT" | "EXISTS" | "GET" | "MGET" | "SET" | "DEL" | "HSET" | "HKEYS"
+            | "HGETALL" | "HDEL" | "KEYS" | "DBSIZE",
             _,
         ) => wrong_arity(&name),
         _ => Reply::Error(format!(
