@@ -189,9 +189,14 @@ impl Default for KeyFormat {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new(
-    "!self.operatorPrefix.startsWith(self.recordPrefix) && !self.recordPrefix.startsWith(self.operatorPrefix)"
-).message("operatorPrefix and recordPrefix must not overlap: Sirius would list the operator's state as keys"))]
+#[x_kube(
+    validation = Rule::new(
+        "!self.operatorPrefix.startsWith(self.recordPrefix) && !self.recordPrefix.startsWith(self.operatorPrefix)"
+    ).message("operatorPrefix and recordPrefix must not overlap: Sirius would list the operator's state as keys"),
+    validation = Rule::new(
+        "!has(self.tls) || self.url.startsWith('rediss://') || self.url.startsWith('valkeys://')"
+    ).message("tls needs a rediss:// or valkeys:// URL")
+)]
 pub struct ValkeyConnection {
     /// `redis://`, `rediss://` (TLS), `valkey://` or `valkeys://` (TLS) URL, host and port, and
     /// optionally the database (Sirius uses 0).

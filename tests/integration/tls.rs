@@ -116,9 +116,39 @@ fn current_key(sim: &kube_sim::Sim) -> RawKey {
     RawKey::new(secret_value(sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap())
 }
 
-/// No certificate or key PEM in status or Events.
-fn assert_no_pem_shown(sim: &kube_sim::Sim, pems: &[&str]) {
-    let shown = format!("{} {:?}", akr_status(sim), events(sim));
+/// Every log line of the process (trace level), for the leak check.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn install() -> Self {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+            .with_writer(move || writer.clone())
+            .init();
+        logs
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// No certificate or key PEM in status, Events (or `more`, the captured logs).
+fn assert_no_pem_shown(sim: &kube_sim::Sim, pems: &[&str], more: &str) {
+    let shown = format!("{} {:?} {more}", akr_status(sim), events(sim));
     assert!(!shown.contains("-----BEGIN"), "{shown}");
     for pem in pems {
         for line in pem.lines().filter(|l| !l.starts_with("-----")) {
@@ -199,7 +229,7 @@ async fn a_server_certificate_from_another_ca_is_refused() {
     assert!(valkey.keys().is_empty(), "{}", valkey.dump());
     assert_eq!(current_key(&sim), old);
     assert_eq!(degraded_reason(&sim).as_deref(), Some("ValkeyUnavailable"));
-    assert_no_pem_shown(&sim, &[&unrelated.pem]);
+    assert_no_pem_shown(&sim, &[&unrelated.pem], "");
 
     // The CA was the only thing wrong: with the right one in the Secret the rotation goes on.
     sim.merge_patch_object(
@@ -217,9 +247,11 @@ async fn a_server_certificate_from_another_ca_is_refused() {
 
 /// A server that asks for a client certificate (`--tls-auth-clients yes`) refuses the operator
 /// until `certSecretRef` names one (here a cert-manager-shaped Secret: `tls.crt`, `tls.key` and
-/// `ca.crt`, also used as the CA); then the rotation finishes.
+/// `ca.crt`, also used as the CA); then the rotation finishes. No PEM reaches the logs, Events or
+/// status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_needs_the_client_certificate_from_cert_secret_ref() {
+    let logs = Captured::install();
     let ca = Ca::new("sirius private CA");
     let client = ca.client();
     let (valkey, _certs) = tls_valkey(&ca, Some(&client));
@@ -265,7 +297,12 @@ async fn mutual_tls_needs_the_client_certificate_from_cert_secret_ref() {
         "{}",
         valkey.dump()
     );
-    assert_no_pem_shown(&sim, &[&client.key, &client.cert]);
+    let logs = logs.text();
+    assert!(
+        logs.lines().count() > 50,
+        "the log capture saw too little to prove anything"
+    );
+    assert_no_pem_shown(&sim, &[&client.key, &client.cert], &logs);
 }
 
 /// A CA Secret that is missing, then holds no PEM, is reported by name (never a panic, nothing
@@ -316,4 +353,20 @@ async fn a_missing_or_unreadable_ca_secret_is_reported_by_name() {
     wait_revision(&sim, 1).await;
     operator.abort();
     assert!(valkey.exists(&format!("apikey:{}", current_key(&sim).id())));
+}
+
+/// `tls` on a plain `redis://` URL is refused when it is applied (the CRD's CEL rule).
+#[tokio::test]
+async fn tls_on_a_plain_url_is_refused_by_the_api() {
+    let sim = start_sim().await;
+    let tls = json!({"valkey": {"tls": {"caSecretRef": {"name": "sirius-valkey-ca"}}}});
+    let e = sim
+        .create_object(rotation("redis://sirius-valkey:6379/0", tls.clone()))
+        .unwrap_err();
+    assert!(
+        e.contains("spec.valkey") && e.contains("tls needs a rediss:// or valkeys:// URL"),
+        "{e}"
+    );
+    sim.create_object(rotation("valkeys://sirius-valkey:6379/0", tls))
+        .unwrap();
 }
