@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs valkey-server from Debian bookworm-backports when it is missing.
 # Tests start their own server on a free loopback port; this only makes the binary available.
+# Debian's build has TLS built in (tests/integration/tls.rs starts TLS-only servers); the tests
+# make their certificates themselves (rcgen), so no openssl is needed.
 set -euo pipefail
 
 if command -v valkey-server >/dev/null 2>&1; then

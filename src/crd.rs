@@ -197,9 +197,14 @@ impl Default for KeyFormat {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new(
-    "!self.operatorPrefix.startsWith(self.recordPrefix) && !self.recordPrefix.startsWith(self.operatorPrefix)"
-).message("operatorPrefix and recordPrefix must not overlap: Sirius would list the operator's state as keys"))]
+#[x_kube(
+    validation = Rule::new(
+        "!self.operatorPrefix.startsWith(self.recordPrefix) && !self.recordPrefix.startsWith(self.operatorPrefix)"
+    ).message("operatorPrefix and recordPrefix must not overlap: Sirius would list the operator's state as keys"),
+    validation = Rule::new(
+        "!has(self.tls) || self.url.startsWith('rediss://') || self.url.startsWith('valkeys://')"
+    ).message("tls needs a rediss:// or valkeys:// URL")
+)]
 pub struct ValkeyConnection {
     /// `redis://`, `rediss://` (TLS), `valkey://` or `valkeys://` (TLS) URL, host and port, and
     /// optionally the database (Sirius uses 0).
@@ -219,9 +224,59 @@ pub struct ValkeyConnection {
     #[serde(default = "default_operator_prefix")]
     #[schemars(length(min = 1, max = 64))]
     pub operator_prefix: String,
-    /// Accept a TLS server certificate that does not verify (test set-ups only).
+    /// TLS with a private CA (cert-manager's, an in-house one) and, for mutual TLS, a client
+    /// certificate. Needs a `rediss://` or `valkeys://` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ValkeyTls>,
+    /// Accept a TLS server certificate that does not verify: UNSAFE, for test set-ups only (anyone
+    /// on the path can then read the records and the password). It overrides `tls.caSecretRef`; a
+    /// client certificate from `tls.certSecretRef` is still presented.
     #[serde(default)]
     pub insecure_skip_tls_verify: bool,
+}
+
+/// What the Valkey TLS client trusts and presents. The server certificate must name the URL's
+/// host: the redis client (redis-rs 1.8) verifies the name it connects to and has no setting for
+/// another one (its TLS server name is always the URL's host, and its connection manager takes
+/// no custom resolver), so there is no `serverName` field; use a URL host the certificate names
+/// (for example the Service's DNS name, `sirius-valkey.sirius.svc`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValkeyTls {
+    /// Secret (in this namespace) holding a PEM bundle of the CA certificate(s) to trust instead
+    /// of the public (webpki) roots. Without it the public roots are trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<CaSecretRef>,
+    /// Secret (in this namespace) holding the client certificate chain and private key, PEM, for
+    /// mutual TLS (`--tls-auth-clients yes`). Shaped like a `kubernetes.io/tls` Secret by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret_ref: Option<ClientCertSecretRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Data key of the PEM bundle (cert-manager writes the issuing CA to `ca.crt`).
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertSecretRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Data key of the PEM certificate chain.
+    #[serde(default = "default_cert_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub cert_key: String,
+    /// Data key of the PEM private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default = "default_private_key_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key_key: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -401,6 +456,15 @@ fn default_record_prefix() -> String {
 }
 fn default_operator_prefix() -> String {
     "apikey-rotator:".into()
+}
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+fn default_cert_key() -> String {
+    "tls.crt".into()
+}
+fn default_private_key_key() -> String {
+    "tls.key".into()
 }
 fn default_progress_deadline() -> u32 {
     600

@@ -4,9 +4,11 @@
 
 use crate::key::{KeyId, RawKey};
 use crate::sirius;
+use crate::valkey_tls::TlsMaterial;
 use crate::valkey_watch::OwnChanges;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::fmt;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +37,22 @@ pub struct RecordsRead {
 }
 
 /// Where a rotation's records live.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub url: String,
     pub password: Option<String>,
     pub insecure_skip_tls_verify: bool,
+    /// The CA to trust and the client certificate, from `spec.valkey.tls` (PEM).
+    pub tls: Option<TlsMaterial>,
+}
+
+/// The URL only: the password and TLS keys are never printed.
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone)]
@@ -94,8 +107,14 @@ pub fn client(
     if let Some(password) = &endpoint.password {
         settings = settings.set_password(password);
     }
-    redis::Client::open(info.set_redis_settings(settings))
-        .map_err(|e| KeyStoreError::InvalidUrl(e.to_string()))
+    let info = info.set_redis_settings(settings);
+    match &endpoint.tls {
+        None => redis::Client::open(info).map_err(|e| KeyStoreError::InvalidUrl(e.to_string())),
+        // The CA replaces the public roots; the client certificate is presented when asked for.
+        // The PEM was checked when it was read (crate::valkey_tls), so a failure here is the URL.
+        Some(tls) => redis::Client::build_with_tls(info, tls.certificates())
+            .map_err(|e| KeyStoreError::InvalidUrl(e.to_string())),
+    }
 }
 
 impl KeyStore {
@@ -106,7 +125,9 @@ impl KeyStore {
             .set_response_timeout(Some(Duration::from_secs(3)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(crate::valkey_tls::explain)?;
         Ok(Self {
             conn,
             own_changes: None,

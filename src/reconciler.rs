@@ -63,6 +63,9 @@ pub enum Error {
     Corrupt(String),
     #[error("Valkey password: {0}")]
     Password(String),
+    /// `spec.valkey.tls`: a missing Secret or key, or PEM that does not parse (never its content).
+    #[error("Valkey TLS: {0}")]
+    ValkeyTls(String),
     #[error(transparent)]
     Undone(#[from] backoff::Undone),
 }
@@ -90,7 +93,9 @@ impl Error {
     pub fn is_valkey(&self) -> bool {
         matches!(
             self,
-            Error::KeyStore(KeyStoreError::Unavailable(_)) | Error::Password(_)
+            Error::KeyStore(KeyStoreError::Unavailable(_))
+                | Error::Password(_)
+                | Error::ValkeyTls(_)
         )
     }
 
@@ -115,9 +120,9 @@ impl Error {
         match self {
             Error::Kube(_) => "KubernetesApiError",
             Error::KeyStore(KeyStoreError::InvalidUrl(_)) => "InvalidSpec",
-            Error::KeyStore(KeyStoreError::Unavailable(_)) | Error::Password(_) => {
-                "ValkeyUnavailable"
-            }
+            Error::KeyStore(KeyStoreError::Unavailable(_))
+            | Error::Password(_)
+            | Error::ValkeyTls(_) => "ValkeyUnavailable",
             Error::Random(_) => "RandomSourceFailed",
             Error::Corrupt(_) => "VaultCorrupt",
             Error::Undone(_) => "WriteUndone",
@@ -358,7 +363,9 @@ impl<'a> Reconciliation<'a> {
                 return outcome;
             }
             let message = match e {
-                Error::KeyStore(KeyStoreError::Unavailable(_)) | Error::Password(_) => {
+                Error::KeyStore(KeyStoreError::Unavailable(_))
+                | Error::Password(_)
+                | Error::ValkeyTls(_) => {
                     format!("{e}. No step that needs Valkey goes ahead; retrying with back-off.")
                 }
                 _ => format!("{e}; retrying with back-off."),
@@ -473,10 +480,15 @@ impl<'a> Reconciliation<'a> {
                 Some(value.expose().to_string())
             }
         };
+        let tls = match &v.tls {
+            None => None,
+            Some(tls) => Some(crate::valkey_tls::read(&self.secrets, tls).await?),
+        };
         Ok(Endpoint {
             url: v.url.clone(),
             password,
             insecure_skip_tls_verify: v.insecure_skip_tls_verify,
+            tls,
         })
     }
 

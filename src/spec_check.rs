@@ -92,6 +92,13 @@ pub fn problems(spec: &ApiKeyRotationSpec) -> Vec<String> {
                 .to_string(),
         );
     }
+    if spec.valkey.tls.is_some()
+        && !["rediss://", "valkeys://"]
+            .iter()
+            .any(|s| spec.valkey.url.starts_with(s))
+    {
+        out.push("spec.valkey.tls: needs a rediss:// or valkeys:// URL".to_string());
+    }
     let (records, own) = (&spec.valkey.record_prefix, &spec.valkey.operator_prefix);
     if records.is_empty() || own.is_empty() {
         out.push("spec.valkey: recordPrefix and operatorPrefix must not be empty".to_string());
@@ -199,6 +206,10 @@ mod tests {
             (
                 Box::new(|s| s.valkey.url = "redis://".into()),
                 "spec.valkey.url",
+            ),
+            (
+                Box::new(|s| s.valkey.tls = Some(Default::default())),
+                "spec.valkey.tls: needs a rediss://",
             ),
             (
                 Box::new(|s| s.valkey.operator_prefix = "apikey:rotator:".into()),

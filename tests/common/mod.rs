@@ -20,6 +20,8 @@ pub const NS: &str = "sirius";
 pub struct Valkey {
     server: kube_sim::valkey::ValkeyServer,
     pub port: u16,
+    /// For a TLS-only server: what the test's own connections trust and present.
+    tls: Option<redis::TlsCertificates>,
 }
 
 impl Valkey {
@@ -27,7 +29,27 @@ impl Valkey {
         let server = kube_sim::valkey::ValkeyServer::start()
             .expect("valkey-server must be installed (scripts/ensure-valkey.sh)");
         let port = server.port;
-        Self { server, port }
+        Self {
+            server,
+            port,
+            tls: None,
+        }
+    }
+
+    /// A TLS-only server (see `ValkeyServer::start_tls`); the test connects with `client`.
+    pub fn start_tls(
+        cert_dir: &std::path::Path,
+        auth_clients: bool,
+        client: redis::TlsCertificates,
+    ) -> Self {
+        let server = kube_sim::valkey::ValkeyServer::start_tls(cert_dir, auth_clients)
+            .expect("valkey-server with TLS must be installed (scripts/ensure-valkey.sh)");
+        let port = server.port;
+        Self {
+            server,
+            port,
+            tls: Some(client),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -45,10 +67,13 @@ impl Valkey {
     }
 
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
+        match &self.tls {
+            None => redis::Client::open(self.url()),
+            Some(tls) => redis::Client::build_with_tls(self.url(), tls.clone()),
+        }
+        .unwrap()
+        .get_connection()
+        .unwrap()
     }
 
     pub fn get(&self, key: &str) -> Option<String> {

@@ -21,5 +21,6 @@ mod metrics_gate;
 mod rotation;
 mod schedule;
 mod stand_in;
+mod tls;
 mod verification;
 mod zero_downtime;

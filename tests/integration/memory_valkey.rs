@@ -190,6 +190,7 @@ async fn the_operators_key_store_sessions_leave_the_same_data() {
             url: url.clone(),
             password: None,
             insecure_skip_tls_verify: false,
+            tls: None,
         })
         .await
         .unwrap();

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,11 +11,34 @@ pub struct ValkeyServer {
     child: Child,
     pub port: u16,
     dir: PathBuf,
+    tls: Option<Tls>,
+}
+
+/// A TLS-only server's certificates: `server.crt`, `server.key` and `ca.crt` (the CA clients'
+/// certificates are checked against) in one directory.
+#[derive(Clone)]
+struct Tls {
+    cert_dir: PathBuf,
+    auth_clients: bool,
 }
 
 impl ValkeyServer {
     /// Starts one; a missing `valkey-server` binary is an error, never a silent skip.
     pub fn start() -> std::io::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Starts one that speaks TLS only (`--port 0 --tls-port`), with `server.crt`, `server.key`
+    /// and `ca.crt` from `cert_dir`; `auth_clients` asks clients for a certificate the CA signed
+    /// (mutual TLS). Its URL is `rediss://127.0.0.1:<port>/0`.
+    pub fn start_tls(cert_dir: &Path, auth_clients: bool) -> std::io::Result<Self> {
+        Self::start_with(Some(Tls {
+            cert_dir: cert_dir.to_path_buf(),
+            auth_clients,
+        }))
+    }
+
+    fn start_with(tls: Option<Tls>) -> std::io::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "kube-sim-valkey-{}-{}",
             std::process::id(),
@@ -25,11 +48,12 @@ impl ValkeyServer {
         let mut last = None;
         for _ in 0..5 {
             let port = free_port()?;
-            let child = spawn(port, &dir)?;
+            let child = spawn(port, &dir, tls.as_ref())?;
             let mut server = Self {
                 child,
                 port,
                 dir: dir.clone(),
+                tls: tls.clone(),
             };
             if server.wait_ready() {
                 return Ok(server);
@@ -43,7 +67,12 @@ impl ValkeyServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// Kills the server; its data, kept only in memory, is lost.
@@ -66,7 +95,7 @@ impl ValkeyServer {
     /// Starts an empty server on the same port again.
     pub fn restart(&mut self) -> std::io::Result<()> {
         self.stop();
-        self.child = spawn(self.port, &self.dir)?;
+        self.child = spawn(self.port, &self.dir, self.tls.as_ref())?;
         if self.wait_ready() {
             Ok(())
         } else {
@@ -83,7 +112,13 @@ impl ValkeyServer {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if ping(self.port) {
+            // A TLS port cannot answer a plain PING: accepting connections is enough there.
+            let ready = if self.tls.is_some() {
+                TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            } else {
+                ping(self.port)
+            };
+            if ready {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -105,18 +140,25 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-fn spawn(port: u16, dir: &PathBuf) -> std::io::Result<Child> {
-    Command::new("valkey-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+fn spawn(port: u16, dir: &PathBuf, tls: Option<&Tls>) -> std::io::Result<Child> {
+    let mut command = Command::new("valkey-server");
+    match tls {
+        None => command.args(["--port", &port.to_string()]),
+        Some(tls) => command
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(tls.cert_dir.join("server.crt"))
+            .arg("--tls-key-file")
+            .arg(tls.cert_dir.join("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(tls.cert_dir.join("ca.crt"))
+            .args([
+                "--tls-auth-clients",
+                if tls.auth_clients { "yes" } else { "no" },
+            ]),
+    };
+    command
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())
