@@ -21,6 +21,7 @@ pub mod observe;
 pub mod operator;
 pub mod probe;
 pub mod reconciler;
+pub mod redact;
 pub mod rollout;
 pub mod schedule;
 pub mod server;

@@ -1024,7 +1024,8 @@ fn rotating(
                         METRICS_GATE_FAILED,
                         format!(
                             "the metrics gate read {value} (over {}) during the validation window: {}",
-                            gate.threshold, gate.query
+                            gate.threshold,
+                            crate::redact::text(&gate.query)
                         ),
                     );
                 }
@@ -1243,7 +1244,8 @@ fn accepted(v: &Verification, outcome: &ProbeOutcome) -> Result<u16, String> {
         Ok(code) if v.accepted_status_codes.contains(code) => Ok(*code),
         Ok(code) => Err(format!(
             "{} answered HTTP {code} (accepted: {:?})",
-            v.url, v.accepted_status_codes
+            crate::redact::url(&v.url),
+            v.accepted_status_codes
         )),
         Err(why) => Err(why.clone()),
     }

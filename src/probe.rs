@@ -2,6 +2,7 @@
 //! The key goes out in a header marked sensitive and is never logged or returned.
 
 use crate::key::RawKey;
+use crate::redact;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_rustls::HttpsConnector;
@@ -66,12 +67,13 @@ impl Prober {
         target: &str,
         timeout: Duration,
     ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let target = redact::url(target);
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => Err(format!(
                 "no answer from {target} within {}s",
                 timeout.as_secs()
             )),
-            Ok(Err(e)) => Err(format!("request to {target} failed: {e}")),
+            Ok(Err(e)) => Err(redact::text(&format!("request to {target} failed: {e}"))),
             Ok(Ok(response)) => Ok(response),
         }
     }
@@ -88,7 +90,7 @@ impl Prober {
             &format!("{}/api/v1/query", base.trim_end_matches('/')),
             &[("query", query)],
         )
-        .map_err(|e| format!("bad Prometheus URL {base}: {e}"))?;
+        .map_err(|e| format!("bad Prometheus URL {}: {e}", redact::url(base)))?;
         let request = http::Request::get(url.as_str())
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("bad query request: {e}"))?;
@@ -102,10 +104,10 @@ impl Prober {
         let answer: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| format!("Prometheus answered HTTP {status} with no JSON: {e}"))?;
         if answer["status"] != "success" {
-            return Err(format!(
+            return Err(redact::text(&format!(
                 "Prometheus refused the query: {}",
                 answer["error"].as_str().unwrap_or("(no error text)")
-            ));
+            )));
         }
         let data = &answer["data"];
         let sample = match data["resultType"].as_str() {

@@ -190,14 +190,14 @@ async fn follow(feed: Feed, feeds: Weak<Mutex<HashMap<FeedKey, JoinHandle<()>>>>
     loop {
         match feed.session(&mut connected_before, &mut backoff).await {
             Ended::Unsupported(why) => {
-                tracing::warn!(%url, %why, "Valkey does not push changes; data loss is found at the next resync");
+                tracing::warn!(url = %crate::redact::url(url), why = %crate::redact::text(&why), "Valkey does not push changes; data loss is found at the next resync");
                 return;
             }
             Ended::Disconnected(why) => {
-                tracing::debug!(%url, %why, ?backoff, "Valkey change feed lost; reconnecting");
+                tracing::debug!(url = %crate::redact::url(url), why = %crate::redact::text(&why), ?backoff, "Valkey change feed lost; reconnecting");
             }
             Ended::PasswordRefused => {
-                tracing::debug!(%url, "Valkey refused this feed's password; ending it");
+                tracing::debug!(url = %crate::redact::url(url), "Valkey refused this feed's password; ending it");
                 if let Some(feeds) = feeds.upgrade() {
                     feeds
                         .lock()
@@ -260,7 +260,7 @@ impl Feed {
             Err(e) => return Ended::Unsupported(e.to_string()),
         }
         let _following = Following::start(&self.metrics);
-        tracing::debug!(url = %self.endpoint.url, prefix = %self.prefix, "following Valkey's changes");
+        tracing::debug!(url = %crate::redact::url(&self.endpoint.url), prefix = %self.prefix, "following Valkey's changes");
         *backoff = Duration::from_millis(100);
         if *connected_before {
             // The server may have restarted empty while the connection was down.
@@ -312,7 +312,7 @@ impl Feed {
     }
 
     fn report(&self, missing: Option<Vec<String>>) {
-        tracing::debug!(url = %self.endpoint.url, prefix = %self.prefix, ?missing, "Valkey records may be gone");
+        tracing::debug!(url = %crate::redact::url(&self.endpoint.url), prefix = %self.prefix, ?missing, "Valkey records may be gone");
         self.metrics.count_valkey_loss_reported();
         let _ = self.losses.send(Loss {
             url: self.endpoint.url.clone(),
