@@ -125,6 +125,14 @@ pub fn problems(spec: &ApiKeyRotationSpec) -> Vec<String> {
             "spec.rotationIntervalSeconds: {i} is outside 3600..=31536000"
         ));
     }
+    if let Some(v) = &spec.verification
+        && !(1..=100).contains(&v.max_revocations)
+    {
+        out.push(format!(
+            "spec.verification.maxRevocations: {} is outside 1..=100",
+            v.max_revocations
+        ));
+    }
     if let Err(problems) = crate::schedule::Calendar::from_spec(spec) {
         out.extend(problems);
     }
