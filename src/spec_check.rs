@@ -222,6 +222,16 @@ mod tests {
             ),
             (Box::new(|s| s.history_limit = 0), "spec.historyLimit"),
             (
+                Box::new(|s| {
+                    s.schedule = Some(crate::crd::Schedule {
+                        cron: "0 0 30 2 *".into(),
+                        time_zone: "UTC".into(),
+                        jitter_seconds: 0,
+                    })
+                }),
+                "does not occur in every year",
+            ),
+            (
                 Box::new(|s| s.secret.name = "UPPER".into()),
                 "spec.secret.name",
             ),
