@@ -56,7 +56,7 @@ impl Prober {
         let mut value = http::HeaderValue::from_str(key.expose())
             .map_err(|_| "the key is not a valid header value".to_string())?;
         value.set_sensitive(true);
-        let request = http::Request::get(url)
+        let request = http::Request::get(without_userinfo(url))
             .header(header, value)
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("bad probe request: {e}"))?;
@@ -97,7 +97,8 @@ impl Prober {
             &[("query", query)],
         )
         .map_err(|e| format!("bad Prometheus URL {}: {e}", redact::url(base)))?;
-        let request = http::Request::get(url.as_str())
+        let url = without_userinfo(url.as_str());
+        let request = http::Request::get(url)
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("bad query request: {e}"))?;
         let response = self.send(request, base, timeout).await?;
@@ -146,6 +147,19 @@ impl Prober {
             .and_then(|v| v.parse::<f64>().ok())
             .filter(|v| !v.is_nan())
             .ok_or_else(|| format!("no numeric value in {sample}"))
+    }
+}
+
+/// The URL without user name and password: HTTP never sent them (no Basic auth is made from a
+/// URL), and in the request URI they would reach the HTTP client's own trace logs.
+fn without_userinfo(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.into()
+        }
+        _ => url.to_string(),
     }
 }
 

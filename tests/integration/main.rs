@@ -17,6 +17,7 @@ mod machine_model;
 mod memory_valkey;
 mod metrics;
 mod metrics_gate;
+mod redaction;
 mod rotation;
 mod schedule;
 mod stand_in;
