@@ -28,4 +28,5 @@ pub mod server;
 pub mod sirius;
 pub mod spec_check;
 pub mod telemetry;
+pub mod trust;
 pub mod valkey_watch;

@@ -21,5 +21,6 @@ mod redaction;
 mod rotation;
 mod schedule;
 mod stand_in;
+mod trust;
 mod verification;
 mod zero_downtime;
