@@ -195,7 +195,7 @@ impl Default for KeyFormat {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new(
@@ -313,7 +313,7 @@ pub struct MaintenanceWindow {
     pub time_zone: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Verification {
     /// Requested with GET and the key in `header`; for Sirius `http://sirius-api:9001/host/`.
@@ -335,12 +335,55 @@ pub struct Verification {
     #[serde(default = "default_refused_status")]
     #[schemars(range(min = 100, max = 599))]
     pub refused_status_code: u16,
+    /// How often the old key is revoked again while the probe still sees it accepted; then the
+    /// rotation fails with OldKeyStillAccepted.
+    #[serde(default = "default_max_revocations")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_revocations: u32,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+// The URLs may carry credentials (`redis://user:pass@host`): `Debug` prints them redacted.
+
+impl std::fmt::Debug for ValkeyConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValkeyConnection")
+            .field("url", &crate::redact::url(&self.url))
+            .field("password_secret_ref", &self.password_secret_ref)
+            .field("record_prefix", &self.record_prefix)
+            .field("operator_prefix", &self.operator_prefix)
+            .field("insecure_skip_tls_verify", &self.insecure_skip_tls_verify)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verification")
+            .field("url", &crate::redact::url(&self.url))
+            .field("header", &self.header)
+            .field("timeout_seconds", &self.timeout_seconds)
+            .field("accepted_status_codes", &self.accepted_status_codes)
+            .field("refused_status_code", &self.refused_status_code)
+            .field("max_revocations", &self.max_revocations)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for MetricsGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsGate")
+            .field("prometheus_url", &crate::redact::url(&self.prometheus_url))
+            .field("query", &crate::redact::text(&self.query))
+            .field("threshold", &self.threshold)
+            .field("interval_seconds", &self.interval_seconds)
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsGate {
-    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus-operated.monitoring:9090`.
+    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus-operated.monitoring.svc:9090`.
     #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
     pub prometheus_url: String,
     /// An instant query with one numeric result, e.g.
@@ -432,6 +475,9 @@ fn default_accepted_status() -> Vec<u16> {
 }
 fn default_refused_status() -> u16 {
     401
+}
+fn default_max_revocations() -> u32 {
+    5
 }
 fn default_time_zone() -> String {
     "UTC".into()

@@ -8,14 +8,15 @@ use crate::valkey_tls::TlsMaterial;
 use crate::valkey_watch::OwnChanges;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::fmt;
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum KeyStoreError {
-    #[error("Valkey URL is invalid: {0}")]
+    // The redis crate's messages do not quote the URL today; they are redacted anyway, so a
+    // future one that does cannot leak a password.
+    #[error("Valkey URL is invalid: {}", crate::redact::text(.0))]
     InvalidUrl(String),
-    #[error("Valkey is unavailable: {0}")]
+    #[error("Valkey is unavailable: {}", crate::redact::text(&.0.to_string()))]
     Unavailable(#[from] redis::RedisError),
 }
 
@@ -36,6 +37,13 @@ pub struct RecordsRead {
     pub also_exists: bool,
 }
 
+/// As its (redacted) message: the wrapped errors' own `Debug` is not redacted.
+impl std::fmt::Debug for KeyStoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyStoreError({self})")
+    }
+}
+
 /// Where a rotation's records live.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
@@ -46,11 +54,11 @@ pub struct Endpoint {
     pub tls: Option<TlsMaterial>,
 }
 
-/// The URL only: the password and TLS keys are never printed.
-impl fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// Only the redacted URL: the password (in the URL or from a Secret) never prints.
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
-            .field("url", &self.url)
+            .field("url", &crate::redact::url(&self.url))
             .finish_non_exhaustive()
     }
 }
@@ -352,5 +360,41 @@ impl KeyStore {
             let _: i64 = conn.hdel(&key, expired).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_never_prints_its_password() {
+        let endpoint = Endpoint {
+            url: "redis://sirius:in-the-url@valkey:6379/0".into(),
+            password: Some("from-the-secret".into()),
+            insecure_skip_tls_verify: false,
+            tls: None,
+        };
+        let printed = format!("{endpoint:?} {endpoint:#?}");
+        assert!(!printed.contains("in-the-url"), "{printed}");
+        assert!(!printed.contains("from-the-secret"), "{printed}");
+        assert!(
+            printed.contains("redis://sirius:***@valkey:6379/0"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn url_errors_do_not_quote_the_password() {
+        for url in [
+            "redis://u:s3cret@valkey:notaport",
+            "redis://u:s3cret@valkey:6379/notadb",
+            "redis://u:s3cret@",
+            "rediss://u:s3cret@valkey:6379/#s3cret",
+        ] {
+            let e = check_url(url).unwrap_err();
+            let printed = format!("{e} {e:?}");
+            assert!(!printed.contains("s3cret"), "{url}: {printed}");
+        }
     }
 }

@@ -1257,7 +1257,8 @@ fn rotating(
                         METRICS_GATE_FAILED,
                         format!(
                             "the metrics gate read {value} (over {}) during the validation window: {}",
-                            gate.threshold, gate.query
+                            gate.threshold,
+                            crate::redact::text(&gate.query)
                         ),
                     );
                 }
@@ -1430,6 +1431,30 @@ fn rotating(
                         Ok(code) => format!("HTTP {code}"),
                         Err(why) => why.clone(),
                     };
+                    if r.revoke_attempts >= v.max_revocations {
+                        // Bounded: a probe pointed at the wrong API must not loop forever.
+                        let text = format!(
+                            "The API still did not refuse the old key {} after {} revocations ({answer}, expected HTTP {}); stopped revoking it again (spec.verification.maxRevocations). Check that {} is the API that reads this Valkey.",
+                            old.short(),
+                            r.revoke_attempts,
+                            v.refused_status_code,
+                            crate::redact::url(&v.url)
+                        );
+                        let event = b
+                            .degraded_changed(OLD_KEY_STILL_ACCEPTED, &text)
+                            .then(|| warning(OLD_KEY_STILL_ACCEPTED, text.clone()))
+                            .flatten();
+                        b.condition(DEGRADED, true, OLD_KEY_STILL_ACCEPTED, text.clone());
+                        b.condition(ROTATING, true, OLD_KEY_STILL_ACCEPTED, text);
+                        b.status.phase = Some(Phase::Degraded);
+                        b.status.current_rotation = Some(r);
+                        return b.plan(
+                            Action::Wait {
+                                requeue_after: Some(Duration::from_secs(300)),
+                            },
+                            event,
+                        );
+                    }
                     let text = format!(
                         "The API did not refuse the old key {} after its revocation ({answer}, expected HTTP {}); revoked it again.",
                         old.short(),
@@ -1480,7 +1505,8 @@ fn accepted(v: &Verification, outcome: &ProbeOutcome) -> Result<u16, String> {
         Ok(code) if v.accepted_status_codes.contains(code) => Ok(*code),
         Ok(code) => Err(format!(
             "{} answered HTTP {code} (accepted: {:?})",
-            v.url, v.accepted_status_codes
+            crate::redact::url(&v.url),
+            v.accepted_status_codes
         )),
         Err(why) => Err(why.clone()),
     }

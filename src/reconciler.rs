@@ -68,6 +68,8 @@ pub enum Error {
     ValkeyTls(String),
     #[error(transparent)]
     Undone(#[from] backoff::Undone),
+    #[error("Valkey password: {0}")]
+    SecretNotPermitted(String),
 }
 
 impl Error {
@@ -126,6 +128,7 @@ impl Error {
             Error::Random(_) => "RandomSourceFailed",
             Error::Corrupt(_) => "VaultCorrupt",
             Error::Undone(_) => "WriteUndone",
+            Error::SecretNotPermitted(_) => "SecretNotPermitted",
         }
     }
 }
@@ -356,6 +359,16 @@ impl<'a> Reconciliation<'a> {
                 return Ok(Action::requeue(self.ctx.resync));
             }
         }
+        if let Some(secret) = self.secrets.get_opt(&spec.secret.name).await?
+            && let Some(message) = crate::trust::consumer_secret_problem(
+                &secret,
+                &self.akr.name_any(),
+                self.ctx.rotations.iter().flat_map(|s| s.state()),
+            )
+        {
+            self.report_failure("ClaimConflict", &message).await?;
+            return Ok(Action::requeue(self.ctx.resync));
+        }
         let outcome = self.drive().await;
         let failures_so_far = self.ctx.backoffs.failures(&key_of(self.akr));
         if let Err(e) = &outcome {
@@ -474,6 +487,12 @@ impl<'a> Reconciliation<'a> {
                     .get_opt(&r.name)
                     .await?
                     .ok_or_else(|| Error::Password(format!("Secret {} not found", r.name)))?;
+                crate::trust::password_secret_problem(
+                    &secret,
+                    self.akr,
+                    self.ctx.rotations.iter().flat_map(|s| s.state()),
+                )
+                .map_or(Ok(()), |why| Err(Error::SecretNotPermitted(why)))?;
                 let value = observe::secret_value(&secret, &r.key).ok_or_else(|| {
                     Error::Password(format!("Secret {} has no key {}", r.name, r.key))
                 })?;

@@ -25,12 +25,48 @@ struct Recurring {
 }
 
 fn parse_cron(expression: &str, field: &str) -> Result<Cron, String> {
-    CronParser::builder()
+    let cron = CronParser::builder()
         .seconds(Seconds::Disallowed)
         .year(Year::Disallowed)
         .build()
         .parse(expression)
-        .map_err(|e| format!("{field}: {expression:?} is not a five-field cron expression: {e}"))
+        .map_err(|e| format!("{field}: {expression:?} is not a five-field cron expression: {e}"))?;
+    if let Some(year) = a_year_without(&cron) {
+        return Err(format!(
+            "{field}: {expression:?} does not occur in every year (none in {year}); it must run at least once a year"
+        ));
+    }
+    Ok(cron)
+}
+
+/// The years checked for an occurrence: 28 consecutive years hold every kind of year (the
+/// weekday of January 1st, leap or not) until 2100, so an expression that occurs in each of them
+/// occurs in every year.
+const CHECKED_YEARS: std::ops::RangeInclusive<i16> = 2001..=2028;
+
+/// A year in which `cron` never occurs (`0 0 30 2 *` never does, `0 0 29 2 *` only in leap
+/// years), if any. croner would search up to the year 5000 (and back to year 1 for a window) on
+/// each lookup for such an expression; one that occurs every year is always found within two
+/// years, so every lookup of a parsed [`Calendar`] is short. Only dates are checked (at the
+/// first hour and minute the expression allows): hours and minutes occur every day.
+fn a_year_without(cron: &Cron) -> Option<i16> {
+    let p = &cron.pattern;
+    let hour = (0..24).find(|h| p.hour_match(*h).unwrap_or(false))?;
+    let minute = (0..60).find(|m| p.minute_match(*m).unwrap_or(false))?;
+    CHECKED_YEARS.into_iter().find(|year| {
+        let mut day = jiff::civil::date(*year, 1, 1);
+        while day.year() == *year {
+            let at = day.at(hour as i8, minute as i8, 0, 0);
+            if cron.is_time_matching(&at).unwrap_or(false) {
+                return false;
+            }
+            match day.tomorrow() {
+                Ok(next) => day = next,
+                Err(_) => break,
+            }
+        }
+        true
+    })
 }
 
 fn parse_tz(name: &str, field: &str) -> Result<TimeZone, String> {
@@ -326,5 +362,65 @@ mod tests {
             problems[0].contains("spec.schedule.timeZone"),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn expressions_that_skip_a_year_are_refused() {
+        for (cron, why) in [
+            ("0 0 30 2 *", "never (February 30th)"),
+            ("0 0 31 4 *", "never (April 31st)"),
+            ("0 0 29 2 *", "leap years only"),
+            (
+                "0 0 * 2 MON#5",
+                "a fifth Monday in February: some leap years only",
+            ),
+        ] {
+            let problems = Calendar::from_spec(&spec(serde_json::json!({
+                "schedule": {"cron": cron},
+                "maintenanceWindows": [{"start": cron, "durationMinutes": 60}]
+            })))
+            .unwrap_err();
+            assert_eq!(problems.len(), 2, "{cron} ({why}): {problems:?}");
+            assert!(
+                problems[0].starts_with("spec.schedule.cron:")
+                    && problems[0].contains("does not occur in every year"),
+                "{cron}: {problems:?}"
+            );
+            assert!(
+                problems[1].starts_with("spec.maintenanceWindows[0].start:"),
+                "{cron}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rare_but_yearly_expressions_are_kept_and_found_within_a_year() {
+        for (cron, from, next) in [
+            (
+                "0 0 31 12 *",
+                "2026-01-01T00:00:00Z",
+                "2026-12-31T00:00:00Z",
+            ),
+            ("@yearly", "2026-01-01T02:00:00Z", "2027-01-01T00:00:00Z"),
+            ("0 0 L 2 *", "2027-03-01T00:00:00Z", "2028-02-29T00:00:00Z"),
+            // Day of month OR day of week (vixie-cron): every Friday, not only the 13th.
+            (
+                "0 0 13 * FRI",
+                "2026-11-26T00:00:00Z",
+                "2026-11-27T00:00:00Z",
+            ),
+            (
+                "0 0 * * MON#5",
+                "2026-11-26T00:00:00Z",
+                "2026-11-30T00:00:00Z",
+            ),
+        ] {
+            let c = calendar(serde_json::json!({
+                "schedule": {"cron": cron},
+                "maintenanceWindows": [{"start": cron, "durationMinutes": 60}]
+            }));
+            assert_eq!(c.next_scheduled(t(from), "x"), Some(t(next)), "{cron}");
+            assert_eq!(c.next_window_open(t(from)), Some(t(next)), "{cron}");
+        }
     }
 }

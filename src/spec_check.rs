@@ -132,6 +132,26 @@ pub fn problems(spec: &ApiKeyRotationSpec) -> Vec<String> {
             "spec.rotationIntervalSeconds: {i} is outside 3600..=31536000"
         ));
     }
+    if let Some(v) = &spec.verification {
+        out.extend(crate::trust::http_target_problem(
+            "spec.verification.url",
+            &v.url,
+        ));
+    }
+    if let Some(g) = &spec.metrics_gate {
+        out.extend(crate::trust::http_target_problem(
+            "spec.metricsGate.prometheusUrl",
+            &g.prometheus_url,
+        ));
+    }
+    if let Some(v) = &spec.verification
+        && !(1..=100).contains(&v.max_revocations)
+    {
+        out.push(format!(
+            "spec.verification.maxRevocations: {} is outside 1..=100",
+            v.max_revocations
+        ));
+    }
     if let Err(problems) = crate::schedule::Calendar::from_spec(spec) {
         out.extend(problems);
     }
@@ -224,6 +244,47 @@ mod tests {
                 "spec.rotationIntervalSeconds",
             ),
             (Box::new(|s| s.history_limit = 0), "spec.historyLimit"),
+            (
+                Box::new(|s| {
+                    s.schedule = Some(crate::crd::Schedule {
+                        cron: "0 0 30 2 *".into(),
+                        time_zone: "UTC".into(),
+                        jitter_seconds: 0,
+                    })
+                }),
+                "does not occur in every year",
+            ),
+            (
+                Box::new(|s| {
+                    s.verification = Some(
+                        serde_json::from_value(serde_json::json!({"url": "http://8.8.8.8/"}))
+                            .unwrap(),
+                    )
+                }),
+                "spec.verification.url: http://8.8.8.8/ would go in clear text",
+            ),
+            (
+                Box::new(|s| {
+                    s.metrics_gate = Some(
+                        serde_json::from_value(serde_json::json!({
+                            "prometheusUrl": "http://prometheus.example.com", "query": "up", "threshold": 1.0
+                        }))
+                        .unwrap(),
+                    )
+                }),
+                "spec.metricsGate.prometheusUrl",
+            ),
+            (
+                Box::new(|s| {
+                    s.verification = Some(
+                        serde_json::from_value(
+                            serde_json::json!({"url": "https://api", "maxRevocations": 0}),
+                        )
+                        .unwrap(),
+                    )
+                }),
+                "spec.verification.maxRevocations",
+            ),
             (
                 Box::new(|s| s.secret.name = "UPPER".into()),
                 "spec.secret.name",

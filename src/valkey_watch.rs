@@ -254,17 +254,17 @@ async fn follow(feed: Feed, feeds: Weak<Mutex<Feeds>>) {
     loop {
         let retry_after = match feed.session(&mut connected_before, &mut backoff).await {
             Ended::Unsupported(why) => {
-                tracing::warn!(%url, %why, "Valkey does not push changes; data loss is found at the next resync");
+                tracing::warn!(url = %crate::redact::url(url), why = %crate::redact::text(&why), "Valkey does not push changes; data loss is found at the next resync");
                 RETRY_UNSUPPORTED
             }
             Ended::Disconnected(why) => {
-                tracing::debug!(%url, %why, ?backoff, "Valkey change feed lost; reconnecting");
+                tracing::debug!(url = %crate::redact::url(url), why = %crate::redact::text(&why), ?backoff, "Valkey change feed lost; reconnecting");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
             Ended::PasswordRefused => {
-                tracing::debug!(%url, "Valkey refused this feed's password; ending it");
+                tracing::debug!(url = %crate::redact::url(url), "Valkey refused this feed's password; ending it");
                 if connected_before {
                     // The password worked before, so it changed: the rotations reconcile, read
                     // the new one, and start a feed with it. A password that never worked
@@ -326,7 +326,7 @@ impl Feed {
             Err(e) => return Ended::Unsupported(e.to_string()),
         }
         let _following = Following::start(&self.metrics);
-        tracing::debug!(url = %self.endpoint.url, prefix = %self.prefix, "following Valkey's changes");
+        tracing::debug!(url = %crate::redact::url(&self.endpoint.url), prefix = %self.prefix, "following Valkey's changes");
         *backoff = Duration::from_millis(100);
         if *connected_before {
             // The server may have restarted empty while the connection was down.
@@ -378,7 +378,7 @@ impl Feed {
     }
 
     fn report(&self, missing: Option<Vec<String>>, reconnected: bool) {
-        tracing::debug!(url = %self.endpoint.url, prefix = %self.prefix, ?missing, "Valkey records may be gone");
+        tracing::debug!(url = %crate::redact::url(&self.endpoint.url), prefix = %self.prefix, ?missing, "Valkey records may be gone");
         self.metrics.count_valkey_loss_reported();
         let _ = self.losses.send(Loss {
             url: self.endpoint.url.clone(),

@@ -178,7 +178,9 @@ async fn a_valkey_password_from_a_secret_is_used_and_a_changed_one_is_picked_up(
     sim.create_object(json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": "sirius-valkey-auth", "namespace": NS},
+        // Its owner lets this rotation send it to Valkey (without this, SecretNotPermitted).
+        "metadata": {"name": "sirius-valkey-auth", "namespace": NS,
+                     "annotations": {"keys.siriusscan.io/valkey-password": "sirius"}},
         "data": password_data("first-password"),
     }))
     .unwrap();
