@@ -1900,6 +1900,123 @@ mod tests {
     use super::*;
     use crate::crd::Condition;
 
+    /// At the revocation re-check, with every target on the new key and the probe still seeing
+    /// the old key accepted after `attempts` revocations.
+    fn still_accepted_after(attempts: u32) -> Plan {
+        let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+        let (old, new) = (KeyId("a".repeat(64)), KeyId("b".repeat(64)));
+        o.spec.verification = Some(
+            serde_json::from_value(
+                serde_json::json!({"url": "https://api.example/host/", "maxRevocations": 3}),
+            )
+            .unwrap(),
+        );
+        o.vault = Some(VaultView {
+            current: old.clone(),
+            pending: Some((new.clone(), 1)),
+            current_raw_lost: false,
+        });
+        o.consumer = ConsumerView::Holds(Some(new.clone()));
+        o.records = RecordView {
+            current: false,
+            pending: true,
+            ..Default::default()
+        };
+        o.targets = o
+            .spec
+            .targets
+            .iter()
+            .map(|_| TargetView::Found {
+                paused: false,
+                annotation: Some(new.0.clone()),
+                rolled_back_in: None,
+                rollout: RolloutState::Complete,
+            })
+            .collect();
+        let mut r = RotationProgress::started(
+            1,
+            "Manual:x".into(),
+            Some(old.0.clone()),
+            o.spec.targets.iter().map(|t| t.name.as_str()),
+            "2026-11-25T11:00:00Z".into(),
+        );
+        r.new_key_id = Some(new.0.clone());
+        r.step = Step::Revoke;
+        for t in &mut r.targets {
+            t.state = TargetState::Complete;
+            t.verified_at = Some("2026-11-25T11:10:00Z".into());
+        }
+        r.validation_started_at = Some("2026-11-25T11:20:00.000Z".into());
+        r.verified_before_revoke_at = Some("2026-11-25T11:30:00Z".into());
+        r.revoked_at = Some("2026-11-25T11:40:00.000Z".into());
+        r.revoke_attempts = attempts;
+        o.status.current_rotation = Some(r);
+        o.probe = Some((ProbeStage::OldKeyRefused, Ok(200)));
+        decide(&o)
+    }
+
+    #[test]
+    fn an_old_key_still_accepted_is_revoked_again_only_up_to_max_revocations() {
+        let plan = still_accepted_after(2);
+        assert!(
+            matches!(plan.action, Action::Revoke { .. }),
+            "{:?}",
+            plan.action
+        );
+        let plan = still_accepted_after(3);
+        assert!(
+            matches!(plan.action, Action::Wait { .. }),
+            "{:?}",
+            plan.action
+        );
+        assert_eq!(plan.status.phase, Some(Phase::Degraded));
+        let degraded = plan
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .unwrap();
+        assert_eq!(degraded.reason, OLD_KEY_STILL_ACCEPTED);
+        assert!(
+            degraded.message.contains("maxRevocations"),
+            "{}",
+            degraded.message
+        );
+    }
+
+    #[test]
+    fn nothing_read_back_from_status_panics_the_machine() {
+        for id in [
+            "é".repeat(40),
+            String::new(),
+            "x".into(),
+            "\u{0}".repeat(70),
+        ] {
+            let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+            o.status.active_key_id = Some(id.clone());
+            o.status.previous_key_id = Some(id.clone());
+            let mut r =
+                RotationProgress::started(1, id.clone(), Some(id.clone()), ["t"], id.clone());
+            r.new_key_id = Some(id.clone());
+            for at in [&mut r.validation_started_at, &mut r.revoked_at] {
+                *at = Some(id.clone());
+            }
+            for step in [Step::Mint, Step::Switch, Step::Roll, Step::Finish] {
+                r.step = step;
+                o.status.current_rotation = Some(r.clone());
+                let _ = decide(&o);
+                o.vault = None;
+                let _ = decide(&o);
+                o.vault = Some(VaultView {
+                    current: KeyId(id.clone()),
+                    pending: None,
+                    current_raw_lost: false,
+                });
+                let _ = decide(&o);
+            }
+        }
+    }
+
     #[test]
     fn waits_end_exactly_from_precise_stamps_and_round_up_from_truncated_ones() {
         let precise: Timestamp = "2026-11-25T10:00:00.250Z".parse().unwrap();
