@@ -1987,7 +1987,7 @@ mod tests {
     #[test]
     fn nothing_read_back_from_status_panics_the_machine() {
         for id in [
-            "é".repeat(40),
+            format!("a{}", "é".repeat(40)),
             String::new(),
             "x".into(),
             "\u{0}".repeat(70),
