@@ -316,7 +316,10 @@ async fn a_write_someone_keeps_undoing_is_reported_and_backed_off() {
     wait_degraded(&sim, "WriteUndone").await;
     let message = condition(&sim, "Degraded")["message"].to_string();
     assert!(message.contains("Secret sirius-api-key"), "{message}");
-    assert!(event_reasons(&sim).iter().any(|r| r == "WriteUndone"));
+    wait_for(Duration::from_secs(5), "the WriteUndone Event", || {
+        event_reasons(&sim).iter().any(|r| r == "WriteUndone")
+    })
+    .await;
     let before = patches();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let during = patches() - before;
