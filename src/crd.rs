@@ -21,6 +21,11 @@ pub const TRIGGER_ANNOTATION: &str = "keys.siriusscan.io/rotate";
 /// one rotation starts and rolls out whether or not a maintenance window is open (a leaked key
 /// cannot wait for Sunday night). A stale value never applies to a later token.
 pub const OUTSIDE_WINDOWS_ANNOTATION: &str = "keys.siriusscan.io/rotate-outside-windows";
+/// The operator's own Secret for the ApiKeyRotation named `rotation`: its vault of raw keys.
+pub fn vault_name(rotation: &str) -> String {
+    format!("{rotation}-apikey-vault")
+}
+
 /// Label on the Secrets this operator writes, naming the ApiKeyRotation (used to watch them).
 pub const MANAGED_BY_LABEL: &str = "keys.siriusscan.io/rotation";
 

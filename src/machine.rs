@@ -271,6 +271,17 @@ impl<'a> StatusBuilder<'a> {
         })
     }
 
+    /// `Degraded=True` with this reason; the Warning Event only when the condition is new, so a
+    /// repeated decision does not repeat it.
+    fn degrade(&mut self, reason: &'static str, message: &str) -> Option<EventNote> {
+        let event = self
+            .degraded_changed(reason, message)
+            .then(|| warning(reason, message))
+            .flatten();
+        self.condition(DEGRADED, true, reason, message);
+        event
+    }
+
     fn plan(self, action: Action, event: Option<EventNote>) -> Plan {
         Plan {
             action,
@@ -350,8 +361,7 @@ fn bootstrap(o: &Observation, mut b: StatusBuilder) -> Plan {
 pub const VAULT_LOST: &str = "VaultLost";
 
 fn vault_name(o: &Observation) -> String {
-    let name = o.name.rsplit('/').next().unwrap_or_default();
-    format!("{name}-apikey-vault")
+    crate::crd::vault_name(o.name.rsplit('/').next().unwrap_or_default())
 }
 
 /// The vault (the only copy of the raw keys besides the consumers' Secret) was deleted or emptied
@@ -436,11 +446,7 @@ fn vault_lost(o: &Observation, mut b: StatusBuilder) -> Plan {
     let message = format!(
         "The vault Secret {vault} is gone and Secret {secret} does not hold {wanted}; nothing was changed or revoked. Restore {vault} from a backup, or put that key back into Secret {secret}."
     );
-    let event = b
-        .degraded_changed(VAULT_LOST, &message)
-        .then(|| warning(VAULT_LOST, message.clone()))
-        .flatten();
-    b.condition(DEGRADED, true, VAULT_LOST, message);
+    let event = b.degrade(VAULT_LOST, &message);
     b.status.phase = Some(Phase::Degraded);
     b.plan(
         Action::Wait {
@@ -556,12 +562,7 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
             o.spec.secret.name,
             vault.current.short()
         );
-        let event = if b.degraded_changed("SecretDrift", &message) {
-            warning("SecretDrift", message.clone())
-        } else {
-            None
-        };
-        b.condition(DEGRADED, true, "SecretDrift", message);
+        let event = b.degrade("SecretDrift", &message);
         b.status.phase = Some(Phase::Degraded);
         return b.plan(
             Action::Wait {
@@ -863,11 +864,7 @@ fn rotating(
                         vault_name(o),
                         o.spec.secret.name
                     );
-                    let event = b
-                        .degraded_changed(VAULT_LOST, &message)
-                        .then(|| warning(VAULT_LOST, message.clone()))
-                        .flatten();
-                    b.condition(DEGRADED, true, VAULT_LOST, message);
+                    let event = b.degrade(VAULT_LOST, &message);
                     b.status.phase = Some(Phase::Degraded);
                     b.status.current_rotation = Some(r);
                     return b.plan(
@@ -1440,11 +1437,7 @@ fn rotating(
                             v.refused_status_code,
                             crate::redact::url(&v.url)
                         );
-                        let event = b
-                            .degraded_changed(OLD_KEY_STILL_ACCEPTED, &text)
-                            .then(|| warning(OLD_KEY_STILL_ACCEPTED, text.clone()))
-                            .flatten();
-                        b.condition(DEGRADED, true, OLD_KEY_STILL_ACCEPTED, text.clone());
+                        let event = b.degrade(OLD_KEY_STILL_ACCEPTED, &text);
                         b.condition(ROTATING, true, OLD_KEY_STILL_ACCEPTED, text);
                         b.status.phase = Some(Phase::Degraded);
                         b.status.current_rotation = Some(r);
@@ -1460,11 +1453,7 @@ fn rotating(
                         old.short(),
                         v.refused_status_code
                     );
-                    let event = b
-                        .degraded_changed(OLD_KEY_STILL_ACCEPTED, &text)
-                        .then(|| warning(OLD_KEY_STILL_ACCEPTED, text.clone()))
-                        .flatten();
-                    b.condition(DEGRADED, true, OLD_KEY_STILL_ACCEPTED, text);
+                    let event = b.degrade(OLD_KEY_STILL_ACCEPTED, &text);
                     r.revoked_at = Some(ts_precise(now));
                     r.revoke_attempts += 1;
                     b.status.current_rotation = Some(r);
@@ -1583,12 +1572,7 @@ fn halted(
 ) -> Plan {
     r.step = Step::Roll;
     r.target_index = index as u32;
-    let event = if b.degraded_changed(reason, &message) {
-        warning(reason, message.clone())
-    } else {
-        None
-    };
-    b.condition(DEGRADED, true, reason, message.clone());
+    let event = b.degrade(reason, &message);
     b.condition(ROTATING, true, "Roll", message);
     b.status.phase = Some(Phase::Degraded);
     b.status.current_rotation = Some(r);
@@ -1648,12 +1632,7 @@ fn failed(
         b.status.current_rotation = Some(r);
         return b.plan(Action::StatusOnly, warning(reason, text));
     }
-    let event = if b.degraded_changed(reason, &text) {
-        warning(reason, text.clone())
-    } else {
-        None
-    };
-    b.condition(DEGRADED, true, reason, text.clone());
+    let event = b.degrade(reason, &text);
     b.condition(ROTATING, true, reason, text);
     b.status.phase = Some(Phase::Degraded);
     b.status.current_rotation = Some(r);

@@ -19,7 +19,7 @@ pub const VAULT_CURRENT: &str = "current";
 pub const VAULT_PENDING: &str = "pending";
 
 pub fn vault_name(akr: &ApiKeyRotation) -> String {
-    format!("{}-apikey-vault", akr.name_any())
+    crate::crd::vault_name(&akr.name_any())
 }
 
 /// On a vault recreated mid-rotation from the consumers' Secret (which held the new key): the id

@@ -5,7 +5,7 @@
 //! overwritten), and the keys the operator sends to a probe must not cross a network in clear
 //! text. Pure rules; the reconciler and the spec check apply them.
 
-use crate::crd::{ApiKeyRotation, MANAGED_BY_LABEL};
+use crate::crd::{ApiKeyRotation, MANAGED_BY_LABEL, vault_name};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use std::borrow::Borrow;
@@ -14,8 +14,6 @@ use std::net::IpAddr;
 /// Annotation by which a Secret's owner lets ApiKeyRotations send its value to Valkey as the
 /// password: a comma-separated list of ApiKeyRotation names, or `*` for any in its namespace.
 pub const PASSWORD_OPT_IN_ANNOTATION: &str = "keys.siriusscan.io/valkey-password";
-
-const VAULT_SUFFIX: &str = "-apikey-vault";
 
 /// `None` is what the API server stores as `Opaque`.
 fn secret_type(secret: &Secret) -> &str {
@@ -37,12 +35,8 @@ fn is_vault(secret: &Secret, all: &[&ApiKeyRotation]) -> bool {
     let labelled_vault = secret
         .labels()
         .get(MANAGED_BY_LABEL)
-        .is_some_and(|r| name == format!("{r}{VAULT_SUFFIX}"));
-    owned
-        || labelled_vault
-        || all
-            .iter()
-            .any(|r| name == format!("{}{VAULT_SUFFIX}", r.name_any()))
+        .is_some_and(|r| name == vault_name(r));
+    owned || labelled_vault || all.iter().any(|r| name == vault_name(&r.name_any()))
 }
 
 /// Why `rotation` may not send `secret`'s value to Valkey as the password, if it may not. The

@@ -195,11 +195,6 @@ impl Watchers {
             feeds.stop_if_unused(&key);
         }
     }
-
-    /// Feeds running now (for tests and metrics).
-    pub fn running(&self) -> usize {
-        self.feeds.lock().unwrap().running.len()
-    }
 }
 
 impl Drop for Watchers {
