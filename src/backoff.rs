@@ -33,9 +33,8 @@ struct Entry {
     valkey: bool,
 }
 
-/// The same write performed again and again.
+/// How often one write was performed lately, and when last.
 struct Repeat {
-    what: String,
     count: u32,
     last: Instant,
 }
@@ -61,7 +60,9 @@ const MAX_DELAY: Duration = Duration::from_secs(300);
 #[derive(Default)]
 pub struct Backoffs {
     entries: Mutex<HashMap<String, Entry>>,
-    repeats: Mutex<HashMap<String, Repeat>>,
+    /// Per rotation, per write (of one rotation revision): counted apart, so that other steps in
+    /// between (a roll that went ahead before the Secret was reverted) do not reset the count.
+    repeats: Mutex<HashMap<String, HashMap<String, Repeat>>>,
 }
 
 impl Backoffs {
@@ -135,20 +136,22 @@ impl Backoffs {
         self.repeats.lock().unwrap().remove(rotation);
     }
 
-    /// Before performing `action`: whether it is a write that keeps being undone. The first
-    /// few repeats go through; after that each waits twice as long as the one before (1 s,
-    /// 2 s, ... 5 minutes), so a tug of war with another manager never loops.
+    /// Before performing `action` (for rotation `revision`, if one is in flight): whether it is a
+    /// write that keeps being undone. The first few repeats go through; after that each waits
+    /// twice as long as the one before (1 s, 2 s, ... 5 minutes), so a tug of war with another
+    /// manager never loops.
     pub fn guard(
         &self,
         rotation: &str,
+        revision: Option<u64>,
         action: &Action,
         describe: impl FnOnce() -> String,
     ) -> Result<(), Undone> {
-        let Some(what) = undoable(action) else {
+        let Some(what) = undoable(revision, action) else {
             return Ok(());
         };
         let repeats = self.repeats.lock().unwrap();
-        let Some(r) = repeats.get(rotation).filter(|r| r.what == what) else {
+        let Some(r) = repeats.get(rotation).and_then(|writes| writes.get(&what)) else {
             return Ok(());
         };
         let since = r.last.elapsed();
@@ -163,33 +166,27 @@ impl Backoffs {
     }
 
     /// `action` went through (a write that failed was not undone, so only these count).
-    pub fn performed(&self, rotation: &str, action: &Action) {
-        let Some(what) = undoable(action) else {
+    pub fn performed(&self, rotation: &str, revision: Option<u64>, action: &Action) {
+        let Some(what) = undoable(revision, action) else {
             return;
         };
         let mut repeats = self.repeats.lock().unwrap();
+        let writes = repeats.entry(rotation.to_string()).or_default();
         let now = Instant::now();
-        match repeats.get_mut(rotation) {
-            Some(r)
-                if r.what == what
-                    && now.duration_since(r.last)
-                        <= REPEAT_HORIZON.max(delay_after(r.count) * 2) =>
-            {
-                r.count += 1;
-                r.last = now;
-            }
-            _ => {
-                repeats.insert(
-                    rotation.to_string(),
-                    Repeat {
-                        what,
-                        count: 1,
-                        last: now,
-                    },
-                );
-            }
-        }
+        let recent = |r: &Repeat| now.duration_since(r.last) <= horizon(r.count);
+        writes.retain(|_, r| recent(r));
+        let r = writes.entry(what).or_insert(Repeat {
+            count: 0,
+            last: now,
+        });
+        r.count += 1;
+        r.last = now;
     }
+}
+
+/// A write repeated within this long of its previous performance counts as undone.
+fn horizon(count: u32) -> Duration {
+    REPEAT_HORIZON.max(delay_after(count) * 2)
 }
 
 /// How long the write waits after it was performed `count` times in a row.
@@ -201,14 +198,15 @@ fn delay_after(count: u32) -> Duration {
     Duration::from_secs(1u64 << exp).min(MAX_DELAY)
 }
 
-/// Writes to objects other managers may also write; the same one again means it was undone.
-fn undoable(action: &Action) -> Option<String> {
+/// Writes to objects other managers may also write; the same one again (in the same rotation)
+/// means it was undone.
+fn undoable(revision: Option<u64>, action: &Action) -> Option<String> {
     match action {
         Action::WriteConsumer { .. }
         | Action::Roll { .. }
         | Action::Register { .. }
         | Action::SetBootstrapFlag
-        | Action::RestoreVault { .. } => Some(format!("{action:?}")),
+        | Action::RestoreVault { .. } => Some(format!("{revision:?} {action:?}")),
         _ => None,
     }
 }
@@ -245,32 +243,39 @@ mod tests {
         let b = Backoffs::default();
         let write = Action::WriteConsumer { pending: true };
         for _ in 0..FREE_REPEATS {
-            assert!(b.guard("ns/a", &write, || "w".into()).is_ok());
-            b.performed("ns/a", &write);
+            assert!(b.guard("ns/a", Some(1), &write, || "w".into()).is_ok());
+            b.performed("ns/a", Some(1), &write);
         }
-        let held = b.guard("ns/a", &write, || "the key".into()).unwrap_err();
+        let held = b
+            .guard("ns/a", Some(1), &write, || "the key".into())
+            .unwrap_err();
         assert_eq!(held.what, "the key");
         assert!(held.retry_in <= Duration::from_secs(1) && !held.retry_in.is_zero());
         // Another rotation, and another write, are not held back.
-        assert!(b.guard("ns/b", &write, || "w".into()).is_ok());
+        assert!(b.guard("ns/b", Some(1), &write, || "w".into()).is_ok());
         let roll = Action::Roll {
             index: 0,
             key_id: crate::key::KeyId("a".repeat(64)),
             rollback_of: None,
         };
-        assert!(b.guard("ns/a", &roll, || "r".into()).is_ok());
+        assert!(b.guard("ns/a", Some(1), &roll, || "r".into()).is_ok());
+        // A roll that went ahead in between does not reset the count of the undone write...
+        b.performed("ns/a", Some(1), &roll);
+        assert!(b.guard("ns/a", Some(1), &write, || "w".into()).is_err());
+        // ...while the same write in the next rotation is a new one.
+        assert!(b.guard("ns/a", Some(2), &write, || "w".into()).is_ok());
         // Waits and status writes are never held back.
         let wait = Action::Wait {
             requeue_after: None,
         };
         for _ in 0..10 {
-            assert!(b.guard("ns/a", &wait, || "w".into()).is_ok());
-            b.performed("ns/a", &wait);
+            assert!(b.guard("ns/a", Some(1), &wait, || "w".into()).is_ok());
+            b.performed("ns/a", Some(1), &wait);
         }
         // A write that failed is not counted: attempts alone never hold it back.
         let other = Backoffs::default();
         for _ in 0..10 {
-            assert!(other.guard("ns/a", &write, || "w".into()).is_ok());
+            assert!(other.guard("ns/a", Some(1), &write, || "w".into()).is_ok());
         }
         assert_eq!(delay_after(FREE_REPEATS + 1), Duration::from_secs(2));
         assert_eq!(delay_after(40), MAX_DELAY);

@@ -570,14 +570,14 @@ impl<'a> Reconciliation<'a> {
                 Step::Wait { requeue_after } => Some(*requeue_after),
                 _ => None,
             };
+            let revision = plan.status.current_rotation.as_ref().map(|r| r.revision);
+            let key = key_of(self.akr);
             self.ctx
                 .backoffs
-                .guard(&key_of(self.akr), &plan.action, || {
-                    self.describe(&plan.action)
-                })?;
+                .guard(&key, revision, &plan.action, || self.describe(&plan.action))?;
             self.perform(&plan, &store, vault.as_ref(), consumer_key.as_ref())
                 .await?;
-            self.ctx.backoffs.performed(&key_of(self.akr), &plan.action);
+            self.ctx.backoffs.performed(&key, revision, &plan.action);
             self.note_own_valkey_write(&plan.action);
             self.record(&plan, &store).await?;
             if wait.is_none() {

@@ -4,12 +4,33 @@
 
 use crate::common::*;
 use apikey_rotator::key::RawKey;
+use apikey_rotator::reconciler::DEFAULT_RESYNC;
 use kube_sim::Sim;
 use serde_json::json;
 use std::time::Duration;
 
 fn old_key() -> RawKey {
     RawKey::new("0123456789abcdef".repeat(4))
+}
+
+/// The usual install (the consumers' Secret, the three Deployments, an ApiKeyRotation with
+/// `extra` in its spec), the operator running with `resync`, and the adopted key Ready with its
+/// record written.
+async fn ready(
+    valkey: &Valkey,
+    extra: serde_json::Value,
+    resync: Duration,
+) -> (Sim, RawKey, tokio::task::JoinHandle<()>) {
+    let sim = start_sim().await;
+    let old = old_key();
+    install_sirius(&sim, &valkey.url(), &old, 1, None, extra).await;
+    let operator = spawn_operator_with_resync(&sim, resync);
+    let record = format!("apikey:{}", old.id());
+    wait_for(Duration::from_secs(10), "Ready", || {
+        akr_status(&sim)["phase"] == "Ready" && valkey.exists(&record)
+    })
+    .await;
+    (sim, old, operator)
 }
 
 fn step(sim: &Sim) -> String {
@@ -155,14 +176,7 @@ async fn a_vault_deleted_mid_roll_is_recreated_from_the_new_key_and_the_rotation
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vault_deleted_before_the_switch_leaves_no_orphan_key_valid() {
     let valkey = Valkey::start();
-    let sim = start_sim().await;
-    let old = old_key();
-    install_sirius(&sim, &valkey.url(), &old, 1, None, json!({})).await;
-    let operator = spawn_operator(&sim);
-    wait_for(Duration::from_secs(10), "Ready", || {
-        akr_status(&sim)["phase"] == "Ready"
-    })
-    .await;
+    let (sim, _old, operator) = ready(&valkey, json!({}), DEFAULT_RESYNC).await;
     // The switch (an apply of the consumers' Secret) keeps failing for a while (500: kube's
     // client retries a 503 by itself).
     sim.inject_faults("patch", "secrets", 1_000, 500);
@@ -210,14 +224,7 @@ async fn a_vault_deleted_before_the_switch_leaves_no_orphan_key_valid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vault_lost_while_idle_is_restored_only_from_the_active_key() {
     let valkey = Valkey::start();
-    let sim = start_sim().await;
-    let old = old_key();
-    install_sirius(&sim, &valkey.url(), &old, 1, None, json!({})).await;
-    let operator = spawn_operator(&sim);
-    wait_for(Duration::from_secs(10), "Ready", || {
-        akr_status(&sim)["phase"] == "Ready"
-    })
-    .await;
+    let (sim, old, operator) = ready(&valkey, json!({}), DEFAULT_RESYNC).await;
     delete_vault(&sim);
     wait_for(Duration::from_secs(10), "the vault back", || {
         secret_value(&sim, "sirius-apikey-vault", "current").as_deref() == Some(old.expose())
@@ -237,6 +244,11 @@ async fn a_vault_lost_while_idle_is_restored_only_from_the_active_key() {
         json!({"spec": {"secretDriftPolicy": "Report"}}),
     )
     .unwrap();
+    // A reconcile that read the spec before the edit could still restore the Secret.
+    wait_for(Duration::from_secs(10), "the edited spec observed", || {
+        akr_status(&sim)["observedGeneration"] == json!(2)
+    })
+    .await;
     let stranger = RawKey::new("fedcba9876543210".repeat(4));
     sim.merge_patch_object(
         "",
@@ -278,14 +290,8 @@ async fn a_vault_lost_while_idle_is_restored_only_from_the_active_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_someone_keeps_undoing_is_reported_and_backed_off() {
     let valkey = Valkey::start();
-    let sim = std::sync::Arc::new(start_sim().await);
-    let old = old_key();
-    install_sirius(&sim, &valkey.url(), &old, 1, None, json!({})).await;
-    let operator = spawn_operator(&sim);
-    wait_for(Duration::from_secs(10), "Ready", || {
-        akr_status(&sim)["phase"] == "Ready"
-    })
-    .await;
+    let (sim, old, operator) = ready(&valkey, json!({}), DEFAULT_RESYNC).await;
+    let sim = std::sync::Arc::new(sim);
     let undo = {
         let sim = sim.clone();
         let old = old.expose().to_string();
@@ -339,17 +345,10 @@ async fn a_write_someone_keeps_undoing_is_reported_and_backed_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_revoked_in_sirius_itself_is_honoured_and_replaced_at_once() {
     let valkey = Valkey::start();
-    let sim = start_sim().await;
-    let old = old_key();
     // A window that is closed but for one minute a year.
     let windows = json!({"maintenanceWindows": [{"start": "0 3 1 1 *", "durationMinutes": 1}]});
-    install_sirius(&sim, &valkey.url(), &old, 1, None, windows).await;
-    let operator = spawn_operator_with_resync(&sim, Duration::from_secs(3600));
+    let (sim, old, operator) = ready(&valkey, windows, Duration::from_secs(3600)).await;
     let record = format!("apikey:{}", old.id());
-    wait_for(Duration::from_secs(10), "Ready", || {
-        akr_status(&sim)["phase"] == "Ready" && valkey.exists(&record)
-    })
-    .await;
     wait_for(Duration::from_secs(5), "the change feed", || {
         !valkey.change_feeds().is_empty()
     })
@@ -383,15 +382,8 @@ async fn a_key_revoked_in_sirius_itself_is_honoured_and_replaced_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_are_checked_not_only_counted() {
     let valkey = Valkey::start();
-    let sim = start_sim().await;
-    let old = old_key();
-    install_sirius(&sim, &valkey.url(), &old, 1, None, json!({})).await;
-    let operator = spawn_operator_with_resync(&sim, Duration::from_secs(1));
+    let (sim, old, operator) = ready(&valkey, json!({}), Duration::from_secs(1)).await;
     let record = format!("apikey:{}", old.id());
-    wait_for(Duration::from_secs(10), "Ready", || {
-        akr_status(&sim)["phase"] == "Ready" && valkey.exists(&record)
-    })
-    .await;
     let valid = |valkey: &Valkey| {
         let mut conn = valkey.conn();
         let value: Result<Option<String>, _> = redis::cmd("GET").arg(&record).query(&mut conn);
