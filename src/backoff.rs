@@ -257,6 +257,7 @@ mod tests {
             index: 0,
             key_id: crate::key::KeyId("a".repeat(64)),
             rollback_of: None,
+            secret_restores: None,
         };
         assert!(b.guard("ns/a", Some(1), &roll, || "r".into()).is_ok());
         // A roll that went ahead in between does not reset the count of the undone write...

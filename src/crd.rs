@@ -15,6 +15,10 @@ pub const ROLLOUT_ANNOTATION: &str = "keys.siriusscan.io/key-id";
 /// rollback a new template, so every pod restarts and reads the restored Secret (a return to the
 /// previous template would scale up old pods that may have restarted with the new key).
 pub const ROLLBACK_ANNOTATION: &str = "keys.siriusscan.io/rolled-back-in";
+/// On a pod template rolled again because the consumers' Secret was changed to another key during
+/// the rotation: how many times that happened. It makes the template new, so every pod restarts
+/// and reads the restored Secret (pods started in between hold the other key).
+pub const SECRET_RESTORES_ANNOTATION: &str = "keys.siriusscan.io/secret-restores";
 /// Annotation on an ApiKeyRotation: each new value requests exactly one rotation.
 pub const TRIGGER_ANNOTATION: &str = "keys.siriusscan.io/rotate";
 /// Annotation on an ApiKeyRotation: when it holds the same token as [`TRIGGER_ANNOTATION`], that
@@ -661,6 +665,14 @@ pub struct RotationProgress {
     /// Started because the old key was revoked in Sirius itself: its record is not restored.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub old_key_revoked_externally: bool,
+    /// How often someone put another key into the consumers' Secret after the targets began to
+    /// roll (and the operator wrote the new key back): the targets rolled before are rolled again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub secret_restores: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -721,6 +733,7 @@ impl RotationProgress {
             rolling_back: None,
             outside_windows: false,
             old_key_revoked_externally: false,
+            secret_restores: 0,
         }
     }
 }

@@ -47,6 +47,9 @@ pub enum TargetView {
         annotation: Option<String>,
         /// The rollback annotation on the pod template (the revision that rolled it back).
         rolled_back_in: Option<String>,
+        /// The Secret-restores annotation on the pod template (see
+        /// [`crate::crd::SECRET_RESTORES_ANNOTATION`]).
+        secret_restores: Option<String>,
         rollout: RolloutState,
     },
 }
@@ -127,6 +130,9 @@ pub enum Action {
         index: usize,
         key_id: KeyId,
         rollback_of: Option<u64>,
+        /// On a forward roll after the Secret was put back: the count of restores, so the
+        /// template is new (see [`crate::crd::SECRET_RESTORES_ANNOTATION`]).
+        secret_restores: Option<u32>,
     },
     /// Delete the old key's record.
     Revoke { key_id: KeyId },
@@ -957,6 +963,21 @@ fn rotating(
     // (the rotation cannot go on without it) and say so.
     if consumer_id(o) != Some(&pending) {
         let tampered = r.step >= Step::Switch;
+        // Pods that started while the Secret held another key read that key; every target
+        // rolled so far must roll again once the new key is back. (A deleted Secret, or one
+        // without the data key, lets no pod start, so nobody read another key.)
+        if tampered
+            && r.step >= Step::Roll
+            && matches!(o.consumer, ConsumerView::Holds(Some(_)))
+            && r.targets.iter().any(|t| t.rolled_at.is_some())
+        {
+            r.secret_restores += 1;
+            for t in r.targets.iter_mut().filter(|t| t.rolled_at.is_some()) {
+                *t = TargetProgress::pending(&t.name);
+            }
+            r.validation_started_at = None;
+            r.gate_checked_at = None;
+        }
         r.step = r.step.max(Step::Switch);
         b.condition(
             ROTATING,
@@ -1022,8 +1043,12 @@ fn rotating(
                     ),
                 );
             }
-            TargetView::Found { annotation, .. }
-                if annotation.as_deref() != Some(pending.as_str()) =>
+            TargetView::Found {
+                annotation,
+                secret_restores,
+                ..
+            } if annotation.as_deref() != Some(pending.as_str())
+                || *secret_restores != restores_marker(&r) =>
             {
                 if let TargetView::Found { paused: true, .. } = &o.targets[i] {
                     return halted(
@@ -1052,6 +1077,7 @@ fn rotating(
                     return wait_for_window(o, b, true, message, opens);
                 }
                 r.step = Step::Roll;
+                let r_restores = r.secret_restores;
                 r.targets[progress].state = TargetState::Rolling;
                 r.targets[progress].rolled_at = Some(ts(now));
                 r.targets[progress].completed_at = None;
@@ -1073,6 +1099,7 @@ fn rotating(
                         index: i,
                         key_id: pending.clone(),
                         rollback_of: None,
+                        secret_restores: (r_restores > 0).then_some(r_restores),
                     },
                     normal(
                         "TargetRolled",
@@ -1480,6 +1507,11 @@ fn rotating(
     }
 }
 
+/// The Secret-restores annotation a target rolled in this rotation carries.
+fn restores_marker(r: &RotationProgress) -> Option<String> {
+    (r.secret_restores > 0).then(|| r.secret_restores.to_string())
+}
+
 /// The probe answer for `stage`, if the previous decision asked for it.
 fn probe_answer(o: &Observation, stage: ProbeStage) -> Option<&ProbeOutcome> {
     o.probe
@@ -1747,6 +1779,7 @@ fn rollback(
                     index: i,
                     key_id: old.clone(),
                     rollback_of: Some(revision),
+                    secret_restores: None,
                 },
                 normal(
                     "TargetRolledBack",
@@ -1909,6 +1942,7 @@ mod tests {
                 paused: false,
                 annotation: Some(new.0.clone()),
                 rolled_back_in: None,
+                secret_restores: None,
                 rollout: RolloutState::Complete,
             })
             .collect();
@@ -2034,6 +2068,7 @@ mod tests {
                     paused: false,
                     annotation: None,
                     rolled_back_in: None,
+                    secret_restores: None,
                     rollout: RolloutState::Complete,
                 })
                 .collect(),

@@ -3,7 +3,9 @@
 //! sees their ids.
 
 use crate::crd::ValkeyConnection;
-use crate::crd::{ApiKeyRotation, ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION};
+use crate::crd::{
+    ApiKeyRotation, ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION, SECRET_RESTORES_ANNOTATION,
+};
 use crate::key::{KeyId, RawKey};
 use crate::keystore::{KeyStore, KeyStoreError, RecordState, state_key};
 use crate::machine::{ConsumerView, RecordView, TargetView, VaultView};
@@ -117,6 +119,8 @@ pub fn target_view(d: Option<&Deployment>) -> TargetView {
                 paused: d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false),
                 annotation: annotations.and_then(|a| a.get(ROLLOUT_ANNOTATION).cloned()),
                 rolled_back_in: annotations.and_then(|a| a.get(ROLLBACK_ANNOTATION).cloned()),
+                secret_restores: annotations
+                    .and_then(|a| a.get(SECRET_RESTORES_ANNOTATION).cloned()),
                 rollout: rollout_state(d),
             }
         }

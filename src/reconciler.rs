@@ -5,7 +5,8 @@ use crate::backoff::{self, Backoffs, Failure};
 use crate::clock::Clock;
 use crate::crd::{
     ApiKeyRotation, ApiKeyRotationStatus, DeletionPolicy, FINALIZER, MANAGED_BY_LABEL,
-    OUTSIDE_WINDOWS_ANNOTATION, Phase, ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION, TRIGGER_ANNOTATION,
+    OUTSIDE_WINDOWS_ANNOTATION, Phase, ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION,
+    SECRET_RESTORES_ANNOTATION, TRIGGER_ANNOTATION,
 };
 use crate::key::{KeyId, RawKey};
 use crate::keystore::{Endpoint, KeyStore, KeyStoreError};
@@ -811,12 +812,16 @@ impl<'a> Reconciliation<'a> {
                 index,
                 key_id,
                 rollback_of,
+                secret_restores,
             } => {
                 let target = &spec.targets[*index];
-                // A forward roll leaves the rollback marker out, so server-side apply drops it.
+                // A marker the roll leaves out is dropped by server-side apply.
                 let mut annotations = json!({ROLLOUT_ANNOTATION: key_id.as_str()});
                 if let Some(revision) = rollback_of {
                     annotations[ROLLBACK_ANNOTATION] = json!(revision.to_string());
+                }
+                if let Some(restores) = secret_restores {
+                    annotations[SECRET_RESTORES_ANNOTATION] = json!(restores.to_string());
                 }
                 let patch = json!({
                     "apiVersion": "apps/v1",

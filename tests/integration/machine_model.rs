@@ -33,6 +33,9 @@ struct Target {
     running: BTreeSet<String>,
     rollout_done_at: Option<Timestamp>,
     failing: bool,
+    secret_restores: Option<String>,
+    /// What the Secret held while the current rollout started pods: they run that once done.
+    reads: BTreeSet<String>,
 }
 
 struct World {
@@ -66,6 +69,9 @@ struct World {
     no_roll_failures: bool,
     /// The vault Secret is deleted now and then.
     vault_losses: bool,
+    /// Someone puts the old key back into the consumers' Secret now and then while targets roll
+    /// (a GitOps tool syncing the manifest it knows).
+    secret_reverts: bool,
 }
 
 impl World {
@@ -92,6 +98,8 @@ impl World {
                 running: initial.iter().cloned().collect(),
                 rollout_done_at: None,
                 failing: false,
+                secret_restores: None,
+                reads: BTreeSet::new(),
             })
             .collect();
         Self {
@@ -114,6 +122,7 @@ impl World {
             scale_ups: false,
             no_roll_failures: false,
             vault_losses: false,
+            secret_reverts: false,
         }
     }
 
@@ -223,6 +232,7 @@ impl World {
                     paused: false,
                     annotation: t.annotation.clone(),
                     rolled_back_in: t.rolled_back_in.clone(),
+                    secret_restores: t.secret_restores.clone(),
                     rollout: match (t.rollout_done_at, t.failing) {
                         (_, true) => RolloutState::Failed("ProgressDeadlineExceeded".into()),
                         (Some(at), _) if at <= self.now => RolloutState::Complete,
@@ -261,10 +271,15 @@ impl World {
             if t.failing && self.rng.chance(5) {
                 t.failing = false;
             }
+            // Pods the rollout starts read the Secret as it is when they start.
+            if t.rollout_done_at.is_some()
+                && let Some(k) = &self.consumer
+            {
+                t.reads.insert(k.clone());
+            }
             if t.rollout_done_at.is_some_and(|at| at <= self.now) && !t.failing {
-                let latest = t.annotation.clone().map(|id| Self::key_of(&id));
-                if let Some(k) = latest {
-                    t.running = BTreeSet::from([k]);
+                if !t.reads.is_empty() {
+                    t.running = std::mem::take(&mut t.reads);
                 }
                 t.rollout_done_at = None;
             }
@@ -358,6 +373,7 @@ impl World {
                 index,
                 key_id,
                 rollback_of,
+                secret_restores,
             } => {
                 assert!(
                     self.records.contains(&key_id.0),
@@ -399,6 +415,8 @@ impl World {
                 let t = &mut self.targets[*index];
                 t.annotation = Some(key_id.0.clone());
                 t.rolled_back_in = rollback_of.map(|r| r.to_string());
+                t.secret_restores = secret_restores.map(|n| n.to_string());
+                t.reads = BTreeSet::from([k.clone()]);
                 t.running.insert(k);
                 t.rollout_done_at = Some(self.now + SignedDuration::from_secs(duration));
                 t.failing = failing;
@@ -526,6 +544,20 @@ impl World {
         self.note_running();
     }
 
+    /// The consumers' Secret gets the old key back while a forward rotation rolls.
+    fn revert_the_secret(&mut self) {
+        let (Some(r), Some(v)) = (&self.status.current_rotation, &self.vault) else {
+            return;
+        };
+        if r.rolling_back.is_some()
+            || r.step < apikey_rotator::crd::Step::Roll
+            || v.pending.is_none()
+        {
+            return;
+        }
+        self.consumer = Some(Self::key_of(&v.current.0));
+    }
+
     /// Every key a pod holds is valid, once set-up registered the first key.
     fn check_no_401(&self) {
         if self.status.revision == 0 && self.status.current_rotation.is_none() {
@@ -605,6 +637,9 @@ fn run_world(mut w: World, seed: u64, crash_percent: u64, rotations: u64) -> Wor
         }
         if w.scale_ups && w.rng.chance(3) {
             w.scale_a_completed_target();
+        }
+        if w.secret_reverts && w.rng.chance(2) {
+            w.revert_the_secret();
         }
         if w.vault_losses && w.vault.is_some() && w.rng.chance(1) && vault_losses < 3 {
             vault_losses += 1;
@@ -740,6 +775,31 @@ fn a_completed_target_scaled_or_failing_later_never_fails_or_rolls_back_the_rota
             "seed {seed}: only the active key's record is left"
         );
     }
+}
+
+#[test]
+fn a_secret_put_back_to_the_old_key_while_targets_roll_is_restored_and_they_roll_again() {
+    let mut restored = 0;
+    for seed in 0..800 {
+        let mut w = World::with_policy(seed, seed % 2 == 0, "Halt");
+        w.secret_reverts = true;
+        let w = run_world(w, seed, 30, 3);
+        restored += usize::from(w.targets.iter().any(|t| t.secret_restores.is_some()));
+        let active = w.vault.as_ref().unwrap().current.clone();
+        for t in &w.targets {
+            assert!(
+                t.running.iter().all(|k| World::id(k) == active),
+                "seed {seed}: a target runs {:?}",
+                t.running
+            );
+        }
+        assert_eq!(
+            w.records.iter().cloned().collect::<Vec<_>>(),
+            vec![active.0.clone()],
+            "seed {seed}"
+        );
+    }
+    assert!(restored > 50, "restores exercised only {restored} times");
 }
 
 #[test]
