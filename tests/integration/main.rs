@@ -15,6 +15,7 @@ mod fault_matrix;
 mod incidents;
 mod leader;
 mod machine_model;
+mod machine_props;
 mod memory_valkey;
 mod metrics;
 mod metrics_gate;
