@@ -25,6 +25,33 @@ enum Fault {
     RolloutFailure,
     ConflictStorm,
     SecretDeleted,
+    /// The vault Secret deleted.
+    VaultDeleted,
+    /// A target that already completed in this rotation scaled up, its new pods slower than its
+    /// progress deadline (an HPA, a node drain).
+    TargetScaled,
+    /// Valkey refuses the operator's user (its password changed), until it is changed back.
+    ValkeyRefusesAuth,
+    /// Another manager keeps putting the old key back into the consumers' Secret for a while.
+    WriteUndone,
+}
+
+/// The operator's own Valkey user in the cells where Valkey refuses it.
+const OPERATOR_USER: &str = "operator";
+const OPERATOR_PASSWORD: &str = "operator-password";
+
+fn set_operator_password(valkey: &Valkey, password: &str) {
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(OPERATOR_USER)
+        .arg("on")
+        .arg("resetpass")
+        .arg(format!(">{password}"))
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .exec(&mut valkey.conn())
+        .unwrap();
 }
 
 /// Where the fault lands: the first time the status shows this step (and target).
@@ -96,6 +123,16 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
     if fault == Fault::RolloutFailure && matches!(at, At::Validate | At::Revoke) {
         return format!("{fault:?} at {at:?}: not applicable (every target already rolled)");
     }
+    if fault == Fault::TargetScaled
+        && matches!(at, At::Mint | At::Register | At::Switch | At::Roll(0))
+    {
+        return format!("{fault:?} at {at:?}: not applicable (no target completed yet)");
+    }
+    if fault == Fault::WriteUndone && at == At::Revoke {
+        return format!(
+            "{fault:?} at {at:?}: not applicable (the old key is revoked: a pod that starts while someone keeps it in the Secret is refused by design)"
+        );
+    }
     let valkey = Arc::new(Valkey::start());
     let sim = Arc::new(start_sim_with(checked_sim_options()).await);
     let checker = InvariantChecker::start(sim.clone(), valkey.clone(), model);
@@ -103,7 +140,16 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
     sim.create_object(consumer_secret(&old)).unwrap();
     deploy_sirius_with_deadline(&sim, 2, Some(1)).await;
     let (vault_watch, vault_keys) = watch_vault_keys(&sim);
-    let mut manifest = rotation(&valkey.url(), json!({"validationWindowSeconds": 1}));
+    let url = if fault == Fault::ValkeyRefusesAuth {
+        set_operator_password(&valkey, OPERATOR_PASSWORD);
+        format!(
+            "redis://{OPERATOR_USER}:{OPERATOR_PASSWORD}@127.0.0.1:{}/0",
+            valkey.port
+        )
+    } else {
+        valkey.url()
+    };
+    let mut manifest = rotation(&url, json!({"validationWindowSeconds": 1}));
     manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
     sim.create_object(manifest).unwrap();
     let resync = Duration::from_secs(1);
@@ -206,6 +252,86 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
             })
             .await;
         }
+        Fault::VaultDeleted => {
+            sim.delete_object("", "secrets", NS, "sirius-apikey-vault")
+                .unwrap();
+            wait_for(Duration::from_secs(15), "VaultLost", || {
+                new_events(&sim, events_before, "VaultLost")
+            })
+            .await;
+        }
+        Fault::TargetScaled => {
+            // The target that completed last; its new pods take longer than its 1 s deadline.
+            let target = match at {
+                At::Roll(1) => "sirius-api",
+                At::Roll(2) => "sirius-ui",
+                _ => "sirius-engine",
+            };
+            sim.set_pod_ready_after(NS, target, Duration::from_secs(3));
+            sim.merge_patch_object(
+                "apps",
+                "deployments",
+                NS,
+                target,
+                json!({"spec": {"replicas": 3}}),
+            )
+            .unwrap();
+            note = format!(", {target} scaled to 3");
+        }
+        Fault::ValkeyRefusesAuth => {
+            set_operator_password(&valkey, "changed-by-someone");
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("USER")
+                .arg(OPERATOR_USER)
+                .exec(&mut valkey.conn())
+                .unwrap();
+            wait_for(Duration::from_secs(30), "ValkeyUnavailable", || {
+                degraded(&sim, "ValkeyUnavailable")
+            })
+            .await;
+            // Refused, the rotation costs the API server (almost) nothing.
+            let requests = || sim.request_counts().values().sum::<u64>();
+            let before = requests();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let during = requests() - before;
+            assert!(
+                during < 10,
+                "{fault:?} at {at:?}: {during} API requests in 3 s while refused"
+            );
+            assert_eq!(
+                akr_status(&sim)["revision"],
+                json!(0),
+                "nothing finished while refused"
+            );
+            set_operator_password(&valkey, OPERATOR_PASSWORD);
+            note = format!(", {during} API requests in 3 s while refused");
+        }
+        Fault::WriteUndone => {
+            // For 3 s, the old key goes back into the Secret whenever it holds another.
+            let (sim, old) = (sim.clone(), old.expose().to_string());
+            tokio::spawn(async move {
+                use base64::Engine;
+                let until = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < until {
+                    if secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref()
+                        != Some(old.as_str())
+                    {
+                        let old = base64::engine::general_purpose::STANDARD.encode(&old);
+                        let _ = sim.merge_patch_object(
+                            "",
+                            "secrets",
+                            NS,
+                            "sirius-api-key",
+                            json!({"data": {"SIRIUS_API_KEY": old}}),
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .unwrap();
+        }
     }
 
     let finished = tokio::time::timeout(Duration::from_secs(90), async {
@@ -239,12 +365,27 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
         BTreeSet::from([old.expose().to_string(), new.expose().to_string()]),
         "{fault:?} at {at:?}: pods held only the old and the new key"
     );
-    assert_eq!(
-        vault_keys.lock().unwrap().clone(),
-        BTreeSet::from([old.expose().to_string(), new.expose().to_string()]),
-        "{fault:?} at {at:?}: exactly one key minted"
-    );
     let records = record_ids(&valkey);
+    let minted: BTreeSet<String> = vault_keys.lock().unwrap().clone();
+    let extra: Vec<&String> = minted
+        .iter()
+        .filter(|k| **k != old.expose() && **k != new.expose())
+        .collect();
+    assert!(minted.contains(new.expose()) && minted.contains(old.expose()));
+    if fault == Fault::VaultDeleted {
+        // A vault lost before the switch: its undelivered key was revoked and another minted.
+        for k in extra {
+            assert!(
+                !records.contains(RawKey::new(k.as_str()).id().as_str()),
+                "{fault:?} at {at:?}: an orphan key stays valid"
+            );
+        }
+    } else {
+        assert!(
+            extra.is_empty(),
+            "{fault:?} at {at:?}: exactly one key minted"
+        );
+    }
     for api in sim.pods().iter().filter(|p| p.deployment == "sirius-api") {
         assert!(accepts(model, api, new.expose(), &records));
         assert!(
@@ -257,8 +398,10 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
         Fault::ValkeyDown => Some("ValkeyUnavailable"),
         Fault::ValkeyFlushed => Some("ValkeyStateRestored"),
         Fault::RolloutFailure => Some("RolloutFailed"),
-        Fault::SecretDeleted => Some("SecretRestored"),
-        Fault::ControllerKill | Fault::ConflictStorm => None,
+        Fault::SecretDeleted | Fault::WriteUndone => Some("SecretRestored"),
+        Fault::VaultDeleted => Some("VaultLost"),
+        Fault::ValkeyRefusesAuth => Some("ValkeyUnavailable"),
+        Fault::ControllerKill | Fault::ConflictStorm | Fault::TargetScaled => None,
     };
     // Deleted before the rotation first wrote the Secret, the write that follows is its usual one.
     let expected_event = match (fault, at) {
@@ -272,6 +415,12 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
         );
     }
     assert!(reasons.iter().any(|r| r == "RotationSucceeded"));
+    if fault == Fault::TargetScaled {
+        assert!(
+            !reasons.iter().any(|r| r == "RolloutFailed"),
+            "{fault:?} at {at:?}: a scale-up after completion failed the rotation"
+        );
+    }
     format!(
         "{fault:?} at {at:?} (injected at step {} target {}): passed, {samples} samples, 0 refused{note}",
         injected_at["step"].as_str().unwrap_or("-"),
@@ -310,4 +459,12 @@ matrix! {
     conflict_storm_v1_1: Fault::ConflictStorm, AuthModel::RootKeyPlusValkey;
     secret_deleted_v1_0: Fault::SecretDeleted, AuthModel::ValkeyOnly;
     secret_deleted_v1_1: Fault::SecretDeleted, AuthModel::RootKeyPlusValkey;
+    vault_deleted_v1_0: Fault::VaultDeleted, AuthModel::ValkeyOnly;
+    vault_deleted_v1_1: Fault::VaultDeleted, AuthModel::RootKeyPlusValkey;
+    target_scaled_v1_0: Fault::TargetScaled, AuthModel::ValkeyOnly;
+    target_scaled_v1_1: Fault::TargetScaled, AuthModel::RootKeyPlusValkey;
+    valkey_refuses_auth_v1_0: Fault::ValkeyRefusesAuth, AuthModel::ValkeyOnly;
+    valkey_refuses_auth_v1_1: Fault::ValkeyRefusesAuth, AuthModel::RootKeyPlusValkey;
+    write_undone_v1_0: Fault::WriteUndone, AuthModel::ValkeyOnly;
+    write_undone_v1_1: Fault::WriteUndone, AuthModel::RootKeyPlusValkey;
 }
