@@ -143,6 +143,8 @@ pub struct Context {
     /// One key store per Valkey endpoint, each connected on first use under its own lock, so a
     /// slow or unreachable server never delays the rotations that use another.
     stores: std::sync::Mutex<HashMap<Endpoint, Arc<OnceCell<KeyStore>>>>,
+    /// Which endpoint each rotation (`namespace/name`) uses, so a store nobody uses is dropped.
+    store_users: std::sync::Mutex<HashMap<String, Endpoint>>,
     /// The last Valkey record view per rotation, to spare a read on every watch event.
     records: std::sync::Mutex<HashMap<String, CachedRecords>>,
     pub backoffs: Backoffs,
@@ -164,6 +166,7 @@ impl Context {
             },
             resync,
             stores: Default::default(),
+            store_users: Default::default(),
             records: std::sync::Mutex::new(HashMap::new()),
             backoffs: Backoffs::default(),
             metrics: Arc::new(Metrics::new()),
@@ -187,7 +190,21 @@ impl Context {
         }
     }
 
-    async fn keystore(&self, endpoint: &Endpoint) -> Result<KeyStore, KeyStoreError> {
+    /// The key store `rotation` uses for `endpoint`; the one it used before is dropped (its
+    /// connection closed) unless another rotation uses it too.
+    async fn keystore(
+        &self,
+        rotation: &str,
+        endpoint: &Endpoint,
+    ) -> Result<KeyStore, KeyStoreError> {
+        let before = self
+            .store_users
+            .lock()
+            .unwrap()
+            .insert(rotation.to_string(), endpoint.clone());
+        if let Some(before) = before.filter(|b| b != endpoint) {
+            self.drop_store_if_unused(&before);
+        }
         let cell = self
             .stores
             .lock()
@@ -208,6 +225,31 @@ impl Context {
 
     fn forget_keystore(&self, endpoint: &Endpoint) {
         self.stores.lock().unwrap().remove(endpoint);
+    }
+
+    fn drop_store_if_unused(&self, endpoint: &Endpoint) {
+        if !self
+            .store_users
+            .lock()
+            .unwrap()
+            .values()
+            .any(|e| e == endpoint)
+        {
+            self.forget_keystore(endpoint);
+        }
+    }
+
+    /// `rotation` is gone: its cached view, back-off, change feed and key store go with it.
+    fn forget_rotation(&self, rotation: &str) {
+        self.records.lock().unwrap().remove(rotation);
+        self.backoffs.forget(rotation);
+        if let Some(watchers) = &self.valkey_watchers {
+            watchers.release(rotation);
+        }
+        let used = self.store_users.lock().unwrap().remove(rotation);
+        if let Some(endpoint) = used {
+            self.drop_store_if_unused(&endpoint);
+        }
     }
 }
 
@@ -398,16 +440,11 @@ impl<'a> Reconciliation<'a> {
     async fn clean_up(self) -> Result<Action, Error> {
         let spec = &self.akr.spec;
         let owner = key_of(self.akr);
-        self.ctx.records.lock().unwrap().remove(&owner);
-        self.ctx.backoffs.forget(&owner);
-        if let Some(watchers) = &self.ctx.valkey_watchers {
-            watchers.release(&owner);
-        }
         self.ctx.metrics.forget(&self.ns, &self.akr.name_any());
         match spec.deletion_policy {
             DeletionPolicy::Retain => {
                 let forgotten = async {
-                    let store = self.ctx.keystore(&self.endpoint().await?).await?;
+                    let store = self.ctx.keystore(&owner, &self.endpoint().await?).await?;
                     store
                         .forget_owner(&spec.valkey.operator_prefix, &owner, true)
                         .await?;
@@ -427,7 +464,7 @@ impl<'a> Reconciliation<'a> {
                 .await;
             }
             DeletionPolicy::Revoke => {
-                let store = self.ctx.keystore(&self.endpoint().await?).await?;
+                let store = self.ctx.keystore(&owner, &self.endpoint().await?).await?;
                 let mut ids: Vec<KeyId> = Vec::new();
                 // The vault (if the garbage collector has not taken it yet) also knows a key minted
                 // just before a crash, which the status may not name yet.
@@ -475,6 +512,7 @@ impl<'a> Reconciliation<'a> {
                 .await;
             }
         }
+        self.ctx.forget_rotation(&owner);
         Ok(Action::await_change())
     }
 
@@ -523,7 +561,7 @@ impl<'a> Reconciliation<'a> {
     }
 
     async fn drive_on(&mut self, endpoint: &Endpoint) -> Result<Action, Error> {
-        let store = self.ctx.keystore(endpoint).await?;
+        let store = self.ctx.keystore(&key_of(self.akr), endpoint).await?;
         if self.ctx.backoffs.valkey_failed_last(&key_of(self.akr)) {
             // Valkey failed last time: ask it first, before reading anything from the API server.
             store.ping().await?;

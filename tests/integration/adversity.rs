@@ -450,3 +450,55 @@ fn base64_of(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// A rotation's change feed and key store go with it: moved to another Valkey, or deleted, the
+/// connections it used close (none is left to a server nobody uses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_feeds_and_connections_are_released_with_their_rotation() {
+    let valkey = Valkey::start();
+    let other = Valkey::start();
+    let (sim, _old, operator) = ready(&valkey, json!({}), DEFAULT_RESYNC).await;
+    wait_for(Duration::from_secs(5), "a feed on the first Valkey", || {
+        valkey.change_feeds().len() == 1
+    })
+    .await;
+    sim.merge_patch_object(
+        "keys.siriusscan.io",
+        "apikeyrotations",
+        NS,
+        "sirius",
+        json!({"spec": {"valkey": {"url": other.url()}}}),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(10), "the feed moved", || {
+        other.change_feeds().len() == 1 && valkey.change_feeds().is_empty()
+    })
+    .await;
+    // The key store's connection to the first Valkey is closed too (CLIENT LIST shows only the
+    // connection that asks).
+    let clients = |valkey: &Valkey| {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut valkey.conn())
+            .unwrap();
+        list.lines().count()
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "no operator connection left",
+        || clients(&valkey) == 1,
+    )
+    .await;
+    sim.delete_object("keys.siriusscan.io", "apikeyrotations", NS, "sirius")
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the ApiKeyRotation gone", || {
+        sim.get_object("keys.siriusscan.io", "apikeyrotations", NS, "sirius")
+            .is_none()
+    })
+    .await;
+    wait_for(Duration::from_secs(5), "no feed or connection left", || {
+        other.change_feeds().is_empty() && clients(&other) == 1
+    })
+    .await;
+    operator.abort();
+}
