@@ -198,15 +198,14 @@ fn delay_after(count: u32) -> Duration {
     Duration::from_secs(1u64 << exp).min(MAX_DELAY)
 }
 
-/// Writes to objects other managers may also write; the same one again (in the same rotation)
-/// means it was undone.
+/// Writes to API objects other managers may also write; the same one again (in the same
+/// rotation) means it was undone. Valkey's records are not among them: writing back what a flush
+/// took costs the API server nothing, and every millisecond it waits is a refused request.
 fn undoable(revision: Option<u64>, action: &Action) -> Option<String> {
     match action {
-        Action::WriteConsumer { .. }
-        | Action::Roll { .. }
-        | Action::Register { .. }
-        | Action::SetBootstrapFlag
-        | Action::RestoreVault { .. } => Some(format!("{revision:?} {action:?}")),
+        Action::WriteConsumer { .. } | Action::Roll { .. } | Action::RestoreVault { .. } => {
+            Some(format!("{revision:?} {action:?}"))
+        }
         _ => None,
     }
 }

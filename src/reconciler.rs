@@ -647,7 +647,7 @@ impl<'a> Reconciliation<'a> {
             Step::RestoreVault { .. } => {
                 format!("The vault Secret {}", observe::vault_name(self.akr))
             }
-            _ => "The Valkey records of the keys".to_string(),
+            other => format!("{other:?}"),
         }
     }
 

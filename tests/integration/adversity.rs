@@ -502,3 +502,60 @@ async fn change_feeds_and_connections_are_released_with_their_rotation() {
     .await;
     operator.abort();
 }
+
+/// One hung Valkey never delays another: with rotation `sirius`'s Valkey frozen (its reconnects
+/// hang until they time out), rotation `second`'s records are written back within a second of
+/// each flush of its own Valkey.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_valkey_never_delays_another_rotations_repair() {
+    let hung = Valkey::start();
+    let healthy = Valkey::start();
+    let (sim, _old, operator) = ready(&hung, json!({}), Duration::from_secs(1)).await;
+    // A second Sirius, its own Secret, Deployment and Valkey.
+    let second_key = RawKey::new("fedcba9876543210".repeat(4));
+    let mut secret = consumer_secret(&second_key);
+    secret["metadata"]["name"] = json!("second-key");
+    sim.create_object(secret).unwrap();
+    let deployment = sirius_deployment("second-api", 1)
+        .to_string()
+        .replace("sirius-api-key", "second-key");
+    sim.create_object(serde_json::from_str(&deployment).unwrap())
+        .unwrap();
+    let mut second = rotation(
+        &healthy.url(),
+        json!({"secret": {"name": "second-key"}, "targets": [{"name": "second-api"}]}),
+    );
+    second["metadata"]["name"] = json!("second");
+    sim.create_object(second).unwrap();
+    let record = format!("apikey:{}", second_key.id());
+    wait_for(
+        Duration::from_secs(15),
+        "the second rotation's record",
+        || healthy.exists(&record),
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(5),
+        "the second Valkey's change feed",
+        || healthy.change_feeds().len() == 1,
+    )
+    .await;
+    hung.pause();
+    wait_degraded(&sim, "ValkeyUnavailable").await;
+    for _ in 0..5 {
+        healthy.flushall();
+        let flushed = std::time::Instant::now();
+        wait_for(Duration::from_secs(10), "the second record back", || {
+            healthy.exists(&record)
+        })
+        .await;
+        let took = flushed.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "the repair waited {took:?} for the hung Valkey"
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    hung.resume();
+    operator.abort();
+}
