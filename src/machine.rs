@@ -512,12 +512,23 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
             b.status.phase = Some(Phase::Pending);
             return b.plan(Action::StatusOnly, None);
         }
-        if ever_ready(o)
-            && o.records.valkey_intact
-            && !o.records.malformed
-            && o.spec.external_revocation == ExternalRevocation::Rotate
-            && !o.spec.suspend
-        {
+        if ever_ready(o) && revoked_in_sirius(o) {
+            if o.spec.suspend {
+                // Honoured even while suspended: the record stays deleted; the rotation that
+                // moves consumers to a new key waits for spec.suspend to be lifted.
+                let message = format!(
+                    "The Valkey record of the active key {} was deleted while Valkey kept its other data (revoked in Sirius?). It is not restored; consumers holding it are refused until a rotation runs, and spec.suspend holds that rotation back.",
+                    vault.current.short()
+                );
+                let event = b.degrade(KEY_REVOKED_EXTERNALLY, &message);
+                b.status.phase = Some(Phase::Suspended);
+                return b.plan(
+                    Action::Wait {
+                        requeue_after: None,
+                    },
+                    event,
+                );
+            }
             return revoked_externally(o, vault, b);
         }
         let event = if ever_ready(o) {
@@ -718,6 +729,14 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
 
 pub const KEY_REVOKED_EXTERNALLY: &str = "KeyRevokedExternally";
 
+/// The current key's record is missing while Valkey kept everything else (the operator's own
+/// state entry is there, nothing malformed), and the spec honours that as a revocation.
+fn revoked_in_sirius(o: &Observation) -> bool {
+    o.records.valkey_intact
+        && !o.records.malformed
+        && o.spec.external_revocation == ExternalRevocation::Rotate
+}
+
 /// The active key's record was deleted while Valkey kept everything else: someone revoked the
 /// key in Sirius (a leak). That is honoured: the key is not written back, and a rotation starts
 /// at once, maintenance windows or not, so consumers move to a new key.
@@ -829,6 +848,19 @@ fn rotating(
     // (During a rollback `revokedAt` tracks the new key's removal; the old key stays.)
     let revoking = r.revoked_at.is_some() && r.rolling_back.is_none();
     if !o.records.current && !revoking && !vault.current_raw_lost && !r.old_key_revoked_externally {
+        // Revoked in Sirius mid-rotation (not during a rollback, which needs the old key): the
+        // rotation goes on, outside windows, without writing the record back.
+        if r.rolling_back.is_none() && revoked_in_sirius(o) {
+            r.old_key_revoked_externally = true;
+            r.outside_windows = true;
+            let message = format!(
+                "The Valkey record of the old key {} was deleted during rotation {} while Valkey kept its other data (revoked in Sirius?). It is not restored; the rotation goes on, outside maintenance windows.",
+                vault.current.short(),
+                r.revision
+            );
+            b.status.current_rotation = Some(r);
+            return b.plan(Action::StatusOnly, warning(KEY_REVOKED_EXTERNALLY, message));
+        }
         b.status.current_rotation = Some(r);
         return b.plan(
             Action::Register {
@@ -1966,6 +1998,56 @@ mod tests {
         o.status.current_rotation = Some(r);
         o.probe = Some((ProbeStage::OldKeyRefused, Ok(200)));
         decide(&o)
+    }
+
+    #[test]
+    fn a_key_revoked_in_sirius_is_never_written_back_suspended_or_mid_rotation() {
+        let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+        o.records.current = false;
+        o.records.valkey_intact = true;
+        o.spec.suspend = true;
+        let plan = decide(&o);
+        assert!(
+            matches!(plan.action, Action::Wait { .. }),
+            "{:?}",
+            plan.action
+        );
+        assert_eq!(plan.event.unwrap().reason, KEY_REVOKED_EXTERNALLY);
+        // Flushed (the operator's state entry went too): written back, suspended or not.
+        o.records.valkey_intact = false;
+        assert!(matches!(
+            decide(&o).action,
+            Action::Register { current: true, .. }
+        ));
+
+        // Mid-rotation: the rotation goes on without the old record.
+        let mut plan = still_accepted_after(0);
+        let mut r = plan.status.current_rotation.take().unwrap();
+        r.step = Step::Roll;
+        r.revoked_at = None;
+        let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+        o.status.current_rotation = Some(r);
+        o.vault = Some(VaultView {
+            current: KeyId("a".repeat(64)),
+            pending: Some((KeyId("b".repeat(64)), 1)),
+            current_raw_lost: false,
+        });
+        o.records = RecordView {
+            current: false,
+            pending: true,
+            valkey_intact: true,
+            ..Default::default()
+        };
+        let plan = decide(&o);
+        assert_eq!(plan.action, Action::StatusOnly);
+        assert_eq!(plan.event.as_ref().unwrap().reason, KEY_REVOKED_EXTERNALLY);
+        let r = plan.status.current_rotation.clone().unwrap();
+        assert!(r.old_key_revoked_externally && r.outside_windows);
+        o.status = plan.status;
+        assert!(
+            !matches!(decide(&o).action, Action::Register { current: true, .. }),
+            "the revoked record is not written back"
+        );
     }
 
     #[test]
