@@ -408,6 +408,14 @@ impl<'a> Reconciliation<'a> {
                 &self.akr.name_any(),
                 self.ctx.rotations.iter().flat_map(|s| s.state()),
             )
+            .or_else(|| {
+                crate::trust::adoptable_key_problem(
+                    &secret,
+                    &self.akr.name_any(),
+                    &spec.secret.key,
+                    &spec.key.prefix,
+                )
+            })
         {
             self.report_failure("ClaimConflict", &message).await?;
             return Ok(Action::requeue(self.ctx.resync));

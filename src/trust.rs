@@ -156,6 +156,41 @@ pub fn consumer_secret_problem<R: Borrow<ApiKeyRotation>>(
     None
 }
 
+/// Why the value under `data_key` of an existing consumers' Secret this rotation does not own
+/// yet is not adopted as its active key, if it is not. Only a Sirius key is: lowercase hex (32 to
+/// 128 characters: the installer's root key has 64), optionally after `sk_` or the spec's key
+/// prefix. Anything else (a database password, a token someone keeps there) would be sent to the
+/// verification URL, and its first characters written into Valkey as the record's prefix.
+pub fn adoptable_key_problem(
+    secret: &Secret,
+    rotation_name: &str,
+    data_key: &str,
+    key_prefix: &str,
+) -> Option<String> {
+    if secret
+        .labels()
+        .get(MANAGED_BY_LABEL)
+        .is_some_and(|r| r == rotation_name)
+    {
+        return None;
+    }
+    let value = crate::observe::secret_value(secret, data_key)?;
+    let raw = value.expose();
+    let hex = [key_prefix, "sk_"]
+        .iter()
+        .filter(|p| !p.is_empty())
+        .find_map(|p| raw.strip_prefix(p))
+        .unwrap_or(raw);
+    let sirius_shaped = (32..=128).contains(&hex.len())
+        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (!sirius_shaped).then(|| {
+        format!(
+            "Secret {} holds a value under {data_key} that is not a Sirius API key (lowercase hex, optionally after sk_); it is not adopted and nothing was changed. Remove that data key to have a key minted, or name another Secret in spec.secret",
+            secret.name_any()
+        )
+    })
+}
+
 /// Why `url` (where `field` sends a key or a query) is not trusted, if it is not: https, or
 /// http only to a name inside the cluster (no dots, or a `.svc` name such as
 /// `sirius-api.sirius.svc.cluster.local`) or to loopback. Never http to another IP address or a
@@ -190,6 +225,58 @@ fn is_cluster_name(host: &str) -> bool {
     }
     // `.svc` after the first label, then anything (the cluster domain).
     host.split('.').skip(1).any(|label| label == "svc")
+}
+
+#[cfg(test)]
+mod adoption {
+    use super::*;
+
+    fn holding(value: &str, labelled: Option<&str>) -> Secret {
+        use k8s_openapi::ByteString;
+        let mut s = Secret::default();
+        s.metadata.name = Some("target".into());
+        if let Some(r) = labelled {
+            s.metadata.labels = Some([(MANAGED_BY_LABEL.to_string(), r.to_string())].into());
+        }
+        s.data = Some([("K".to_string(), ByteString(value.as_bytes().to_vec()))].into());
+        s
+    }
+
+    #[test]
+    fn only_sirius_shaped_keys_are_adopted() {
+        let hex64 = "0123456789abcdef".repeat(4);
+        for good in [
+            hex64.clone(),
+            format!("sk_{hex64}"),
+            format!("my_{}", "ab".repeat(16)),
+        ] {
+            assert_eq!(
+                adoptable_key_problem(&holding(&good, None), "r", "K", "my_"),
+                None,
+                "{good}"
+            );
+        }
+        for bad in [
+            "hunter2",
+            "postgres://u:p@db/x",
+            &hex64.to_uppercase(),
+            "ab",
+            &format!("sk_{}", "z".repeat(64)),
+            "é",
+        ] {
+            let why = adoptable_key_problem(&holding(bad, None), "r", "K", "sk_").unwrap();
+            assert!(!why.contains(bad), "the value is never quoted: {why}");
+        }
+        // One this rotation already owns (it wrote the key), or none at all, is not judged.
+        assert_eq!(
+            adoptable_key_problem(&holding("hunter2", Some("r")), "r", "K", "sk_"),
+            None
+        );
+        assert_eq!(
+            adoptable_key_problem(&holding("hunter2", None), "r", "other", "sk_"),
+            None
+        );
+    }
 }
 
 #[cfg(test)]

@@ -255,3 +255,43 @@ async fn a_probe_url_over_http_to_a_public_address_is_invalid_spec() {
         Some(old.expose())
     );
 }
+
+/// An Opaque Secret holding something that is no Sirius key (here a database password under the
+/// data key the spec names) is not adopted: its value would go to the verification URL and its
+/// first characters into Valkey. Nothing is minted or written, and the Secret stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_that_is_no_sirius_key_is_never_adopted() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    sim.create_object(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "db-credentials", "namespace": NS},
+        "type": "Opaque",
+        "data": {"password": b64("correct-horse-battery-staple")},
+    }))
+    .unwrap();
+    let before = without_volatile(sim.get_object("", "secrets", NS, "db-credentials").unwrap());
+    let spec = json!({
+        "secret": {"name": "db-credentials", "key": "password"},
+        "verification": {"url": "https://attacker.example/collect"},
+    });
+    sim.create_object(rotation(&valkey.url(), spec)).unwrap();
+    let operator = spawn_operator(&sim);
+    wait_degraded(&sim, "ClaimConflict").await;
+    let message = condition_message(&sim);
+    assert!(message.contains("not a Sirius API key"), "{message}");
+    assert!(!message.contains("correct-horse"), "{message}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    operator.abort();
+    assert!(!vault_exists(&sim, "sirius"), "nothing adopted or minted");
+    assert!(
+        valkey.keys().is_empty(),
+        "nothing written to Valkey: {:?}",
+        valkey.keys()
+    );
+    assert_eq!(
+        without_volatile(sim.get_object("", "secrets", NS, "db-credentials").unwrap()),
+        before
+    );
+}
