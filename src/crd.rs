@@ -353,6 +353,15 @@ pub struct Verification {
 
 // The URLs may carry credentials (`redis://user:pass@host`): `Debug` prints them redacted.
 
+impl ValkeyConnection {
+    pub fn prefixes(&self) -> crate::keystore::Prefixes<'_> {
+        crate::keystore::Prefixes {
+            records: &self.record_prefix,
+            operator: &self.operator_prefix,
+        }
+    }
+}
+
 impl std::fmt::Debug for ValkeyConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ValkeyConnection")

@@ -33,8 +33,16 @@ pub enum RecordState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordsRead {
     pub records: Vec<RecordState>,
+    /// Per id: the operator's marker that it wrote that record (see [`marker_key`]).
+    pub marked: Vec<bool>,
     pub bootstrap_flag: bool,
-    pub also_exists: bool,
+}
+
+/// Where a rotation's data lives in Valkey: Sirius's key records, and the operator's own entries.
+#[derive(Clone, Copy, Debug)]
+pub struct Prefixes<'a> {
+    pub records: &'a str,
+    pub operator: &'a str,
 }
 
 /// As its (redacted) message: the wrapped errors' own `Debug` is not redacted.
@@ -79,6 +87,15 @@ fn is_wrong_type(e: &redis::RedisError) -> bool {
 /// Where the operator keeps a rotation's state (`owner` is `namespace/name`).
 pub fn state_key(operator_prefix: &str, owner: &str) -> String {
     format!("{operator_prefix}state:{owner}")
+}
+
+/// The operator's marker for the record of `id`: written in the same transaction as the record
+/// and deleted in the same transaction as its revocation. A flush or an empty restart takes both;
+/// a record missing while its marker is there was deleted on its own (revoked in Sirius). Unlike
+/// any other witness of "Valkey kept its data", no write of the operator that lands just after a
+/// flush can bring the marker back without its record.
+pub fn marker_key(operator_prefix: &str, id: &KeyId) -> String {
+    format!("{operator_prefix}registered:{id}")
 }
 
 /// Accepts `valkey://` and `valkeys://` as aliases of `redis://` and `rediss://`.
@@ -171,17 +188,19 @@ impl KeyStore {
         format!("{prefix}{id}")
     }
 
-    /// Which ids have a valid Sirius record, whether the bootstrap flag is set, and whether
-    /// `also` exists (one `MGET`: Valkey answers nil for a key of another type).
+    /// Which ids have a valid Sirius record and the operator's marker, and whether the bootstrap
+    /// flag is set (one `MGET`: Valkey answers nil for a key of another type).
     pub async fn read_records(
         &self,
-        prefix: &str,
+        prefixes: Prefixes<'_>,
         ids: &[&KeyId],
-        also: &str,
     ) -> Result<RecordsRead, KeyStoreError> {
-        let mut keys: Vec<String> = ids.iter().map(|id| Self::record_key(prefix, id)).collect();
-        keys.push(format!("{prefix}{}", sirius::BOOTSTRAP_FLAG));
-        keys.push(also.to_string());
+        let mut keys: Vec<String> = ids
+            .iter()
+            .map(|id| Self::record_key(prefixes.records, id))
+            .collect();
+        keys.extend(ids.iter().map(|id| marker_key(prefixes.operator, id)));
+        keys.push(format!("{}{}", prefixes.records, sirius::BOOTSTRAP_FLAG));
         let mut conn = self.conn.clone();
         let values: Vec<Option<String>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
@@ -211,57 +230,61 @@ impl KeyStore {
         }
         Ok(RecordsRead {
             records,
-            bootstrap_flag: values[ids.len()].is_some(),
-            also_exists: values[ids.len() + 1].is_some(),
+            marked: values[ids.len()..2 * ids.len()]
+                .iter()
+                .map(Option::is_some)
+                .collect(),
+            bootstrap_flag: values[2 * ids.len()].is_some(),
         })
     }
 
     /// Writes a Sirius record unless a valid one exists (an existing one keeps its label and
     /// times); one that is not a valid record of this key (malformed JSON, another id, another
-    /// Valkey type) is overwritten.
+    /// Valkey type) is overwritten. The operator's marker is set in the same transaction, so it
+    /// only ever exists alongside the record.
     pub async fn register(
         &self,
-        prefix: &str,
+        prefixes: Prefixes<'_>,
         key: &RawKey,
         label: &str,
     ) -> Result<bool, KeyStoreError> {
         let id = key.id();
         let json = sirius::record_json(key, label, "apikey-rotator", jiff::Timestamp::now());
-        let record = Self::record_key(prefix, &id);
-        self.expect_change(&record);
+        let record = Self::record_key(prefixes.records, &id);
         let mut conn = self.conn.clone();
-        // A failed command withdraws too: the feed then checks the change (harmless if it was made).
-        let written: bool = redis::cmd("SET")
-            .arg(&record)
-            .arg(&json)
-            .arg("NX")
-            .query_async::<Option<String>>(&mut conn)
-            .await
-            .inspect_err(|_| self.withdraw_change(&record))?
-            .is_some();
-        if written {
-            return Ok(true);
-        }
         let existing: Result<Option<String>, _> = conn.get(&record).await;
+        let overwritten = || tracing::warn!(record = %record, "a record that is not a valid Sirius record of its key was overwritten");
         let valid = match existing {
-            Ok(Some(v)) => sirius::is_record_of(&v, &id),
+            Ok(Some(v)) if sirius::is_record_of(&v, &id) => true,
             Ok(None) => false,
-            Err(e) if is_wrong_type(&e) => false,
-            Err(e) => {
-                self.withdraw_change(&record);
-                return Err(e.into());
+            Ok(Some(_)) => {
+                overwritten();
+                false
             }
+            Err(e) if is_wrong_type(&e) => {
+                overwritten();
+                false
+            }
+            Err(e) => return Err(e.into()),
         };
-        if valid {
-            self.withdraw_change(&record);
-            return Ok(false);
+        if !valid {
+            self.expect_change(&record);
         }
-        tracing::warn!(record = %record, "a record that is not a valid Sirius record of its key was overwritten");
-        let _: () = conn
-            .set(&record, &json)
+        // A valid record is kept (NX): if it vanished since the GET, NX writes it afresh.
+        let mut set = redis::cmd("SET");
+        set.arg(&record).arg(&json);
+        if valid {
+            set.arg("NX");
+        }
+        let (written, ()): (Option<String>, ()) = redis::pipe()
+            .atomic()
+            .add_command(set)
+            .set(marker_key(prefixes.operator, &id), "1")
+            .query_async(&mut conn)
             .await
+            // A failed command withdraws too: the feed then checks the change (harmless if made).
             .inspect_err(|_| self.withdraw_change(&record))?;
-        Ok(true)
+        Ok(written.is_some())
     }
 
     pub async fn set_bootstrap_flag(&self, prefix: &str) -> Result<(), KeyStoreError> {
@@ -275,12 +298,16 @@ impl KeyStore {
         Ok(())
     }
 
-    pub async fn revoke(&self, prefix: &str, id: &KeyId) -> Result<(), KeyStoreError> {
-        let record = Self::record_key(prefix, id);
+    /// Deletes the record and the operator's marker together.
+    pub async fn revoke(&self, prefixes: Prefixes<'_>, id: &KeyId) -> Result<(), KeyStoreError> {
+        let record = Self::record_key(prefixes.records, id);
         self.expect_change(&record);
         let mut conn = self.conn.clone();
-        let deleted: i64 = conn
+        let (deleted, _): (i64, i64) = redis::pipe()
+            .atomic()
             .del(&record)
+            .del(marker_key(prefixes.operator, id))
+            .query_async(&mut conn)
             .await
             .inspect_err(|_| self.withdraw_change(&record))?;
         if deleted == 0 {

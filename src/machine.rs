@@ -65,9 +65,10 @@ pub struct RecordView {
     pub bootstrap_flag: bool,
     /// One of the records is there but is not a valid Sirius record of its key.
     pub malformed: bool,
-    /// The operator's own state entry is there: Valkey was not flushed or restarted empty, so a
-    /// missing record was deleted on its own (a revocation in Sirius).
-    pub valkey_intact: bool,
+    /// The operator's marker for the current key's record is there (it is written and deleted
+    /// only together with the record, and a flush takes both): a missing record with its marker
+    /// was deleted on its own (a revocation in Sirius), not lost with the rest of Valkey.
+    pub current_marked: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -564,6 +565,18 @@ fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> Plan {
             event,
         );
     }
+    if !o.records.current_marked && !vault.current_raw_lost {
+        // A record the operator did not write itself (Sirius's bootstrap of its root key, or one
+        // from before markers existed) gets its marker, so that a later deletion of the record
+        // reads as a revocation in Sirius and not as data loss.
+        return b.plan(
+            Action::Register {
+                current: true,
+                pending: false,
+            },
+            None,
+        );
+    }
     let delivered_before = o.status.active_key_id.is_some();
     if consumer_id(o) != Some(&vault.current)
         && delivered_before
@@ -732,7 +745,7 @@ pub const KEY_REVOKED_EXTERNALLY: &str = "KeyRevokedExternally";
 /// The current key's record is missing while Valkey kept everything else (the operator's own
 /// state entry is there, nothing malformed), and the spec honours that as a revocation.
 fn revoked_in_sirius(o: &Observation) -> bool {
-    o.records.valkey_intact
+    o.records.current_marked
         && !o.records.malformed
         && o.spec.external_revocation == ExternalRevocation::Rotate
 }
@@ -2004,7 +2017,7 @@ mod tests {
     fn a_key_revoked_in_sirius_is_never_written_back_suspended_or_mid_rotation() {
         let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
         o.records.current = false;
-        o.records.valkey_intact = true;
+        o.records.current_marked = true;
         o.spec.suspend = true;
         let plan = decide(&o);
         assert!(
@@ -2013,8 +2026,8 @@ mod tests {
             plan.action
         );
         assert_eq!(plan.event.unwrap().reason, KEY_REVOKED_EXTERNALLY);
-        // Flushed (the operator's state entry went too): written back, suspended or not.
-        o.records.valkey_intact = false;
+        // Flushed (the marker went too): written back, suspended or not.
+        o.records.current_marked = false;
         assert!(matches!(
             decide(&o).action,
             Action::Register { current: true, .. }
@@ -2035,7 +2048,7 @@ mod tests {
         o.records = RecordView {
             current: false,
             pending: true,
-            valkey_intact: true,
+            current_marked: true,
             ..Default::default()
         };
         let plan = decide(&o);
@@ -2181,6 +2194,7 @@ mod tests {
                 current: true,
                 pending: false,
                 bootstrap_flag: false,
+                current_marked: true,
                 ..Default::default()
             },
         }

@@ -7,7 +7,7 @@ use crate::crd::{
     ApiKeyRotation, ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION, SECRET_RESTORES_ANNOTATION,
 };
 use crate::key::{KeyId, RawKey};
-use crate::keystore::{KeyStore, KeyStoreError, RecordState, state_key};
+use crate::keystore::{KeyStore, KeyStoreError, RecordState};
 use crate::machine::{ConsumerView, RecordView, TargetView, VaultView};
 use crate::rollout::rollout_state;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -130,7 +130,6 @@ pub fn target_view(d: Option<&Deployment>) -> TargetView {
 pub async fn record_view(
     store: &KeyStore,
     spec: &ValkeyConnection,
-    owner: &str,
     vault: Option<&Vault>,
 ) -> Result<RecordView, KeyStoreError> {
     let Some(vault) = vault else {
@@ -142,18 +141,13 @@ pub async fn record_view(
     if let Some(p) = &pending {
         ids.push(p);
     }
-    // The operator's own state entry lives in the same database: while it is there, Valkey
-    // was neither flushed nor restarted empty.
-    let state = state_key(&spec.operator_prefix, owner);
-    let read = store
-        .read_records(&spec.record_prefix, &ids, &state)
-        .await?;
+    let read = store.read_records(spec.prefixes(), &ids).await?;
     let valid = |i: usize| read.records.get(i) == Some(&RecordState::Valid);
     Ok(RecordView {
         current: valid(0),
         pending: pending.is_some() && valid(1),
         bootstrap_flag: read.bootstrap_flag,
         malformed: read.records.contains(&RecordState::Malformed),
-        valkey_intact: read.also_exists,
+        current_marked: read.marked.first() == Some(&true),
     })
 }

@@ -503,7 +503,7 @@ impl<'a> Reconciliation<'a> {
                 ids.sort();
                 ids.dedup();
                 for id in &ids {
-                    store.revoke(&spec.valkey.record_prefix, id).await?;
+                    store.revoke(spec.valkey.prefixes(), id).await?;
                 }
                 store
                     .forget_owner(&spec.valkey.operator_prefix, &owner, false)
@@ -692,11 +692,13 @@ impl<'a> Reconciliation<'a> {
         match action {
             Step::Register { current, pending } => {
                 entry.view.current |= *current;
+                entry.view.current_marked |= *current;
                 entry.view.pending |= *pending && entry.pending.is_some();
             }
             Step::Revoke { key_id } => {
                 if *key_id == entry.current {
                     entry.view.current = false;
+                    entry.view.current_marked = false;
                 }
                 if Some(key_id) == entry.pending.as_ref() {
                     entry.view.pending = false;
@@ -736,8 +738,7 @@ impl<'a> Reconciliation<'a> {
                 return Ok((c.view, true));
             }
         }
-        let view =
-            observe::record_view(store, &self.akr.spec.valkey, &key_of(self.akr), vault).await?;
+        let view = observe::record_view(store, &self.akr.spec.valkey, vault).await?;
         self.ctx.records.lock().unwrap().insert(
             key_of(self.akr),
             CachedRecords {
@@ -806,6 +807,7 @@ impl<'a> Reconciliation<'a> {
     ) -> Result<(), Error> {
         let spec = &self.akr.spec;
         let prefix = &spec.valkey.record_prefix;
+        let prefixes = spec.valkey.prefixes();
         let need_vault =
             || vault.ok_or_else(|| Error::Corrupt("the vault Secret disappeared".into()));
         let need_current = |vault: &'_ Vault| -> Result<RawKey, Error> {
@@ -832,10 +834,10 @@ impl<'a> Reconciliation<'a> {
             Step::Register { current, pending } => {
                 let vault = need_vault()?;
                 if let (true, Some(key)) = (*current, &vault.current) {
-                    store.register(prefix, key, &spec.key.label).await?;
+                    store.register(prefixes, key, &spec.key.label).await?;
                 }
                 if let (true, Some((key, _))) = (*pending, &vault.pending) {
-                    store.register(prefix, key, &spec.key.label).await?;
+                    store.register(prefixes, key, &spec.key.label).await?;
                 }
             }
             Step::MintPending { revision } => {
@@ -883,7 +885,7 @@ impl<'a> Reconciliation<'a> {
                     )
                     .await?;
             }
-            Step::Revoke { key_id } => store.revoke(prefix, key_id).await?,
+            Step::Revoke { key_id } => store.revoke(prefixes, key_id).await?,
             Step::SetBootstrapFlag => store.set_bootstrap_flag(prefix).await?,
             Step::Promote => {
                 let vault = need_vault()?;

@@ -377,6 +377,65 @@ async fn a_key_revoked_in_sirius_itself_is_honoured_and_replaced_at_once() {
     );
 }
 
+/// A flush is data loss even when one of the operator's writes (its state entry, its history)
+/// lands just after it: only the marker written with each record vouches that Valkey kept it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_followed_at_once_by_an_operator_write_is_repaired_not_taken_for_a_revocation() {
+    let valkey = Valkey::start();
+    let (sim, old, operator) = ready(&valkey, json!({}), Duration::from_secs(3600)).await;
+    let record = format!("apikey:{}", old.id());
+    wait_for(Duration::from_secs(5), "the change feed", || {
+        !valkey.change_feeds().is_empty()
+    })
+    .await;
+    let mut conn = valkey.conn();
+    let state_keys: Vec<String> = redis::cmd("KEYS")
+        .arg("apikey-rotator:state:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(state_keys.len(), 1, "the operator keeps its state entry");
+    let state: String = redis::cmd("GET")
+        .arg(&state_keys[0])
+        .query(&mut conn)
+        .unwrap();
+    // In one transaction, so no read of the operator's can fall between the two.
+    let _: ((), ()) = redis::pipe()
+        .atomic()
+        .cmd("FLUSHALL")
+        .set(&state_keys[0], &state)
+        .query(&mut conn)
+        .unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "an Event on the lost record",
+        || {
+            event_reasons(&sim)
+                .iter()
+                .any(|r| r == "ValkeyStateRestored" || r == "KeyRevokedExternally")
+        },
+    )
+    .await;
+    wait_for(Duration::from_secs(5), "the record written back", || {
+        valkey.exists(&record)
+    })
+    .await;
+    operator.abort();
+    let reasons = event_reasons(&sim);
+    assert!(
+        reasons.iter().any(|r| r == "ValkeyStateRestored"),
+        "{reasons:?}"
+    );
+    assert!(
+        !reasons.iter().any(|r| r == "KeyRevokedExternally"),
+        "a flush was taken for a revocation: {reasons:?}"
+    );
+    assert_eq!(
+        akr_status(&sim)["revision"],
+        json!(0),
+        "no rotation started"
+    );
+}
+
 /// A record that exists but is no Sirius record of its key (malformed JSON, another id, another
 /// Valkey type) counts as missing and is rewritten; a malformed history never blocks a finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,8 @@ struct World {
     vault: Option<VaultView>,
     consumer: Option<String>,
     records: BTreeSet<String>,
+    /// The operator's markers: written and deleted with a record, lost with it in a flush.
+    markers: BTreeSet<String>,
     targets: Vec<Target>,
     minted: Vec<String>,
     /// When each key was last held by a running pod.
@@ -111,6 +113,7 @@ impl World {
             vault: None,
             consumer: initial,
             records: BTreeSet::new(),
+            markers: BTreeSet::new(),
             targets,
             minted: Vec::new(),
             last_run: Default::default(),
@@ -223,6 +226,10 @@ impl World {
                     .and_then(|v| v.pending.as_ref())
                     .is_some_and(|(p, _)| self.records.contains(&p.0)),
                 bootstrap_flag: false,
+                current_marked: self
+                    .vault
+                    .as_ref()
+                    .is_some_and(|v| self.markers.contains(&v.current.0)),
                 ..Default::default()
             },
             targets: self
@@ -341,9 +348,11 @@ impl World {
                 let v = self.vault.clone().unwrap();
                 if *current && !v.current_raw_lost {
                     self.records.insert(v.current.0.clone());
+                    self.markers.insert(v.current.0.clone());
                 }
                 if let (true, Some((p, _))) = (*pending, &v.pending) {
                     self.records.insert(p.0.clone());
+                    self.markers.insert(p.0.clone());
                 }
             }
             Action::MintPending { revision } => {
@@ -476,6 +485,7 @@ impl World {
                     );
                 }
                 self.records.remove(&key_id.0);
+                self.markers.remove(&key_id.0);
             }
             Action::Promote => {
                 if self.checks {
@@ -614,6 +624,7 @@ fn run_world(mut w: World, seed: u64, crash_percent: u64, rotations: u64) -> Wor
         if w.rng.chance(1) && flushes < 3 && w.vault.is_some() {
             flushes += 1;
             w.records.clear();
+            w.markers.clear();
             // The records come back before anyone notices: the next decision must re-register
             // (during set-up, once the status names the key).
             let mut plan = w.decide();

@@ -290,7 +290,7 @@ fn observation() -> impl Strategy<Value = Observation> {
                         pending: records[1],
                         bootstrap_flag: records[2],
                         malformed: records[3],
-                        valkey_intact: records[4],
+                        current_marked: records[4],
                     },
                     targets: views.into_iter().take(targets).collect(),
                     probe: probe.map(|p| (stage, p)),

@@ -2,7 +2,7 @@
 //! replayed against both and every reply, and the final contents, must be identical.
 
 use apikey_rotator::key::RawKey;
-use apikey_rotator::keystore::{Endpoint, KeyStore};
+use apikey_rotator::keystore::{Endpoint, KeyStore, Prefixes};
 use kube_sim::memory_valkey::MemoryValkey;
 use kube_sim::valkey::ValkeyServer;
 use redis::Value;
@@ -42,6 +42,17 @@ fn session(url: &str) -> Vec<redis::RedisResult<Value>> {
         vec!["DBSIZE"],
         vec!["GET"],
         vec!["SELECT", "0"],
+        vec!["EXEC"],
+        vec!["DISCARD"],
+        vec!["MULTI"],
+        vec!["SET", "apikey:t", "1", "NX"],
+        vec!["MULTI"],
+        vec!["GET", "apikey:t"],
+        vec!["EXEC"],
+        vec!["MULTI"],
+        vec!["SET", "apikey:u", "1"],
+        vec!["DISCARD"],
+        vec!["EXISTS", "apikey:u", "apikey:t"],
         vec!["FLUSHALL"],
         vec!["DBSIZE"],
     ];
@@ -115,31 +126,32 @@ fn dump(url: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+const PREFIXES: Prefixes<'static> = Prefixes {
+    records: "apikey:",
+    operator: "apikey-rotator:",
+};
+
 async fn operator_session(store: &KeyStore, old: &RawKey, new: &RawKey) -> Vec<String> {
     let mut replies = vec![];
     let (old_id, new_id) = (old.id(), new.id());
     replies.push(format!(
         "{:?}",
         store
-            .read_records(
-                "apikey:",
-                &[&old_id, &new_id],
-                "apikey-rotator:state:sirius/sirius"
-            )
+            .read_records(PREFIXES, &[&old_id, &new_id])
             .await
             .unwrap()
     ));
     replies.push(format!(
         "{:?}",
-        store.register("apikey:", old, "root").await.unwrap()
+        store.register(PREFIXES, old, "root").await.unwrap()
     ));
     replies.push(format!(
         "{:?}",
-        store.register("apikey:", new, "rotated").await.unwrap()
+        store.register(PREFIXES, new, "rotated").await.unwrap()
     ));
     replies.push(format!(
         "{:?}",
-        store.register("apikey:", new, "again").await.unwrap()
+        store.register(PREFIXES, new, "again").await.unwrap()
     ));
     store.set_bootstrap_flag("apikey:").await.unwrap();
     store
@@ -155,23 +167,15 @@ async fn operator_session(store: &KeyStore, old: &RawKey, new: &RawKey) -> Vec<S
     replies.push(format!(
         "{:?}",
         store
-            .read_records(
-                "apikey:",
-                &[&old_id, &new_id],
-                "apikey-rotator:state:sirius/sirius"
-            )
+            .read_records(PREFIXES, &[&old_id, &new_id])
             .await
             .unwrap()
     ));
-    store.revoke("apikey:", &old_id).await.unwrap();
+    store.revoke(PREFIXES, &old_id).await.unwrap();
     replies.push(format!(
         "{:?}",
         store
-            .read_records(
-                "apikey:",
-                &[&old_id, &new_id],
-                "apikey-rotator:state:sirius/sirius"
-            )
+            .read_records(PREFIXES, &[&old_id, &new_id])
             .await
             .unwrap()
     ));

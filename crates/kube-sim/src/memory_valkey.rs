@@ -2,7 +2,7 @@
 //! `valkey-server`. The operator talks to it with its ordinary Valkey client, so the demo still
 //! runs the production code path. It implements exactly the commands the operator, the demo and
 //! the tests send, with Valkey's replies (including its errors for wrong types and unknown
-//! commands); `tests/integration/memory_valkey.rs` replays the same sessions against a real valkey-server and
+//! commands, and `MULTI`/`EXEC` transactions); `tests/integration/memory_valkey.rs` replays the same sessions against a real valkey-server and
 //! compares every reply.
 
 use redis::{Parser, Value};
@@ -74,9 +74,47 @@ fn serve(stream: TcpStream, data: Data) {
     };
     let mut reader = BufReader::new(stream);
     let mut parser = Parser::new();
+    // Commands queued since this connection's MULTI, run together (under one lock) by EXEC.
+    let mut transaction: Option<Vec<Vec<Vec<u8>>>> = None;
+    // An error while queueing (a nested MULTI) makes Valkey refuse the EXEC.
+    let mut aborted = false;
     while let Ok(request) = parser.parse_value(&mut reader) {
         let reply = match arguments(request) {
-            Some(args) if !args.is_empty() => execute(&args, &data),
+            Some(args) if !args.is_empty() => {
+                let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+                match (name.as_str(), transaction.as_mut()) {
+                    ("MULTI", None) => {
+                        transaction = Some(Vec::new());
+                        Reply::Ok
+                    }
+                    ("MULTI", Some(_)) => {
+                        aborted = true;
+                        Reply::Error("ERR MULTI calls can not be nested".into())
+                    }
+                    ("EXEC", None) => Reply::Error("ERR EXEC without MULTI".into()),
+                    ("DISCARD", None) => Reply::Error("ERR DISCARD without MULTI".into()),
+                    ("EXEC", Some(_)) if std::mem::take(&mut aborted) => {
+                        transaction = None;
+                        Reply::Error(
+                            "EXECABORT Transaction discarded because of previous errors.".into(),
+                        )
+                    }
+                    ("EXEC", Some(_)) => {
+                        let queued = transaction.take().unwrap_or_default();
+                        let mut data = data.lock().expect("store lock");
+                        Reply::Array(queued.iter().map(|c| execute(c, &mut data)).collect())
+                    }
+                    ("DISCARD", Some(_)) => {
+                        (transaction, aborted) = (None, false);
+                        Reply::Ok
+                    }
+                    (_, Some(queued)) => {
+                        queued.push(args);
+                        Reply::Simple("QUEUED")
+                    }
+                    (_, None) => execute(&args, &mut data.lock().expect("store lock")),
+                }
+            }
             _ => Reply::Error("ERR Protocol error: expected an array of bulk strings".into()),
         };
         let mut out = Vec::new();
@@ -143,10 +181,9 @@ fn wrong_arity(name: &str) -> Reply {
     ))
 }
 
-fn execute(args: &[Vec<u8>], data: &Data) -> Reply {
+fn execute(args: &[Vec<u8>], data: &mut HashMap<Vec<u8>, Entry>) -> Reply {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
     let rest = &args[1..];
-    let mut data = data.lock().expect("store lock");
     match (name.as_str(), rest.len()) {
         ("PING", 0) => Reply::Simple("PONG"),
         ("PING", 1) => Reply::Bulk(rest[0].clone()),
@@ -171,7 +208,7 @@ fn execute(args: &[Vec<u8>], data: &Data) -> Reply {
                 })
                 .collect(),
         ),
-        ("SET", n) if n >= 2 => set(&mut data, rest),
+        ("SET", n) if n >= 2 => set(data, rest),
         ("DEL", n) if n >= 1 => {
             Reply::Integer(rest.iter().filter(|k| data.remove(*k).is_some()).count() as i64)
         }
