@@ -70,15 +70,26 @@ pub fn render_table(rotations: &[ApiKeyRotation]) -> String {
         let status = r.status.clone().unwrap_or_default();
         let current = status.current_rotation.as_ref();
         let step = current
-            .map(|c| format!("{}:{:?}", c.revision, c.step))
+            .map(|c| {
+                match c
+                    .pods_on_old_key
+                    .filter(|n| *n > 0 && c.revoked_at.is_none())
+                {
+                    Some(n) => format!("{}:{:?}({n} pods on old key)", c.revision, c.step),
+                    None => format!("{}:{:?}", c.revision, c.step),
+                }
+            })
             .unwrap_or_else(|| "-".into());
-        let targets = r
-            .spec
-            .targets
-            .iter()
-            .map(|t| {
+        // A rotation in flight shows the targets it started with (its plan).
+        let names: Vec<&str> = match current.filter(|c| !c.targets.is_empty()) {
+            Some(c) => c.targets.iter().map(|t| t.name.as_str()).collect(),
+            None => r.spec.targets.iter().map(|t| t.name.as_str()).collect(),
+        };
+        let targets = names
+            .into_iter()
+            .map(|name| {
                 let state = current
-                    .and_then(|c| c.targets.iter().find(|p| p.name == t.name))
+                    .and_then(|c| c.targets.iter().find(|p| p.name == name))
                     .map(|p| match p.state {
                         TargetState::Pending => "pending",
                         TargetState::Rolling => "rolling",
@@ -86,7 +97,16 @@ pub fn render_table(rotations: &[ApiKeyRotation]) -> String {
                         TargetState::Failed => "FAILED",
                     })
                     .unwrap_or(if status.revision > 0 { "done" } else { "-" });
-                format!("{}={state}", t.name)
+                // While the revocation waits for pods: how many of this target's still hold the
+                // old key.
+                let waiting = current
+                    .filter(|c| c.revoked_at.is_none())
+                    .and_then(|c| c.targets.iter().find(|p| p.name == name))
+                    .and_then(|p| p.pods_on_old_key)
+                    .filter(|n| *n > 0)
+                    .map(|n| format!("({n} on old key)"))
+                    .unwrap_or_default();
+                format!("{name}={state}{waiting}")
             })
             .collect::<Vec<_>>()
             .join(",");

@@ -142,6 +142,19 @@ pub struct ApiKeyRotationSpec {
     #[serde(default)]
     pub external_revocation: ExternalRevocation,
 
+    /// Pods that read the consumers' Secret but belong to no target (a worker, a Job's or a
+    /// CronJob's pods, a bare pod): `Wait` (default) holds the revocation of the old key until
+    /// each of them was started on the new key or is gone; `Ignore` revokes anyway (said in the
+    /// `UntrackedConsumer` Event).
+    #[serde(default)]
+    pub untracked_consumers: UntrackedConsumers,
+
+    /// How long the revocation may wait for pods still on the old key before the rotation is
+    /// `Degraded/ConsumersOnOldKey`. It keeps waiting after that: a timeout never revokes.
+    #[serde(default = "default_pod_gate_timeout")]
+    #[schemars(range(min = 30, max = 604800))]
+    pub pod_gate_timeout_seconds: u32,
+
     /// No new rotation starts and a rotation in flight pauses at its next step boundary.
     #[serde(default)]
     pub suspend: bool,
@@ -458,6 +471,13 @@ pub enum ExternalRevocation {
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum UntrackedConsumers {
+    #[default]
+    Wait,
+    Ignore,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum DeletionPolicy {
     #[default]
     Retain,
@@ -541,6 +561,9 @@ fn default_revoke_recheck() -> u32 {
 }
 fn default_history_limit() -> u32 {
     10
+}
+fn default_pod_gate_timeout() -> u32 {
+    3600
 }
 fn default_targets() -> Vec<RolloutTarget> {
     ["sirius-api", "sirius-ui", "sirius-engine"]
@@ -678,6 +701,29 @@ pub struct RotationProgress {
     /// roll (and the operator wrote the new key back): the targets rolled before are rolled again.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub secret_restores: u32,
+    /// The consumers' Secret this rotation started with (with `targets`, its fixed plan: edits
+    /// of the spec made since apply to the next rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<ConsumerSecret>,
+    /// The spec's targets or Secret were edited during this rotation (the edit is pending).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spec_change_pending: bool,
+    /// When the consumers' Secret was first seen holding the new key: a pod of no target that
+    /// was created after it (and a margin for the kubelet's Secret cache) started on the new key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched_at: Option<String>,
+    /// During a rollback: when the consumers' Secret was first seen holding the old key again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched_back_at: Option<String>,
+    /// When the revocation started to wait for pods still on the old key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods_waiting_since: Option<String>,
+    /// Pods that read the consumers' Secret and may still hold the old key, at the last check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods_on_old_key: Option<u32>,
+    /// The `UntrackedConsumer` Event was published for this rotation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub untracked_consumers_reported: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -687,8 +733,13 @@ fn is_zero(n: &u32) -> bool {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetProgress {
+    #[serde(default)]
+    pub kind: TargetKind,
     pub name: String,
     pub state: TargetState,
+    /// This target's pods that may still hold the old key, at the last check before revoking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods_on_old_key: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -704,7 +755,9 @@ impl TargetProgress {
     /// A target this rotation has not rolled yet.
     pub fn pending(name: &str) -> Self {
         Self {
+            kind: TargetKind::Deployment,
             name: name.to_string(),
+            pods_on_old_key: None,
             state: TargetState::Pending,
             rolled_at: None,
             completed_at: None,
@@ -743,6 +796,13 @@ impl RotationProgress {
             outside_windows: false,
             old_key_revoked_externally: false,
             secret_restores: 0,
+            secret: None,
+            spec_change_pending: false,
+            switched_at: None,
+            switched_back_at: None,
+            pods_waiting_since: None,
+            pods_on_old_key: None,
+            untracked_consumers_reported: false,
         }
     }
 }

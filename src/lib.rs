@@ -20,6 +20,8 @@ pub mod machine;
 pub mod metrics;
 pub mod observe;
 pub mod operator;
+pub mod plan;
+pub mod pods;
 pub mod probe;
 pub mod reconciler;
 pub mod redact;

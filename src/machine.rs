@@ -9,9 +9,11 @@
 
 use crate::crd::{
     ApiKeyRotationSpec, ApiKeyRotationStatus, Condition, ExternalRevocation, FailurePolicy, Phase,
-    RotationProgress, SecretDriftPolicy, Step, TargetProgress, TargetState, Verification,
+    RotationProgress, SecretDriftPolicy, Step, TargetProgress, TargetState, UntrackedConsumers,
+    Verification,
 };
 use crate::key::KeyId;
+use crate::pods::PodSummary;
 use crate::rollout::RolloutState;
 use crate::schedule::Calendar;
 use jiff::{SignedDuration, Timestamp};
@@ -94,6 +96,19 @@ pub struct Observation {
     pub probe: Option<(ProbeStage, ProbeOutcome)>,
     /// The metrics gate's reading, when the previous decision asked for it.
     pub gate: Option<GateReading>,
+    /// How the spec was edited during the rotation in flight (see [`crate::plan`]).
+    pub plan: PlanNotes,
+    /// The pods that read the consumers' Secret, when the previous decision asked for them
+    /// ([`Action::CheckPods`]), or why they could not be listed.
+    pub pods: Option<Result<Vec<PodSummary>, String>>,
+}
+
+/// The spec fields whose edit waits for the next rotation, and which of the rotation's targets
+/// the user removed from `spec.targets`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PlanNotes {
+    pub deferred: Vec<&'static str>,
+    pub removed: Vec<bool>,
 }
 
 /// The metrics gate query's value, or why there is none.
@@ -150,6 +165,8 @@ pub enum Action {
     Probe { stage: ProbeStage },
     /// Run the metrics gate's query, then decide again with the reading.
     QueryGate,
+    /// List the pods that read the consumers' Secret, then decide again with them.
+    CheckPods,
     /// Nothing but the status (and event) to write; decide again right away.
     StatusOnly,
     /// Nothing to do until something changes or the time passes.
@@ -184,6 +201,11 @@ fn waiting_reason(o: &Observation) -> Option<&str> {
 }
 
 pub const ROLLOUT_FAILED: &str = "RolloutFailed";
+pub const SPEC_CHANGE_PENDING: &str = "SpecChangePending";
+pub const WAITING_FOR_PODS: &str = "WaitingForPods";
+pub const PODS_UNREADABLE: &str = "PodsUnreadable";
+pub const UNTRACKED_CONSUMER: &str = "UntrackedConsumer";
+pub const CONSUMERS_ON_OLD_KEY: &str = "ConsumersOnOldKey";
 pub const VERIFICATION_FAILED: &str = "VerificationFailed";
 pub const OLD_KEY_STILL_ACCEPTED: &str = "OldKeyStillAccepted";
 pub const METRICS_GATE_FAILED: &str = "MetricsGateFailed";
@@ -812,8 +834,9 @@ fn new_rotation(
     new_key: Option<KeyId>,
     old: &KeyId,
 ) -> RotationProgress {
-    RotationProgress {
+    let mut r = RotationProgress {
         new_key_id: new_key.map(|k| k.0),
+        secret: Some(o.spec.secret.clone()),
         ..RotationProgress::started(
             revision,
             trigger,
@@ -821,14 +844,18 @@ fn new_rotation(
             o.spec.targets.iter().map(|t| t.name.as_str()),
             ts(o.now),
         )
+    };
+    for (progress, target) in r.targets.iter_mut().zip(&o.spec.targets) {
+        progress.kind = target.kind;
     }
+    r
 }
 
-fn rotating(
-    o: &Observation,
+fn rotating<'a>(
+    o: &'a Observation,
     vault: &VaultView,
     mut r: RotationProgress,
-    mut b: StatusBuilder,
+    mut b: StatusBuilder<'a>,
 ) -> Plan {
     let now = o.now;
     b.status.phase = Some(Phase::Rotating);
@@ -856,6 +883,25 @@ fn rotating(
         );
     }
     b.healthy();
+
+    // The plan is fixed at the start: a rotation from before plans were kept takes the Secret
+    // it is working with; an edit of the targets or the Secret waits for the next rotation.
+    if r.secret.is_none() {
+        r.secret = Some(o.spec.secret.clone());
+    }
+    if !o.plan.deferred.is_empty() && !r.spec_change_pending {
+        r.spec_change_pending = true;
+        let message = format!(
+            "{} changed during rotation {}; the change applies to the next rotation (this one finishes with the targets and Secret it started with).",
+            o.plan.deferred.join(" and "),
+            r.revision
+        );
+        b.status.current_rotation = Some(r);
+        return b.plan(Action::StatusOnly, normal(SPEC_CHANGE_PENDING, message));
+    }
+    if o.plan.deferred.is_empty() {
+        r.spec_change_pending = false;
+    }
 
     // The old key stays valid until it is revoked: restore its record first if it was lost.
     // (During a rollback `revokedAt` tracks the new key's removal; the old key stays.)
@@ -1011,17 +1057,27 @@ fn rotating(
         // Pods that started while the Secret held another key read that key; every target
         // rolled so far must roll again once the new key is back. (A deleted Secret, or one
         // without the data key, lets no pod start, so nobody read another key.)
+        // A target counts as rolled once patched or found complete (a crash between the patch
+        // and its status write leaves it complete without a stamp).
+        let rolled = |t: &TargetProgress| t.rolled_at.is_some() || t.state != TargetState::Pending;
         if tampered
             && r.step >= Step::Roll
             && matches!(o.consumer, ConsumerView::Holds(Some(_)))
-            && r.targets.iter().any(|t| t.rolled_at.is_some())
+            && r.targets.iter().any(rolled)
         {
             r.secret_restores += 1;
-            for t in r.targets.iter_mut().filter(|t| t.rolled_at.is_some()) {
-                *t = TargetProgress::pending(&t.name);
+            for t in r.targets.iter_mut().filter(|t| rolled(t)) {
+                *t = TargetProgress {
+                    kind: t.kind,
+                    ..TargetProgress::pending(&t.name)
+                };
             }
             r.validation_started_at = None;
             r.gate_checked_at = None;
+        }
+        if tampered {
+            // Pods that started since may have read the other key: the switch counts anew.
+            r.switched_at = None;
         }
         r.step = r.step.max(Step::Switch);
         b.condition(
@@ -1058,6 +1114,11 @@ fn rotating(
         return b.plan(Action::WriteConsumer { pending: true }, event);
     }
 
+    // The Secret holds the new key: pods of no target created from now on start on it.
+    if r.switched_at.is_none() {
+        r.switched_at = Some(ts_precise(now));
+    }
+
     // Roll, in order, each only after the previous completed.
     for (i, target) in o.spec.targets.iter().enumerate() {
         let progress = r
@@ -1076,6 +1137,25 @@ fn rotating(
         }
         let deadline = target.deadline_seconds(&o.spec);
         match &o.targets[i] {
+            // Removed from spec.targets and deleted: its pods are gone (the pod gate sees any
+            // that still run); nothing is left to roll.
+            TargetView::Missing if o.plan.removed.get(i) == Some(&true) => {
+                let t = &mut r.targets[progress];
+                t.state = TargetState::Complete;
+                t.completed_at = Some(ts(now));
+                t.message = Some("removed from spec.targets and deleted".into());
+                b.status.current_rotation = Some(r);
+                return b.plan(
+                    Action::StatusOnly,
+                    normal(
+                        "TargetRemoved",
+                        format!(
+                            "Deployment {} was removed from spec.targets and deleted during the rotation; it has nothing left to roll.",
+                            target.name
+                        ),
+                    ),
+                );
+            }
             TargetView::Missing => {
                 return halted(
                     b,
@@ -1387,6 +1467,18 @@ fn rotating(
         );
     }
 
+    // The pod gate: every pod that reads the Secret started on the new key.
+    if r.revoked_at.is_none() {
+        r.step = Step::Validate;
+        let restores = restores_marker(&r);
+        let switched_at = parse_ts(&r.switched_at);
+        let on_new = |p: &PodSummary| p.runs_key(&pending, restores.as_deref(), switched_at);
+        (r, b) = match pod_gate(o, r, b, &on_new, "old") {
+            Ok(passed) => passed,
+            Err(plan) => return *plan,
+        };
+    }
+
     // Revoke, then confirm after a delay that the API's last-used rewrite did not bring it back.
     let old = vault.current.clone();
     r.step = Step::Revoke;
@@ -1553,6 +1645,138 @@ fn rotating(
 }
 
 /// The Secret-restores annotation a target rolled in this rotation carries.
+/// Revocation waits until every pod that reads the consumers' Secret (a target's or not,
+/// running or terminating) started on the new key. `Ok` gives the rotation back to go on.
+/// `moved` tells a pod that started on the key that stays; `revoking` names the other one.
+fn pod_gate<'a>(
+    o: &'a Observation,
+    mut r: RotationProgress,
+    mut b: StatusBuilder<'a>,
+    moved: &dyn Fn(&PodSummary) -> bool,
+    revoking: &str,
+) -> Result<(RotationProgress, StatusBuilder<'a>), Box<Plan>> {
+    let now = o.now;
+    let pods = match &o.pods {
+        None => {
+            b.status.current_rotation = Some(r);
+            return Err(Box::new(b.plan(Action::CheckPods, None)));
+        }
+        Some(Err(why)) => {
+            // Never revoke blind.
+            let text = format!(
+                "Cannot list the pods to check which key they run ({why}); the {revoking} key stays valid, retrying."
+            );
+            let event = (waiting_reason(o) != Some(PODS_UNREADABLE))
+                .then(|| warning(PODS_UNREADABLE, text.clone()))
+                .flatten();
+            b.condition(ROTATING, true, PODS_UNREADABLE, text);
+            b.status.current_rotation = Some(r);
+            return Err(Box::new(b.plan(
+                Action::Wait {
+                    requeue_after: Some(Duration::from_secs(10)),
+                },
+                event,
+            )));
+        }
+        Some(Ok(pods)) => pods,
+    };
+    let on_old: Vec<&PodSummary> = pods.iter().filter(|p| !moved(p)).collect();
+    r.pods_on_old_key = Some(on_old.len() as u32);
+    for (i, t) in r.targets.iter_mut().enumerate() {
+        t.pods_on_old_key = Some(on_old.iter().filter(|p| p.target == Some(i)).count() as u32);
+    }
+    let untracked: Vec<&PodSummary> = on_old
+        .iter()
+        .copied()
+        .filter(|p| p.target.is_none())
+        .collect();
+    let waits_for_untracked = o.spec.untracked_consumers == UntrackedConsumers::Wait;
+    if !untracked.is_empty() && !r.untracked_consumers_reported {
+        r.untracked_consumers_reported = true;
+        let then = if waits_for_untracked {
+            format!(
+                "The {revoking} key stays valid until each of them was restarted or is gone (spec.untrackedConsumers: Wait); restart them, or add their workload to spec.targets."
+            )
+        } else {
+            format!(
+                "spec.untrackedConsumers: Ignore: the {revoking} key is removed anyway, and they are refused until they restart."
+            )
+        };
+        let event = warning(
+            UNTRACKED_CONSUMER,
+            format!(
+                "{} read Secret {} but belong to no target and may hold the {revoking} key: {}. {then}",
+                count(untracked.len(), "pod"),
+                o.spec.secret.name,
+                some_pods(&untracked)
+            ),
+        );
+        // Its own Event, before the wait's.
+        b.status.current_rotation = Some(r);
+        return Err(Box::new(b.plan(Action::StatusOnly, event)));
+    }
+    let blocking: Vec<&PodSummary> = on_old
+        .into_iter()
+        .filter(|p| p.target.is_some() || waits_for_untracked)
+        .collect();
+    if blocking.is_empty() {
+        r.pods_waiting_since = None;
+        return Ok((r, b));
+    }
+    let mut event = None;
+    let since = parse_ts(&r.pods_waiting_since).unwrap_or(now);
+    r.pods_waiting_since = Some(ts_precise(since));
+    let text = format!(
+        "Waiting for {} that may hold the {revoking} key to restart or go before it is removed: {}.",
+        count(blocking.len(), "pod"),
+        some_pods(&blocking)
+    );
+    let timeout = at_least(since, o.spec.pod_gate_timeout_seconds);
+    if now >= timeout {
+        let message = format!(
+            "Pods that read Secret {} may still hold the {revoking} key {}s after the validation window ended (spec.podGateTimeoutSeconds); that key stays valid, a timeout never revokes. Restart them (kubectl rollout restart, or delete the pods), or set spec.untrackedConsumers: Ignore for pods of no target.",
+            o.spec.secret.name, o.spec.pod_gate_timeout_seconds
+        );
+        event = event.or(b.degrade(CONSUMERS_ON_OLD_KEY, &message));
+    }
+    if waiting_reason(o) != Some(WAITING_FOR_PODS) {
+        event = event.or(normal(WAITING_FOR_PODS, text.clone()));
+    }
+    b.condition(ROTATING, true, WAITING_FOR_PODS, text);
+    b.status.current_rotation = Some(r);
+    let next = if now < timeout {
+        until(now, timeout).min(POD_GATE_RECHECK)
+    } else {
+        POD_GATE_RECHECK
+    };
+    Err(Box::new(b.plan(
+        Action::Wait {
+            requeue_after: Some(next),
+        },
+        event,
+    )))
+}
+
+/// How often a revocation waiting for pods looks at them again (one list of the namespace's pods).
+const POD_GATE_RECHECK: Duration = Duration::from_secs(5);
+
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// Up to five pods by name and owner, and how many more.
+fn some_pods(pods: &[&PodSummary]) -> String {
+    let mut names: Vec<String> = pods.iter().take(5).map(|p| p.describe()).collect();
+    if pods.len() > 5 {
+        names.push(format!("and {} more", pods.len() - 5));
+    }
+    names.join(", ")
+}
+
 fn restores_marker(r: &RotationProgress) -> Option<String> {
     (r.secret_restores > 0).then(|| r.secret_restores.to_string())
 }
@@ -1743,12 +1967,12 @@ fn failed_after_last_target(
 /// Undo a failed rotation (`failurePolicy: Rollback`): the old key back into the Secret, the
 /// targets that got the new key rolled back in reverse order (each after the previous completed),
 /// a validation window, then the new key's record removed and the new raw key dropped.
-fn rollback(
-    o: &Observation,
+fn rollback<'a>(
+    o: &'a Observation,
     vault: &VaultView,
     mut r: RotationProgress,
     why: String,
-    mut b: StatusBuilder,
+    mut b: StatusBuilder<'a>,
 ) -> Plan {
     let now = o.now;
     let old = vault.current.clone();
@@ -1787,6 +2011,10 @@ fn rollback(
                 ),
             ),
         );
+    }
+    // From now on, pods of no target start on the old key.
+    if r.switched_back_at.is_none() {
+        r.switched_back_at = Some(ts_precise(now));
     }
     // Every target restarts on the old key, in reverse order, each after the later ones completed:
     // also those never rolled, since any pod that restarted by itself after the switch read the
@@ -1899,6 +2127,24 @@ fn rollback(
             b.plan(Action::DropPending, None)
         }
         _ => {
+            // No pod that may have started on the new key is left (terminating ones included).
+            if r.revoked_at.is_none() {
+                let started = parse_ts(&Some(r.started_at.clone()));
+                let back = parse_ts(&r.switched_back_at);
+                let marker = Some(r.revision.to_string());
+                let on_old = |p: &PodSummary| {
+                    let stamped = p.target.is_some()
+                        && p.key_id.as_deref() == Some(old.as_str())
+                        && p.rolled_back_in == marker;
+                    let before = matches!((p.created_at, started), (Some(c), Some(s)) if c < s);
+                    let after = matches!((p.created_at, back), (Some(c), Some(b)) if c >= b + crate::pods::SECRET_CACHE_MARGIN);
+                    stamped || before || after
+                };
+                (r, b) = match pod_gate(o, r, b, &on_old, "new") {
+                    Ok(passed) => passed,
+                    Err(plan) => return *plan,
+                };
+            }
             r.revoked_at = Some(ts_precise(now));
             r.revoke_attempts += 1;
             b.status.current_rotation = Some(r);
@@ -2011,6 +2257,245 @@ mod tests {
         o.status.current_rotation = Some(r);
         o.probe = Some((ProbeStage::OldKeyRefused, Ok(200)));
         decide(&o)
+    }
+
+    /// A rotation whose validation window is over: only the pod gate stands before revoking.
+    fn at_the_pod_gate() -> Observation {
+        let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+        let (old, new) = (KeyId("a".repeat(64)), KeyId("b".repeat(64)));
+        o.vault = Some(VaultView {
+            current: old.clone(),
+            pending: Some((new.clone(), 1)),
+            current_raw_lost: false,
+        });
+        o.consumer = ConsumerView::Holds(Some(new.clone()));
+        o.records = RecordView {
+            current: true,
+            pending: true,
+            current_marked: true,
+            ..Default::default()
+        };
+        o.targets = o
+            .spec
+            .targets
+            .iter()
+            .map(|_| TargetView::Found {
+                paused: false,
+                annotation: Some(new.0.clone()),
+                rolled_back_in: None,
+                secret_restores: None,
+                rollout: RolloutState::Complete,
+            })
+            .collect();
+        let mut r = new_rotation(&o, 1, "Manual:x".into(), Some(new.clone()), &old);
+        r.step = Step::Validate;
+        for t in &mut r.targets {
+            t.state = TargetState::Complete;
+        }
+        r.switched_at = Some("2026-11-25T11:00:00.000Z".into());
+        r.validation_started_at = Some("2026-11-25T11:20:00.000Z".into());
+        o.status.current_rotation = Some(r);
+        o
+    }
+
+    fn gate_pod(name: &str, target: Option<usize>, key: &str, created: &str) -> PodSummary {
+        PodSummary {
+            name: name.into(),
+            owner: Some(match target {
+                Some(i) => (
+                    "ReplicaSet".into(),
+                    format!("{}-5d8f", ["sirius-api", "sirius-ui", "sirius-engine"][i]),
+                ),
+                None => ("Job".into(), "backfill".into()),
+            }),
+            target,
+            key_id: Some(key.repeat(64)),
+            secret_restores: None,
+            rolled_back_in: None,
+            created_at: Some(created.parse().unwrap()),
+            terminating: false,
+        }
+    }
+
+    #[test]
+    fn the_old_key_is_revoked_only_once_every_pod_that_reads_the_secret_runs_the_new_one() {
+        let mut o = at_the_pod_gate();
+        assert_eq!(
+            decide(&o).action,
+            Action::CheckPods,
+            "the pods are read first"
+        );
+        let mut pods = vec![gate_pod("api-1", Some(0), "b", "2026-11-25T11:05:00Z")];
+        // An engine pod of the old ReplicaSet, still terminating.
+        let mut old_engine = gate_pod("engine-0", Some(2), "a", "2026-11-20T00:00:00Z");
+        old_engine.terminating = true;
+        pods.push(old_engine);
+        // Seven pods of no target, created before the switch.
+        for n in 0..7 {
+            pods.push(gate_pod(
+                &format!("job-{n}"),
+                None,
+                "a",
+                "2026-11-25T10:59:00Z",
+            ));
+        }
+        o.pods = Some(Ok(pods.clone()));
+        let plan = decide(&o);
+        assert_eq!(plan.action, Action::StatusOnly);
+        let event = plan.event.clone().unwrap();
+        assert_eq!(event.reason, UNTRACKED_CONSUMER);
+        assert!(
+            event.message.contains("7 pods read Secret sirius-api-key"),
+            "{}",
+            event.message
+        );
+        assert!(
+            event.message.contains("job-0 (Job/backfill)"),
+            "{}",
+            event.message
+        );
+        o.status = plan.status;
+        let plan = decide(&o);
+        assert!(
+            matches!(plan.action, Action::Wait { .. }),
+            "{:?}",
+            plan.action
+        );
+        assert_eq!(
+            plan.event.as_ref().map(|e| e.reason),
+            Some(WAITING_FOR_PODS)
+        );
+        let rotating = plan
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ROTATING)
+            .unwrap();
+        assert_eq!(rotating.reason, WAITING_FOR_PODS);
+        assert!(
+            rotating.message.contains("8 pods") && rotating.message.contains("and 3 more"),
+            "{}",
+            rotating.message
+        );
+        let r = plan.status.current_rotation.clone().unwrap();
+        assert_eq!(r.pods_on_old_key, Some(8));
+        assert_eq!(r.targets[2].pods_on_old_key, Some(1));
+        assert!(r.revoked_at.is_none());
+
+        // Each Event once.
+        o.status = plan.status;
+        o.now = "2026-11-25T12:00:05Z".parse().unwrap();
+        let plan = decide(&o);
+        assert!(matches!(plan.action, Action::Wait { .. }));
+        assert_eq!(plan.event, None);
+
+        // An hour later: Degraded, still never revoked.
+        o.now = "2026-11-25T13:00:01Z".parse().unwrap();
+        let plan = decide(&o);
+        assert!(matches!(plan.action, Action::Wait { .. }));
+        assert_eq!(
+            plan.event.as_ref().map(|e| e.reason),
+            Some(CONSUMERS_ON_OLD_KEY)
+        );
+        assert!(plan.status.conditions.iter().any(|c| c.type_ == DEGRADED
+            && c.status == "True"
+            && c.reason == CONSUMERS_ON_OLD_KEY));
+
+        // The jobs restarted after the switch (plus the margin), the old engine pod is gone.
+        let mut pods: Vec<PodSummary> = pods.into_iter().filter(|p| !p.terminating).collect();
+        for p in pods.iter_mut().filter(|p| p.target.is_none()) {
+            p.created_at = Some("2026-11-25T11:00:05Z".parse().unwrap());
+        }
+        o.pods = Some(Ok(pods));
+        assert!(matches!(decide(&o).action, Action::Revoke { .. }));
+    }
+
+    #[test]
+    fn pods_of_no_target_are_reported_and_left_with_ignore_and_an_unreadable_list_never_revokes() {
+        let mut o = at_the_pod_gate();
+        o.spec.untracked_consumers = UntrackedConsumers::Ignore;
+        o.pods = Some(Ok(vec![gate_pod(
+            "bare",
+            None,
+            "a",
+            "2026-11-25T10:00:00Z",
+        )]));
+        let plan = decide(&o);
+        assert_eq!(plan.action, Action::StatusOnly);
+        let event = plan.event.clone().unwrap();
+        assert_eq!(event.reason, UNTRACKED_CONSUMER);
+        assert!(event.message.contains("Ignore"), "{}", event.message);
+        o.status = plan.status;
+        assert!(matches!(decide(&o).action, Action::Revoke { .. }));
+
+        let mut o = at_the_pod_gate();
+        o.pods = Some(Err("pods is forbidden".into()));
+        let plan = decide(&o);
+        assert!(matches!(plan.action, Action::Wait { .. }));
+        assert_eq!(plan.event.unwrap().reason, PODS_UNREADABLE);
+    }
+
+    #[test]
+    fn a_pod_stamped_before_a_secret_restore_or_created_within_the_margin_still_waits() {
+        let mut o = at_the_pod_gate();
+        let r = o.status.current_rotation.as_mut().unwrap();
+        r.secret_restores = 1;
+        r.untracked_consumers_reported = true;
+        o.pods = Some(Ok(vec![
+            gate_pod("api-1", Some(0), "b", "2026-11-25T10:59:00Z"),
+            gate_pod("worker", None, "b", "2026-11-25T11:00:04Z"),
+        ]));
+        let plan = decide(&o);
+        assert!(
+            matches!(plan.action, Action::Wait { .. }),
+            "{:?}",
+            plan.action
+        );
+        assert_eq!(
+            plan.status.current_rotation.unwrap().pods_on_old_key,
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_spec_edit_mid_rotation_waits_for_the_next_one_and_a_removed_deleted_target_is_done() {
+        let mut o = at_the_pod_gate();
+        let r = o.status.current_rotation.as_mut().unwrap();
+        r.step = Step::Roll;
+        r.validation_started_at = None;
+        r.targets[2].state = TargetState::Rolling;
+        o.targets[2] = TargetView::Missing;
+        o.plan = PlanNotes {
+            deferred: vec!["spec.targets"],
+            removed: vec![false, false, true],
+        };
+        let plan = decide(&o);
+        assert_eq!(plan.event.as_ref().unwrap().reason, SPEC_CHANGE_PENDING);
+        assert!(
+            plan.status
+                .current_rotation
+                .as_ref()
+                .unwrap()
+                .spec_change_pending
+        );
+        o.status = plan.status;
+        let plan = decide(&o);
+        assert_eq!(plan.event.as_ref().unwrap().reason, "TargetRemoved");
+        assert_eq!(
+            plan.status.current_rotation.as_ref().unwrap().targets[2].state,
+            TargetState::Complete
+        );
+        // Not removed, only missing: the rotation waits for it.
+        let mut o = at_the_pod_gate();
+        o.status.current_rotation.as_mut().unwrap().targets[2].state = TargetState::Rolling;
+        o.targets[2] = TargetView::Missing;
+        let plan = decide(&o);
+        assert!(
+            plan.status
+                .conditions
+                .iter()
+                .any(|c| c.reason == "TargetNotFound")
+        );
     }
 
     #[test]
@@ -2155,6 +2640,8 @@ mod tests {
             name: "ns/a".into(),
             probe: None,
             gate: None,
+            plan: Default::default(),
+            pods: None,
             generation: Some(1),
             targets: spec
                 .targets

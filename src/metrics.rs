@@ -31,6 +31,12 @@ struct StepLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RotationLabels {
+    namespace: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     namespace: String,
     name: String,
@@ -75,6 +81,7 @@ pub struct Metrics {
     step_duration: Family<StepLabels, Histogram>,
     targets_rolled: Counter,
     phase: Family<PhaseLabels, Gauge>,
+    pods_on_old_key: Family<RotationLabels, Gauge>,
     leader: Gauge,
     /// When this process first saw each rotation's current step: (revision, step, since).
     steps_seen: Mutex<HashMap<RotationName, StepSeen>>,
@@ -106,6 +113,7 @@ impl Metrics {
             }),
             targets_rolled: Counter::default(),
             phase: Family::default(),
+            pods_on_old_key: Family::default(),
             leader: Gauge::default(),
             steps_seen: Mutex::new(HashMap::new()),
             registry: Registry::default(),
@@ -173,6 +181,12 @@ impl Metrics {
             metrics.phase.clone(),
         );
         registry.register(
+            "pods_on_old_key",
+            "Pods that read a rotation's consumers' Secret and may still hold the key it is about to \
+             revoke, at its last pod-gate check (0 when no revocation waits)",
+            metrics.pods_on_old_key.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this instance holds the leader Lease (or runs without leader election)",
             metrics.leader.clone(),
@@ -207,6 +221,10 @@ impl Metrics {
             namespace: any(),
             name: any(),
             phase: any(),
+        });
+        let _ = metrics.pods_on_old_key.get_or_create(&RotationLabels {
+            namespace: any(),
+            name: any(),
         });
         metrics
             .encode()
@@ -280,6 +298,18 @@ impl Metrics {
                     .set(i64::from(after.phase == Some(phase)));
             }
         }
+        let waiting = after
+            .current_rotation
+            .as_ref()
+            .filter(|r| r.revoked_at.is_none())
+            .and_then(|r| r.pods_on_old_key)
+            .unwrap_or(0);
+        self.pods_on_old_key
+            .get_or_create(&RotationLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+            .set(i64::from(waiting));
         let key = (namespace.to_string(), name.to_string());
         let mut seen = self.steps_seen.lock().unwrap();
         let now = Instant::now();
@@ -353,6 +383,10 @@ impl Metrics {
 
     /// The ApiKeyRotation is gone: drop its per-rotation series.
     pub fn forget(&self, namespace: &str, name: &str) {
+        self.pods_on_old_key.remove(&RotationLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        });
         for phase in PHASES {
             self.phase.remove(&PhaseLabels {
                 namespace: namespace.into(),

@@ -349,6 +349,9 @@ pub fn error_policy(akr: Arc<ApiKeyRotation>, error: &Error, ctx: Arc<Context>) 
 
 struct Reconciliation<'a> {
     akr: &'a ApiKeyRotation,
+    /// The spec with the plan of the rotation in flight (its targets and Secret) in place of
+    /// edits made since; follows `status`.
+    planned: crate::plan::Planned,
     ctx: &'a Context,
     ns: String,
     akrs: Api<ApiKeyRotation>,
@@ -371,6 +374,7 @@ impl<'a> Reconciliation<'a> {
             deployments: Api::namespaced(ctx.client.clone(), &ns),
             recorder: Recorder::new(ctx.client.clone(), ctx.reporter.clone()),
             status: akr.status.clone().unwrap_or_default(),
+            planned: crate::plan::planned(&akr.spec, &akr.status.clone().unwrap_or_default()),
             emptied_vault: Default::default(),
             ns,
         }
@@ -402,7 +406,8 @@ impl<'a> Reconciliation<'a> {
                 return Ok(Action::requeue(self.ctx.resync));
             }
         }
-        if let Some(secret) = self.secrets.get_opt(&spec.secret.name).await?
+        let planned = self.planned.spec.clone();
+        if let Some(secret) = self.secrets.get_opt(&planned.secret.name).await?
             && let Some(message) = crate::trust::consumer_secret_problem(
                 &secret,
                 &self.akr.name_any(),
@@ -412,8 +417,8 @@ impl<'a> Reconciliation<'a> {
                 crate::trust::adoptable_key_problem(
                     &secret,
                     &self.akr.name_any(),
-                    &spec.secret.key,
-                    &spec.key.prefix,
+                    &planned.secret.key,
+                    &planned.key.prefix,
                 )
             })
         {
@@ -586,6 +591,10 @@ impl<'a> Reconciliation<'a> {
             let (mut observation, mut vault, mut consumer_key, cached) =
                 self.observe(&store, false).await?;
             let mut plan = machine::decide(&observation);
+            if plan.action == Step::CheckPods {
+                observation.pods = Some(self.pods_reading_the_secret().await);
+                plan = machine::decide(&observation);
+            }
             if cached
                 && matches!(
                     plan.action,
@@ -593,7 +602,9 @@ impl<'a> Reconciliation<'a> {
                 )
             {
                 // Revocation and promotion are decided on what Valkey holds now.
+                let pods = observation.pods.take();
                 (observation, vault, consumer_key, _) = self.observe(&store, true).await?;
+                observation.pods = pods;
                 plan = machine::decide(&observation);
             }
             if let (Step::QueryGate, Some(gate)) = (&plan.action, &self.akr.spec.metrics_gate) {
@@ -640,9 +651,38 @@ impl<'a> Reconciliation<'a> {
         Ok(Action::requeue(Duration::from_millis(10)))
     }
 
+    /// The namespace's pods that read the consumers' Secret, listed a page at a time so that
+    /// only their summaries are kept.
+    async fn pods_reading_the_secret(&self) -> Result<Vec<crate::pods::PodSummary>, String> {
+        const PAGE: u32 = 500;
+        const MAX_PAGES: usize = 200;
+        let spec = &self.planned.spec;
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let mut out = Vec::new();
+        let mut params = kube::api::ListParams::default().limit(PAGE);
+        for _ in 0..MAX_PAGES {
+            let page = pods.list(&params).await.map_err(|e| e.to_string())?;
+            out.extend(
+                page.items
+                    .iter()
+                    .filter_map(|p| crate::pods::summarize(p, &spec.secret, &spec.targets)),
+            );
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => return Ok(out),
+            }
+        }
+        Err(format!(
+            "more than {} pods in namespace {}",
+            PAGE as usize * MAX_PAGES,
+            self.ns
+        ))
+    }
+
     /// What a write changes, in the words of a report that it keeps being undone.
     fn describe(&self, action: &Step) -> String {
-        let spec = &self.akr.spec;
+        let spec = &self.planned.spec;
         match action {
             Step::WriteConsumer { .. } => format!(
                 "The key in Secret {} (data key {})",
@@ -756,7 +796,7 @@ impl<'a> Reconciliation<'a> {
         store: &KeyStore,
         fresh: bool,
     ) -> Result<(Observation, Option<Vault>, Option<RawKey>, bool), Error> {
-        let spec = &self.akr.spec;
+        let spec = &self.planned.spec;
         let vault_secret = self.secrets.get_opt(&observe::vault_name(self.akr)).await?;
         let vault = match &vault_secret {
             Some(s) => observe::parse_vault(s).map_err(Error::Corrupt)?,
@@ -794,6 +834,11 @@ impl<'a> Reconciliation<'a> {
             consumer_labelled: observe::is_labelled(consumer.as_ref()),
             records,
             targets,
+            plan: machine::PlanNotes {
+                deferred: self.planned.deferred.clone(),
+                removed: self.planned.removed.clone(),
+            },
+            pods: None,
         };
         Ok((observation, vault, consumer_key, cached))
     }
@@ -805,7 +850,7 @@ impl<'a> Reconciliation<'a> {
         vault: Option<&Vault>,
         consumer_key: Option<&RawKey>,
     ) -> Result<(), Error> {
-        let spec = &self.akr.spec;
+        let spec = &self.planned.spec;
         let prefix = &spec.valkey.record_prefix;
         let prefixes = spec.valkey.prefixes();
         let need_vault =
@@ -818,7 +863,7 @@ impl<'a> Reconciliation<'a> {
         };
         match &plan.action {
             // Performed by `drive`, which decides again on the answer.
-            Step::Probe { .. } | Step::QueryGate => {}
+            Step::Probe { .. } | Step::QueryGate | Step::CheckPods => {}
             Step::CreateVault { adopt } => {
                 let key = match (adopt, consumer_key) {
                     (true, Some(k)) => k.clone(),
@@ -1045,7 +1090,7 @@ impl<'a> Reconciliation<'a> {
 
     /// Server-side apply of the one data key we own; the Secret's other keys are untouched.
     async fn write_consumer(&self, key: &RawKey) -> Result<(), Error> {
-        let spec = &self.akr.spec;
+        let spec = &self.planned.spec;
         let patch = json!({
             "apiVersion": "v1",
             "kind": "Secret",
@@ -1104,6 +1149,7 @@ impl<'a> Reconciliation<'a> {
                     .await?;
             }
             self.status = plan.status.clone();
+            self.planned = crate::plan::planned(&self.akr.spec, &self.status);
         }
         Ok(())
     }
@@ -1184,6 +1230,7 @@ impl<'a> Reconciliation<'a> {
         status.phase = Some(Phase::Degraded);
         status.observed_generation = self.akr.metadata.generation;
         self.apply_status(&status).await?;
+        self.planned = crate::plan::planned(&self.akr.spec, &status);
         self.status = status;
         self.publish(&EventNote {
             warning: true,

@@ -7,6 +7,7 @@ use apikey_rotator::key::KeyId;
 use apikey_rotator::machine::{
     Action, ConsumerView, Observation, Plan, ProbeStage, RecordView, TargetView, VaultView, decide,
 };
+use apikey_rotator::pods::PodSummary;
 use apikey_rotator::rollout::RolloutState;
 use jiff::{SignedDuration, Timestamp};
 use std::collections::BTreeSet;
@@ -36,6 +37,18 @@ struct Target {
     secret_restores: Option<String>,
     /// What the Secret held while the current rollout started pods: they run that once done.
     reads: BTreeSet<String>,
+    /// Pods of a finished rollout still terminating: the key they hold, until when.
+    terminating: Vec<(String, Timestamp)>,
+}
+
+/// A pod that reads the consumers' Secret but belongs to no target (a worker, a Job's pod).
+#[derive(Clone, Debug)]
+struct OtherPod {
+    name: String,
+    key: String,
+    created: Timestamp,
+    /// Deleted, and terminating until then.
+    terminating_until: Option<Timestamp>,
 }
 
 struct World {
@@ -74,6 +87,10 @@ struct World {
     /// Someone puts the old key back into the consumers' Secret now and then while targets roll
     /// (a GitOps tool syncing the manifest it knows).
     secret_reverts: bool,
+    /// Pods of no target read the Secret (and restart now and then); the revocation must wait
+    /// for them (`untrackedConsumers: Wait`).
+    others: Vec<OtherPod>,
+    other_pods: bool,
 }
 
 impl World {
@@ -102,6 +119,7 @@ impl World {
                 failing: false,
                 secret_restores: None,
                 reads: BTreeSet::new(),
+                terminating: Vec::new(),
             })
             .collect();
         Self {
@@ -126,6 +144,8 @@ impl World {
             no_roll_failures: false,
             vault_losses: false,
             secret_reverts: false,
+            others: Vec::new(),
+            other_pods: false,
         }
     }
 
@@ -182,6 +202,7 @@ impl World {
                         self.unrecorded_high = Some(started);
                     }
                 }
+                Action::CheckPods => o.pods = Some(Ok(self.pod_summaries())),
                 _ => return plan,
             }
             plan = decide(&o);
@@ -203,6 +224,8 @@ impl World {
             name: "ns/model".into(),
             probe: None,
             gate: None,
+            plan: Default::default(),
+            pods: None,
             generation: Some(1),
             spec: self.spec.clone(),
             status: self.status.clone(),
@@ -251,6 +274,83 @@ impl World {
         }
     }
 
+    /// The pods the reconciler would list: every target pod (running or terminating) and the
+    /// others, with what the machine may know of them (annotations, creation), never their key.
+    fn pod_summaries(&self) -> Vec<PodSummary> {
+        let mut out = Vec::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            let pods = t
+                .running
+                .iter()
+                .map(|k| (k, false))
+                .chain(t.terminating.iter().map(|(k, _)| (k, true)));
+            for (n, (key, terminating)) in pods.enumerate() {
+                // Created from the template stamped with its key, or from an older one.
+                let stamped = t.annotation.as_deref() == Some(Self::id(key).as_str());
+                out.push(PodSummary {
+                    name: format!("t{i}-{n}"),
+                    owner: Some(("ReplicaSet".into(), format!("t{i}-rs"))),
+                    target: Some(i),
+                    key_id: stamped.then(|| Self::id(key).0),
+                    secret_restores: if stamped {
+                        t.secret_restores.clone()
+                    } else {
+                        None
+                    },
+                    rolled_back_in: if stamped {
+                        t.rolled_back_in.clone()
+                    } else {
+                        None
+                    },
+                    created_at: None,
+                    terminating,
+                });
+            }
+        }
+        for p in &self.others {
+            out.push(PodSummary {
+                name: p.name.clone(),
+                owner: Some(("Job".into(), "worker".into())),
+                target: None,
+                key_id: None,
+                secret_restores: None,
+                rolled_back_in: None,
+                created_at: Some(p.created),
+                terminating: p.terminating_until.is_some(),
+            });
+        }
+        out
+    }
+
+    /// The other pods restart now and then: one is deleted (and terminates for a while), a new
+    /// one reads the Secret as it is now.
+    fn churn_other_pods(&mut self) {
+        let now = self.now;
+        self.others
+            .retain(|p| p.terminating_until.is_none_or(|until| until > now));
+        if !self.other_pods || !self.rng.chance(4) {
+            return;
+        }
+        let Some(key) = self.consumer.clone() else {
+            return;
+        };
+        let linger = SignedDuration::from_secs((self.rng.next() % 90) as i64);
+        if let Some(p) = self
+            .others
+            .iter_mut()
+            .find(|p| p.terminating_until.is_none())
+        {
+            p.terminating_until = Some(now + linger);
+        }
+        self.counter += 1;
+        self.others.push(OtherPod {
+            name: format!("worker-{}", self.counter),
+            key,
+            created: now,
+            terminating_until: None,
+        });
+    }
+
     fn mint(&mut self) -> String {
         self.counter += 1;
         let k = format!("k{}", self.counter);
@@ -284,9 +384,14 @@ impl World {
             {
                 t.reads.insert(k.clone());
             }
+            t.terminating.retain(|(_, until)| *until > self.now);
             if t.rollout_done_at.is_some_and(|at| at <= self.now) && !t.failing {
                 if !t.reads.is_empty() {
-                    t.running = std::mem::take(&mut t.reads);
+                    let replaced = std::mem::replace(&mut t.running, std::mem::take(&mut t.reads));
+                    // The old pods take a while to terminate, some longer than the window.
+                    let linger = SignedDuration::from_secs((self.rng.next() % 90) as i64);
+                    t.terminating
+                        .extend(replaced.into_iter().map(|k| (k, self.now + linger)));
                 }
                 t.rollout_done_at = None;
             }
@@ -299,6 +404,7 @@ impl World {
             }
         }
         self.note_running();
+        self.churn_other_pods();
     }
 
     fn note_running(&mut self) {
@@ -312,7 +418,7 @@ impl World {
     /// Performs one action on the world; the safety properties are asserted here.
     fn perform(&mut self, action: &Action) {
         match action {
-            Action::Probe { .. } | Action::QueryGate => {
+            Action::Probe { .. } | Action::QueryGate | Action::CheckPods => {
                 panic!("probes and gate queries are answered in World::decide")
             }
             Action::CreateVault { adopt } => {
@@ -470,6 +576,13 @@ impl World {
                         !t.running.contains(&revoked),
                         "revoked a key a target still runs"
                     );
+                    assert!(
+                        !t.terminating.iter().any(|(k, _)| *k == revoked),
+                        "revoked a key a terminating pod still holds"
+                    );
+                }
+                for p in &self.others {
+                    assert_ne!(p.key, revoked, "revoked a key {} still holds", p.name);
                 }
                 assert_ne!(
                     self.consumer.as_deref(),
@@ -574,12 +687,20 @@ impl World {
             return;
         }
         for t in &self.targets {
-            for k in &t.running {
+            for k in t.running.iter().chain(t.terminating.iter().map(|(k, _)| k)) {
                 assert!(
                     self.records.contains(&Self::id(k).0),
                     "a pod holds {k}, which has no record"
                 );
             }
+        }
+        for p in &self.others {
+            assert!(
+                self.records.contains(&Self::id(&p.key).0),
+                "{} holds {}, which has no record",
+                p.name,
+                p.key
+            );
         }
     }
 }
@@ -718,6 +839,27 @@ fn thousands_of_runs_with_crashes_never_break_safety_and_always_finish() {
 }
 
 #[test]
+fn no_revocation_while_any_pod_that_reads_the_secret_holds_the_old_key() {
+    for seed in 0..600 {
+        let adopt = seed % 2 == 0;
+        let mut w = World::with_policy(seed, adopt, "Halt");
+        w.other_pods = true;
+        if let Some(k) = w.consumer.clone() {
+            for n in 0..2 {
+                w.others.push(OtherPod {
+                    name: format!("worker-initial-{n}"),
+                    key: k.clone(),
+                    created: w.now,
+                    terminating_until: None,
+                });
+            }
+        }
+        let w = run_world(w, seed, 30, 3);
+        assert_eq!(w.minted.len(), 3 + usize::from(!adopt), "seed {seed}");
+    }
+}
+
+#[test]
 fn rollbacks_with_crashes_never_break_safety_and_leave_one_valid_key() {
     let mut rolled_back = 0;
     for seed in 0..1_000 {
@@ -845,7 +987,7 @@ fn without_crashes_each_rotation_walks_the_steps_in_order() {
     w.trigger = Some("go".into());
     let mut actions = Vec::new();
     while w.status.revision < 1 {
-        let plan = decide(&w.observe());
+        let plan = w.decide();
         actions.push(match &plan.action {
             Action::CreateVault { .. } | Action::RestoreVault { .. } => "vault".to_string(),
             Action::Register { .. } => "register".into(),
@@ -859,6 +1001,7 @@ fn without_crashes_each_rotation_walks_the_steps_in_order() {
             Action::DropPending => "drop".into(),
             Action::Probe { .. } => "probe".into(),
             Action::QueryGate => "gate".into(),
+            Action::CheckPods => "pods".into(),
             Action::StatusOnly | Action::SetBootstrapFlag => continue_marker(),
             Action::Wait { .. } => continue_marker(),
         });
@@ -887,7 +1030,7 @@ fn a_new_trigger_token_means_exactly_one_rotation() {
     let mut w = World::new(3, true);
     w.trigger = Some("once".into());
     for _ in 0..2_000 {
-        let plan = decide(&w.observe());
+        let plan = w.decide();
         w.perform(&plan.action);
         w.status = plan.status;
         w.targets.iter_mut().for_each(|t| t.failing = false);
@@ -906,14 +1049,14 @@ fn suspend_holds_a_rotation_at_a_step_boundary_and_resume_finishes_it() {
         .as_ref()
         .is_some_and(|a| World::key_of(a).starts_with('k'))
     {
-        let plan = decide(&w.observe());
+        let plan = w.decide();
         w.perform(&plan.action);
         w.status = plan.status;
     }
     w.spec.suspend = true;
     let before: Vec<_> = w.targets.iter().map(|t| t.annotation.clone()).collect();
     for _ in 0..200 {
-        let plan = decide(&w.observe());
+        let plan = w.decide();
         assert!(
             matches!(plan.action, Action::Wait { .. }),
             "suspended but did {:?}",
@@ -935,7 +1078,7 @@ fn suspend_holds_a_rotation_at_a_step_boundary_and_resume_finishes_it() {
         if w.status.revision == 1 {
             break;
         }
-        let plan = decide(&w.observe());
+        let plan = w.decide();
         w.perform(&plan.action);
         w.status = plan.status;
     }

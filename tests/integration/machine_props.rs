@@ -8,8 +8,9 @@ use apikey_rotator::crd::{
 };
 use apikey_rotator::key::KeyId;
 use apikey_rotator::machine::{
-    ConsumerView, Observation, ProbeStage, RecordView, TargetView, VaultView, decide,
+    ConsumerView, Observation, PlanNotes, ProbeStage, RecordView, TargetView, VaultView, decide,
 };
+use apikey_rotator::pods::PodSummary;
 use apikey_rotator::rollout::RolloutState;
 use proptest::prelude::*;
 
@@ -88,6 +89,11 @@ fn rotation() -> impl Strategy<Value = RotationProgress> {
             any::<bool>(),
             any::<u32>(),
         ),
+        (
+            prop::option::of(text()),
+            prop::option::of(text()),
+            any::<[bool; 2]>(),
+        ),
     )
         .prop_map(
             |(
@@ -95,6 +101,7 @@ fn rotation() -> impl Strategy<Value = RotationProgress> {
                 (step, target_index, targets),
                 (validation_started_at, revoked_at, revoke_attempts, gate_checked_at),
                 (rolling_back, outside_windows, revoked_externally, secret_restores),
+                (switched_at, pods_waiting_since, [untracked_reported, change_pending]),
             )| {
                 let mut r =
                     RotationProgress::started(revision, trigger, old_key_id, [], text_now());
@@ -110,6 +117,10 @@ fn rotation() -> impl Strategy<Value = RotationProgress> {
                 r.outside_windows = outside_windows;
                 r.old_key_revoked_externally = revoked_externally;
                 r.secret_restores = secret_restores;
+                r.switched_at = switched_at;
+                r.pods_waiting_since = pods_waiting_since;
+                r.untracked_consumers_reported = untracked_reported;
+                r.spec_change_pending = change_pending;
                 r
             },
         )
@@ -208,6 +219,49 @@ fn target_view() -> impl Strategy<Value = TargetView> {
     ]
 }
 
+fn pod() -> impl Strategy<Value = PodSummary> {
+    (
+        text(),
+        prop::option::of((text(), text())),
+        prop::option::of(0usize..6),
+        (
+            prop::option::of(text()),
+            prop::option::of(text()),
+            prop::option::of(text()),
+        ),
+        prop::option::of(0i64..4_000_000_000),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(
+                name,
+                owner,
+                target,
+                (key_id, secret_restores, rolled_back_in),
+                created,
+                terminating,
+            )| PodSummary {
+                name,
+                owner,
+                target,
+                key_id,
+                secret_restores,
+                rolled_back_in,
+                created_at: created.map(|s| jiff::Timestamp::from_second(s).unwrap()),
+                terminating,
+            },
+        )
+}
+
+// Boxed: the observation's strategy is deep enough to overflow a test thread's stack otherwise.
+fn pods() -> BoxedStrategy<Option<Result<Vec<PodSummary>, String>>> {
+    prop::option::of(prop_oneof![
+        prop::collection::vec(pod().boxed(), 0..8).prop_map(Ok),
+        text().prop_map(Err)
+    ])
+    .boxed()
+}
+
 fn spec(targets: usize, extra: serde_json::Value) -> ApiKeyRotationSpec {
     let names = ["sirius-api", "sirius-ui", "sirius-engine", "sirius-worker"];
     let mut spec = serde_json::json!({
@@ -235,7 +289,7 @@ fn observation() -> impl Strategy<Value = Observation> {
             prop::option::of(key_id()).prop_map(ConsumerView::Holds)
         ],
         (any::<[bool; 5]>(), any::<bool>()),
-        prop::collection::vec(target_view(), 4),
+        (prop::collection::vec(target_view(), 4), pods(), any::<[bool; 5]>()).boxed(),
         (
             prop::option::of(prop_oneof![
                 any::<u16>().prop_map(Ok),
@@ -253,7 +307,7 @@ fn observation() -> impl Strategy<Value = Observation> {
                 vault,
                 consumer,
                 (records, labelled),
-                views,
+                (views, pods, removed),
                 (probe, gate, now),
             )| {
                 let checks = serde_json::json!({
@@ -265,6 +319,7 @@ fn observation() -> impl Strategy<Value = Observation> {
                     "maintenanceWindows": if options & 16 == 0 { serde_json::json!([]) } else { serde_json::json!([{"start": "0 3 * * *", "durationMinutes": 60}]) },
                     "verification": if options & 32 == 0 { serde_json::Value::Null } else { serde_json::json!({"url": "https://api/host/", "maxRevocations": 2}) },
                     "metricsGate": if options & 64 == 0 { serde_json::Value::Null } else { serde_json::json!({"prometheusUrl": "https://p", "query": "q", "threshold": 1.0}) },
+                    "untrackedConsumers": if options & 128 == 0 { "Wait" } else { "Ignore" },
                 });
                 let stage = match options >> 7 {
                     0 => ProbeStage::AfterTarget(options as usize % 5),
@@ -295,6 +350,11 @@ fn observation() -> impl Strategy<Value = Observation> {
                     targets: views.into_iter().take(targets).collect(),
                     probe: probe.map(|p| (stage, p)),
                     gate,
+                    plan: PlanNotes {
+                        deferred: if removed[4] { vec!["spec.targets"] } else { vec![] },
+                        removed: removed[..targets].to_vec(),
+                    },
+                    pods,
                 }
             },
         )

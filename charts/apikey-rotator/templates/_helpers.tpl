@@ -41,6 +41,7 @@ What the operator does in each namespace it watches, and nothing more:
 - Secrets: read and watch (the watch is filtered by label, but RBAC cannot express that), create
   the vault and the consumers' Secret, update the vault, patch the consumers' Secret.
 - Deployments: read and watch, patch the pod template to roll them.
+- Pods: list, before revoking a key (the pod gate: every pod that reads the Secret runs the new key).
 - Events (events.k8s.io): create, and patch to count repeats.
 */}}
 {{- define "apikey-rotator.rules" -}}
@@ -56,6 +57,9 @@ What the operator does in each namespace it watches, and nothing more:
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
