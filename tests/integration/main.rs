@@ -19,6 +19,7 @@ mod machine_props;
 mod memory_valkey;
 mod metrics;
 mod metrics_gate;
+mod pod_gate;
 mod redaction;
 mod rotation;
 mod schedule;

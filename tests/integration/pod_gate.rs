@@ -1,0 +1,264 @@
+//! Revocation waits for proof from the pods: every pod that reads the consumers' Secret (a
+//! target's or not, running or terminating) runs the new key. The real controller, the stand-in's
+//! Pods and a real Valkey, with the zero-downtime checker counting every pod that reads the Secret.
+
+use crate::common::sirius::{AuthModel, InvariantChecker, checked_sim_options, installed_key};
+use crate::common::*;
+use apikey_rotator::key::RawKey;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MODEL: AuthModel = AuthModel::RootKeyPlusValkey;
+
+struct Setup {
+    sim: Arc<kube_sim::Sim>,
+    valkey: Arc<Valkey>,
+    old: RawKey,
+    checker: InvariantChecker,
+    operator: tokio::task::JoinHandle<()>,
+}
+
+/// Sirius installed and its key adopted (phase Ready), the checker running; `before` runs
+/// after the install, before the operator starts.
+async fn ready(extra: Value, before: impl FnOnce(&kube_sim::Sim)) -> Setup {
+    let valkey = Arc::new(Valkey::start());
+    let sim = Arc::new(start_sim_with(checked_sim_options()).await);
+    let old = installed_key(MODEL);
+    install_sirius(&sim, &valkey.url(), &old, 2, None, extra).await;
+    before(&sim);
+    let checker = InvariantChecker::start(sim.clone(), valkey.clone(), MODEL);
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(20), "phase Ready", || {
+        akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    Setup {
+        sim,
+        valkey,
+        old,
+        checker,
+        operator,
+    }
+}
+
+fn old_record_exists(s: &Setup) -> bool {
+    s.valkey.exists(&format!("apikey:{}", s.old.id()))
+}
+
+/// Pods (in the namespace) that hold `key` from the consumers' Secret.
+fn pods_holding(sim: &kube_sim::Sim, key: &RawKey) -> Vec<String> {
+    sim.pods()
+        .into_iter()
+        .filter(|p| p.namespace == NS)
+        .filter(|p| {
+            p.secrets.get("sirius-api-key/SIRIUS_API_KEY") == Some(&Some(key.expose().to_string()))
+        })
+        .map(|p| p.name)
+        .collect()
+}
+
+/// The old key is revoked while no pod holds it, and the checker saw no refusal.
+async fn finishes_without_a_refusal(s: Setup) -> Vec<String> {
+    let mut held_at_revocation = None;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !(akr_status(&s.sim)["revision"] == json!(1)
+            && event_reasons(&s.sim)
+                .iter()
+                .any(|r| r == "RotationSucceeded"))
+        {
+            let holding = pods_holding(&s.sim, &s.old);
+            if !old_record_exists(&s) && held_at_revocation.is_none() {
+                held_at_revocation = Some(holding);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the rotation did not finish: {}", akr_status(&s.sim)));
+    s.operator.abort();
+    let (violations, samples, _) = s.checker.stop();
+    assert!(samples > 10);
+    assert!(violations.is_empty(), "{violations:?}");
+    assert_eq!(
+        held_at_revocation,
+        Some(vec![]),
+        "pods held the old key when it was revoked"
+    );
+    event_reasons(&s.sim)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_removed_from_the_spec_mid_rotation_is_still_finished_before_revocation() {
+    let s = ready(json!({}), |sim| {
+        sim.set_pod_ready_after(NS, "sirius-engine", Duration::from_secs(2));
+    })
+    .await;
+    request_rotation(&s.sim, "go");
+    wait_for(Duration::from_secs(30), "the engine rolling", || {
+        let r = &akr_status(&s.sim)["currentRotation"];
+        r["step"] == "Roll" && r["targetIndex"] == json!(2)
+    })
+    .await;
+    // The user gives up on the engine.
+    s.sim
+        .merge_patch_object(
+            "keys.siriusscan.io",
+            "apikeyrotations",
+            NS,
+            "sirius",
+            json!({"spec": {"targets": [{"name": "sirius-api"}, {"name": "sirius-ui"}]}}),
+        )
+        .unwrap();
+    let sim = s.sim.clone();
+    let reasons = finishes_without_a_refusal(s).await;
+    assert!(
+        reasons.iter().any(|r| r == "SpecChangePending"),
+        "{reasons:?}"
+    );
+    let new = RawKey::new(secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
+    assert_eq!(template_key(&sim, "sirius-engine"), json!(new.id().0));
+}
+
+/// A worker Deployment that reads the Secret but is not a target.
+fn worker() -> Value {
+    let mut d = sirius_deployment("sirius-worker", 1);
+    d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("example/worker:1");
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_that_reads_the_secret_but_is_no_target_holds_revocation_until_it_restarts() {
+    let s = ready(json!({}), |sim| {
+        sim.create_object(worker()).unwrap();
+    })
+    .await;
+    request_rotation(&s.sim, "go");
+    wait_for(Duration::from_secs(30), "WaitingForPods", || {
+        condition(&s.sim, "Rotating")["reason"] == "WaitingForPods"
+    })
+    .await;
+    let untracked = event(&s.sim, "UntrackedConsumer");
+    let message = untracked["note"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains("sirius-worker-") && message.contains("(ReplicaSet/sirius-worker-"),
+        "{untracked}"
+    );
+    let waiting = condition(&s.sim, "Rotating")["message"].clone();
+    assert!(
+        waiting.as_str().unwrap().contains("sirius-worker-"),
+        "{waiting}"
+    );
+    // Held for longer than the validation window (1 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(old_record_exists(&s), "revoked under the worker");
+    assert!(akr_status(&s.sim)["currentRotation"]["podsOnOldKey"].as_u64() >= Some(1));
+    // kubectl rollout restart deploy/sirius-worker
+    s.sim
+        .merge_patch_object(
+            "apps",
+            "deployments",
+            NS,
+            "sirius-worker",
+            json!({"spec": {"template": {"metadata": {"annotations": {
+                "kubectl.kubernetes.io/restartedAt": "2026-12-02T08:00:00Z"}}}}}),
+        )
+        .unwrap();
+    finishes_without_a_refusal(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_untracked_consumers_ignore_the_worker_is_reported_and_left() {
+    let s = ready(json!({"untrackedConsumers": "Ignore"}), |sim| {
+        sim.create_object(worker()).unwrap();
+    })
+    .await;
+    request_rotation(&s.sim, "go");
+    wait_revision(&s.sim, 1).await;
+    s.operator.abort();
+    let revoked = !old_record_exists(&s);
+    let (violations, _, _) = s.checker.stop();
+    // The worker was left on the old key, as the user chose, and said so.
+    assert!(
+        violations.iter().any(|v| v.contains("sirius-worker-")),
+        "{violations:?}"
+    );
+    let untracked = event(&s.sim, "UntrackedConsumer");
+    assert!(
+        untracked["note"]
+            .as_str()
+            .unwrap()
+            .contains("spec.untrackedConsumers: Ignore"),
+        "{untracked}"
+    );
+    assert!(revoked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_terminating_longer_than_the_window_delays_revocation_until_it_is_gone() {
+    let s = ready(json!({}), |sim| {
+        // The engine's old pods take 6 s to terminate, far past the 1 s validation window.
+        sim.merge_patch_object(
+            "apps",
+            "deployments",
+            NS,
+            "sirius-engine",
+            json!({"spec": {"template": {"spec": {"terminationGracePeriodSeconds": 6}}}}),
+        )
+        .unwrap();
+    })
+    .await;
+    wait_for(Duration::from_secs(20), "the engine's grace in effect", || {
+        s.sim.pods().iter().filter(|p| p.deployment == "sirius-engine").all(|p| !p.terminating)
+    })
+    .await;
+    request_rotation(&s.sim, "go");
+    wait_for(Duration::from_secs(30), "WaitingForPods", || {
+        condition(&s.sim, "Rotating")["reason"] == "WaitingForPods"
+    })
+    .await;
+    let waiting = condition(&s.sim, "Rotating")["message"].clone();
+    assert!(
+        waiting.as_str().unwrap().contains("sirius-engine-"),
+        "{waiting}"
+    );
+    assert!(
+        s.sim
+            .pods()
+            .iter()
+            .any(|p| p.deployment == "sirius-engine" && p.terminating),
+        "the old engine pods are still terminating"
+    );
+    finishes_without_a_refusal(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_pod_reading_the_secret_is_named_and_waited_for_until_it_is_deleted() {
+    let s = ready(json!({}), |sim| {
+        let mut pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "debug-shell", "namespace": NS},
+            "spec": sirius_deployment("debug-shell", 1)["spec"]["template"]["spec"].clone(),
+        });
+        pod["spec"]["containers"][0]["image"] = json!("busybox");
+        sim.create_object(pod).unwrap();
+    })
+    .await;
+    request_rotation(&s.sim, "go");
+    wait_for(Duration::from_secs(30), "WaitingForPods", || {
+        condition(&s.sim, "Rotating")["reason"] == "WaitingForPods"
+    })
+    .await;
+    let untracked = event(&s.sim, "UntrackedConsumer");
+    assert!(
+        untracked["note"]
+            .as_str()
+            .unwrap()
+            .contains("debug-shell (no owner)"),
+        "{untracked}"
+    );
+    assert!(old_record_exists(&s));
+    s.sim.delete_object("", "pods", NS, "debug-shell").unwrap();
+    finishes_without_a_refusal(s).await;
+}
