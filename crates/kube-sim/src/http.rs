@@ -491,13 +491,13 @@ async fn watch_response(
 
     // Subscribe before reading the backlog so no event falls between the two.
     let (rx, backlog, current_rv) = {
-        let store = shared.store.lock().unwrap();
-        let rx = store.events.subscribe();
+        let mut store = shared.store.lock().unwrap();
+        let rx = store.subscribe(&resource);
         let backlog: Vec<Value> = match from {
-            Some(rv) if rv < store.oldest_watchable() => {
+            Some(rv) if rv < store.oldest_watchable(&resource) => {
                 let status = ApiError::expired(format!(
                     "too old resource version: {rv} ({})",
-                    store.oldest_watchable()
+                    store.oldest_watchable(&resource)
                 ));
                 vec![json!({"type": "ERROR", "object": status.body()})]
             }

@@ -5,12 +5,16 @@ use crate::fields::{self, ManagerKey, Ownership};
 use crate::schema::Validator;
 use crate::status::ApiError;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
-/// How long the watch log reaches back; older resourceVersions get 410 Gone, as after compaction.
+/// How far each resource's watch log reaches back; older resourceVersions get 410 Gone, as after
+/// compaction. Each resource has its own, as kube-apiserver keeps a watch cache per resource: a
+/// busy resource (pods) does not shorten another's reach.
 const WATCH_LOG_LEN: usize = 20_000;
+/// The resourceVersion the store starts at; a watch from before it is 410 Gone.
+const INITIAL_RV: u64 = 1000;
 
 #[derive(Clone)]
 pub struct ResourceType {
@@ -69,15 +73,36 @@ struct Stored {
     ownership: Ownership,
 }
 
+/// One resource's watch log and the channel its watchers follow.
+struct ResourceLog {
+    events: VecDeque<Arc<WatchEvent>>,
+    /// The resourceVersion of the last event dropped from `events` (watches from before it are
+    /// 410 Gone).
+    compacted: u64,
+    /// Shared, not copied, by every watch of the resource; a watch that falls this far behind is
+    /// closed, as kube-apiserver closes a watcher that cannot keep up.
+    sender: broadcast::Sender<Arc<WatchEvent>>,
+}
+
+impl ResourceLog {
+    fn new() -> Self {
+        Self {
+            events: VecDeque::new(),
+            compacted: INITIAL_RV,
+            sender: broadcast::channel(8_192).0,
+        }
+    }
+}
+
 pub struct Store {
     pub types: BTreeMap<String, ResourceType>,
     objects: BTreeMap<ObjKey, Stored>,
     rv: u64,
-    log: VecDeque<Arc<WatchEvent>>,
-    /// Shared, not copied, by every watch; a watch that falls this far behind is closed, as
-    /// kube-apiserver closes a watcher that cannot keep up.
-    pub events: broadcast::Sender<Arc<WatchEvent>>,
+    logs: HashMap<String, ResourceLog>,
     uid_counter: u64,
+    /// How many stored objects name each uid in their ownerReferences (so a deletion looks for
+    /// dependents only when there are some).
+    owner_uids: HashMap<String, u32>,
 }
 
 pub fn resource_key(group: &str, plural: &str) -> String {
@@ -99,14 +124,13 @@ pub fn now_rfc3339() -> String {
 
 impl Store {
     pub fn new() -> Self {
-        let (events, _) = broadcast::channel(8_192);
         let mut store = Self {
             types: BTreeMap::new(),
             objects: BTreeMap::new(),
-            rv: 1000,
-            log: VecDeque::new(),
-            events,
+            rv: INITIAL_RV,
+            logs: HashMap::new(),
             uid_counter: 0,
+            owner_uids: HashMap::new(),
         };
         for rt in [
             ResourceType::builtin("", "v1", "secrets", "Secret", true),
@@ -151,16 +175,30 @@ impl Store {
         self.rv
     }
 
-    pub fn oldest_watchable(&self) -> u64 {
-        self.log.front().map(|e| e.rv - 1).unwrap_or(self.rv)
+    /// The oldest resourceVersion a watch of `resource` can start from.
+    pub fn oldest_watchable(&self, resource: &str) -> u64 {
+        self.logs
+            .get(resource)
+            .map(|l| l.compacted)
+            .unwrap_or(INITIAL_RV)
     }
 
     pub fn log_since(&self, rv: u64, resource: &str) -> Vec<Arc<WatchEvent>> {
-        self.log
-            .iter()
-            .filter(|e| e.rv > rv && e.resource == resource)
-            .cloned()
-            .collect()
+        let Some(log) = self.logs.get(resource) else {
+            return Vec::new();
+        };
+        // Events are in resourceVersion order: skip the older ones without looking at each.
+        let start = log.events.partition_point(|e| e.rv <= rv);
+        log.events.range(start..).cloned().collect()
+    }
+
+    /// The live events of `resource`, for a watch.
+    pub fn subscribe(&mut self, resource: &str) -> broadcast::Receiver<Arc<WatchEvent>> {
+        self.logs
+            .entry(resource.to_string())
+            .or_insert_with(ResourceLog::new)
+            .sender
+            .subscribe()
     }
 
     fn key(rt: &ResourceType, ns: &str, name: &str) -> ObjKey {
@@ -219,6 +257,17 @@ impl Store {
         object: Value,
         previous: Option<Value>,
     ) {
+        // Keep the count of owner references in step with the stored objects.
+        if let Some(previous) = &previous {
+            self.count_owner_refs(previous, false);
+        }
+        if kind != "DELETED" {
+            self.count_owner_refs(&object, true);
+        }
+        let log = self
+            .logs
+            .entry(resource.clone())
+            .or_insert_with(ResourceLog::new);
         let event = Arc::new(WatchEvent {
             rv: self.rv,
             resource,
@@ -226,11 +275,33 @@ impl Store {
             object,
             previous,
         });
-        self.log.push_back(event.clone());
-        while self.log.len() > WATCH_LOG_LEN {
-            self.log.pop_front();
+        log.events.push_back(event.clone());
+        while log.events.len() > WATCH_LOG_LEN {
+            if let Some(dropped) = log.events.pop_front() {
+                log.compacted = dropped.rv;
+            }
         }
-        let _ = self.events.send(event);
+        let _ = log.sender.send(event);
+    }
+
+    fn count_owner_refs(&mut self, object: &Value, add: bool) {
+        for r in object["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let Some(uid) = r["uid"].as_str() else {
+                continue;
+            };
+            if add {
+                *self.owner_uids.entry(uid.to_string()).or_default() += 1;
+            } else if let Some(n) = self.owner_uids.get_mut(uid) {
+                *n -= 1;
+                if *n == 0 {
+                    self.owner_uids.remove(uid);
+                }
+            }
+        }
     }
 
     fn validate(&self, rt: &ResourceType, name: &str, object: &Value) -> Result<(), ApiError> {
@@ -583,6 +654,9 @@ impl Store {
         let Some(uid) = owner["metadata"]["uid"].as_str().map(str::to_string) else {
             return;
         };
+        if !self.owner_uids.contains_key(&uid) {
+            return;
+        }
         let dependents: Vec<(ResourceType, String, String)> = self
             .objects
             .iter()
