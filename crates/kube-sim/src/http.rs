@@ -242,7 +242,7 @@ pub async fn handle(
     match verb {
         "watch" => watch_response(shared, target, query, metadata_only).await,
         "list" => {
-            let selectors = match Selectors::parse(&query) {
+            let selectors = match Selectors::parse(&query, &target.rt) {
                 Ok(s) => s,
                 Err(e) => return error_response(e),
             };
@@ -433,8 +433,20 @@ pub async fn handle(
                 .as_str()
                 .map(str::to_string);
             let precondition_uid = opts["preconditions"]["uid"].as_str().map(str::to_string);
+            let grace = opts["gracePeriodSeconds"].as_i64().or_else(|| {
+                query
+                    .get("gracePeriodSeconds")
+                    .and_then(|g| g.parse::<i64>().ok())
+            });
             let mut store = shared.store.lock().unwrap();
-            match store.delete(&target.rt, &ns, &name, precondition_rv, precondition_uid) {
+            match store.delete(
+                &target.rt,
+                &ns,
+                &name,
+                precondition_rv,
+                precondition_uid,
+                grace,
+            ) {
                 Ok(o) => ok_json(StatusCode::OK, &o),
                 Err(e) => error_response(e),
             }
@@ -471,7 +483,7 @@ async fn watch_response(
     query: HashMap<String, String>,
     metadata_only: bool,
 ) -> Response {
-    let selectors = match Selectors::parse(&query) {
+    let selectors = match Selectors::parse(&query, &target.rt) {
         Ok(s) => s,
         Err(e) => return error_response(e),
     };

@@ -119,8 +119,10 @@ impl Drop for Sim {
 
 impl Sim {
     pub async fn start(options: SimOptions) -> std::io::Result<Self> {
+        let mut store = Store::new();
+        store.default_pod_grace = options.termination_grace;
         let shared: Shared = Arc::new(Inner {
-            store: Mutex::new(Store::new()),
+            store: Mutex::new(store),
             deploy: Mutex::new(DeploySim::new(
                 options.pod_ready_after,
                 options.termination_grace,
@@ -210,7 +212,7 @@ impl Sim {
             .cloned()
             .ok_or("unknown resource")?;
         store
-            .delete(&rt, ns, name, None, None)
+            .delete(&rt, ns, name, None, None, None)
             .map(|_| ())
             .map_err(|e| e.message)
     }

@@ -7,6 +7,7 @@ use crate::status::ApiError;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 /// How far each resource's watch log reaches back; older resourceVersions get 410 Gone, as after
@@ -15,6 +16,8 @@ use tokio::sync::broadcast;
 const WATCH_LOG_LEN: usize = 20_000;
 /// The resourceVersion the store starts at; a watch from before it is 410 Gone.
 const INITIAL_RV: u64 = 1000;
+/// The resource key of core/v1 pods.
+pub const PODS: &str = "/pods";
 
 #[derive(Clone)]
 pub struct ResourceType {
@@ -103,6 +106,12 @@ pub struct Store {
     /// How many stored objects name each uid in their ownerReferences (so a deletion looks for
     /// dependents only when there are some).
     owner_uids: HashMap<String, u32>,
+    /// When each gracefully deleted pod's grace period ends (its `deletionTimestamp`, to the
+    /// instant rather than the second).
+    pod_deadlines: HashMap<(String, String), Instant>,
+    /// The grace period of a pod deleted without one whose spec sets none (the simulator's
+    /// termination grace; kube-apiserver's default is 30 s).
+    pub default_pod_grace: Duration,
 }
 
 pub fn resource_key(group: &str, plural: &str) -> String {
@@ -131,13 +140,18 @@ impl Store {
             logs: HashMap::new(),
             uid_counter: 0,
             owner_uids: HashMap::new(),
+            pod_deadlines: HashMap::new(),
+            default_pod_grace: Duration::from_secs(30),
         };
         for rt in [
             ResourceType::builtin("", "v1", "secrets", "Secret", true),
             ResourceType::builtin("", "v1", "configmaps", "ConfigMap", true),
             ResourceType::builtin("", "v1", "events", "Event", true),
             ResourceType::builtin("", "v1", "namespaces", "Namespace", false),
-            ResourceType::builtin("", "v1", "pods", "Pod", true),
+            ResourceType {
+                status_subresource: true,
+                ..ResourceType::builtin("", "v1", "pods", "Pod", true)
+            },
             ResourceType::builtin("", "v1", "services", "Service", true),
             ResourceType::builtin("", "v1", "serviceaccounts", "ServiceAccount", true),
             ResourceType::builtin("events.k8s.io", "v1", "events", "Event", true),
@@ -201,6 +215,7 @@ impl Store {
             .subscribe()
     }
 
+
     fn key(rt: &ResourceType, ns: &str, name: &str) -> ObjKey {
         let ns = if rt.namespaced { ns } else { "" };
         (
@@ -257,6 +272,14 @@ impl Store {
         object: Value,
         previous: Option<Value>,
     ) {
+        if resource == PODS {
+            let ns = object["metadata"]["namespace"].as_str().unwrap_or_default();
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            let key = (ns.to_string(), name.to_string());
+            if kind == "DELETED" {
+                self.pod_deadlines.remove(&key);
+            }
+        }
         // Keep the count of owner references in step with the stored objects.
         if let Some(previous) = &previous {
             self.count_owner_refs(previous, false);
@@ -388,6 +411,10 @@ impl Store {
         if rt.kind == "Deployment" {
             default_deployment(&mut object);
         }
+        if is_pod(rt) {
+            // A new pod is Pending until a kubelet runs it (the pod strategy's PrepareForCreate).
+            object["status"] = json!({"phase": "Pending"});
+        }
         self.validate(rt, &name, &object)?;
         let mut ownership = Ownership::default();
         ownership.take(
@@ -476,6 +503,7 @@ impl Store {
                 "creationTimestamp",
                 "generation",
                 "deletionTimestamp",
+                "deletionGracePeriodSeconds",
                 "namespace",
                 "name",
             ] {
@@ -607,6 +635,10 @@ impl Store {
         })
     }
 
+    /// Deletes as kube-apiserver does: an object with finalizers is only marked; a scheduled pod
+    /// is deleted gracefully (`grace_seconds`, else its `spec.terminationGracePeriodSeconds`, else
+    /// `default_pod_grace`): it is marked with `deletionTimestamp` (when its grace ends) and
+    /// `deletionGracePeriodSeconds`, and its kubelet removes it once its containers stopped.
     pub fn delete(
         &mut self,
         rt: &ResourceType,
@@ -614,6 +646,7 @@ impl Store {
         name: &str,
         precondition_rv: Option<String>,
         precondition_uid: Option<String>,
+        grace_seconds: Option<i64>,
     ) -> Result<Value, ApiError> {
         let key = Self::key(rt, ns, name);
         let stored = self
@@ -626,6 +659,12 @@ impl Store {
             || precondition_uid.is_some_and(|uid| current["metadata"]["uid"].as_str() != Some(&uid))
         {
             return Err(ApiError::conflict(&rt.group, &rt.plural, name));
+        }
+        if is_pod(rt) {
+            let grace = pod_grace(&current, grace_seconds, self.default_pod_grace);
+            if !grace.is_zero() {
+                return Ok(self.mark_pod_deleted(key, current, grace));
+            }
         }
         if !finalizers(&current).is_empty() {
             if current["metadata"].get("deletionTimestamp").is_some() {
@@ -647,6 +686,30 @@ impl Store {
         self.emit(key.0, "DELETED", gone.clone(), Some(current));
         self.collect_dependents(&gone);
         Ok(gone)
+    }
+
+    /// Graceful deletion of a pod (`rest.BeforeDelete` with the pod strategy): the first delete
+    /// sets `deletionTimestamp` to when the grace period ends; a later one may only shorten it.
+    fn mark_pod_deleted(&mut self, key: ObjKey, current: Value, grace: Duration) -> Value {
+        let pod = (key.1.clone(), key.2.clone());
+        let deadline = Instant::now() + grace;
+        if current["metadata"].get("deletionTimestamp").is_some()
+            && self.pod_deadlines.get(&pod).is_none_or(|d| *d <= deadline)
+        {
+            return current;
+        }
+        // The API reports whole seconds; the simulated kubelet keeps the exact instant.
+        let seconds = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds as i64);
+        let mut next = current.clone();
+        next["metadata"]["deletionTimestamp"] = json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        next["metadata"]["deletionGracePeriodSeconds"] = json!(seconds);
+        let rv = self.next_rv();
+        next["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.objects.get_mut(&key).unwrap().object = next.clone();
+        self.pod_deadlines.insert(pod, deadline);
+        self.emit(key.0, "MODIFIED", next.clone(), Some(current));
+        next
     }
 
     /// Background cascading deletion: dependents whose ownerReferences name the deleted uid.
@@ -672,7 +735,7 @@ impl Store {
             })
             .collect();
         for (rt, ns, name) in dependents {
-            let _ = self.delete(&rt, &ns, &name, None, None);
+            let _ = self.delete(&rt, &ns, &name, None, None, None);
         }
     }
 
@@ -702,6 +765,29 @@ impl Store {
 impl Default for Store {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+pub fn is_pod(rt: &ResourceType) -> bool {
+    rt.group.is_empty() && rt.plural == "pods"
+}
+
+/// How long a deleted pod may take to stop (the pod strategy's `CheckGracefulDelete`): the
+/// request's grace period, else the pod's own; zero for a pod never scheduled or already finished.
+fn pod_grace(pod: &Value, requested: Option<i64>, default: Duration) -> Duration {
+    let unscheduled = pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
+    let finished = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
+    if unscheduled || finished {
+        return Duration::ZERO;
+    }
+    match requested.or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64()) {
+        // A negative grace period counts as one second on the delete path.
+        Some(seconds) if seconds < 0 => Duration::from_secs(1),
+        Some(seconds) => Duration::from_secs(seconds as u64),
+        None => default,
     }
 }
 
