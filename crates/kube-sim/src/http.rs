@@ -298,7 +298,9 @@ pub async fn handle(
                 subresource: "",
                 manager: &manager,
             };
-            match store.create(&w, object) {
+            let result = store.create(&w, object);
+            shared.sync_pods(&mut store);
+            match result {
                 Ok(o) => ok_json(StatusCode::CREATED, &o),
                 Err(e) => error_response(e),
             }
@@ -332,6 +334,7 @@ pub async fn handle(
                 track_update(ownership, &manager, &target.subresource, current, &object);
                 Ok(object.clone())
             });
+            shared.sync_pods(&mut store);
             match result {
                 Ok(o) => ok_json(StatusCode::OK, &o),
                 Err(e) => error_response(e),
@@ -421,6 +424,7 @@ pub async fn handle(
                 }
                 other => return error_response(ApiError::unsupported_media(other)),
             };
+            shared.sync_pods(&mut store);
             match result {
                 Ok(o) => ok_json(StatusCode::OK, &o),
                 Err(e) => error_response(e),
@@ -439,14 +443,16 @@ pub async fn handle(
                     .and_then(|g| g.parse::<i64>().ok())
             });
             let mut store = shared.store.lock().unwrap();
-            match store.delete(
+            let result = store.delete(
                 &target.rt,
                 &ns,
                 &name,
                 precondition_rv,
                 precondition_uid,
                 grace,
-            ) {
+            );
+            shared.sync_pods(&mut store);
+            match result {
                 Ok(o) => ok_json(StatusCode::OK, &o),
                 Err(e) => error_response(e),
             }

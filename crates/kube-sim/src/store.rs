@@ -106,6 +106,8 @@ pub struct Store {
     /// How many stored objects name each uid in their ownerReferences (so a deletion looks for
     /// dependents only when there are some).
     owner_uids: HashMap<String, u32>,
+    /// (namespace, name) of every pod written since the simulated kubelet last looked.
+    touched_pods: Vec<(String, String)>,
     /// When each gracefully deleted pod's grace period ends (its `deletionTimestamp`, to the
     /// instant rather than the second).
     pod_deadlines: HashMap<(String, String), Instant>,
@@ -140,6 +142,7 @@ impl Store {
             logs: HashMap::new(),
             uid_counter: 0,
             owner_uids: HashMap::new(),
+            touched_pods: Vec::new(),
             pod_deadlines: HashMap::new(),
             default_pod_grace: Duration::from_secs(30),
         };
@@ -215,6 +218,21 @@ impl Store {
             .subscribe()
     }
 
+    /// The pods written since the last call, in order (a pod may appear more than once).
+    pub fn take_touched_pods(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.touched_pods)
+    }
+
+    pub fn has_touched_pods(&self) -> bool {
+        !self.touched_pods.is_empty()
+    }
+
+    /// When the grace period of a gracefully deleted pod ends.
+    pub fn pod_deadline(&self, ns: &str, name: &str) -> Option<Instant> {
+        self.pod_deadlines
+            .get(&(ns.to_string(), name.to_string()))
+            .copied()
+    }
 
     fn key(rt: &ResourceType, ns: &str, name: &str) -> ObjKey {
         let ns = if rt.namespaced { ns } else { "" };
@@ -279,6 +297,7 @@ impl Store {
             if kind == "DELETED" {
                 self.pod_deadlines.remove(&key);
             }
+            self.touched_pods.push(key);
         }
         // Keep the count of owner references in step with the stored objects.
         if let Some(previous) = &previous {
@@ -702,7 +721,8 @@ impl Store {
         let seconds = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
         let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds as i64);
         let mut next = current.clone();
-        next["metadata"]["deletionTimestamp"] = json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        next["metadata"]["deletionTimestamp"] =
+            json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
         next["metadata"]["deletionGracePeriodSeconds"] = json!(seconds);
         let rv = self.next_rv();
         next["metadata"]["resourceVersion"] = json!(rv.to_string());
