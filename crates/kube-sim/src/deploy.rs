@@ -2,7 +2,7 @@
 //! time (maxSurge 1, maxUnavailable 0), reports status exactly in the fields `kubectl rollout
 //! status` reads, and records which Secret values each pod started with.
 
-use crate::store::{ResourceType, Store, resource_key};
+use crate::store::{ResourceType, Store, Write, now_rfc3339, resource_key};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -36,13 +36,18 @@ impl RolloutBehavior {
 #[derive(Clone, Debug)]
 pub struct PodView {
     pub namespace: String,
+    /// The Deployment the pod belongs to (empty for a pod created through the API).
     pub deployment: String,
     pub name: String,
+    /// The Deployment revision (ReplicaSet) the pod runs; 0 for a pod not a Deployment's.
     pub revision: u64,
     pub ready: bool,
     pub terminating: bool,
     /// `secretName/key` -> the value the pod read at start (None when absent).
     pub secrets: BTreeMap<String, Option<String>>,
+    /// (kind, name) of the pod's controller, its `ownerReferences` entry with `controller: true`:
+    /// `("ReplicaSet", "<deployment>-<pod-template-hash>")` for a Deployment's pods.
+    pub owner: Option<(String, String)>,
 }
 
 /// When each revision of a Deployment was requested and when its rollout completed, in
@@ -56,18 +61,94 @@ pub struct RolloutRecord {
     pub completed_at_ms: Option<i64>,
 }
 
+/// What the Pod object's status shows, to write it only when it changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Shown {
+    phase: &'static str,
+    ready: bool,
+}
+
 #[derive(Clone, Debug)]
 struct Pod {
     name: String,
     revision: u64,
     ready_at: Option<Instant>,
     terminating_since: Option<Instant>,
+    /// When the grace period ends and the kubelet removes the Pod object.
+    gone_at: Option<Instant>,
     secrets: BTreeMap<String, Option<String>>,
+    /// When the kubelet took the pod (its `startTime`), RFC 3339.
+    accepted_at: String,
+    /// When its containers started (None while Pending: a required Secret or key is missing).
+    started_at: Option<String>,
+    /// When the Ready condition turned True.
+    ready_since: Option<String>,
+    /// `Succeeded` or `Failed` and when (set by a test for a Job's pod): no longer running.
+    finished: Option<(&'static str, String)>,
+    shown: Option<Shown>,
+}
+
+impl Pod {
+    fn new(name: String, revision: u64) -> Self {
+        Self {
+            name,
+            revision,
+            ready_at: None,
+            terminating_since: None,
+            gone_at: None,
+            secrets: BTreeMap::new(),
+            accepted_at: now_rfc3339(),
+            started_at: None,
+            ready_since: None,
+            finished: None,
+            shown: None,
+        }
+    }
+
+    fn is_ready(&self, now: Instant) -> bool {
+        self.ready_at.is_some_and(|t| t <= now)
+    }
+
+    /// Reads the Secrets as the containers start; they start only if every required one is
+    /// there, and become ready `ready_after` later if `lets_ready`.
+    fn start(
+        &mut self,
+        read: (BTreeMap<String, Option<String>>, bool),
+        lets_ready: impl FnOnce(&BTreeMap<String, Option<String>>) -> bool,
+        ready_after: Duration,
+        now: Instant,
+    ) {
+        let (secrets, startable) = read;
+        if startable && self.started_at.is_none() {
+            self.started_at = Some(now_rfc3339());
+        }
+        if startable && lets_ready(&secrets) {
+            self.ready_at = Some(now + ready_after);
+        }
+        self.secrets = secrets;
+    }
+
+    fn view(&self, ns: &str, deployment: &str, owner: &Option<(String, String)>) -> PodView {
+        PodView {
+            namespace: ns.to_string(),
+            deployment: deployment.to_string(),
+            name: self.name.clone(),
+            revision: self.revision,
+            ready: self.is_ready(Instant::now()),
+            terminating: self.terminating_since.is_some(),
+            secrets: self.secrets.clone(),
+            owner: owner.clone(),
+        }
+    }
 }
 
 #[derive(Default)]
 struct DeploymentState {
     templates: Vec<Value>,
+    /// The pod-template-hash of each revision's template (its ReplicaSet is
+    /// `<deployment>-<hash>`).
+    hashes: Vec<String>,
+    uid: String,
     pods: Vec<Pod>,
     last_progress: Option<Instant>,
     last_ready_count: usize,
@@ -77,16 +158,33 @@ struct DeploymentState {
     latest_rollout: Option<usize>,
     /// The resourceVersion this state last reconciled, and whether nothing was left to do then
     /// (complete, every pod ready, none terminating): such a Deployment is skipped until it
-    /// changes, so thousands of quiet ones cost nothing per tick.
+    /// or one of its pods changes, so thousands of quiet ones cost nothing per tick.
     settled_at_rv: Option<String>,
+}
+
+impl DeploymentState {
+    fn rs_name(&self, deployment: &str, revision: u64) -> String {
+        format!("{deployment}-{}", self.hashes[(revision - 1) as usize])
+    }
+}
+
+/// A pod that is not (or no longer) a live Deployment's: created through the API (bare, or owned
+/// by a Job or anything else), or left terminating by a deleted Deployment.
+struct OtherPod {
+    pod: Pod,
+    deployment: String,
+    owner: Option<(String, String)>,
+    spec: Value,
 }
 
 pub struct DeploySim {
     pub pod_ready_after: Duration,
-    pub termination_grace: Duration,
     behaviors: HashMap<(String, String), RolloutBehavior>,
     ready_after_overrides: HashMap<(String, String), Duration>,
     states: HashMap<(String, String), DeploymentState>,
+    /// (namespace, pod) -> the Deployment whose pod it is.
+    deployment_of: HashMap<(String, String), String>,
+    others: BTreeMap<(String, String), OtherPod>,
     pub rollouts: Vec<RolloutRecord>,
 }
 
@@ -94,14 +192,20 @@ fn epoch_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
+/// The node every simulated pod runs on.
+pub const NODE_NAME: &str = "sim-node";
+
 impl DeploySim {
-    pub fn new(pod_ready_after: Duration, termination_grace: Duration) -> Self {
+    /// How long a retired pod terminates is the store's (`Store::default_pod_grace`, or the
+    /// pod's `terminationGracePeriodSeconds`).
+    pub fn new(pod_ready_after: Duration) -> Self {
         Self {
             pod_ready_after,
-            termination_grace,
             behaviors: HashMap::new(),
             ready_after_overrides: HashMap::new(),
             states: HashMap::new(),
+            deployment_of: HashMap::new(),
+            others: BTreeMap::new(),
             rollouts: Vec::new(),
         }
     }
@@ -130,26 +234,206 @@ impl DeploySim {
         }
     }
 
+    /// Every pod that runs (or still terminates); finished ones (`Succeeded`, `Failed`) are not.
     pub fn pods(&self) -> Vec<PodView> {
         let mut out = Vec::new();
         for ((ns, name), state) in &self.states {
-            let now = Instant::now();
             for pod in &state.pods {
-                out.push(PodView {
-                    namespace: ns.clone(),
-                    deployment: name.clone(),
-                    name: pod.name.clone(),
-                    revision: pod.revision,
-                    ready: pod.ready_at.is_some_and(|t| t <= now),
-                    terminating: pod.terminating_since.is_some(),
-                    secrets: pod.secrets.clone(),
-                });
+                let owner = Some(("ReplicaSet".to_string(), state.rs_name(name, pod.revision)));
+                out.push(pod.view(ns, name, &owner));
+            }
+        }
+        for ((ns, _), other) in &self.others {
+            if other.pod.finished.is_none() {
+                out.push(other.pod.view(ns, &other.deployment, &other.owner));
             }
         }
         out
     }
 
-    /// One reconcile pass over every Deployment in the store.
+    /// A test finishes a pod's containers (a Job's pod): `Succeeded` or `Failed`.
+    pub fn set_pod_phase(
+        &mut self,
+        store: &mut Store,
+        ns: &str,
+        name: &str,
+        phase: &str,
+    ) -> Result<(), String> {
+        let phase = match phase {
+            "Succeeded" => "Succeeded",
+            "Failed" => "Failed",
+            other => {
+                return Err(format!(
+                    "phase {other}: only Succeeded or Failed can be set"
+                ));
+            }
+        };
+        let key = (ns.to_string(), name.to_string());
+        if let Some(deployment) = self.deployment_of.get(&key) {
+            return Err(format!(
+                "pod {name} is Deployment {deployment}'s: its containers restart (restartPolicy Always)"
+            ));
+        }
+        let other = self
+            .others
+            .get_mut(&key)
+            .ok_or_else(|| format!("no pod {ns}/{name} runs on {NODE_NAME}"))?;
+        if other.pod.finished.is_none() {
+            other.pod.finished = Some((phase, now_rfc3339()));
+        }
+        sync_pod_status(store, ns, &mut other.pod, &other.spec, Instant::now());
+        store.take_touched_pods();
+        Ok(())
+    }
+
+    /// Takes in what others did to pods since the simulator last looked: pods created through
+    /// the API start on the simulated node, deleted ones terminate, removed ones are gone. Runs
+    /// under the store's lock, right after each API write and at each tick.
+    pub fn sync_pods(&mut self, store: &mut Store) {
+        let touched = store.take_touched_pods();
+        if touched.is_empty() {
+            return;
+        }
+        let Some(pods_rt) = store.resource_type("", "pods") else {
+            return;
+        };
+        let now = Instant::now();
+        let mut seen = std::collections::HashSet::new();
+        for key in touched {
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let object = store.get(&pods_rt, &key.0, &key.1).ok();
+            let deleting = object
+                .as_ref()
+                .is_some_and(|o| o["metadata"].get("deletionTimestamp").is_some());
+            let deadline = store.pod_deadline(&key.0, &key.1).unwrap_or(now);
+            if let Some(deployment) = self.deployment_of.get(&key).cloned() {
+                let Some(state) = self.states.get_mut(&(key.0.clone(), deployment)) else {
+                    continue;
+                };
+                let Some(i) = state.pods.iter().position(|p| p.name == key.1) else {
+                    continue;
+                };
+                if object.is_none() {
+                    state.pods.remove(i);
+                    self.deployment_of.remove(&key);
+                    state.settled_at_rv = None;
+                } else if deleting {
+                    let pod = &mut state.pods[i];
+                    pod.terminating_since.get_or_insert(now);
+                    pod.gone_at = Some(deadline);
+                    state.settled_at_rv = None;
+                }
+            } else if let Some(other) = self.others.get_mut(&key) {
+                if object.is_none() {
+                    self.others.remove(&key);
+                } else if deleting {
+                    other.pod.terminating_since.get_or_insert(now);
+                    other.pod.gone_at = Some(deadline);
+                }
+            } else if let Some(object) = object.filter(|_| !deleting) {
+                self.start_api_pod(store, &pods_rt, &key.0, object, now);
+            }
+        }
+        // What the simulator wrote itself needs no second look.
+        store.take_touched_pods();
+    }
+
+    /// The kubelet of the simulated node takes a pod created through the API: binds it to the
+    /// node, reads its Secrets as its containers start, and reports its status.
+    fn start_api_pod(
+        &mut self,
+        store: &mut Store,
+        pods_rt: &ResourceType,
+        ns: &str,
+        object: Value,
+        now: Instant,
+    ) {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let owner = object["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["controller"] == json!(true))
+            .map(|r| {
+                (
+                    r["kind"].as_str().unwrap_or("").to_string(),
+                    r["name"].as_str().unwrap_or("").to_string(),
+                )
+            });
+        let mut spec = object["spec"].clone();
+        if spec["nodeName"].as_str().is_none_or(str::is_empty) {
+            spec["nodeName"] = json!(NODE_NAME);
+            let w = Write {
+                rt: pods_rt,
+                namespace: ns,
+                name: &name,
+                subresource: "",
+                manager: "kube-scheduler",
+            };
+            let _ = store.update(&w, None, |current, _| {
+                let mut next = current.clone();
+                next["spec"]["nodeName"] = json!(NODE_NAME);
+                Ok(next)
+            });
+        }
+        let mut pod = Pod::new(name.clone(), 0);
+        pod.start(
+            read_pod_secrets(store, ns, &object),
+            |_| true,
+            self.pod_ready_after,
+            now,
+        );
+        sync_pod_status(store, ns, &mut pod, &spec, now);
+        self.others.insert(
+            (ns.to_string(), name),
+            OtherPod {
+                pod,
+                deployment: String::new(),
+                owner,
+                spec,
+            },
+        );
+    }
+
+    /// The kubelet's work on pods that are not a live Deployment's: Pending ones retry, started
+    /// ones become ready, terminating ones are removed when their grace period ends.
+    fn tick_others(&mut self, store: &mut Store, pods_rt: &ResourceType) {
+        let now = Instant::now();
+        let ready_after = self.pod_ready_after;
+        let mut gone = Vec::new();
+        for ((ns, name), other) in self.others.iter_mut() {
+            let pod = &mut other.pod;
+            if pod.gone_at.is_some_and(|t| t <= now) {
+                let _ = store.delete(pods_rt, ns, name, None, None, Some(0));
+                gone.push((ns.clone(), name.clone()));
+                continue;
+            }
+            if pod.finished.is_some() || pod.terminating_since.is_some() {
+                continue;
+            }
+            if pod.started_at.is_none() {
+                let pod_object = json!({"spec": other.spec});
+                pod.start(
+                    read_pod_secrets(store, ns, &pod_object),
+                    |_| true,
+                    ready_after,
+                    now,
+                );
+            }
+            sync_pod_status(store, ns, pod, &other.spec, now);
+        }
+        for key in gone {
+            self.others.remove(&key);
+        }
+    }
+
+    /// One reconcile pass over every Deployment in the store, and the kubelet's over the other
+    /// pods.
     pub fn tick(&mut self, store: &mut Store) {
         let Some(rt) = store
             .types
@@ -158,12 +442,24 @@ impl DeploySim {
         else {
             return;
         };
+        let Some(pods_rt) = store.resource_type("", "pods") else {
+            return;
+        };
+        self.sync_pods(store);
         let versions = store.versions(&rt);
         let live: std::collections::HashSet<(String, String)> = versions
             .iter()
             .map(|(ns, name, _)| (ns.clone(), name.clone()))
             .collect();
-        self.states.retain(|k, _| live.contains(k));
+        let removed: Vec<(String, String)> = self
+            .states
+            .keys()
+            .filter(|k| !live.contains(*k))
+            .cloned()
+            .collect();
+        for key in removed {
+            self.remove_deployment(store, &pods_rt, key);
+        }
         for (ns, name, rv) in versions {
             let key = (ns, name);
             if self
@@ -176,7 +472,7 @@ impl DeploySim {
             let Ok(d) = store.get(&rt, &key.0, &key.1) else {
                 continue;
             };
-            let settled = self.reconcile(store, &rt, &d);
+            let settled = self.reconcile(store, &rt, &pods_rt, &d);
             let rv_now = store.get(&rt, &key.0, &key.1).ok().and_then(|d| {
                 d["metadata"]["resourceVersion"]
                     .as_str()
@@ -186,10 +482,57 @@ impl DeploySim {
                 state.settled_at_rv = if settled { rv_now } else { None };
             }
         }
+        self.tick_others(store, &pods_rt);
+        // What the simulator wrote itself needs no second look.
+        store.take_touched_pods();
+    }
+
+    /// A deleted Deployment's pods are deleted too (the garbage collector's background cascade
+    /// through its ReplicaSets): they terminate, then vanish.
+    fn remove_deployment(
+        &mut self,
+        store: &mut Store,
+        pods_rt: &ResourceType,
+        key: (String, String),
+    ) {
+        let Some(state) = self.states.remove(&key) else {
+            return;
+        };
+        let (ns, deployment) = key;
+        let now = Instant::now();
+        for mut pod in state.pods.iter().cloned() {
+            let pod_key = (ns.clone(), pod.name.clone());
+            self.deployment_of.remove(&pod_key);
+            if pod.terminating_since.is_none() {
+                let _ = store.delete(pods_rt, &ns, &pod.name, None, None, None);
+                pod.terminating_since = Some(now);
+                pod.gone_at = Some(store.pod_deadline(&ns, &pod.name).unwrap_or(now));
+            }
+            let owner = Some((
+                "ReplicaSet".to_string(),
+                state.rs_name(&deployment, pod.revision),
+            ));
+            let spec = pod_spec(&state.templates[(pod.revision - 1) as usize]);
+            self.others.insert(
+                pod_key,
+                OtherPod {
+                    pod,
+                    deployment: deployment.clone(),
+                    owner,
+                    spec,
+                },
+            );
+        }
     }
 
     /// Returns whether the Deployment is settled: nothing will change until it does.
-    fn reconcile(&mut self, store: &mut Store, rt: &ResourceType, d: &Value) -> bool {
+    fn reconcile(
+        &mut self,
+        store: &mut Store,
+        rt: &ResourceType,
+        pods_rt: &ResourceType,
+        d: &Value,
+    ) -> bool {
         let now = Instant::now();
         let ns = ns_of(d);
         let name = d["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -200,8 +543,10 @@ impl DeploySim {
             .get(&key)
             .copied()
             .unwrap_or(self.pod_ready_after);
-        let grace = self.termination_grace;
         let state = self.states.entry(key.clone()).or_default();
+        if state.uid.is_empty() {
+            state.uid = d["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        }
         let spec = &d["spec"];
         let desired = spec["replicas"].as_u64().unwrap_or(1) as usize;
         let paused = spec["paused"].as_bool().unwrap_or(false);
@@ -213,6 +558,8 @@ impl DeploySim {
         let current_revision = match template_known {
             Some(i) if !paused => i as u64 + 1,
             None if !paused || state.templates.is_empty() => {
+                let hash = template_hash(&template, &state.hashes);
+                state.hashes.push(hash);
                 state.templates.push(template.clone());
                 state.last_progress = Some(now);
                 let revision = state.templates.len() as u64;
@@ -252,10 +599,15 @@ impl DeploySim {
             });
         }
 
-        // Pods finish terminating after the grace period.
+        // Pods finish terminating after their grace period: the kubelet removes them.
+        let deployment_of = &mut self.deployment_of;
         state.pods.retain(|p| {
-            p.terminating_since
-                .is_none_or(|t| now.duration_since(t) < grace)
+            let gone = p.gone_at.is_some_and(|t| t <= now);
+            if gone {
+                let _ = store.delete(pods_rt, &ns, &p.name, None, None, Some(0));
+                deployment_of.remove(&(ns.clone(), p.name.clone()));
+            }
+            !gone
         });
         // Pods that are not ready keep restarting, as kubelet does, and read their Secrets again
         // each time; they become ready once the Secrets exist and the behavior lets them.
@@ -266,12 +618,8 @@ impl DeploySim {
                 .iter_mut()
                 .filter(|p| p.ready_at.is_none() && p.terminating_since.is_none())
             {
-                let (secrets, startable) =
-                    read_pod_secrets(store, &ns, &templates[(pod.revision - 1) as usize]);
-                if startable && behavior.lets_ready(&secrets) {
-                    pod.ready_at = Some(now + ready_after);
-                }
-                pod.secrets = secrets;
+                let read = read_pod_secrets(store, &ns, &templates[(pod.revision - 1) as usize]);
+                pod.start(read, |s| behavior.lets_ready(s), ready_after, now);
             }
         }
         let is_ready =
@@ -289,31 +637,65 @@ impl DeploySim {
         let active_total = updated.len() + old.len();
 
         if !paused {
+            let mut victim = None;
             if updated.len() < desired && active_total < desired + 1 {
-                // Surge one new pod; it reads the Secrets as they are now.
-                state.pod_counter += 1;
-                let (secrets, startable) = read_pod_secrets(store, &ns, &template);
-                let ready_at =
-                    (startable && behavior.lets_ready(&secrets)).then(|| now + ready_after);
-                state.pods.push(Pod {
-                    name: format!("{name}-{current_revision}-{}", state.pod_counter),
-                    revision: current_revision,
-                    ready_at,
-                    terminating_since: None,
-                    secrets,
-                });
-                progressed = true;
+                // Surge one new pod (the ReplicaSet controller creates it from the template); it
+                // reads the Secrets as they are now.
+                let rs_name = state.rs_name(&name, current_revision);
+                let rs_uid = replica_set_uid(&state.uid, &rs_name);
+                let object = loop {
+                    state.pod_counter += 1;
+                    let pod_name = format!("{rs_name}-{}", pod_suffix(state.pod_counter));
+                    let object = pod_from_template(
+                        &ns,
+                        &pod_name,
+                        &rs_name,
+                        &rs_uid,
+                        &template,
+                        &state.hashes[(current_revision - 1) as usize],
+                    );
+                    let w = Write {
+                        rt: pods_rt,
+                        namespace: &ns,
+                        name: "",
+                        subresource: "",
+                        manager: "kube-controller-manager",
+                    };
+                    match store.create(&w, object) {
+                        Err(e) if e.reason == "AlreadyExists" => continue,
+                        other => break other,
+                    }
+                };
+                if let Ok(object) = object {
+                    let pod_name = object["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string();
+                    let mut pod = Pod::new(pod_name.clone(), current_revision);
+                    pod.start(
+                        read_pod_secrets(store, &ns, &template),
+                        |s| behavior.lets_ready(s),
+                        ready_after,
+                        now,
+                    );
+                    self.deployment_of
+                        .insert((ns.clone(), pod_name), name.clone());
+                    state.pods.push(pod);
+                    progressed = true;
+                }
             } else if !old.is_empty() {
                 // Retire an old pod only while availability stays at `desired` (maxUnavailable 0).
                 let unready_old = old.iter().copied().find(|&i| !is_ready(&state.pods[i]));
-                let victim = unready_old.or((ready_total > desired).then_some(old[0]));
-                if let Some(victim) = victim {
-                    state.pods[victim].terminating_since = Some(now);
-                    progressed = true;
-                }
+                victim = unready_old.or((ready_total > desired).then_some(old[0]));
             } else if old.is_empty() && updated.len() > desired {
-                let victim = updated[updated.len() - 1];
-                state.pods[victim].terminating_since = Some(now);
+                victim = Some(updated[updated.len() - 1]);
+            }
+            if let Some(victim) = victim {
+                // The ReplicaSet controller deletes the pod; it terminates for its grace period.
+                let pod = &mut state.pods[victim];
+                let _ = store.delete(pods_rt, &ns, &pod.name, None, None, None);
+                pod.terminating_since = Some(now);
+                pod.gone_at = Some(store.pod_deadline(&ns, &pod.name).unwrap_or(now));
                 progressed = true;
             }
         }
@@ -341,7 +723,7 @@ impl DeploySim {
             && state
                 .last_progress
                 .is_some_and(|t| now.duration_since(t) > deadline);
-        let rs_name = format!("{name}-{current_revision}");
+        let rs_name = state.rs_name(&name, current_revision);
         let (progressing_status, progressing_reason, progressing_message) = if paused {
             (
                 "Unknown",
@@ -387,7 +769,7 @@ impl DeploySim {
             if unchanged {
                 return previous.unwrap();
             }
-            let time = crate::store::now_rfc3339();
+            let time = now_rfc3339();
             json!({"type": type_, "status": status, "reason": reason, "message": message,
                    "lastUpdateTime": time, "lastTransitionTime": time})
         };
@@ -421,8 +803,250 @@ impl DeploySim {
         if status != old_status {
             store.controller_write_status(rt, &ns, &name, status);
         }
+        // The kubelet reports each pod's status as it changes.
+        for pod in &mut state.pods {
+            let spec = &state.templates[(pod.revision - 1) as usize]["spec"];
+            sync_pod_status(store, &ns, pod, spec, now);
+        }
         complete && !paused && state.pods.iter().all(is_ready) && state.pods.len() == desired
     }
+}
+
+/// A pod template's spec as it runs on the simulated node.
+fn pod_spec(template: &Value) -> Value {
+    let mut spec = template["spec"].clone();
+    spec["nodeName"] = json!(NODE_NAME);
+    spec
+}
+
+/// The Pod the ReplicaSet controller creates from a template (`controller.GetPodFromTemplate`):
+/// the template's labels plus `pod-template-hash`, its annotations and finalizers, the
+/// ReplicaSet as controller; the scheduler's binding is folded in (`spec.nodeName`).
+fn pod_from_template(
+    ns: &str,
+    name: &str,
+    rs_name: &str,
+    rs_uid: &str,
+    template: &Value,
+    hash: &str,
+) -> Value {
+    let meta = &template["metadata"];
+    let mut labels = meta["labels"].as_object().cloned().unwrap_or_default();
+    labels.insert("pod-template-hash".into(), json!(hash));
+    let mut metadata = json!({
+        "name": name,
+        "generateName": format!("{rs_name}-"),
+        "namespace": ns,
+        "labels": labels,
+        "ownerReferences": [{
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "name": rs_name,
+            "uid": rs_uid,
+            "controller": true,
+            "blockOwnerDeletion": true,
+        }],
+    });
+    for field in ["annotations", "finalizers"] {
+        if let Some(v) = meta.get(field).filter(|v| !v.is_null()) {
+            metadata[field] = v.clone();
+        }
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": pod_spec(template),
+    })
+}
+
+/// FNV-1a, 32 bits, as `controller.ComputeHash` hashes a pod template.
+fn fnv32a(bytes: impl IntoIterator<Item = u8>) -> u32 {
+    bytes.into_iter().fold(0x811c_9dc5, |h: u32, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The alphabet of `rand.SafeEncodeString` and generated names: no vowels, no look-alikes.
+const SAFE_ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// A template's pod-template-hash, as the Deployment controller writes it: the template's FNV-32a
+/// in decimal, each digit mapped by `rand.SafeEncodeString` (e.g. `7d4b9c8f6`); a hash an earlier
+/// revision already has is hashed again with a collision count, as `status.collisionCount` does.
+fn template_hash(template: &Value, taken: &[String]) -> String {
+    let text = template.to_string();
+    (0u32..)
+        .map(|collisions| {
+            let salt = if collisions > 0 {
+                collisions.to_string()
+            } else {
+                String::new()
+            };
+            let sum = fnv32a(text.bytes().chain(salt.bytes()));
+            sum.to_string()
+                .bytes()
+                .map(|c| SAFE_ALPHANUMS[usize::from(c) % SAFE_ALPHANUMS.len()] as char)
+                .collect::<String>()
+        })
+        .find(|h| !taken.contains(h))
+        .unwrap()
+}
+
+/// The five random characters a generated pod name ends with, here drawn from the pod counter by
+/// a bijection, so a Deployment's pods never repeat a name.
+fn pod_suffix(counter: u64) -> String {
+    const SPACE: u64 = 27 * 27 * 27 * 27 * 27;
+    let mut x = (counter.wrapping_mul(7_368_787).wrapping_add(1_234_567)) % SPACE;
+    let mut out = String::new();
+    for _ in 0..5 {
+        out.push(SAFE_ALPHANUMS[(x % 27) as usize] as char);
+        x /= 27;
+    }
+    out
+}
+
+/// A stable uid for the ReplicaSet of a Deployment revision (the stand-in keeps no ReplicaSet
+/// objects; the pods' owner references name them as the real ones would).
+fn replica_set_uid(deployment_uid: &str, rs_name: &str) -> String {
+    let a = fnv32a(deployment_uid.bytes().chain(*b"/").chain(rs_name.bytes()));
+    let b = fnv32a(rs_name.bytes().chain(*b"/").chain(deployment_uid.bytes()));
+    format!(
+        "{a:08x}-{:04x}-4{:03x}-a{:03x}-{b:08x}{:04x}",
+        b >> 16,
+        a & 0xfff,
+        b & 0xfff,
+        a >> 16
+    )
+}
+
+/// Writes the pod's status through the status subresource, as the kubelet does, when what it
+/// shows changed (phase, readiness).
+fn sync_pod_status(store: &mut Store, ns: &str, pod: &mut Pod, spec: &Value, now: Instant) {
+    let ready = pod.is_ready(now) && pod.finished.is_none();
+    let phase = match (&pod.finished, &pod.started_at) {
+        (Some((phase, _)), _) => *phase,
+        (None, Some(_)) => "Running",
+        (None, None) => "Pending",
+    };
+    let shown = Shown { phase, ready };
+    if pod.shown.as_ref() == Some(&shown) {
+        return;
+    }
+    if ready && pod.ready_since.is_none() {
+        pod.ready_since = Some(now_rfc3339());
+    }
+    let Some(pods_rt) = store.resource_type("", "pods") else {
+        return;
+    };
+    let status = pod_status(pod, spec, &shown);
+    let w = Write {
+        rt: &pods_rt,
+        namespace: ns,
+        name: &pod.name,
+        subresource: "status",
+        manager: "kubelet",
+    };
+    let _ = store.update(&w, None, |current, _| {
+        let mut next = current.clone();
+        next["status"] = status;
+        Ok(next)
+    });
+    pod.shown = Some(shown);
+}
+
+/// The status the kubelet reports: phase, startTime, the pod's conditions and one status per
+/// container.
+fn pod_status(pod: &Pod, spec: &Value, shown: &Shown) -> Value {
+    let containers: Vec<&Value> = spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let names: Vec<&str> = containers
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let unready = json!(format!(
+        "containers with unready status: [{}]",
+        names.join(" ")
+    ));
+    let (ready_reason, ready_message) = match (&pod.finished, shown.ready) {
+        (_, true) => (Value::Null, Value::Null),
+        (Some(_), false) => (json!("PodCompleted"), Value::Null),
+        (None, false) => (json!("ContainersNotReady"), unready),
+    };
+    let ready_since = match (&pod.finished, &pod.ready_since) {
+        (Some((_, at)), _) => at.clone(),
+        (None, Some(at)) if shown.ready => at.clone(),
+        _ => pod.accepted_at.clone(),
+    };
+    let condition = |type_: &str, ok: bool, since: &str, reason: &Value, message: &Value| {
+        let mut c = json!({
+            "type": type_,
+            "status": if ok { "True" } else { "False" },
+            "lastProbeTime": null,
+            "lastTransitionTime": since,
+        });
+        if !reason.is_null() {
+            c["reason"] = reason.clone();
+        }
+        if !message.is_null() {
+            c["message"] = message.clone();
+        }
+        c
+    };
+    let none = Value::Null;
+    let conditions = json!([
+        condition("Initialized", true, &pod.accepted_at, &none, &none),
+        condition(
+            "Ready",
+            shown.ready,
+            &ready_since,
+            &ready_reason,
+            &ready_message
+        ),
+        condition(
+            "ContainersReady",
+            shown.ready,
+            &ready_since,
+            &ready_reason,
+            &ready_message
+        ),
+        condition("PodScheduled", true, &pod.accepted_at, &none, &none),
+    ]);
+    let container_statuses: Vec<Value> = containers
+        .iter()
+        .map(|c| {
+            let state = match (&pod.finished, &pod.started_at) {
+                (Some((phase, at)), started) => {
+                    let ok = *phase == "Succeeded";
+                    json!({"terminated": {
+                        "exitCode": if ok { 0 } else { 1 },
+                        "reason": if ok { "Completed" } else { "Error" },
+                        "startedAt": started.clone().unwrap_or_else(|| pod.accepted_at.clone()),
+                        "finishedAt": at,
+                    }})
+                }
+                (None, Some(at)) => json!({"running": {"startedAt": at}}),
+                (None, None) => json!({"waiting": {"reason": "ContainerCreating"}}),
+            };
+            json!({
+                "name": c["name"],
+                "image": c["image"],
+                "imageID": "",
+                "ready": shown.ready,
+                "started": pod.started_at.is_some() && pod.finished.is_none(),
+                "restartCount": 0,
+                "state": state,
+            })
+        })
+        .collect();
+    json!({
+        "phase": shown.phase,
+        "startTime": pod.accepted_at,
+        "conditions": conditions,
+        "containerStatuses": container_statuses,
+    })
 }
 
 fn ns_of(d: &Value) -> String {
@@ -432,8 +1056,8 @@ fn ns_of(d: &Value) -> String {
         .to_string()
 }
 
-/// What the pod's containers read from Secrets at start: env `secretKeyRef`, `envFrom` and
-/// secret volumes; and whether the pod can start at all (a required Secret or key that is missing
+/// What the pod's containers read from Secrets at start: env `secretKeyRef`, `envFrom`, secret
+/// volumes and the secret sources of projected volumes; and whether the pod can start at all (a required Secret or key that is missing
 /// keeps it in CreateContainerConfigError or ContainerCreating, as kubelet does).
 fn read_pod_secrets(
     store: &Store,
@@ -479,26 +1103,35 @@ fn read_pod_secrets(
             }
         }
     }
+    // A secret volume, or a secret source of a projected volume: every key, or the listed items.
+    let mut mount = |name: &str, source: &Value| {
+        let optional = source["optional"] == json!(true);
+        let data = secret_data(name);
+        startable &= data.is_some() || optional;
+        let data = data.unwrap_or_default();
+        match source["items"].as_array() {
+            Some(items) => {
+                for item in items {
+                    if let Some(key) = item["key"].as_str() {
+                        startable &= data.contains_key(key) || optional;
+                        out.insert(format!("{name}/{key}"), data.get(key).cloned());
+                    }
+                }
+            }
+            None => {
+                for (k, val) in data {
+                    out.insert(format!("{name}/{k}"), Some(val));
+                }
+            }
+        }
+    };
     for v in spec["volumes"].as_array().into_iter().flatten() {
         if let Some(name) = v["secret"]["secretName"].as_str() {
-            let data = secret_data(name);
-            startable &= data.is_some() || v["secret"]["optional"] == json!(true);
-            let data = data.unwrap_or_default();
-            match v["secret"]["items"].as_array() {
-                Some(items) => {
-                    for item in items {
-                        if let Some(key) = item["key"].as_str() {
-                            startable &=
-                                data.contains_key(key) || v["secret"]["optional"] == json!(true);
-                            out.insert(format!("{name}/{key}"), data.get(key).cloned());
-                        }
-                    }
-                }
-                None => {
-                    for (k, val) in data {
-                        out.insert(format!("{name}/{k}"), Some(val));
-                    }
-                }
+            mount(name, &v["secret"]);
+        }
+        for source in v["projected"]["sources"].as_array().into_iter().flatten() {
+            if let Some(name) = source["secret"]["name"].as_str() {
+                mount(name, &source["secret"]);
             }
         }
     }

@@ -242,7 +242,7 @@ pub async fn handle(
     match verb {
         "watch" => watch_response(shared, target, query, metadata_only).await,
         "list" => {
-            let selectors = match Selectors::parse(&query) {
+            let selectors = match Selectors::parse(&query, &target.rt) {
                 Ok(s) => s,
                 Err(e) => return error_response(e),
             };
@@ -298,7 +298,9 @@ pub async fn handle(
                 subresource: "",
                 manager: &manager,
             };
-            match store.create(&w, object) {
+            let result = store.create(&w, object);
+            shared.sync_pods(&mut store);
+            match result {
                 Ok(o) => ok_json(StatusCode::CREATED, &o),
                 Err(e) => error_response(e),
             }
@@ -332,6 +334,7 @@ pub async fn handle(
                 track_update(ownership, &manager, &target.subresource, current, &object);
                 Ok(object.clone())
             });
+            shared.sync_pods(&mut store);
             match result {
                 Ok(o) => ok_json(StatusCode::OK, &o),
                 Err(e) => error_response(e),
@@ -421,6 +424,7 @@ pub async fn handle(
                 }
                 other => return error_response(ApiError::unsupported_media(other)),
             };
+            shared.sync_pods(&mut store);
             match result {
                 Ok(o) => ok_json(StatusCode::OK, &o),
                 Err(e) => error_response(e),
@@ -433,8 +437,22 @@ pub async fn handle(
                 .as_str()
                 .map(str::to_string);
             let precondition_uid = opts["preconditions"]["uid"].as_str().map(str::to_string);
+            let grace = opts["gracePeriodSeconds"].as_i64().or_else(|| {
+                query
+                    .get("gracePeriodSeconds")
+                    .and_then(|g| g.parse::<i64>().ok())
+            });
             let mut store = shared.store.lock().unwrap();
-            match store.delete(&target.rt, &ns, &name, precondition_rv, precondition_uid) {
+            let result = store.delete(
+                &target.rt,
+                &ns,
+                &name,
+                precondition_rv,
+                precondition_uid,
+                grace,
+            );
+            shared.sync_pods(&mut store);
+            match result {
                 Ok(o) => ok_json(StatusCode::OK, &o),
                 Err(e) => error_response(e),
             }
@@ -471,7 +489,7 @@ async fn watch_response(
     query: HashMap<String, String>,
     metadata_only: bool,
 ) -> Response {
-    let selectors = match Selectors::parse(&query) {
+    let selectors = match Selectors::parse(&query, &target.rt) {
         Ok(s) => s,
         Err(e) => return error_response(e),
     };
@@ -491,13 +509,13 @@ async fn watch_response(
 
     // Subscribe before reading the backlog so no event falls between the two.
     let (rx, backlog, current_rv) = {
-        let store = shared.store.lock().unwrap();
-        let rx = store.events.subscribe();
+        let mut store = shared.store.lock().unwrap();
+        let rx = store.subscribe(&resource);
         let backlog: Vec<Value> = match from {
-            Some(rv) if rv < store.oldest_watchable() => {
+            Some(rv) if rv < store.oldest_watchable(&resource) => {
                 let status = ApiError::expired(format!(
                     "too old resource version: {rv} ({})",
-                    store.oldest_watchable()
+                    store.oldest_watchable(&resource)
                 ));
                 vec![json!({"type": "ERROR", "object": status.body()})]
             }

@@ -2,7 +2,8 @@
 //! tests and the embedded demo. It keeps kube-apiserver's semantics where the operator depends on
 //! them (resourceVersion and 409s, generation and the status subresource, server-side apply with
 //! field managers, watches from a resourceVersion, finalizers, 404/422 bodies) and runs a
-//! Deployment simulator that rolls pods the way the Deployment controller does.
+//! Deployment simulator that rolls pods the way the Deployment controller does, and a kubelet
+//! that runs them and any pod created through the API, each a Pod object in the store.
 
 mod deploy;
 mod fields;
@@ -34,7 +35,8 @@ pub(crate) fn b64_decode(s: &str) -> Option<Vec<u8>> {
 pub struct SimOptions {
     /// How long a new pod takes to become ready.
     pub pod_ready_after: Duration,
-    /// How long a retired pod keeps running (holding the key it started with).
+    /// How long a retired or deleted pod keeps running (holding the key it started with), unless
+    /// its `spec.terminationGracePeriodSeconds` or the delete request says otherwise.
     pub termination_grace: Duration,
     /// How often the Deployment simulator runs.
     pub tick: Duration,
@@ -90,6 +92,14 @@ impl Inner {
             .or_default() += 1;
     }
 
+    /// After a write through the API: the simulated kubelet takes in what happened to pods (a
+    /// new pod starts, reading its Secrets as they are now; a deleted one terminates).
+    pub fn sync_pods(&self, store: &mut Store) {
+        if store.has_touched_pods() {
+            self.deploy.lock().unwrap().sync_pods(store);
+        }
+    }
+
     pub fn take_fault(&self, verb: &str, plural: &str) -> Option<u16> {
         let mut faults = self.faults.lock().unwrap();
         let fault = faults.iter_mut().find(|f| {
@@ -119,12 +129,11 @@ impl Drop for Sim {
 
 impl Sim {
     pub async fn start(options: SimOptions) -> std::io::Result<Self> {
+        let mut store = Store::new();
+        store.default_pod_grace = options.termination_grace;
         let shared: Shared = Arc::new(Inner {
-            store: Mutex::new(Store::new()),
-            deploy: Mutex::new(DeploySim::new(
-                options.pod_ready_after,
-                options.termination_grace,
-            )),
+            store: Mutex::new(store),
+            deploy: Mutex::new(DeploySim::new(options.pod_ready_after)),
             faults: Mutex::new(Vec::new()),
             requests: Mutex::new(BTreeMap::new()),
             users: Mutex::new(BTreeMap::new()),
@@ -178,7 +187,9 @@ impl Sim {
             subresource: "",
             manager: "kube-sim-test",
         };
-        store.create(&w, object).map_err(|e| e.message)
+        let result = store.create(&w, object).map_err(|e| e.message);
+        self.shared.sync_pods(&mut store);
+        result
     }
 
     pub fn get_object(&self, group: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
@@ -209,10 +220,12 @@ impl Sim {
             .get(&resource_key(group, plural))
             .cloned()
             .ok_or("unknown resource")?;
-        store
-            .delete(&rt, ns, name, None, None)
+        let result = store
+            .delete(&rt, ns, name, None, None, None)
             .map(|_| ())
-            .map_err(|e| e.message)
+            .map_err(|e| e.message);
+        self.shared.sync_pods(&mut store);
+        result
     }
 
     /// Replaces `path` inside an object as another client would (merge patch semantics).
@@ -237,13 +250,15 @@ impl Sim {
             subresource: "",
             manager: "kube-sim-test",
         };
-        store
+        let result = store
             .update(&w, None, |current, _| {
                 let mut next = current.clone();
                 json_patch::merge(&mut next, &patch);
                 Ok(next)
             })
-            .map_err(|e| e.message)
+            .map_err(|e| e.message);
+        self.shared.sync_pods(&mut store);
+        result
     }
 
     fn type_of(&self, object: &Value) -> Result<(store::ResourceType, String), String> {
@@ -290,7 +305,19 @@ impl Sim {
             .restart_pods(&store, ns, deployment);
     }
 
-    /// Every simulated pod (running or terminating) with the Secret values it started with.
+    /// A pod's containers finish, as a Job's do: `phase` is `Succeeded` or `Failed`. The Pod
+    /// object stays (with that phase, not Ready), and the pod no longer counts in [`Sim::pods`].
+    /// Only pods created through the API (not a Deployment's) can finish.
+    pub fn set_pod_phase(&self, ns: &str, name: &str, phase: &str) -> Result<(), String> {
+        let mut store = self.shared.store.lock().unwrap();
+        let mut deploy = self.shared.deploy.lock().unwrap();
+        deploy.sync_pods(&mut store);
+        deploy.set_pod_phase(&mut store, ns, name, phase)
+    }
+
+    /// Every pod that runs on the simulated node or still terminates there (a Deployment's, and
+    /// those created through the API; not those that finished), with the Secret values it
+    /// started with.
     pub fn pods(&self) -> Vec<PodView> {
         self.shared.deploy.lock().unwrap().pods()
     }

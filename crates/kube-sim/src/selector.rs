@@ -1,6 +1,7 @@
 //! Label and field selectors for list and watch, as kube-apiserver parses them.
 
 use crate::status::ApiError;
+use crate::store::ResourceType;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -18,13 +19,48 @@ enum Requirement {
 pub struct Selectors {
     labels: Vec<Requirement>,
     fields: Vec<Requirement>,
+    /// Fields are matched against a pod's selectable fields (`pod.ToSelectableFields`).
+    pod_fields: bool,
 }
 
+/// The field labels kube-apiserver accepts for core/v1 pods (`pkg/apis/core/v1/conversion.go`),
+/// and `spec.host`, which it converts to `spec.nodeName`.
+const POD_FIELD_LABELS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.hostNetwork",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+];
+
 impl Selectors {
-    pub fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+    /// The selectors of a list or watch of `rt`; a field label the resource does not support is
+    /// 400 Bad Request, as kube-apiserver's field label conversion answers it (checked for pods).
+    pub fn parse(query: &HashMap<String, String>, rt: &ResourceType) -> Result<Self, ApiError> {
+        let mut fields = parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
+        let pod_fields = crate::store::is_pod(rt);
+        if pod_fields {
+            for r in &mut fields {
+                let key = r.key_mut();
+                if key == "spec.host" {
+                    *key = "spec.nodeName".into();
+                }
+                if !POD_FIELD_LABELS.contains(&key.as_str()) {
+                    return Err(ApiError::bad_request(format!(
+                        "field label not supported: {key}"
+                    )));
+                }
+            }
+        }
         Ok(Self {
             labels: parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))?,
-            fields: parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))?,
+            fields,
+            pod_fields,
         })
     }
 
@@ -32,6 +68,9 @@ impl Selectors {
         let labels = &object["metadata"]["labels"];
         let label = |k: &str| labels.get(k).and_then(Value::as_str).map(str::to_string);
         let field = |k: &str| -> Option<String> {
+            if self.pod_fields {
+                return Some(pod_field(object, k));
+            }
             let mut cur = object;
             for seg in k.split('.') {
                 cur = cur.get(seg)?;
@@ -43,6 +82,33 @@ impl Selectors {
             }
         };
         self.labels.iter().all(|r| holds(r, &label)) && self.fields.iter().all(|r| holds(r, &field))
+    }
+}
+
+/// A pod's selectable field: every one has a value, empty when the field is unset, and
+/// `spec.hostNetwork` is `true` or `false`; `status.podIP` is the first of `status.podIPs`.
+fn pod_field(pod: &Value, label: &str) -> String {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    match label {
+        "spec.hostNetwork" => (pod["spec"]["hostNetwork"] == Value::Bool(true)).to_string(),
+        "status.podIP" => text(&pod["status"]["podIPs"][0]["ip"]),
+        other => {
+            let (head, tail) = other.split_once('.').unwrap_or((other, ""));
+            text(&pod[head][tail])
+        }
+    }
+}
+
+impl Requirement {
+    fn key_mut(&mut self) -> &mut String {
+        match self {
+            Requirement::Equals(k, _)
+            | Requirement::NotEquals(k, _)
+            | Requirement::Exists(k)
+            | Requirement::NotExists(k)
+            | Requirement::In(k, _)
+            | Requirement::NotIn(k, _) => k,
+        }
     }
 }
 

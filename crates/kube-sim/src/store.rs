@@ -5,12 +5,19 @@ use crate::fields::{self, ManagerKey, Ownership};
 use crate::schema::Validator;
 use crate::status::ApiError;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
-/// How long the watch log reaches back; older resourceVersions get 410 Gone, as after compaction.
+/// How far each resource's watch log reaches back; older resourceVersions get 410 Gone, as after
+/// compaction. Each resource has its own, as kube-apiserver keeps a watch cache per resource: a
+/// busy resource (pods) does not shorten another's reach.
 const WATCH_LOG_LEN: usize = 20_000;
+/// The resourceVersion the store starts at; a watch from before it is 410 Gone.
+const INITIAL_RV: u64 = 1000;
+/// The resource key of core/v1 pods.
+pub const PODS: &str = "/pods";
 
 #[derive(Clone)]
 pub struct ResourceType {
@@ -69,15 +76,44 @@ struct Stored {
     ownership: Ownership,
 }
 
+/// One resource's watch log and the channel its watchers follow.
+struct ResourceLog {
+    events: VecDeque<Arc<WatchEvent>>,
+    /// The resourceVersion of the last event dropped from `events` (watches from before it are
+    /// 410 Gone).
+    compacted: u64,
+    /// Shared, not copied, by every watch of the resource; a watch that falls this far behind is
+    /// closed, as kube-apiserver closes a watcher that cannot keep up.
+    sender: broadcast::Sender<Arc<WatchEvent>>,
+}
+
+impl ResourceLog {
+    fn new() -> Self {
+        Self {
+            events: VecDeque::new(),
+            compacted: INITIAL_RV,
+            sender: broadcast::channel(8_192).0,
+        }
+    }
+}
+
 pub struct Store {
     pub types: BTreeMap<String, ResourceType>,
     objects: BTreeMap<ObjKey, Stored>,
     rv: u64,
-    log: VecDeque<Arc<WatchEvent>>,
-    /// Shared, not copied, by every watch; a watch that falls this far behind is closed, as
-    /// kube-apiserver closes a watcher that cannot keep up.
-    pub events: broadcast::Sender<Arc<WatchEvent>>,
+    logs: HashMap<String, ResourceLog>,
     uid_counter: u64,
+    /// How many stored objects name each uid in their ownerReferences (so a deletion looks for
+    /// dependents only when there are some).
+    owner_uids: HashMap<String, u32>,
+    /// (namespace, name) of every pod written since the simulated kubelet last looked.
+    touched_pods: Vec<(String, String)>,
+    /// When each gracefully deleted pod's grace period ends (its `deletionTimestamp`, to the
+    /// instant rather than the second).
+    pod_deadlines: HashMap<(String, String), Instant>,
+    /// The grace period of a pod deleted without one whose spec sets none (the simulator's
+    /// termination grace; kube-apiserver's default is 30 s).
+    pub default_pod_grace: Duration,
 }
 
 pub fn resource_key(group: &str, plural: &str) -> String {
@@ -99,21 +135,26 @@ pub fn now_rfc3339() -> String {
 
 impl Store {
     pub fn new() -> Self {
-        let (events, _) = broadcast::channel(8_192);
         let mut store = Self {
             types: BTreeMap::new(),
             objects: BTreeMap::new(),
-            rv: 1000,
-            log: VecDeque::new(),
-            events,
+            rv: INITIAL_RV,
+            logs: HashMap::new(),
             uid_counter: 0,
+            owner_uids: HashMap::new(),
+            touched_pods: Vec::new(),
+            pod_deadlines: HashMap::new(),
+            default_pod_grace: Duration::from_secs(30),
         };
         for rt in [
             ResourceType::builtin("", "v1", "secrets", "Secret", true),
             ResourceType::builtin("", "v1", "configmaps", "ConfigMap", true),
             ResourceType::builtin("", "v1", "events", "Event", true),
             ResourceType::builtin("", "v1", "namespaces", "Namespace", false),
-            ResourceType::builtin("", "v1", "pods", "Pod", true),
+            ResourceType {
+                status_subresource: true,
+                ..ResourceType::builtin("", "v1", "pods", "Pod", true)
+            },
             ResourceType::builtin("", "v1", "services", "Service", true),
             ResourceType::builtin("", "v1", "serviceaccounts", "ServiceAccount", true),
             ResourceType::builtin("events.k8s.io", "v1", "events", "Event", true),
@@ -151,16 +192,46 @@ impl Store {
         self.rv
     }
 
-    pub fn oldest_watchable(&self) -> u64 {
-        self.log.front().map(|e| e.rv - 1).unwrap_or(self.rv)
+    /// The oldest resourceVersion a watch of `resource` can start from.
+    pub fn oldest_watchable(&self, resource: &str) -> u64 {
+        self.logs
+            .get(resource)
+            .map(|l| l.compacted)
+            .unwrap_or(INITIAL_RV)
     }
 
     pub fn log_since(&self, rv: u64, resource: &str) -> Vec<Arc<WatchEvent>> {
-        self.log
-            .iter()
-            .filter(|e| e.rv > rv && e.resource == resource)
-            .cloned()
-            .collect()
+        let Some(log) = self.logs.get(resource) else {
+            return Vec::new();
+        };
+        // Events are in resourceVersion order: skip the older ones without looking at each.
+        let start = log.events.partition_point(|e| e.rv <= rv);
+        log.events.range(start..).cloned().collect()
+    }
+
+    /// The live events of `resource`, for a watch.
+    pub fn subscribe(&mut self, resource: &str) -> broadcast::Receiver<Arc<WatchEvent>> {
+        self.logs
+            .entry(resource.to_string())
+            .or_insert_with(ResourceLog::new)
+            .sender
+            .subscribe()
+    }
+
+    /// The pods written since the last call, in order (a pod may appear more than once).
+    pub fn take_touched_pods(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.touched_pods)
+    }
+
+    pub fn has_touched_pods(&self) -> bool {
+        !self.touched_pods.is_empty()
+    }
+
+    /// When the grace period of a gracefully deleted pod ends.
+    pub fn pod_deadline(&self, ns: &str, name: &str) -> Option<Instant> {
+        self.pod_deadlines
+            .get(&(ns.to_string(), name.to_string()))
+            .copied()
     }
 
     fn key(rt: &ResourceType, ns: &str, name: &str) -> ObjKey {
@@ -219,6 +290,26 @@ impl Store {
         object: Value,
         previous: Option<Value>,
     ) {
+        if resource == PODS {
+            let ns = object["metadata"]["namespace"].as_str().unwrap_or_default();
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            let key = (ns.to_string(), name.to_string());
+            if kind == "DELETED" {
+                self.pod_deadlines.remove(&key);
+            }
+            self.touched_pods.push(key);
+        }
+        // Keep the count of owner references in step with the stored objects.
+        if let Some(previous) = &previous {
+            self.count_owner_refs(previous, false);
+        }
+        if kind != "DELETED" {
+            self.count_owner_refs(&object, true);
+        }
+        let log = self
+            .logs
+            .entry(resource.clone())
+            .or_insert_with(ResourceLog::new);
         let event = Arc::new(WatchEvent {
             rv: self.rv,
             resource,
@@ -226,11 +317,33 @@ impl Store {
             object,
             previous,
         });
-        self.log.push_back(event.clone());
-        while self.log.len() > WATCH_LOG_LEN {
-            self.log.pop_front();
+        log.events.push_back(event.clone());
+        while log.events.len() > WATCH_LOG_LEN {
+            if let Some(dropped) = log.events.pop_front() {
+                log.compacted = dropped.rv;
+            }
         }
-        let _ = self.events.send(event);
+        let _ = log.sender.send(event);
+    }
+
+    fn count_owner_refs(&mut self, object: &Value, add: bool) {
+        for r in object["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let Some(uid) = r["uid"].as_str() else {
+                continue;
+            };
+            if add {
+                *self.owner_uids.entry(uid.to_string()).or_default() += 1;
+            } else if let Some(n) = self.owner_uids.get_mut(uid) {
+                *n -= 1;
+                if *n == 0 {
+                    self.owner_uids.remove(uid);
+                }
+            }
+        }
     }
 
     fn validate(&self, rt: &ResourceType, name: &str, object: &Value) -> Result<(), ApiError> {
@@ -316,6 +429,10 @@ impl Store {
         object["kind"] = json!(rt.kind);
         if rt.kind == "Deployment" {
             default_deployment(&mut object);
+        }
+        if is_pod(rt) {
+            // A new pod is Pending until a kubelet runs it (the pod strategy's PrepareForCreate).
+            object["status"] = json!({"phase": "Pending"});
         }
         self.validate(rt, &name, &object)?;
         let mut ownership = Ownership::default();
@@ -405,6 +522,7 @@ impl Store {
                 "creationTimestamp",
                 "generation",
                 "deletionTimestamp",
+                "deletionGracePeriodSeconds",
                 "namespace",
                 "name",
             ] {
@@ -536,6 +654,10 @@ impl Store {
         })
     }
 
+    /// Deletes as kube-apiserver does: an object with finalizers is only marked; a scheduled pod
+    /// is deleted gracefully (`grace_seconds`, else its `spec.terminationGracePeriodSeconds`, else
+    /// `default_pod_grace`): it is marked with `deletionTimestamp` (when its grace ends) and
+    /// `deletionGracePeriodSeconds`, and its kubelet removes it once its containers stopped.
     pub fn delete(
         &mut self,
         rt: &ResourceType,
@@ -543,6 +665,7 @@ impl Store {
         name: &str,
         precondition_rv: Option<String>,
         precondition_uid: Option<String>,
+        grace_seconds: Option<i64>,
     ) -> Result<Value, ApiError> {
         let key = Self::key(rt, ns, name);
         let stored = self
@@ -555,6 +678,12 @@ impl Store {
             || precondition_uid.is_some_and(|uid| current["metadata"]["uid"].as_str() != Some(&uid))
         {
             return Err(ApiError::conflict(&rt.group, &rt.plural, name));
+        }
+        if is_pod(rt) {
+            let grace = pod_grace(&current, grace_seconds, self.default_pod_grace);
+            if !grace.is_zero() {
+                return Ok(self.mark_pod_deleted(key, current, grace));
+            }
         }
         if !finalizers(&current).is_empty() {
             if current["metadata"].get("deletionTimestamp").is_some() {
@@ -578,11 +707,39 @@ impl Store {
         Ok(gone)
     }
 
+    /// Graceful deletion of a pod (`rest.BeforeDelete` with the pod strategy): the first delete
+    /// sets `deletionTimestamp` to when the grace period ends; a later one may only shorten it.
+    fn mark_pod_deleted(&mut self, key: ObjKey, current: Value, grace: Duration) -> Value {
+        let pod = (key.1.clone(), key.2.clone());
+        let deadline = Instant::now() + grace;
+        if current["metadata"].get("deletionTimestamp").is_some()
+            && self.pod_deadlines.get(&pod).is_none_or(|d| *d <= deadline)
+        {
+            return current;
+        }
+        // The API reports whole seconds; the simulated kubelet keeps the exact instant.
+        let seconds = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds as i64);
+        let mut next = current.clone();
+        next["metadata"]["deletionTimestamp"] =
+            json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        next["metadata"]["deletionGracePeriodSeconds"] = json!(seconds);
+        let rv = self.next_rv();
+        next["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.objects.get_mut(&key).unwrap().object = next.clone();
+        self.pod_deadlines.insert(pod, deadline);
+        self.emit(key.0, "MODIFIED", next.clone(), Some(current));
+        next
+    }
+
     /// Background cascading deletion: dependents whose ownerReferences name the deleted uid.
     fn collect_dependents(&mut self, owner: &Value) {
         let Some(uid) = owner["metadata"]["uid"].as_str().map(str::to_string) else {
             return;
         };
+        if !self.owner_uids.contains_key(&uid) {
+            return;
+        }
         let dependents: Vec<(ResourceType, String, String)> = self
             .objects
             .iter()
@@ -598,7 +755,7 @@ impl Store {
             })
             .collect();
         for (rt, ns, name) in dependents {
-            let _ = self.delete(&rt, &ns, &name, None, None);
+            let _ = self.delete(&rt, &ns, &name, None, None, None);
         }
     }
 
@@ -628,6 +785,29 @@ impl Store {
 impl Default for Store {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+pub fn is_pod(rt: &ResourceType) -> bool {
+    rt.group.is_empty() && rt.plural == "pods"
+}
+
+/// How long a deleted pod may take to stop (the pod strategy's `CheckGracefulDelete`): the
+/// request's grace period, else the pod's own; zero for a pod never scheduled or already finished.
+fn pod_grace(pod: &Value, requested: Option<i64>, default: Duration) -> Duration {
+    let unscheduled = pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
+    let finished = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
+    if unscheduled || finished {
+        return Duration::ZERO;
+    }
+    match requested.or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64()) {
+        // A negative grace period counts as one second on the delete path.
+        Some(seconds) if seconds < 0 => Duration::from_secs(1),
+        Some(seconds) => Duration::from_secs(seconds as u64),
+        None => default,
     }
 }
 
