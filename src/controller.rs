@@ -109,7 +109,21 @@ pub async fn run_with_metrics(
                     .state()
                     .into_iter()
                     .filter(|akr| {
-                        akr.namespace() == ns && akr.spec.targets.iter().any(|t| t.name == name)
+                        // The spec's targets, and those of the rotation in flight (its plan
+                        // keeps a target the spec no longer names).
+                        let planned = akr
+                            .status
+                            .iter()
+                            .flat_map(|s| s.current_rotation.iter())
+                            .flat_map(|r| r.targets.iter().map(|t| t.name.as_str()));
+                        akr.namespace() == ns
+                            && akr
+                                .spec
+                                .targets
+                                .iter()
+                                .map(|t| t.name.as_str())
+                                .chain(planned)
+                                .any(|t| t == name)
                     })
                     .map(|akr| ObjectRef::from_obj(&*akr))
                     .collect::<Vec<_>>()

@@ -2443,7 +2443,7 @@ mod tests {
         r.untracked_consumers_reported = true;
         o.pods = Some(Ok(vec![
             gate_pod("api-1", Some(0), "b", "2026-11-25T10:59:00Z"),
-            gate_pod("worker", None, "b", "2026-11-25T11:00:04Z"),
+            gate_pod("worker", None, "b", "2026-11-25T11:00:01Z"),
         ]));
         let plan = decide(&o);
         assert!(

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Container, EphemeralContainer, Pod, PodSpec, Vo
 /// How long after the consumers' Secret was seen holding the new key a pod of no target must
 /// have been created to count as started on it: the kubelet resolves a Secret from its own cache
 /// (a watch by default), which may lag the API by a moment.
-pub const SECRET_CACHE_MARGIN: SignedDuration = SignedDuration::from_secs(5);
+pub const SECRET_CACHE_MARGIN: SignedDuration = SignedDuration::from_secs(2);
 
 /// A pod that reads the consumers' Secret and may be running (or terminating).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -281,7 +281,7 @@ mod tests {
         let bare = summarize(&pod(spec, None), &secret(), &targets()).unwrap();
         assert!(!bare.runs_key(&new, None, None));
         let at = |s: &str| Some(s.parse::<Timestamp>().unwrap());
-        assert!(bare.runs_key(&new, None, at("2026-12-01T09:59:55Z")));
-        assert!(!bare.runs_key(&new, None, at("2026-12-01T09:59:56Z")));
+        assert!(bare.runs_key(&new, None, at("2026-12-01T09:59:58Z")));
+        assert!(!bare.runs_key(&new, None, at("2026-12-01T09:59:59Z")));
     }
 }

@@ -112,6 +112,11 @@ async fn a_target_removed_from_the_spec_mid_rotation_is_still_finished_before_re
         .unwrap();
     let sim = s.sim.clone();
     let reasons = finishes_without_a_refusal(s).await;
+    if std::env::var("POD_GATE_TRACE").is_ok() {
+        for e in events(&sim) {
+            eprintln!("{} {} {}", e["eventTime"], e["reason"], e["note"]);
+        }
+    }
     assert!(
         reasons.iter().any(|r| r == "SpecChangePending"),
         "{reasons:?}"
@@ -208,9 +213,17 @@ async fn a_pod_terminating_longer_than_the_window_delays_revocation_until_it_is_
         .unwrap();
     })
     .await;
-    wait_for(Duration::from_secs(20), "the engine's grace in effect", || {
-        s.sim.pods().iter().filter(|p| p.deployment == "sirius-engine").all(|p| !p.terminating)
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "the engine's grace in effect",
+        || {
+            s.sim
+                .pods()
+                .iter()
+                .filter(|p| p.deployment == "sirius-engine")
+                .all(|p| !p.terminating)
+        },
+    )
     .await;
     request_rotation(&s.sim, "go");
     wait_for(Duration::from_secs(30), "WaitingForPods", || {
