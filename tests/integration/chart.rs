@@ -134,7 +134,7 @@ fn the_pod_is_hardened_and_probed() {
         .map(|target| target["expr"].as_str().unwrap().to_string())
         .collect();
     let names = apikey_rotator::metrics::Metrics::catalogue();
-    assert_eq!(names.len(), 13, "{names:?}");
+    assert_eq!(names.len(), 14, "{names:?}");
     for name in names {
         assert!(
             queries.iter().any(|q| q.contains(&name)),
