@@ -473,11 +473,7 @@ impl DeploySim {
                 continue;
             };
             let settled = self.reconcile(store, &rt, &pods_rt, &d);
-            let rv_now = store.get(&rt, &key.0, &key.1).ok().and_then(|d| {
-                d["metadata"]["resourceVersion"]
-                    .as_str()
-                    .map(str::to_string)
-            });
+            let rv_now = store.version_of(&rt, &key.0, &key.1);
             if let Some(state) = self.states.get_mut(&key) {
                 state.settled_at_rv = if settled { rv_now } else { None };
             }
@@ -946,11 +942,8 @@ fn sync_pod_status(store: &mut Store, ns: &str, pod: &mut Pod, spec: &Value, now
         subresource: "status",
         manager: "kubelet",
     };
-    let _ = store.update(&w, None, |current, _| {
-        let mut next = current.clone();
-        next["status"] = status;
-        Ok(next)
-    });
+    // A status write takes only the proposed object's status.
+    let _ = store.update(&w, None, |_, _| Ok(json!({ "status": status })));
     pod.shown = Some(shown);
 }
 

@@ -262,6 +262,14 @@ impl Store {
             .collect()
     }
 
+    /// The resourceVersion of one object, without copying it.
+    pub fn version_of(&self, rt: &ResourceType, ns: &str, name: &str) -> Option<String> {
+        let stored = self.objects.get(&Self::key(rt, ns, name))?;
+        stored.object["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string)
+    }
+
     /// (namespace, name, resourceVersion) of every object of a resource, without copying them.
     pub fn versions(&self, rt: &ResourceType) -> Vec<(String, String, String)> {
         let resource = resource_key(&rt.group, &rt.plural);
@@ -496,10 +504,11 @@ impl Store {
             return Err(ApiError::conflict(&rt.group, &rt.plural, w.name));
         }
         let proposed = mutate(&current, &mut ownership)?;
-        let mut next = current.clone();
         let status_write = w.subresource == "status";
+        let mut next;
         if status_write {
             // Only status changes through the status subresource.
+            next = current.clone();
             match proposed.get("status") {
                 Some(status) => next["status"] = status.clone(),
                 None => {
@@ -774,11 +783,8 @@ impl Store {
             subresource: "status",
             manager: "kube-controller-manager",
         };
-        let _ = self.update(&w, None, |current, _| {
-            let mut next = current.clone();
-            next["status"] = status;
-            Ok(next)
-        });
+        // A status write takes only the proposed object's status.
+        let _ = self.update(&w, None, |_, _| Ok(json!({ "status": status })));
     }
 }
 
