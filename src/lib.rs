@@ -13,6 +13,7 @@ pub mod controller;
 pub mod crd;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod handover;
 pub mod key;
 pub mod keystore;
 pub mod leader;

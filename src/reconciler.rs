@@ -34,6 +34,10 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 
 pub const FIELD_MANAGER: &str = "apikey-rotator";
+pub const SECRET_MANAGED_ELSEWHERE: &str = "SecretManagedElsewhere";
+pub const SECRET_IMMUTABLE: &str = "SecretImmutable";
+/// How soon a Secret managed elsewhere is looked at again (one GET).
+const HANDOVER_RECHECK: Duration = Duration::from_secs(10);
 /// How often a quiet rotation is looked at anyway (detects Valkey data loss and drift).
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
 /// How long a Valkey record view is reused (bounds, with the resync, how long data loss can go
@@ -383,6 +387,16 @@ impl<'a> Reconciliation<'a> {
     async fn run(mut self) -> Result<Action, Error> {
         let spec = &self.akr.spec;
         let mut problems = spec_check::problems(spec);
+        let name = self.akr.name_any();
+        if name.len() > crate::crd::MAX_NAME_LENGTH {
+            // The CRD refuses such a name; an object admitted before that bound existed gets here.
+            problems.push(format!(
+                "metadata.name: {} characters, at most {} (it becomes the value of the label {} on the Secrets this operator writes); recreate the ApiKeyRotation under a shorter name",
+                name.len(),
+                crate::crd::MAX_NAME_LENGTH,
+                MANAGED_BY_LABEL
+            ));
+        }
         if spec.secret.name == observe::vault_name(self.akr) {
             problems.push(format!(
                 "spec.secret.name: {:?} is this rotation's own vault Secret",
@@ -407,15 +421,16 @@ impl<'a> Reconciliation<'a> {
             }
         }
         let planned = self.planned.spec.clone();
-        if let Some(secret) = self.secrets.get_opt(&planned.secret.name).await?
+        let consumer = self.secrets.get_opt(&planned.secret.name).await?;
+        if let Some(secret) = &consumer
             && let Some(message) = crate::trust::consumer_secret_problem(
-                &secret,
+                secret,
                 &self.akr.name_any(),
                 self.ctx.rotations.iter().flat_map(|s| s.state()),
             )
             .or_else(|| {
                 crate::trust::adoptable_key_problem(
-                    &secret,
+                    secret,
                     &self.akr.name_any(),
                     &planned.secret.key,
                     &planned.key.prefix,
@@ -423,6 +438,25 @@ impl<'a> Reconciliation<'a> {
             })
         {
             self.report_failure("ClaimConflict", &message).await?;
+            return Ok(Action::requeue(self.ctx.resync));
+        }
+        if let Some(secret) = &consumer
+            && let Some(message) = crate::handover::managed_elsewhere(secret, &planned.secret.key)
+        {
+            self.report_failure(SECRET_MANAGED_ELSEWHERE, &message)
+                .await?;
+            // The Secret is not labelled yet, so its watch does not see the hand-over: look again.
+            return Ok(Action::requeue(self.ctx.resync.min(HANDOVER_RECHECK)));
+        }
+        if let Some(secret) = &consumer
+            && secret.immutable == Some(true)
+            && !self.holds_active_key(secret, &planned)
+        {
+            let message = format!(
+                "Secret {} is immutable (immutable: true), so the operator cannot write a key into it; nothing was minted or written. Recreate it without immutable: true (kubectl delete secret, then create it again), or point spec.secret.name at another Secret",
+                planned.secret.name
+            );
+            self.report_failure(SECRET_IMMUTABLE, &message).await?;
             return Ok(Action::requeue(self.ctx.resync));
         }
         let outcome = self.drive().await;
@@ -649,6 +683,15 @@ impl<'a> Reconciliation<'a> {
             }
         }
         Ok(Action::requeue(Duration::from_millis(10)))
+    }
+
+    /// An immutable Secret is refused only once a key must be written into it: a rotation runs,
+    /// or it lacks the active key. Holding a key to adopt, or the active one, it is fine.
+    fn holds_active_key(&self, secret: &Secret, planned: &crate::crd::ApiKeyRotationSpec) -> bool {
+        let (_, key) = observe::consumer_view(Some(secret), &planned.secret.key);
+        let active = self.status.active_key_id.as_deref();
+        self.status.current_rotation.is_none()
+            && key.is_some_and(|k| active.is_none_or(|a| k.id().as_str() == a))
     }
 
     /// The namespace's pods that read the consumers' Secret, listed a page at a time so that

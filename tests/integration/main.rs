@@ -13,6 +13,7 @@ mod deletion;
 mod demo;
 mod fault_matrix;
 mod incidents;
+mod kube_rules;
 mod leader;
 mod machine_model;
 mod machine_props;
