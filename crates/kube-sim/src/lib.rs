@@ -9,6 +9,7 @@ mod deploy;
 mod fields;
 mod http;
 pub mod memory_valkey;
+mod meta;
 mod rbac;
 mod schema;
 mod selector;
