@@ -25,6 +25,7 @@ mod redaction;
 mod rotation;
 mod schedule;
 mod stand_in;
+mod stand_in_metadata;
 mod stand_in_pods;
 mod tls;
 mod trust;

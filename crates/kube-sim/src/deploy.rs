@@ -549,11 +549,15 @@ impl DeploySim {
         let deadline = Duration::from_secs(spec["progressDeadlineSeconds"].as_u64().unwrap_or(600));
         let template = spec["template"].clone();
 
-        // A new template is a new revision (a new ReplicaSet), unless the rollout is paused.
+        // The new ReplicaSet is the one whose template is the Deployment's (`FindNewReplicaSet`).
+        // A new template is a new revision (a new ReplicaSet), unless the Deployment is paused:
+        // then the controller only syncs (`getAllReplicaSetsAndSyncRevision` with
+        // createIfNotExisted false), so after a template change there is no new ReplicaSet and no
+        // pod is updated; a Deployment created paused has no ReplicaSet at all.
         let template_known = state.templates.iter().position(|t| *t == template);
-        let current_revision = match template_known {
-            Some(i) if !paused => i as u64 + 1,
-            None if !paused || state.templates.is_empty() => {
+        let new_revision = match template_known {
+            Some(i) => Some(i as u64 + 1),
+            None if !paused => {
                 let hash = template_hash(&template, &state.hashes);
                 state.hashes.push(hash);
                 state.templates.push(template.clone());
@@ -567,16 +571,23 @@ impl DeploySim {
                     template_changed_at_ms: epoch_ms(),
                     completed_at_ms: None,
                 });
-                revision
+                Some(revision)
             }
-            _ => state
-                .pods
-                .iter()
-                .filter(|p| p.terminating_since.is_none())
-                .map(|p| p.revision)
-                .max()
-                .unwrap_or(1),
+            None => None,
         };
+        // Revision 0 is no pod's: while there is no new ReplicaSet every pod is old.
+        let current_revision = new_revision.unwrap_or(0);
+        let old_status = d.get("status").cloned().unwrap_or(json!({}));
+        let old_progressing = old_status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        // `checkPausedConditions`: resuming starts the progress deadline anew.
+        let resumed = !paused && old_progressing["reason"] == "DeploymentPaused";
+        if resumed {
+            state.last_progress = Some(now);
+        }
         // A rollback to an earlier template makes that revision current again.
         if template_known.is_some()
             && !paused
@@ -719,12 +730,33 @@ impl DeploySim {
             && state
                 .last_progress
                 .is_some_and(|t| now.duration_since(t) > deadline);
-        let rs_name = state.rs_name(&name, current_revision);
-        let (progressing_status, progressing_reason, progressing_message) = if paused {
+        let rs_name = new_revision
+            .map(|r| state.rs_name(&name, r))
+            .unwrap_or_default();
+        let timed_out = old_progressing["reason"] == "ProgressDeadlineExceeded";
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let (progressing_status, progressing_reason, progressing_message) = if paused && timed_out {
+            // A reported lack of progress is not overwritten by the paused condition.
+            (
+                "False",
+                "ProgressDeadlineExceeded",
+                text(&old_progressing["message"]),
+            )
+        } else if paused {
             (
                 "Unknown",
                 "DeploymentPaused",
                 "Deployment is paused".to_string(),
+            )
+        } else if (resumed || old_progressing["reason"] == "DeploymentResumed")
+            && !progressed
+            && !complete
+            && !stalled
+        {
+            (
+                "Unknown",
+                "DeploymentResumed",
+                "Deployment is resumed".to_string(),
             )
         } else if stalled {
             (
@@ -752,7 +784,6 @@ impl DeploySim {
         {
             r.completed_at_ms = Some(epoch_ms());
         }
-        let old_status = d.get("status").cloned().unwrap_or(json!({}));
         let condition = |type_: &str, status: &str, reason: &str, message: &str| {
             // Keep transition times stable while the condition does not change.
             let previous = old_status["conditions"]

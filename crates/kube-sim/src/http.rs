@@ -39,6 +39,17 @@ fn ok_json(code: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
+/// kube-apiserver's `Warning: 299 - "<text>"` headers.
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = axum::http::HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+            response.headers_mut().append(header::WARNING, v);
+        }
+    }
+    response
+}
+
 fn parse_target(shared: &Shared, path: &str) -> Result<Target, ApiError> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segs.as_slice() {
@@ -60,8 +71,8 @@ fn parse_target(shared: &Shared, path: &str) -> Result<Target, ApiError> {
         [plural, name, sub] => (*plural, Some(name.to_string()), *sub),
         _ => return Err(ApiError::not_found(group, "paths", path)),
     };
-    // `/api/v1/namespaces/{name}` addresses a Namespace object.
-    let (plural, name, namespace) = match (namespace, plural) {
+    // `/api/v1/namespaces/{name}/{status|finalize}` addresses a Namespace's subresource.
+    let (plural, name, namespace, subresource) = match (namespace, plural) {
         (Some(ns), p)
             if group.is_empty()
                 && rest.len() == 1
@@ -73,9 +84,9 @@ fn parse_target(shared: &Shared, path: &str) -> Result<Target, ApiError> {
                     .types
                     .contains_key(&resource_key("", p)) =>
         {
-            ("namespaces", Some(p.to_string()), Some(ns))
+            ("namespaces", Some(ns), None, p)
         }
-        (ns, p) => (p, name, ns),
+        (ns, p) => (p, name, ns, subresource),
     };
     let store = shared.store.lock().unwrap();
     let rt = store
@@ -91,7 +102,9 @@ fn parse_target(shared: &Shared, path: &str) -> Result<Target, ApiError> {
             )
         })?;
     drop(store);
-    if !matches!(subresource, "" | "status") || (subresource == "status" && !rt.status_subresource)
+    let finalize = subresource == "finalize" && crate::store::is_namespace(&rt);
+    if !(matches!(subresource, "" | "status") || finalize)
+        || (subresource == "status" && !rt.status_subresource)
     {
         return Err(ApiError::not_found(group, plural, subresource));
     }
@@ -298,10 +311,13 @@ pub async fn handle(
                 subresource: "",
                 manager: &manager,
             };
+            store.take_warnings();
             let result = store.create(&w, object);
             shared.sync_pods(&mut store);
+            let warnings = store.take_warnings();
+            drop(store);
             match result {
-                Ok(o) => ok_json(StatusCode::CREATED, &o),
+                Ok(o) => with_warnings(ok_json(StatusCode::CREATED, &o), &warnings),
                 Err(e) => error_response(e),
             }
         }
@@ -330,13 +346,16 @@ pub async fn handle(
                 manager: &manager,
             };
             let mut store = shared.store.lock().unwrap();
+            store.take_warnings();
             let result = store.update(&w, precondition, |current, ownership| {
                 track_update(ownership, &manager, &target.subresource, current, &object);
                 Ok(object.clone())
             });
             shared.sync_pods(&mut store);
+            let warnings = store.take_warnings();
+            drop(store);
             match result {
-                Ok(o) => ok_json(StatusCode::OK, &o),
+                Ok(o) => with_warnings(ok_json(StatusCode::OK, &o), &warnings),
                 Err(e) => error_response(e),
             }
         }
@@ -354,6 +373,7 @@ pub async fn handle(
                 Err(e) => return error_response(e),
             };
             let mut store = shared.store.lock().unwrap();
+            store.take_warnings();
             let result = match content_type.as_str() {
                 "application/apply-patch+yaml" => {
                     if !query.contains_key("fieldManager") {
@@ -425,8 +445,10 @@ pub async fn handle(
                 other => return error_response(ApiError::unsupported_media(other)),
             };
             shared.sync_pods(&mut store);
+            let warnings = store.take_warnings();
+            drop(store);
             match result {
-                Ok(o) => ok_json(StatusCode::OK, &o),
+                Ok(o) => with_warnings(ok_json(StatusCode::OK, &o), &warnings),
                 Err(e) => error_response(e),
             }
         }

@@ -9,6 +9,8 @@ mod deploy;
 mod fields;
 mod http;
 pub mod memory_valkey;
+mod meta;
+mod namespace;
 mod rbac;
 mod schema;
 mod selector;
@@ -18,6 +20,8 @@ pub mod valkey;
 
 use deploy::DeploySim;
 pub use deploy::{PodView, RolloutBehavior, RolloutRecord};
+use namespace::NamespaceController;
+pub use namespace::NamespaceDeletion;
 pub use rbac::User;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -62,6 +66,7 @@ struct Fault {
 pub(crate) struct Inner {
     pub store: Mutex<Store>,
     deploy: Mutex<DeploySim>,
+    namespaces: Mutex<NamespaceController>,
     faults: Mutex<Vec<Fault>>,
     requests: Mutex<BTreeMap<(String, String), u64>>,
     /// Bearer tokens whose requests RBAC authorizes, and who they are.
@@ -134,6 +139,7 @@ impl Sim {
         let shared: Shared = Arc::new(Inner {
             store: Mutex::new(store),
             deploy: Mutex::new(DeploySim::new(options.pod_ready_after)),
+            namespaces: Mutex::new(NamespaceController::default()),
             faults: Mutex::new(Vec::new()),
             requests: Mutex::new(BTreeMap::new()),
             users: Mutex::new(BTreeMap::new()),
@@ -156,6 +162,7 @@ impl Sim {
             loop {
                 interval.tick().await;
                 let mut store = sim_state.store.lock().unwrap();
+                sim_state.namespaces.lock().unwrap().tick(&mut store);
                 sim_state.deploy.lock().unwrap().tick(&mut store);
             }
         });
@@ -277,6 +284,14 @@ impl Sim {
             .unwrap_or("default")
             .to_string();
         Ok((rt, ns))
+    }
+
+    /// How the namespace controller empties a Namespace being deleted (from now on):
+    /// [`NamespaceDeletion::Immediate`] by default, [`NamespaceDeletion::Concurrent`] for
+    /// kube-controller-manager's order (each resource in its own turn, in no set order; pods
+    /// terminate by their grace).
+    pub fn set_namespace_deletion(&self, mode: NamespaceDeletion) {
+        self.shared.namespaces.lock().unwrap().mode = mode;
     }
 
     pub fn set_rollout_behavior(&self, ns: &str, deployment: &str, behavior: RolloutBehavior) {

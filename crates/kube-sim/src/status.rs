@@ -74,11 +74,19 @@ impl ApiError {
         } else {
             format!("{kind}.{group}")
         };
-        let text: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        // `ToAggregate` drops repeated messages.
+        let mut text: Vec<String> = Vec::new();
+        for (f, m) in &causes {
+            let line = format!("{f}: {m}");
+            if !text.contains(&line) {
+                text.push(line);
+            }
+        }
+        // Each cause's reason is the `field.ErrorType` its body names, as `NewInvalid` reports it.
         let causes: Vec<Value> = causes
             .into_iter()
             .map(|(field, message)| {
-                json!({"reason": "FieldValueInvalid", "message": message, "field": field})
+                json!({"reason": cause_type(&message), "message": message, "field": field})
             })
             .collect();
         let message = if text.len() == 1 {
@@ -94,6 +102,22 @@ impl ApiError {
             reason: "Invalid",
             message,
             details: json!({"name": name, "group": group, "kind": kind, "causes": causes}),
+        }
+    }
+
+    /// 403 as `errors.NewForbidden` words it: `<resource> "<name>" is forbidden: <why>`.
+    pub fn forbidden(group: &str, plural: &str, name: &str, why: &str) -> Self {
+        let resource = qualified(group, plural);
+        let message = if name.is_empty() {
+            format!("{resource} is forbidden: {why}")
+        } else {
+            format!("{resource} \"{name}\" is forbidden: {why}")
+        };
+        Self {
+            code: 403,
+            reason: "Forbidden",
+            message,
+            details: json!({"name": name, "group": group, "kind": plural}),
         }
     }
 
@@ -157,6 +181,27 @@ impl ApiError {
         }
         body
     }
+}
+
+/// The `field.ErrorType` whose text (`ErrorType.String()`) begins a cause's body.
+fn cause_type(body: &str) -> &'static str {
+    const TYPES: [(&str, &str); 10] = [
+        ("Required value", "FieldValueRequired"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Too long", "FieldValueTooLong"),
+        ("Too many", "FieldValueTooMany"),
+        ("Duplicate value", "FieldValueDuplicate"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Not found", "FieldValueNotFound"),
+        ("Internal error", "InternalError"),
+        ("Invalid value", "FieldValueInvalid"),
+        ("", "FieldValueInvalid"),
+    ];
+    TYPES
+        .iter()
+        .find(|(text, _)| body.starts_with(text))
+        .map(|(_, t)| *t)
+        .unwrap_or("FieldValueInvalid")
 }
 
 fn qualified(group: &str, plural: &str) -> String {

@@ -5,7 +5,7 @@ use crate::fields::{self, ManagerKey, Ownership};
 use crate::schema::Validator;
 use crate::status::ApiError;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -18,6 +18,10 @@ const WATCH_LOG_LEN: usize = 20_000;
 const INITIAL_RV: u64 = 1000;
 /// The resource key of core/v1 pods.
 pub const PODS: &str = "/pods";
+/// The resource key of core/v1 namespaces.
+pub const NAMESPACES: &str = "/namespaces";
+/// Namespaces the NamespaceLifecycle admission plugin never lets be deleted.
+const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
 
 #[derive(Clone)]
 pub struct ResourceType {
@@ -114,6 +118,12 @@ pub struct Store {
     /// The grace period of a pod deleted without one whose spec sets none (the simulator's
     /// termination grace; kube-apiserver's default is 30 s).
     pub default_pod_grace: Duration,
+    /// Namespaces whose Namespace object is being deleted (creates in them are refused).
+    terminating: HashSet<String>,
+    /// Warnings of the last writes (`Warning: 299` headers), taken by the HTTP layer.
+    warnings: Vec<String>,
+    /// Counts generated names.
+    name_counter: u64,
 }
 
 pub fn resource_key(group: &str, plural: &str) -> String {
@@ -145,12 +155,18 @@ impl Store {
             touched_pods: Vec::new(),
             pod_deadlines: HashMap::new(),
             default_pod_grace: Duration::from_secs(30),
+            terminating: HashSet::new(),
+            warnings: Vec::new(),
+            name_counter: 0,
         };
         for rt in [
             ResourceType::builtin("", "v1", "secrets", "Secret", true),
             ResourceType::builtin("", "v1", "configmaps", "ConfigMap", true),
             ResourceType::builtin("", "v1", "events", "Event", true),
-            ResourceType::builtin("", "v1", "namespaces", "Namespace", false),
+            ResourceType {
+                status_subresource: true,
+                ..ResourceType::builtin("", "v1", "namespaces", "Namespace", false)
+            },
             ResourceType {
                 status_subresource: true,
                 ..ResourceType::builtin("", "v1", "pods", "Pod", true)
@@ -227,6 +243,18 @@ impl Store {
         !self.touched_pods.is_empty()
     }
 
+    /// The warnings of the writes since the last call.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// Namespaces whose Namespace object is being deleted, for the namespace controller.
+    pub fn terminating_namespaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.terminating.iter().cloned().collect();
+        out.sort();
+        out
+    }
+
     /// When the grace period of a gracefully deleted pod ends.
     pub fn pod_deadline(&self, ns: &str, name: &str) -> Option<Instant> {
         self.pod_deadlines
@@ -298,6 +326,10 @@ impl Store {
         object: Value,
         previous: Option<Value>,
     ) {
+        if resource == NAMESPACES && kind == "DELETED" {
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            self.terminating.remove(name);
+        }
         if resource == PODS {
             let ns = object["metadata"]["namespace"].as_str().unwrap_or_default();
             let name = object["metadata"]["name"].as_str().unwrap_or_default();
@@ -354,9 +386,26 @@ impl Store {
         }
     }
 
-    fn validate(&self, rt: &ResourceType, name: &str, object: &Value) -> Result<(), ApiError> {
+    /// kube-apiserver's validation of a create (`old` None) or an update: object metadata, the
+    /// kind's own rules (Secrets and ConfigMaps, a Deployment's pod template), then the CRD's
+    /// schema.
+    fn validate(
+        &self,
+        rt: &ResourceType,
+        name: &str,
+        object: &Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
         let mut causes = Vec::new();
-        if rt.kind == "Secret"
+        crate::meta::validate_object_meta(rt, object, old.is_none(), &mut causes);
+        if let Some(old) = old
+            && rt.group.is_empty()
+            && matches!(rt.kind.as_str(), "Secret" | "ConfigMap")
+        {
+            crate::meta::validate_immutable(&rt.kind, old, object, &mut causes);
+        }
+        if rt.group.is_empty()
+            && rt.kind == "Secret"
             && let Some(data) = object.get("data").and_then(Value::as_object)
         {
             for (k, v) in data {
@@ -369,6 +418,16 @@ impl Store {
                 }
             }
         }
+        if rt.group.is_empty() && matches!(rt.kind.as_str(), "Secret" | "ConfigMap") {
+            crate::meta::validate_data_keys(object, &rt.kind, &mut causes);
+        }
+        if rt.group == "apps" && rt.kind == "Deployment" {
+            crate::meta::validate_template_meta(
+                &object["spec"]["template"],
+                "spec.template.metadata",
+                &mut causes,
+            );
+        }
         if let Some(validator) = &rt.validator {
             causes.extend(validator.validate(object));
         }
@@ -377,6 +436,27 @@ impl Store {
         } else {
             Err(ApiError::invalid(&rt.group, &rt.kind, name, causes))
         }
+    }
+
+    /// The NamespaceLifecycle admission plugin: nothing new in a namespace being deleted.
+    fn admit_create(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<(), ApiError> {
+        if !rt.namespaced || !self.terminating.contains(ns) {
+            return Ok(());
+        }
+        let mut e = ApiError::forbidden(
+            &rt.group,
+            &rt.plural,
+            name,
+            &format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        );
+        e.details["causes"] = json!([{
+            "reason": "NamespaceTerminating",
+            "message": format!("namespace {ns} is being terminated"),
+            "field": "metadata.namespace",
+        }]);
+        Err(e)
     }
 
     pub fn create(&mut self, w: &Write, mut object: Value) -> Result<Value, ApiError> {
@@ -388,26 +468,22 @@ impl Store {
             .as_str()
             .unwrap_or("")
             .to_string();
-        let name = if name.is_empty() {
-            match object["metadata"]["generateName"].as_str() {
-                Some(prefix) => {
-                    self.uid_counter += 1;
-                    format!("{prefix}{:05x}", self.uid_counter)
-                }
-                None => {
-                    return Err(ApiError::invalid(
-                        &rt.group,
-                        &rt.kind,
-                        "",
-                        vec![(
-                            "metadata.name".into(),
-                            "Required value: name or generateName is required".into(),
-                        )],
-                    ));
+        // Admission sees the name the client sent (none for a generated one).
+        self.admit_create(rt, w.namespace, &name)?;
+        // `rest.BeforeCreate`: a generated name is the prefix (cut to 58 characters) and 5
+        // random ones; it is validated as any name.
+        let name = match object["metadata"]["generateName"].as_str() {
+            Some(prefix) if name.is_empty() && !prefix.is_empty() => {
+                let key_of = |n: &str| Self::key(rt, w.namespace, n);
+                loop {
+                    self.name_counter += 1;
+                    let candidate = crate::meta::generated_name(prefix, self.name_counter);
+                    if !self.objects.contains_key(&key_of(&candidate)) {
+                        break candidate;
+                    }
                 }
             }
-        } else {
-            name
+            _ => name,
         };
         let key = Self::key(rt, w.namespace, &name);
         if self.objects.contains_key(&key) {
@@ -416,6 +492,15 @@ impl Store {
         if rt.status_subresource {
             // Status is not settable on create when the status subresource is enabled.
             object.as_object_mut().unwrap().remove("status");
+        }
+        if is_secret(rt) {
+            crate::meta::normalize_secret(&mut object);
+        }
+        if is_namespace(rt) {
+            // The namespace strategy's PrepareForCreate: the `kubernetes` finalizer the namespace
+            // controller removes once the namespace is empty, and phase Active.
+            object["spec"]["finalizers"] = json!(["kubernetes"]);
+            object["status"] = json!({"phase": "Active"});
         }
         self.uid_counter += 1;
         let meta = object["metadata"]
@@ -442,7 +527,9 @@ impl Store {
             // A new pod is Pending until a kubelet runs it (the pod strategy's PrepareForCreate).
             object["status"] = json!({"phase": "Pending"});
         }
-        self.validate(rt, &name, &object)?;
+        self.validate(rt, &name, &object, None)?;
+        self.warnings
+            .extend(crate::meta::finalizer_warnings(rt, &object, None));
         let mut ownership = Ownership::default();
         ownership.take(
             ManagerKey {
@@ -506,7 +593,11 @@ impl Store {
         let proposed = mutate(&current, &mut ownership)?;
         let status_write = w.subresource == "status";
         let mut next;
-        if status_write {
+        if w.subresource == "finalize" {
+            // `namespaces/finalize`: only the namespace's spec.finalizers changes.
+            next = current.clone();
+            next["spec"]["finalizers"] = proposed["spec"]["finalizers"].clone();
+        } else if status_write {
             // Only status changes through the status subresource.
             next = current.clone();
             match proposed.get("status") {
@@ -546,13 +637,39 @@ impl Store {
             }
             if current["metadata"].get("deletionTimestamp").is_some() {
                 let before = finalizers(&current);
-                if finalizers(&proposed).iter().any(|f| !before.contains(f)) {
+                let mut extra: Vec<String> = finalizers(&proposed)
+                    .into_iter()
+                    .filter(|f| !before.contains(f))
+                    .collect();
+                extra.sort();
+                extra.dedup();
+                if !extra.is_empty() {
                     return Err(ApiError::invalid(
                         &rt.group,
                         &rt.kind,
                         w.name,
-                        vec![("metadata.finalizers".into(), "Forbidden: no new finalizers can be added if the object is being deleted".into())],
+                        vec![crate::meta::forbidden(
+                            "metadata.finalizers",
+                            &format!(
+                                "no new finalizers can be added if the object is being deleted, found new finalizers {}",
+                                crate::meta::go_string_slice(&extra)
+                            ),
+                        )],
                     ));
+                }
+            }
+            if is_secret(rt) {
+                crate::meta::normalize_secret(&mut proposed);
+            }
+            if is_namespace(rt) {
+                // PrepareForUpdate: spec.finalizers changes only through namespaces/finalize.
+                match current["spec"].get("finalizers") {
+                    Some(f) => proposed["spec"]["finalizers"] = f.clone(),
+                    None => {
+                        if let Some(spec) = proposed["spec"].as_object_mut() {
+                            spec.remove("finalizers");
+                        }
+                    }
                 }
             }
             proposed["apiVersion"] = json!(rt.api_version());
@@ -572,12 +689,23 @@ impl Store {
             // A no-op write does not bump resourceVersion or send a watch event.
             return Ok(current);
         }
-        self.validate(rt, w.name, &next)?;
+        self.validate(rt, w.name, &next, Some(&current))?;
+        self.warnings
+            .extend(crate::meta::finalizer_warnings(rt, &next, Some(&current)));
         let rv = self.next_rv();
         next["metadata"]["resourceVersion"] = json!(rv.to_string());
         next["metadata"]["managedFields"] =
             ownership.to_managed_fields(&rt.api_version(), &now_rfc3339());
-        if next["metadata"].get("deletionTimestamp").is_some() && finalizers(&next).is_empty() {
+        // `ShouldDeleteDuringUpdate`; a Namespace's (`ShouldDeleteNamespaceDuringUpdate`) also
+        // waits for its spec.finalizers.
+        let spec_finalized = !is_namespace(rt)
+            || next["spec"]["finalizers"]
+                .as_array()
+                .is_none_or(|f| f.is_empty());
+        if next["metadata"].get("deletionTimestamp").is_some()
+            && finalizers(&next).is_empty()
+            && spec_finalized
+        {
             self.objects.remove(&key);
             self.emit(key.0.clone(), "DELETED", next.clone(), Some(current));
             self.collect_dependents(&next);
@@ -676,6 +804,14 @@ impl Store {
         precondition_uid: Option<String>,
         grace_seconds: Option<i64>,
     ) -> Result<Value, ApiError> {
+        if is_namespace(rt) && IMMORTAL_NAMESPACES.contains(&name) {
+            return Err(ApiError::forbidden(
+                &rt.group,
+                &rt.plural,
+                name,
+                "this namespace may not be deleted",
+            ));
+        }
         let key = Self::key(rt, ns, name);
         let stored = self
             .objects
@@ -687,6 +823,28 @@ impl Store {
             || precondition_uid.is_some_and(|uid| current["metadata"]["uid"].as_str() != Some(&uid))
         {
             return Err(ApiError::conflict(&rt.group, &rt.plural, name));
+        }
+        if is_namespace(rt) {
+            // The namespace REST's Delete: the first delete sets deletionTimestamp and phase
+            // Terminating (the namespace controller then empties it); the Namespace goes only once
+            // its spec.finalizers are gone.
+            if current["metadata"].get("deletionTimestamp").is_none() {
+                let mut next = current.clone();
+                next["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                next["status"]["phase"] = json!("Terminating");
+                let rv = self.next_rv();
+                next["metadata"]["resourceVersion"] = json!(rv.to_string());
+                self.objects.get_mut(&key).unwrap().object = next.clone();
+                self.terminating.insert(name.to_string());
+                self.emit(key.0, "MODIFIED", next.clone(), Some(current));
+                return Ok(next);
+            }
+            if current["spec"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty())
+            {
+                return Ok(current);
+            }
         }
         if is_pod(rt) {
             let grace = pod_grace(&current, grace_seconds, self.default_pod_grace);
@@ -796,6 +954,14 @@ impl Default for Store {
 
 pub fn is_pod(rt: &ResourceType) -> bool {
     rt.group.is_empty() && rt.plural == "pods"
+}
+
+fn is_secret(rt: &ResourceType) -> bool {
+    rt.group.is_empty() && rt.plural == "secrets"
+}
+
+pub fn is_namespace(rt: &ResourceType) -> bool {
+    rt.group.is_empty() && rt.plural == "namespaces"
 }
 
 /// How long a deleted pod may take to stop (the pod strategy's `CheckGracefulDelete`): the
