@@ -30,6 +30,17 @@ impl Validator {
     /// One `(field path, message)` per violation, in kube-apiserver's wording where it matters.
     pub fn validate(&self, object: &Value) -> Vec<(String, String)> {
         let mut causes = self.schema_errors(object);
+        // A structural schema may bound metadata.name (and nothing else of metadata).
+        let bound =
+            self.openapi["properties"]["metadata"]["properties"]["name"]["maxLength"].as_u64();
+        if let (Some(max), Some(name)) = (bound, object["metadata"]["name"].as_str())
+            && name.len() as u64 > max
+        {
+            causes.push((
+                "metadata.name".into(),
+                format!("Too long: may not be more than {max} bytes"),
+            ));
+        }
         list_map_duplicates(&self.openapi, object, "", &mut causes);
         // CEL sees the object only once it is structurally valid, as in kube-apiserver.
         if causes.is_empty()
