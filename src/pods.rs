@@ -8,7 +8,9 @@ use crate::crd::{
 };
 use crate::key::KeyId;
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{Container, EphemeralContainer, Pod, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{
+    Container, EnvFromSource, EnvVar, EphemeralContainer, Pod, PodSpec, Volume,
+};
 
 /// How long after the consumers' Secret was seen holding the new key a pod of no target must
 /// have been created to count as started on it: the kubelet resolves a Secret from its own cache
@@ -124,33 +126,30 @@ pub fn reads_secret(spec: &PodSpec, secret: &ConsumerSecret) -> bool {
 }
 
 fn container_reads(c: &Container, secret: &ConsumerSecret) -> bool {
-    let env = c.env.iter().flatten().any(|e| {
-        e.value_from
-            .as_ref()
-            .and_then(|f| f.secret_key_ref.as_ref())
-            .is_some_and(|r| r.name == secret.name && r.key == secret.key)
-    });
-    let env_from = c
-        .env_from
-        .iter()
-        .flatten()
-        .any(|e| e.secret_ref.as_ref().is_some_and(|r| r.name == secret.name));
-    env || env_from
+    env_reads(c.env.as_deref(), c.env_from.as_deref(), secret)
 }
 
 fn ephemeral_reads(c: &EphemeralContainer, secret: &ConsumerSecret) -> bool {
-    let env = c.env.iter().flatten().any(|e| {
+    env_reads(c.env.as_deref(), c.env_from.as_deref(), secret)
+}
+
+/// An env `secretKeyRef` to the key, or an `envFrom` of the whole Secret.
+fn env_reads(
+    env: Option<&[EnvVar]>,
+    env_from: Option<&[EnvFromSource]>,
+    secret: &ConsumerSecret,
+) -> bool {
+    let by_key = env.into_iter().flatten().any(|e| {
         e.value_from
             .as_ref()
             .and_then(|f| f.secret_key_ref.as_ref())
             .is_some_and(|r| r.name == secret.name && r.key == secret.key)
     });
-    let env_from = c
-        .env_from
-        .iter()
+    let whole = env_from
+        .into_iter()
         .flatten()
         .any(|e| e.secret_ref.as_ref().is_some_and(|r| r.name == secret.name));
-    env || env_from
+    by_key || whole
 }
 
 /// A volume of the Secret with no `items` holds every key; with `items`, only those listed.
