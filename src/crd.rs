@@ -701,6 +701,10 @@ pub struct RotationProgress {
     /// roll (and the operator wrote the new key back): the targets rolled before are rolled again.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub secret_restores: u32,
+    /// The consumers' Secret was found without the new key, and what its restore changes is
+    /// recorded; the new key is being written back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restoring_secret: bool,
     /// The consumers' Secret this rotation started with (with `targets`, its fixed plan: edits
     /// of the spec made since apply to the next rotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -708,8 +712,9 @@ pub struct RotationProgress {
     /// The spec's targets or Secret were edited during this rotation (the edit is pending).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spec_change_pending: bool,
-    /// When the consumers' Secret was first seen holding the new key: a pod of no target that
-    /// was created after it (and a margin for the kubelet's Secret cache) started on the new key.
+    /// When the consumers' Secret last changed (by the API server's clock) as it was first seen
+    /// holding the new key: a pod of no target created after it (and a margin for the kubelet's
+    /// Secret cache) started on the new key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switched_at: Option<String>,
     /// During a rollback: when the consumers' Secret was first seen holding the old key again.
@@ -796,6 +801,7 @@ impl RotationProgress {
             outside_windows: false,
             old_key_revoked_externally: false,
             secret_restores: 0,
+            restoring_secret: false,
             secret: None,
             spec_change_pending: false,
             switched_at: None,

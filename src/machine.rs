@@ -90,6 +90,11 @@ pub struct Observation {
     pub consumer: ConsumerView,
     /// Whether the consumers' Secret carries this operator's label (so its edits are watched).
     pub consumer_labelled: bool,
+    /// When the consumers' Secret last changed, by the API server's clock (see
+    /// [`crate::observe::last_changed_at`]).
+    pub consumer_changed_at: Option<Timestamp>,
+    /// The consumers' Secret is immutable: no key can be written into it.
+    pub consumer_immutable: bool,
     pub records: RecordView,
     pub targets: Vec<TargetView>,
     /// The answer to the probe the previous decision asked for (see [`Action::Probe`]).
@@ -206,6 +211,7 @@ pub const WAITING_FOR_PODS: &str = "WaitingForPods";
 pub const PODS_UNREADABLE: &str = "PodsUnreadable";
 pub const UNTRACKED_CONSUMER: &str = "UntrackedConsumer";
 pub const CONSUMERS_ON_OLD_KEY: &str = "ConsumersOnOldKey";
+pub const SECRET_IMMUTABLE: &str = "SecretImmutable";
 pub const VERIFICATION_FAILED: &str = "VerificationFailed";
 pub const OLD_KEY_STILL_ACCEPTED: &str = "OldKeyStillAccepted";
 pub const METRICS_GATE_FAILED: &str = "MetricsGateFailed";
@@ -338,6 +344,54 @@ fn warning(reason: &'static str, message: impl Into<String>) -> Option<EventNote
 
 /// The one entry point: what to do next.
 pub fn decide(o: &Observation) -> Plan {
+    let plan = decide_ignoring_immutability(o);
+    if o.consumer_immutable {
+        let starts_rotation =
+            o.status.current_rotation.is_none() && plan.status.current_rotation.is_some();
+        let nothing_minted = match plan.action {
+            _ if starts_rotation => true,
+            Action::MintPending { .. } | Action::CreateVault { adopt: false } => true,
+            // Labelling it (its data unchanged) is allowed.
+            Action::WriteConsumer { pending } if !holds(o, pending) => false,
+            _ => return plan,
+        };
+        return immutable_consumer(o, nothing_minted);
+    }
+    plan
+}
+
+/// The consumers' Secret already holds the vault's pending (or current) key.
+fn holds(o: &Observation, pending: bool) -> bool {
+    let key = o.vault.as_ref().and_then(|v| match pending {
+        true => v.pending.as_ref().map(|(id, _)| id),
+        false => Some(&v.current),
+    });
+    key.is_some() && consumer_id(o) == key
+}
+
+/// The next step would mint a key for, or write one into, an immutable consumers' Secret:
+/// refuse it before it is taken, keeping the status as it was.
+fn immutable_consumer(o: &Observation, nothing_minted: bool) -> Plan {
+    let mut b = StatusBuilder::new(o);
+    let kept = if nothing_minted {
+        "nothing was minted or written".to_string()
+    } else {
+        "the keys in the vault and their Valkey records are kept, and the rotation goes on once the Secret can be written".to_string()
+    };
+    let message = format!(
+        "Secret {} is immutable (immutable: true), so the operator cannot write a key into it; {kept}. Recreate it without immutable: true (kubectl delete secret, then create it again), or point spec.secret.name at another Secret",
+        o.spec.secret.name
+    );
+    let event = b.degrade(SECRET_IMMUTABLE, &message);
+    b.plan(
+        Action::Wait {
+            requeue_after: None,
+        },
+        event,
+    )
+}
+
+fn decide_ignoring_immutability(o: &Observation) -> Plan {
     let mut b = StatusBuilder::new(o);
     let Some(vault) = &o.vault else {
         if o.status.active_key_id.is_some() {
@@ -1060,7 +1114,11 @@ fn rotating<'a>(
         // A target counts as rolled once patched or found complete (a crash between the patch
         // and its status write leaves it complete without a stamp).
         let rolled = |t: &TargetProgress| t.rolled_at.is_some() || t.state != TargetState::Pending;
-        if tampered
+        // What the restore changes is recorded before the write: were the write to land and its
+        // status not (a crash, a 5xx), the Secret would look untouched, and pods that read the
+        // other key would count as on the new one.
+        let record_first = tampered && !r.restoring_secret;
+        if record_first
             && r.step >= Step::Roll
             && matches!(o.consumer, ConsumerView::Holds(Some(_)))
             && r.targets.iter().any(rolled)
@@ -1075,9 +1133,21 @@ fn rotating<'a>(
             r.validation_started_at = None;
             r.gate_checked_at = None;
         }
-        if tampered {
+        if record_first {
             // Pods that started since may have read the other key: the switch counts anew.
             r.switched_at = None;
+            r.restoring_secret = true;
+            b.condition(
+                ROTATING,
+                true,
+                "Switch",
+                format!(
+                    "Secret {} no longer holds the new key; putting it back.",
+                    o.spec.secret.name
+                ),
+            );
+            b.status.current_rotation = Some(r);
+            return b.plan(Action::StatusOnly, None);
         }
         r.step = r.step.max(Step::Switch);
         b.condition(
@@ -1114,10 +1184,12 @@ fn rotating<'a>(
         return b.plan(Action::WriteConsumer { pending: true }, event);
     }
 
-    // The Secret holds the new key: pods of no target created from now on start on it.
+    // The Secret holds the new key: pods of no target created from now on start on it. The
+    // instant is the API server's (when the Secret last changed), as pods' creation times are.
     if r.switched_at.is_none() {
-        r.switched_at = Some(ts_precise(now));
+        r.switched_at = Some(ts_precise(o.consumer_changed_at.unwrap_or(now)));
     }
+    r.restoring_secret = false;
 
     // Roll, in order, each only after the previous completed.
     for (i, target) in o.spec.targets.iter().enumerate() {
@@ -2012,9 +2084,9 @@ fn rollback<'a>(
             ),
         );
     }
-    // From now on, pods of no target start on the old key.
+    // From now on, pods of no target start on the old key (by the API server's clock, as above).
     if r.switched_back_at.is_none() {
-        r.switched_back_at = Some(ts_precise(now));
+        r.switched_back_at = Some(ts_precise(o.consumer_changed_at.unwrap_or(now)));
     }
     // Every target restarts on the old key, in reverse order, each after the later ones completed:
     // also those never rolled, since any pod that restarted by itself after the switch read the
@@ -2129,16 +2201,15 @@ fn rollback<'a>(
         _ => {
             // No pod that may have started on the new key is left (terminating ones included).
             if r.revoked_at.is_none() {
-                let started = parse_ts(&Some(r.started_at.clone()));
+                // A pod created before the rotation is no proof: a container that restarted
+                // since, or started late, read the new key.
                 let back = parse_ts(&r.switched_back_at);
                 let marker = Some(r.revision.to_string());
                 let on_old = |p: &PodSummary| {
                     let stamped = p.target.is_some()
                         && p.key_id.as_deref() == Some(old.as_str())
                         && p.rolled_back_in == marker;
-                    let before = matches!((p.created_at, started), (Some(c), Some(s)) if c < s);
-                    let after = matches!((p.created_at, back), (Some(c), Some(b)) if c >= b + crate::pods::SECRET_CACHE_MARGIN);
-                    stamped || before || after
+                    stamped || p.created_after(back)
                 };
                 (r, b) = match pod_gate(o, r, b, &on_old, "new") {
                     Ok(passed) => passed,
@@ -2457,6 +2528,197 @@ mod tests {
         );
     }
 
+    /// Mid-rotation, the first target rolled, and the Secret found holding the old key again.
+    fn with_the_secret_reverted() -> Observation {
+        let mut o = at_the_pod_gate();
+        let r = o.status.current_rotation.as_mut().unwrap();
+        r.step = Step::Roll;
+        r.validation_started_at = None;
+        r.target_index = 1;
+        r.targets[0].rolled_at = Some("2026-11-25T11:01:00Z".into());
+        for t in &mut r.targets[1..] {
+            t.state = TargetState::Pending;
+        }
+        o.consumer = ConsumerView::Holds(Some(KeyId("a".repeat(64))));
+        o
+    }
+
+    #[test]
+    fn a_secret_restore_is_recorded_before_the_new_key_is_written_back() {
+        let mut o = with_the_secret_reverted();
+        let plan = decide(&o);
+        assert_eq!(plan.action, Action::StatusOnly, "recorded first");
+        let r = plan.status.current_rotation.clone().unwrap();
+        assert!(r.restoring_secret);
+        assert_eq!(r.secret_restores, 1);
+        assert_eq!(r.switched_at, None, "the switch counts anew");
+        assert_eq!(r.targets[0].state, TargetState::Pending);
+        assert_eq!(r.targets[0].rolled_at, None);
+        let recorded = plan.status;
+
+        o.status = recorded.clone();
+        let plan = decide(&o);
+        assert_eq!(plan.action, Action::WriteConsumer { pending: true });
+        assert_eq!(plan.status.current_rotation.unwrap().secret_restores, 1);
+
+        // The write landed but its status did not: the Secret looks untouched, yet the restore
+        // is on record, so the first target rolls again with the new count.
+        o.status = recorded;
+        o.consumer = ConsumerView::Holds(Some(KeyId("b".repeat(64))));
+        o.consumer_changed_at = Some("2026-11-25T11:59:00Z".parse().unwrap());
+        let plan = decide(&o);
+        assert!(
+            matches!(
+                plan.action,
+                Action::Roll {
+                    index: 0,
+                    secret_restores: Some(1),
+                    ..
+                }
+            ),
+            "{:?}",
+            plan.action
+        );
+        let r = plan.status.current_rotation.unwrap();
+        assert!(!r.restoring_secret);
+        assert_eq!(r.switched_at.as_deref(), Some("2026-11-25T11:59:00.000Z"));
+    }
+
+    #[test]
+    fn the_switch_is_timed_by_the_api_servers_clock_not_the_operators() {
+        let mut o = with_the_secret_reverted();
+        let r = o.status.current_rotation.as_mut().unwrap();
+        r.switched_at = None;
+        o.consumer = ConsumerView::Holds(Some(KeyId("b".repeat(64))));
+        // The operator's clock is an hour ahead of the API server's.
+        o.now = "2026-11-25T13:00:00Z".parse().unwrap();
+        o.consumer_changed_at = Some("2026-11-25T12:00:00Z".parse().unwrap());
+        let plan = decide(&o);
+        let r = plan.status.current_rotation.unwrap();
+        assert_eq!(r.switched_at.as_deref(), Some("2026-11-25T12:00:00.000Z"));
+        // A pod the API server created 30 minutes after the switch started on the new key; one
+        // created a second after it may not have (cache margin, whole-second stamps).
+        let switched = parse_ts(&r.switched_at);
+        let late = gate_pod("worker-1", None, "b", "2026-11-25T12:30:00Z");
+        let early = gate_pod("worker-2", None, "b", "2026-11-25T12:00:02Z");
+        assert!(late.created_after(switched));
+        assert!(!early.created_after(switched));
+    }
+
+    #[test]
+    fn a_rollback_never_takes_a_pod_created_before_the_rotation_for_one_on_the_old_key() {
+        let mut o = at_the_pod_gate();
+        let old = KeyId("a".repeat(64));
+        o.consumer = ConsumerView::Holds(Some(old.clone()));
+        for t in &mut o.targets {
+            *t = TargetView::Found {
+                paused: false,
+                annotation: Some(old.0.clone()),
+                rolled_back_in: Some("1".into()),
+                secret_restores: None,
+                rollout: RolloutState::Complete,
+            };
+        }
+        let r = o.status.current_rotation.as_mut().unwrap();
+        r.rolling_back = Some("the engine never became ready".into());
+        r.started_at = "2026-11-25T10:50:00Z".into();
+        r.switched_back_at = Some("2026-11-25T11:30:00.000Z".into());
+        r.validation_started_at = Some("2026-11-25T11:31:00.000Z".into());
+        r.untracked_consumers_reported = true;
+        for t in &mut r.targets {
+            t.state = TargetState::Pending;
+        }
+        // A worker created before the rotation started: its container may have restarted since
+        // the switch and read the new key.
+        o.pods = Some(Ok(vec![gate_pod(
+            "worker",
+            None,
+            "a",
+            "2026-11-25T10:00:00Z",
+        )]));
+        let plan = decide(&o);
+        assert!(
+            matches!(plan.action, Action::Wait { .. }),
+            "{:?}",
+            plan.action
+        );
+        assert_eq!(
+            plan.status.current_rotation.unwrap().pods_on_old_key,
+            Some(1)
+        );
+        // Recreated after the Secret held the old key again, it no longer holds the removal up.
+        o.pods = Some(Ok(vec![gate_pod(
+            "worker",
+            None,
+            "a",
+            "2026-11-25T11:40:00Z",
+        )]));
+        assert!(matches!(decide(&o).action, Action::Revoke { .. }));
+    }
+
+    #[test]
+    fn an_immutable_consumers_secret_is_refused_before_a_key_is_minted_or_written() {
+        let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+        o.trigger = Some("go".into());
+        assert!(matches!(
+            decide(&o).action,
+            Action::StatusOnly | Action::MintPending { .. }
+        ));
+        o.consumer_immutable = true;
+        // Starting the rotation is a status write; its next step would mint.
+        let mut plan = decide(&o);
+        for _ in 0..5 {
+            if plan.action != Action::StatusOnly {
+                break;
+            }
+            o.status = plan.status.clone();
+            plan = decide(&o);
+        }
+        assert_eq!(
+            plan.action,
+            Action::Wait {
+                requeue_after: None
+            }
+        );
+        let degraded = plan
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .unwrap();
+        assert_eq!(degraded.reason, SECRET_IMMUTABLE);
+        assert!(
+            degraded.message.contains("nothing was minted"),
+            "{}",
+            degraded.message
+        );
+        assert_eq!(plan.event.unwrap().reason, SECRET_IMMUTABLE);
+
+        // Made immutable mid-rotation: the write is refused, the minted key is kept.
+        let mut o = with_the_secret_reverted();
+        o.consumer_immutable = true;
+        o.status.current_rotation.as_mut().unwrap().restoring_secret = true;
+        let plan = decide(&o);
+        assert_eq!(
+            plan.action,
+            Action::Wait {
+                requeue_after: None
+            }
+        );
+        assert_eq!(plan.status.current_rotation, o.status.current_rotation);
+        let degraded = plan
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .unwrap();
+        assert!(
+            degraded.message.contains("are kept"),
+            "{}",
+            degraded.message
+        );
+    }
+
     #[test]
     fn a_spec_edit_mid_rotation_waits_for_the_next_one_and_a_removed_deleted_target_is_done() {
         let mut o = at_the_pod_gate();
@@ -2677,6 +2939,8 @@ mod tests {
             }),
             consumer: ConsumerView::Holds(Some(key)),
             consumer_labelled: true,
+            consumer_changed_at: None,
+            consumer_immutable: false,
             records: RecordView {
                 current: true,
                 pending: false,

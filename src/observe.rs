@@ -96,6 +96,23 @@ pub fn is_labelled(secret: Option<&Secret>) -> bool {
     secret.is_some_and(|s| s.labels().contains_key(crate::crd::MANAGED_BY_LABEL))
 }
 
+/// When the Secret last changed, by the API server's clock: the latest of its creation and of
+/// each manager's last write (`managedFields[].time`). Pods' creation times come from the same
+/// clock, so the pod gate compares them with this rather than with the operator's own clock.
+pub fn last_changed_at(secret: Option<&Secret>) -> Option<jiff::Timestamp> {
+    let meta = &secret?.metadata;
+    let written = meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|entry| entry.time.as_ref().map(|t| t.0));
+    meta.creation_timestamp
+        .iter()
+        .map(|t| t.0)
+        .chain(written)
+        .max()
+}
+
 pub fn consumer_view(secret: Option<&Secret>, key: &str) -> (ConsumerView, Option<RawKey>) {
     match secret {
         None => (ConsumerView::Missing, None),

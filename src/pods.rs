@@ -12,10 +12,11 @@ use k8s_openapi::api::core::v1::{
     Container, EnvFromSource, EnvVar, EphemeralContainer, Pod, PodSpec, Volume,
 };
 
-/// How long after the consumers' Secret was seen holding the new key a pod of no target must
-/// have been created to count as started on it: the kubelet resolves a Secret from its own cache
-/// (a watch by default), which may lag the API by a moment.
-pub const SECRET_CACHE_MARGIN: SignedDuration = SignedDuration::from_secs(2);
+/// How long after the consumers' Secret changed a pod of no target must have been created to
+/// count as started on what it holds: the kubelet resolves a Secret from its own cache (a watch
+/// by default), which may lag the API by a moment (2 s), and the API server writes both times
+/// in whole seconds, each up to 1 s early (1 s more).
+pub const AFTER_SWITCH_MARGIN: SignedDuration = SignedDuration::from_secs(3);
 
 /// A pod that reads the consumers' Secret and may be running (or terminating).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,11 +48,16 @@ impl PodSummary {
         let stamped = self.target.is_some()
             && self.key_id.as_deref() == Some(new_key.as_str())
             && self.secret_restores.as_deref() == restores;
-        let created_after = match (self.created_at, switched_at) {
-            (Some(created), Some(switched)) => created >= switched + SECRET_CACHE_MARGIN,
+        stamped || self.created_after(switched_at)
+    }
+
+    /// Created late enough after the consumers' Secret changed (at `switched_at`, by the API
+    /// server's clock) to have read what it then held.
+    pub fn created_after(&self, switched_at: Option<Timestamp>) -> bool {
+        match (self.created_at, switched_at) {
+            (Some(created), Some(switched)) => created >= switched + AFTER_SWITCH_MARGIN,
             _ => false,
-        };
-        stamped || created_after
+        }
     }
 
     /// `name (Kind/owner)`, for messages.

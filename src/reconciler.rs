@@ -35,7 +35,6 @@ use tokio::sync::OnceCell;
 
 pub const FIELD_MANAGER: &str = "apikey-rotator";
 pub const SECRET_MANAGED_ELSEWHERE: &str = "SecretManagedElsewhere";
-pub const SECRET_IMMUTABLE: &str = "SecretImmutable";
 /// How soon a Secret managed elsewhere is looked at again (one GET).
 const HANDOVER_RECHECK: Duration = Duration::from_secs(10);
 /// How often a quiet rotation is looked at anyway (detects Valkey data loss and drift).
@@ -448,17 +447,6 @@ impl<'a> Reconciliation<'a> {
             // The Secret is not labelled yet, so its watch does not see the hand-over: look again.
             return Ok(Action::requeue(self.ctx.resync.min(HANDOVER_RECHECK)));
         }
-        if let Some(secret) = &consumer
-            && secret.immutable == Some(true)
-            && !self.holds_active_key(secret, &planned)
-        {
-            let message = format!(
-                "Secret {} is immutable (immutable: true), so the operator cannot write a key into it; nothing was minted or written. Recreate it without immutable: true (kubectl delete secret, then create it again), or point spec.secret.name at another Secret",
-                planned.secret.name
-            );
-            self.report_failure(SECRET_IMMUTABLE, &message).await?;
-            return Ok(Action::requeue(self.ctx.resync));
-        }
         let outcome = self.drive().await;
         let failures_so_far = self.ctx.backoffs.failures(&key_of(self.akr));
         if let Err(e) = &outcome {
@@ -685,15 +673,6 @@ impl<'a> Reconciliation<'a> {
         Ok(Action::requeue(Duration::from_millis(10)))
     }
 
-    /// An immutable Secret is refused only once a key must be written into it: a rotation runs,
-    /// or it lacks the active key. Holding a key to adopt, or the active one, it is fine.
-    fn holds_active_key(&self, secret: &Secret, planned: &crate::crd::ApiKeyRotationSpec) -> bool {
-        let (_, key) = observe::consumer_view(Some(secret), &planned.secret.key);
-        let active = self.status.active_key_id.as_deref();
-        self.status.current_rotation.is_none()
-            && key.is_some_and(|k| active.is_none_or(|a| k.id().as_str() == a))
-    }
-
     /// The namespace's pods that read the consumers' Secret, listed a page at a time so that
     /// only their summaries are kept.
     async fn pods_reading_the_secret(&self) -> Result<Vec<crate::pods::PodSummary>, String> {
@@ -875,6 +854,8 @@ impl<'a> Reconciliation<'a> {
             vault: vault.as_ref().map(Vault::view),
             consumer: consumer_view,
             consumer_labelled: observe::is_labelled(consumer.as_ref()),
+            consumer_changed_at: observe::last_changed_at(consumer.as_ref()),
+            consumer_immutable: consumer.as_ref().and_then(|s| s.immutable) == Some(true),
             records,
             targets,
             plan: machine::PlanNotes {

@@ -180,12 +180,21 @@ pub fn spawn_operator(sim: &Sim) -> tokio::task::JoinHandle<()> {
 }
 
 pub fn spawn_operator_with_resync(sim: &Sim, resync: Duration) -> tokio::task::JoinHandle<()> {
+    spawn_operator_with(sim, resync, Default::default())
+}
+
+/// The operator with its own clock (set it to run ahead of or behind the stand-in's).
+pub fn spawn_operator_with(
+    sim: &Sim,
+    resync: Duration,
+    clock: apikey_rotator::clock::Clock,
+) -> tokio::task::JoinHandle<()> {
     let client = client_for(sim);
     let settings = apikey_rotator::controller::Settings {
         namespace: Some(NS.into()),
         resync,
         concurrency: apikey_rotator::controller::DEFAULT_CONCURRENCY,
-        clock: Default::default(),
+        clock,
     };
     tokio::spawn(apikey_rotator::controller::run(
         client,

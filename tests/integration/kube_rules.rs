@@ -115,4 +115,11 @@ async fn an_immutable_consumers_secret_is_adopted_but_a_rotation_into_it_is_refu
     );
     assert!(valkey.exists(&format!("apikey:{}", old.id())));
     assert_eq!(akr_status(&sim)["revision"], json!(0));
+    // Refused before it started: no rotation in flight, no key minted into the vault.
+    assert_eq!(akr_status(&sim)["currentRotation"], json!(null));
+    let vault = sim
+        .get_object("", "secrets", NS, "sirius-apikey-vault")
+        .unwrap();
+    assert_eq!(vault["data"].get("pending"), None, "{vault}");
+    assert!(message.as_str().unwrap().contains("nothing was minted"));
 }

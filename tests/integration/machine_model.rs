@@ -91,6 +91,10 @@ struct World {
     /// for them (`untrackedConsumers: Wait`).
     others: Vec<OtherPod>,
     other_pods: bool,
+    /// When the consumers' Secret last changed, by the API server's clock (`now`).
+    consumer_changed: Option<Timestamp>,
+    /// The operator's clock runs this far ahead of the API server's (behind when negative).
+    clock_skew: SignedDuration,
 }
 
 impl World {
@@ -146,6 +150,8 @@ impl World {
             secret_reverts: false,
             others: Vec::new(),
             other_pods: false,
+            consumer_changed: None,
+            clock_skew: SignedDuration::ZERO,
         }
     }
 
@@ -231,13 +237,15 @@ impl World {
             status: self.status.clone(),
             trigger: self.trigger.clone(),
             outside_windows: None,
-            now: self.now,
+            now: self.now + self.clock_skew,
             vault: self.vault.clone(),
             consumer: match &self.consumer {
                 None => ConsumerView::Missing,
                 Some(k) => ConsumerView::Holds(Some(Self::id(k))),
             },
             consumer_labelled: true,
+            consumer_changed_at: self.consumer_changed,
+            consumer_immutable: false,
             records: RecordView {
                 current: self
                     .vault
@@ -483,6 +491,7 @@ impl World {
                     id.0
                 );
                 self.consumer = Some(self.key_of_id(&id));
+                self.consumer_changed = Some(self.now);
             }
             Action::Roll {
                 index,
@@ -679,6 +688,7 @@ impl World {
             return;
         }
         self.consumer = Some(Self::key_of(&v.current.0));
+        self.consumer_changed = Some(self.now);
     }
 
     /// Every key a pod holds is valid, once set-up registered the first key.
@@ -844,6 +854,10 @@ fn no_revocation_while_any_pod_that_reads_the_secret_holds_the_old_key() {
         let adopt = seed % 2 == 0;
         let mut w = World::with_policy(seed, adopt, "Halt");
         w.other_pods = true;
+        // The operator's clock an hour off the API server's either way, or not at all; and now
+        // and then the old key put back into the Secret mid-rotation.
+        w.clock_skew = SignedDuration::from_secs([-3600, 0, 3600][(seed % 3) as usize]);
+        w.secret_reverts = seed % 4 >= 2;
         if let Some(k) = w.consumer.clone() {
             for n in 0..2 {
                 w.others.push(OtherPod {

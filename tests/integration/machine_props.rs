@@ -340,6 +340,8 @@ fn observation() -> impl Strategy<Value = Observation> {
                     }),
                     consumer,
                     consumer_labelled: labelled,
+                    consumer_changed_at: None,
+                    consumer_immutable: false,
                     records: RecordView {
                         current: records[0],
                         pending: records[1],

@@ -1071,3 +1071,63 @@ async fn stand_in_a_paused_deployment_gets_no_new_replica_set_and_reports_no_upd
     )
     .await;
 }
+
+/// Each manager's `time` in managedFields, by manager name.
+fn manager_times(object: &Value) -> std::collections::BTreeMap<String, String> {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["manager"].as_str().unwrap().to_string(),
+                e["time"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_fields_stamp_only_the_manager_whose_write_changed_the_object() {
+    let sim = start_sim().await;
+    let path = format!("/api/v1/namespaces/{NS}/secrets");
+    let created = call(
+        &sim,
+        "POST",
+        &format!("{path}?fieldManager=creator"),
+        Some(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"a": "eA=="}})),
+        "application/json",
+    )
+    .await;
+    assert_eq!(created.code, 201, "{}", created.body);
+    let at_creation = manager_times(&created.body);
+    // Timestamps are whole seconds: let one pass.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let apply = |value: &'static str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"b": value}});
+    let applied = call(
+        &sim,
+        "PATCH",
+        &format!("{path}/s?fieldManager=other"),
+        Some(apply("eQ==")),
+        "application/apply-patch+yaml",
+    )
+    .await;
+    assert_eq!(applied.code, 200, "{}", applied.body);
+    let times = manager_times(&applied.body);
+    assert_eq!(
+        times["creator"], at_creation["creator"],
+        "the creator's time is kept"
+    );
+    assert!(times["other"] > times["creator"], "{times:?}");
+    // A write that changes nothing stamps nobody.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = call(
+        &sim,
+        "PATCH",
+        &format!("{path}/s?fieldManager=other"),
+        Some(apply("eQ==")),
+        "application/apply-patch+yaml",
+    )
+    .await;
+    assert_eq!(manager_times(&again.body), times);
+}

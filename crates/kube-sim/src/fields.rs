@@ -109,6 +109,9 @@ pub fn merge_applied(target: &mut Value, applied: &Value) {
 #[derive(Debug, Clone, Default)]
 pub struct Ownership {
     pub managers: BTreeMap<ManagerKey, BTreeSet<FieldPath>>,
+    /// Each manager's `time`: when its last operation changed the object (kube-apiserver's
+    /// managed-fields updater stamps only the manager that wrote).
+    pub times: BTreeMap<ManagerKey, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -174,7 +177,30 @@ impl Ownership {
         self.managers.values().any(|owned| owned.contains(path))
     }
 
-    /// `metadata.managedFields` in the FieldsV1 encoding (`f:` prefixed keys).
+    /// The write of `manager` (through `subresource`) changed the object at `now`.
+    pub fn touch(&mut self, manager: &str, subresource: &str, now: &str) {
+        let keys: Vec<ManagerKey> = self
+            .managers
+            .keys()
+            .filter(|k| k.manager == manager && k.subresource == subresource)
+            .cloned()
+            .collect();
+        for key in keys {
+            self.times.insert(key, now.to_string());
+        }
+    }
+
+    /// Every manager wrote at `now` (the object was created).
+    pub fn touch_all(&mut self, now: &str) {
+        self.times = self
+            .managers
+            .keys()
+            .map(|k| (k.clone(), now.to_string()))
+            .collect();
+    }
+
+    /// `metadata.managedFields` in the FieldsV1 encoding (`f:` prefixed keys); a manager never
+    /// touched reads `time`.
     pub fn to_managed_fields(&self, api_version: &str, time: &str) -> Value {
         let entries: Vec<Value> = self
             .managers
@@ -195,7 +221,7 @@ impl Ownership {
                     "manager": key.manager,
                     "operation": if key.apply { "Apply" } else { "Update" },
                     "apiVersion": api_version,
-                    "time": time,
+                    "time": self.times.get(key).map_or(time, String::as_str),
                     "fieldsType": "FieldsV1",
                     "fieldsV1": tree,
                 });

@@ -551,8 +551,10 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let rv = self.next_rv();
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        object["metadata"]["managedFields"] =
-            ownership.to_managed_fields(&rt.api_version(), &now_rfc3339());
+        let now = now_rfc3339();
+        let mut ownership = ownership;
+        ownership.touch_all(&now);
+        object["metadata"]["managedFields"] = ownership.to_managed_fields(&rt.api_version(), &now);
         if rt.kind == "CustomResourceDefinition"
             && let Some(new_type) = crate::schema::type_from_crd(&object)
         {
@@ -694,8 +696,9 @@ impl Store {
             .extend(crate::meta::finalizer_warnings(rt, &next, Some(&current)));
         let rv = self.next_rv();
         next["metadata"]["resourceVersion"] = json!(rv.to_string());
-        next["metadata"]["managedFields"] =
-            ownership.to_managed_fields(&rt.api_version(), &now_rfc3339());
+        let now = now_rfc3339();
+        ownership.touch(w.manager, w.subresource, &now);
+        next["metadata"]["managedFields"] = ownership.to_managed_fields(&rt.api_version(), &now);
         // `ShouldDeleteDuringUpdate`; a Namespace's (`ShouldDeleteNamespaceDuringUpdate`) also
         // waits for its spec.finalizers.
         let spec_finalized = !is_namespace(rt)
@@ -747,9 +750,9 @@ impl Store {
             stored
                 .ownership
                 .take(manager_key, fields::leaf_paths(&applied));
-            let managed = stored
-                .ownership
-                .to_managed_fields(&rt.api_version(), &now_rfc3339());
+            let now = now_rfc3339();
+            stored.ownership.touch_all(&now);
+            let managed = stored.ownership.to_managed_fields(&rt.api_version(), &now);
             stored.object["metadata"]["managedFields"] = managed.clone();
             let mut created = created;
             created["metadata"]["managedFields"] = managed;
