@@ -2065,15 +2065,37 @@ fn rollback<'a>(
         );
     }
     if consumer_id(o) != Some(&old) {
-        b.condition(
-            ROTATING,
-            true,
-            "RollingBack",
-            format!("Restoring the old key in Secret {}.", o.spec.secret.name),
-        );
-        b.status.current_rotation = Some(r);
-        return b.plan(
-            Action::WriteConsumer { pending: false },
+        // Once the Secret held the old key again, a Secret without it was changed by someone
+        // else: pods that started since may hold another key (the new one, about to be removed).
+        // As forward, what this changes is recorded before the write: every target rolls back
+        // again (a new restore count, so a new template), and the switch back counts anew.
+        if r.switched_back_at.is_some() && !r.restoring_secret {
+            r.secret_restores += 1;
+            r.switched_back_at = None;
+            r.validation_started_at = None;
+            r.restoring_secret = true;
+            b.condition(
+                ROTATING,
+                true,
+                "RollingBack",
+                format!(
+                    "Secret {} no longer holds the old key; putting it back.",
+                    o.spec.secret.name
+                ),
+            );
+            b.status.current_rotation = Some(r);
+            return b.plan(Action::StatusOnly, None);
+        }
+        let event = if r.restoring_secret {
+            warning(
+                "SecretRestored",
+                format!(
+                    "Secret {} lost the old key {} while the rotation was rolled back; wrote it back, and every target rolls back again.",
+                    o.spec.secret.name,
+                    old.short()
+                ),
+            )
+        } else {
             normal(
                 "SecretRolledBack",
                 format!(
@@ -2081,13 +2103,23 @@ fn rollback<'a>(
                     o.spec.secret.name,
                     old.short()
                 ),
-            ),
+            )
+        };
+        b.condition(
+            ROTATING,
+            true,
+            "RollingBack",
+            format!("Restoring the old key in Secret {}.", o.spec.secret.name),
         );
+        b.status.current_rotation = Some(r);
+        return b.plan(Action::WriteConsumer { pending: false }, event);
     }
     // From now on, pods of no target start on the old key (by the API server's clock, as above).
     if r.switched_back_at.is_none() {
         r.switched_back_at = Some(ts_precise(o.consumer_changed_at.unwrap_or(now)));
     }
+    r.restoring_secret = false;
+    let restores = restores_marker(&r);
     // Every target restarts on the old key, in reverse order, each after the later ones completed:
     // also those never rolled, since any pod that restarted by itself after the switch read the
     // new key, which is about to be removed.
@@ -2096,6 +2128,7 @@ fn rollback<'a>(
         let TargetView::Found {
             annotation,
             rolled_back_in,
+            secret_restores,
             rollout,
             ..
         } = &o.targets[i]
@@ -2105,6 +2138,7 @@ fn rollback<'a>(
         let progress = r.targets.iter().position(|t| t.name == target.name);
         if annotation.as_deref() != Some(old.as_str())
             || rolled_back_in.as_deref() != Some(marker.as_str())
+            || *secret_restores != restores
         {
             if let Some(p) = progress {
                 r.targets[p].state = TargetState::Rolling;
@@ -2117,14 +2151,14 @@ fn rollback<'a>(
                 "RollingBack",
                 format!("Rolling {} back to the old key.", target.name),
             );
-            let revision = r.revision;
+            let (revision, count) = (r.revision, r.secret_restores);
             b.status.current_rotation = Some(r);
             return b.plan(
                 Action::Roll {
                     index: i,
                     key_id: old.clone(),
                     rollback_of: Some(revision),
-                    secret_restores: None,
+                    secret_restores: (count > 0).then_some(count),
                 },
                 normal(
                     "TargetRolledBack",
@@ -2205,10 +2239,12 @@ fn rollback<'a>(
                 // since, or started late, read the new key.
                 let back = parse_ts(&r.switched_back_at);
                 let marker = Some(r.revision.to_string());
+                let restores = restores_marker(&r);
                 let on_old = |p: &PodSummary| {
                     let stamped = p.target.is_some()
                         && p.key_id.as_deref() == Some(old.as_str())
-                        && p.rolled_back_in == marker;
+                        && p.rolled_back_in == marker
+                        && p.secret_restores == restores;
                     stamped || p.created_after(back)
                 };
                 (r, b) = match pod_gate(o, r, b, &on_old, "new") {
@@ -2653,6 +2689,90 @@ mod tests {
             "a",
             "2026-11-25T11:40:00Z",
         )]));
+        assert!(matches!(decide(&o).action, Action::Revoke { .. }));
+    }
+
+    #[test]
+    fn the_new_key_put_back_during_a_rollback_rolls_every_target_back_again() {
+        let mut o = at_the_pod_gate();
+        let old = KeyId("a".repeat(64));
+        for t in &mut o.targets {
+            *t = TargetView::Found {
+                paused: false,
+                annotation: Some(old.0.clone()),
+                rolled_back_in: Some("1".into()),
+                secret_restores: None,
+                rollout: RolloutState::Complete,
+            };
+        }
+        let r = o.status.current_rotation.as_mut().unwrap();
+        r.rolling_back = Some("the engine never became ready".into());
+        r.switched_back_at = Some("2026-11-25T11:30:00.000Z".into());
+        r.validation_started_at = Some("2026-11-25T11:31:00.000Z".into());
+        for t in &mut r.targets {
+            t.state = TargetState::Pending;
+        }
+        // Someone put the new key back (the Secret holds it, as at_the_pod_gate's does).
+        let plan = decide(&o);
+        assert_eq!(plan.action, Action::StatusOnly, "recorded first");
+        let r = plan.status.current_rotation.clone().unwrap();
+        assert!(r.restoring_secret);
+        assert_eq!(r.secret_restores, 1);
+        assert_eq!(r.switched_back_at, None);
+        assert_eq!(r.validation_started_at, None);
+        let recorded = plan.status;
+
+        o.status = recorded.clone();
+        let plan = decide(&o);
+        assert_eq!(plan.action, Action::WriteConsumer { pending: false });
+        assert_eq!(plan.event.unwrap().reason, "SecretRestored");
+
+        // Written back, its status lost: the targets roll back again, the last first.
+        o.status = recorded;
+        o.consumer = ConsumerView::Holds(Some(old.clone()));
+        let plan = decide(&o);
+        assert_eq!(
+            plan.action,
+            Action::Roll {
+                index: 2,
+                key_id: old.clone(),
+                rollback_of: Some(1),
+                secret_restores: Some(1),
+            }
+        );
+        // A pod of the first rollback's template no longer counts as on the old key.
+        let mut o = o;
+        o.status = plan.status;
+        let r = o.status.current_rotation.as_mut().unwrap();
+        r.validation_started_at = Some("2026-11-25T11:31:00.000Z".into());
+        r.untracked_consumers_reported = true;
+        for t in &mut o.targets {
+            *t = TargetView::Found {
+                paused: false,
+                annotation: Some(old.0.clone()),
+                rolled_back_in: Some("1".into()),
+                secret_restores: Some("1".into()),
+                rollout: RolloutState::Complete,
+            };
+        }
+        let mut stale = gate_pod("api-1", Some(0), "a", "2026-11-25T11:29:00Z");
+        stale.rolled_back_in = Some("1".into());
+        o.pods = Some(Ok(vec![stale.clone()]));
+        let mut plan = decide(&o);
+        for _ in 0..5 {
+            if plan.action != Action::StatusOnly {
+                break;
+            }
+            o.status = plan.status.clone();
+            plan = decide(&o);
+        }
+        assert!(
+            matches!(plan.action, Action::Wait { .. }),
+            "{:?}",
+            plan.action
+        );
+        stale.secret_restores = Some("1".into());
+        o.pods = Some(Ok(vec![stale]));
         assert!(matches!(decide(&o).action, Action::Revoke { .. }));
     }
 

@@ -286,7 +286,7 @@ mod tests {
         let bare = summarize(&pod(spec, None), &secret(), &targets()).unwrap();
         assert!(!bare.runs_key(&new, None, None));
         let at = |s: &str| Some(s.parse::<Timestamp>().unwrap());
-        assert!(bare.runs_key(&new, None, at("2026-12-01T09:59:58Z")));
-        assert!(!bare.runs_key(&new, None, at("2026-12-01T09:59:59Z")));
+        assert!(bare.runs_key(&new, None, at("2026-12-01T09:59:57Z")));
+        assert!(!bare.runs_key(&new, None, at("2026-12-01T09:59:58Z")));
     }
 }
