@@ -93,6 +93,9 @@ pub struct Observation {
     /// When the consumers' Secret last changed, by the API server's clock (see
     /// [`crate::observe::last_changed_at`]).
     pub consumer_changed_at: Option<Timestamp>,
+    /// The last write of the consumers' Secret's data key by a manager other than the operator
+    /// (its name, and when, by the API server's clock), if another manager owns that field.
+    pub consumer_key_rewritten: Option<(String, Timestamp)>,
     /// The consumers' Secret is immutable: no key can be written into it.
     pub consumer_immutable: bool,
     pub records: RecordView,
@@ -212,6 +215,7 @@ pub const PODS_UNREADABLE: &str = "PodsUnreadable";
 pub const UNTRACKED_CONSUMER: &str = "UntrackedConsumer";
 pub const CONSUMERS_ON_OLD_KEY: &str = "ConsumersOnOldKey";
 pub const SECRET_IMMUTABLE: &str = "SecretImmutable";
+pub const SECRET_REWRITTEN: &str = "SecretRewritten";
 pub const VERIFICATION_FAILED: &str = "VerificationFailed";
 pub const OLD_KEY_STILL_ACCEPTED: &str = "OldKeyStillAccepted";
 pub const METRICS_GATE_FAILED: &str = "MetricsGateFailed";
@@ -360,6 +364,43 @@ pub fn decide(o: &Observation) -> Plan {
     plan
 }
 
+/// Every target rolls (again) with a new restore count, so no template stamped before counts.
+fn roll_every_target_again(r: &mut RotationProgress) {
+    r.secret_restores += 1;
+    for t in r.targets.iter_mut() {
+        *t = TargetProgress {
+            kind: t.kind,
+            ..TargetProgress::pending(&t.name)
+        };
+    }
+    r.target_index = 0;
+    r.validation_started_at = None;
+    r.gate_checked_at = None;
+}
+
+/// Another manager wrote the Secret's data key after the switch recorded in `switch` (by the
+/// API server's clock): the switch is cleared (it is recorded again at once) and the Warning
+/// Event says who.
+fn rewritten_since(
+    o: &Observation,
+    r: &mut RotationProgress,
+    switch: impl Fn(&mut RotationProgress) -> &mut Option<String>,
+) -> Option<Option<EventNote>> {
+    let (manager, at) = o.consumer_key_rewritten.as_ref()?;
+    let switched = parse_ts(switch(r))?;
+    if *at <= switched {
+        return None;
+    }
+    *switch(r) = None;
+    Some(warning(
+        SECRET_REWRITTEN,
+        format!(
+            "Secret {}'s key was written by {manager} after the operator's switch; pods that started meanwhile may hold another key, so every target rolls again.",
+            o.spec.secret.name
+        ),
+    ))
+}
+
 /// The consumers' Secret already holds the vault's pending (or current) key.
 fn holds(o: &Observation, pending: bool) -> bool {
     let key = o.vault.as_ref().and_then(|v| match pending {
@@ -379,7 +420,7 @@ fn immutable_consumer(o: &Observation, nothing_minted: bool) -> Plan {
         "the keys in the vault and their Valkey records are kept, and the rotation goes on once the Secret can be written".to_string()
     };
     let message = format!(
-        "Secret {} is immutable (immutable: true), so the operator cannot write a key into it; {kept}. Recreate it without immutable: true (kubectl delete secret, then create it again), or point spec.secret.name at another Secret",
+        "Secret {} is immutable (immutable: true), so the operator cannot write a key into it; {kept}. Create a Secret without immutable: true under another name and point spec.secret.name and the workloads at it: recreating this one under the same name is not enough, as each node's kubelet keeps an immutable Secret cached while pods there use it",
         o.spec.secret.name
     );
     let event = b.degrade(SECRET_IMMUTABLE, &message);
@@ -1108,30 +1149,17 @@ fn rotating<'a>(
     // (the rotation cannot go on without it) and say so.
     if consumer_id(o) != Some(&pending) {
         let tampered = r.step >= Step::Switch;
-        // Pods that started while the Secret held another key read that key; every target
-        // rolled so far must roll again once the new key is back. (A deleted Secret, or one
-        // without the data key, lets no pod start, so nobody read another key.)
-        // A target counts as rolled once patched or found complete (a crash between the patch
-        // and its status write leaves it complete without a stamp).
-        let rolled = |t: &TargetProgress| t.rolled_at.is_some() || t.state != TargetState::Pending;
+        // Pods that started while the Secret held another key read that key: every target
+        // rolls (again) once the new key is back, with a new restore count so that no template
+        // stamped before counts. All of them, not only those the status says were rolled: a
+        // roll whose status write was lost left a stamped template the status does not know.
+        // (A deleted Secret, or one without the data key, lets no pod start.)
         // What the restore changes is recorded before the write: were the write to land and its
         // status not (a crash, a 5xx), the Secret would look untouched, and pods that read the
         // other key would count as on the new one.
         let record_first = tampered && !r.restoring_secret;
-        if record_first
-            && r.step >= Step::Roll
-            && matches!(o.consumer, ConsumerView::Holds(Some(_)))
-            && r.targets.iter().any(rolled)
-        {
-            r.secret_restores += 1;
-            for t in r.targets.iter_mut().filter(|t| rolled(t)) {
-                *t = TargetProgress {
-                    kind: t.kind,
-                    ..TargetProgress::pending(&t.name)
-                };
-            }
-            r.validation_started_at = None;
-            r.gate_checked_at = None;
+        if record_first && matches!(o.consumer, ConsumerView::Holds(Some(_))) {
+            roll_every_target_again(&mut r);
         }
         if record_first {
             // Pods that started since may have read the other key: the switch counts anew.
@@ -1186,10 +1214,23 @@ fn rotating<'a>(
 
     // The Secret holds the new key: pods of no target created from now on start on it. The
     // instant is the API server's (when the Secret last changed), as pods' creation times are.
-    if r.switched_at.is_none() {
-        r.switched_at = Some(ts_precise(o.consumer_changed_at.unwrap_or(now)));
+    // Someone else wrote the key since the switch, though it holds the new key now: another key
+    // may have been there between two looks (the operator down, a revert undone by hand).
+    if let Some(event) = rewritten_since(o, &mut r, |r| &mut r.switched_at) {
+        roll_every_target_again(&mut r);
+        b.status.current_rotation = Some(r);
+        return b.plan(Action::StatusOnly, event);
     }
-    r.restoring_secret = false;
+    // Recorded on its own, before any target rolls: a later change of the Secret is then always
+    // seen as one (a roll whose status write was lost could otherwise hide it).
+    if r.switched_at.is_none() || r.restoring_secret {
+        if r.switched_at.is_none() {
+            r.switched_at = Some(ts_precise(o.consumer_changed_at.unwrap_or(now)));
+        }
+        r.restoring_secret = false;
+        b.status.current_rotation = Some(r);
+        return b.plan(Action::StatusOnly, None);
+    }
 
     // Roll, in order, each only after the previous completed.
     for (i, target) in o.spec.targets.iter().enumerate() {
@@ -1816,10 +1857,11 @@ fn pod_gate<'a>(
     }
     b.condition(ROTATING, true, WAITING_FOR_PODS, text);
     b.status.current_rotation = Some(r);
+    let next = pod_gate_recheck(now.duration_since(since));
     let next = if now < timeout {
-        until(now, timeout).min(POD_GATE_RECHECK)
+        until(now, timeout).min(next)
     } else {
-        POD_GATE_RECHECK
+        next
     };
     Err(Box::new(b.plan(
         Action::Wait {
@@ -1829,8 +1871,13 @@ fn pod_gate<'a>(
     )))
 }
 
-/// How often a revocation waiting for pods looks at them again (one list of the namespace's pods).
-const POD_GATE_RECHECK: Duration = Duration::from_secs(5);
+/// How soon a revocation waiting for pods looks at them again (one list of the namespace's
+/// pods): a quarter of the wait so far, from 250 ms up to 5 s. Most waits are for pods of a
+/// finished rollout that end their grace period within moments; long ones cost a list per 5 s.
+fn pod_gate_recheck(waited: SignedDuration) -> Duration {
+    let quarter = Duration::from_millis((waited.as_millis().max(0) / 4) as u64);
+    quarter.clamp(Duration::from_millis(250), Duration::from_secs(5))
+}
 
 fn count(n: usize, what: &str) -> String {
     if n == 1 {
@@ -2069,7 +2116,10 @@ fn rollback<'a>(
         // else: pods that started since may hold another key (the new one, about to be removed).
         // As forward, what this changes is recorded before the write: every target rolls back
         // again (a new restore count, so a new template), and the switch back counts anew.
-        if r.switched_back_at.is_some() && !r.restoring_secret {
+        if r.switched_back_at.is_some()
+            && !r.restoring_secret
+            && matches!(o.consumer, ConsumerView::Holds(Some(_)))
+        {
             r.secret_restores += 1;
             r.switched_back_at = None;
             r.validation_started_at = None;
@@ -2115,10 +2165,21 @@ fn rollback<'a>(
         return b.plan(Action::WriteConsumer { pending: false }, event);
     }
     // From now on, pods of no target start on the old key (by the API server's clock, as above).
-    if r.switched_back_at.is_none() {
-        r.switched_back_at = Some(ts_precise(o.consumer_changed_at.unwrap_or(now)));
+    if let Some(event) = rewritten_since(o, &mut r, |r| &mut r.switched_back_at) {
+        r.secret_restores += 1;
+        r.validation_started_at = None;
+        b.status.current_rotation = Some(r);
+        return b.plan(Action::StatusOnly, event);
     }
-    r.restoring_secret = false;
+    // Recorded on its own before any target rolls back, as forward.
+    if r.switched_back_at.is_none() || r.restoring_secret {
+        if r.switched_back_at.is_none() {
+            r.switched_back_at = Some(ts_precise(o.consumer_changed_at.unwrap_or(now)));
+        }
+        r.restoring_secret = false;
+        b.status.current_rotation = Some(r);
+        return b.plan(Action::StatusOnly, None);
+    }
     let restores = restores_marker(&r);
     // Every target restarts on the old key, in reverse order, each after the later ones completed:
     // also those never rolled, since any pod that restarted by itself after the switch read the
@@ -2353,6 +2414,7 @@ mod tests {
         );
         r.new_key_id = Some(new.0.clone());
         r.step = Step::Revoke;
+        r.switched_at = Some("2026-11-25T11:05:00.000Z".into());
         for t in &mut r.targets {
             t.state = TargetState::Complete;
             t.verified_at = Some("2026-11-25T11:10:00Z".into());
@@ -2603,6 +2665,16 @@ mod tests {
         o.consumer = ConsumerView::Holds(Some(KeyId("b".repeat(64))));
         o.consumer_changed_at = Some("2026-11-25T11:59:00Z".parse().unwrap());
         let plan = decide(&o);
+        assert_eq!(
+            plan.action,
+            Action::StatusOnly,
+            "the switch is recorded first"
+        );
+        let r = plan.status.current_rotation.clone().unwrap();
+        assert!(!r.restoring_secret);
+        assert_eq!(r.switched_at.as_deref(), Some("2026-11-25T11:59:00.000Z"));
+        o.status = plan.status;
+        let plan = decide(&o);
         assert!(
             matches!(
                 plan.action,
@@ -2615,9 +2687,24 @@ mod tests {
             "{:?}",
             plan.action
         );
-        let r = plan.status.current_rotation.unwrap();
-        assert!(!r.restoring_secret);
-        assert_eq!(r.switched_at.as_deref(), Some("2026-11-25T11:59:00.000Z"));
+    }
+
+    #[test]
+    fn a_secret_changed_after_a_roll_whose_status_was_lost_still_rolls_that_target_again() {
+        // The status says the Secret switched and no target rolled; target 0's template was
+        // patched (its status write lost) and someone put the old key back.
+        let mut o = with_the_secret_reverted();
+        let r = o.status.current_rotation.as_mut().unwrap();
+        r.step = Step::Switch;
+        r.target_index = 0;
+        r.targets[0] = TargetProgress::pending("sirius-api");
+        let plan = decide(&o);
+        let r = plan.status.current_rotation.clone().unwrap();
+        assert_eq!(plan.action, Action::StatusOnly);
+        assert_eq!(
+            r.secret_restores, 1,
+            "a new stamp, so target 0's counts no more"
+        );
     }
 
     #[test]
@@ -2727,9 +2814,21 @@ mod tests {
         assert_eq!(plan.action, Action::WriteConsumer { pending: false });
         assert_eq!(plan.event.unwrap().reason, "SecretRestored");
 
-        // Written back, its status lost: the targets roll back again, the last first.
+        // Written back, its status lost: the switch back is recorded anew, then the targets
+        // roll back again, the last first.
         o.status = recorded;
         o.consumer = ConsumerView::Holds(Some(old.clone()));
+        let plan = decide(&o);
+        assert_eq!(plan.action, Action::StatusOnly);
+        assert!(
+            plan.status
+                .current_rotation
+                .as_ref()
+                .unwrap()
+                .switched_back_at
+                .is_some()
+        );
+        o.status = plan.status;
         let plan = decide(&o);
         assert_eq!(
             plan.action,
@@ -2774,6 +2873,77 @@ mod tests {
         stale.secret_restores = Some("1".into());
         o.pods = Some(Ok(vec![stale]));
         assert!(matches!(decide(&o).action, Action::Revoke { .. }));
+    }
+
+    #[test]
+    fn a_key_rewritten_by_someone_else_since_the_switch_rolls_every_target_again() {
+        // At the pod gate, the Secret holds the new key; someone wrote it at 11:10, after the
+        // switch at 11:00 (another key may have been there in between).
+        let mut o = at_the_pod_gate();
+        o.consumer_key_rewritten = Some((
+            "kubectl-edit".into(),
+            "2026-11-25T11:10:00Z".parse().unwrap(),
+        ));
+        o.consumer_changed_at = Some("2026-11-25T11:10:00Z".parse().unwrap());
+        let plan = decide(&o);
+        assert_eq!(plan.action, Action::StatusOnly);
+        let event = plan.event.clone().unwrap();
+        assert_eq!(event.reason, SECRET_REWRITTEN);
+        assert!(event.message.contains("kubectl-edit"), "{}", event.message);
+        let r = plan.status.current_rotation.clone().unwrap();
+        assert_eq!(r.secret_restores, 1);
+        assert_eq!(r.switched_at, None);
+        assert!(r.targets.iter().all(|t| t.state == TargetState::Pending));
+        o.status = plan.status;
+        let plan = decide(&o);
+        assert_eq!(plan.action, Action::StatusOnly);
+        assert_eq!(
+            plan.status
+                .current_rotation
+                .as_ref()
+                .unwrap()
+                .switched_at
+                .as_deref(),
+            Some("2026-11-25T11:10:00.000Z")
+        );
+        assert_eq!(plan.event, None, "said once");
+        o.status = plan.status;
+        assert!(
+            matches!(
+                decide(&o).action,
+                Action::Roll {
+                    index: 0,
+                    secret_restores: Some(1),
+                    ..
+                }
+            ),
+            "{:?}",
+            decide(&o).action
+        );
+    }
+
+    #[test]
+    fn the_pod_gate_looks_again_soon_at_first_and_every_5_s_at_most() {
+        let at = |ms: i64| pod_gate_recheck(SignedDuration::from_millis(ms));
+        assert_eq!(at(0), Duration::from_millis(250));
+        assert_eq!(at(4_000), Duration::from_secs(1));
+        assert_eq!(at(3_600_000), Duration::from_secs(5));
+        // The first wait: pods of the rollout that just finished are still terminating.
+        let mut o = at_the_pod_gate();
+        o.status
+            .current_rotation
+            .as_mut()
+            .unwrap()
+            .untracked_consumers_reported = true;
+        let mut pod = gate_pod("engine-0", Some(2), "a", "2026-11-20T00:00:00Z");
+        pod.terminating = true;
+        o.pods = Some(Ok(vec![pod]));
+        assert_eq!(
+            decide(&o).action,
+            Action::Wait {
+                requeue_after: Some(Duration::from_millis(250))
+            }
+        );
     }
 
     #[test]
@@ -3061,6 +3231,7 @@ mod tests {
             consumer_labelled: true,
             consumer_changed_at: None,
             consumer_immutable: false,
+            consumer_key_rewritten: None,
             records: RecordView {
                 current: true,
                 pending: false,

@@ -113,6 +113,30 @@ pub fn last_changed_at(secret: Option<&Secret>) -> Option<jiff::Timestamp> {
         .max()
 }
 
+/// Who else last wrote the Secret's data `key`, and when: the latest `managedFields` entry of
+/// another manager that owns `data.<key>`. The operator's own force-applied writes take that
+/// field over, so after its switch any such entry is a later write by someone else.
+pub fn key_rewritten_by_other(
+    secret: Option<&Secret>,
+    key: &str,
+    own_manager: &str,
+) -> Option<(String, jiff::Timestamp)> {
+    let field = format!("f:{key}");
+    secret?
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|e| e.manager.as_deref() != Some(own_manager))
+        .filter(|e| {
+            e.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.get("f:data").and_then(|d| d.get(&field)).is_some())
+        })
+        .filter_map(|e| Some((e.manager.clone().unwrap_or_default(), e.time.as_ref()?.0)))
+        .max_by_key(|(_, at)| *at)
+}
+
 pub fn consumer_view(secret: Option<&Secret>, key: &str) -> (ConsumerView, Option<RawKey>) {
     match secret {
         None => (ConsumerView::Missing, None),

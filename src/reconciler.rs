@@ -855,6 +855,11 @@ impl<'a> Reconciliation<'a> {
             consumer: consumer_view,
             consumer_labelled: observe::is_labelled(consumer.as_ref()),
             consumer_changed_at: observe::last_changed_at(consumer.as_ref()),
+            consumer_key_rewritten: observe::key_rewritten_by_other(
+                consumer.as_ref(),
+                &spec.secret.key,
+                FIELD_MANAGER,
+            ),
             consumer_immutable: consumer.as_ref().and_then(|s| s.immutable) == Some(true),
             records,
             targets,

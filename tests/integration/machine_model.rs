@@ -246,6 +246,7 @@ impl World {
             consumer_labelled: true,
             consumer_changed_at: self.consumer_changed,
             consumer_immutable: false,
+            consumer_key_rewritten: None,
             records: RecordView {
                 current: self
                     .vault

@@ -342,6 +342,7 @@ fn observation() -> impl Strategy<Value = Observation> {
                     consumer_labelled: labelled,
                     consumer_changed_at: None,
                     consumer_immutable: false,
+                    consumer_key_rewritten: None,
                     records: RecordView {
                         current: records[0],
                         pending: records[1],

@@ -315,3 +315,54 @@ async fn an_operator_clock_an_hour_behind_the_api_servers_never_takes_an_old_pod
     s.sim.delete_object("", "pods", NS, "debug-shell").unwrap();
     finishes_without_a_refusal(s).await;
 }
+
+/// Writes `key` into the consumers' Secret as another manager would (`kubectl edit`).
+fn put_key(sim: &kube_sim::Sim, key: &RawKey) {
+    use base64::Engine;
+    let value = base64::engine::general_purpose::STANDARD.encode(key.expose());
+    sim.merge_patch_object(
+        "",
+        "secrets",
+        NS,
+        "sirius-api-key",
+        json!({"data": {"SIRIUS_API_KEY": value}}),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_reverted_and_put_back_while_the_operator_was_down_rolls_every_target_again() {
+    let mut s = ready(json!({}), debug_shell).await;
+    request_rotation(&s.sim, "go");
+    wait_for(Duration::from_secs(30), "WaitingForPods", || {
+        condition(&s.sim, "Rotating")["reason"] == "WaitingForPods"
+    })
+    .await;
+    s.operator.abort();
+    let new = RawKey::new(secret_value(&s.sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
+    // While it is down, someone puts the old key back, the API's containers restart on it, and
+    // the new key is put back: the Secret looks as the operator left it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    put_key(&s.sim, &s.old);
+    s.sim.restart_pods(NS, "sirius-api");
+    wait_for(
+        Duration::from_secs(10),
+        "the API's pods on the old key",
+        || {
+            pods_holding(&s.sim, &s.old)
+                .iter()
+                .any(|p| p.starts_with("sirius-api"))
+        },
+    )
+    .await;
+    put_key(&s.sim, &new);
+    s.sim.delete_object("", "pods", NS, "debug-shell").unwrap();
+    s.operator = spawn_operator(&s.sim);
+    let sim = s.sim.clone();
+    let reasons = finishes_without_a_refusal(s).await;
+    assert!(
+        reasons.iter().any(|r| r == "SecretRewritten"),
+        "{reasons:?}"
+    );
+    assert_eq!(akr_status(&sim)["currentRotation"], json!(null));
+}

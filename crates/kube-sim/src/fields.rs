@@ -255,3 +255,27 @@ pub fn changed_paths(old: &Value, new: &Value) -> BTreeSet<FieldPath> {
         .filter(|p| get(new, p).is_some())
         .collect()
 }
+
+/// An Update (create, replace or patch) by `manager` takes the fields it changed and drops
+/// those it removed, as kube-apiserver's field manager does.
+pub fn track_update(
+    ownership: &mut Ownership,
+    manager: &str,
+    subresource: &str,
+    current: &Value,
+    next: &Value,
+) {
+    let mut changed = changed_paths(current, next);
+    if subresource == "status" {
+        changed.retain(|p| p.first().map(String::as_str) == Some("status"));
+    }
+    ownership.take(
+        ManagerKey {
+            manager: manager.to_string(),
+            apply: false,
+            subresource: subresource.to_string(),
+        },
+        changed,
+    );
+    ownership.forget(&removed_paths(current, next));
+}

@@ -348,7 +348,13 @@ pub async fn handle(
             let mut store = shared.store.lock().unwrap();
             store.take_warnings();
             let result = store.update(&w, precondition, |current, ownership| {
-                track_update(ownership, &manager, &target.subresource, current, &object);
+                crate::fields::track_update(
+                    ownership,
+                    &manager,
+                    &target.subresource,
+                    current,
+                    &object,
+                );
                 Ok(object.clone())
             });
             shared.sync_pods(&mut store);
@@ -403,7 +409,13 @@ pub async fn handle(
                     store.update(&w, precondition, |current, ownership| {
                         let mut next = current.clone();
                         json_patch::merge(&mut next, &patch);
-                        track_update(ownership, &manager, &target.subresource, current, &next);
+                        crate::fields::track_update(
+                            ownership,
+                            &manager,
+                            &target.subresource,
+                            current,
+                            &next,
+                        );
                         Ok(next)
                     })
                 }
@@ -438,7 +450,7 @@ pub async fn handle(
                                 vec![("patch".into(), format!("Invalid value: {e}"))],
                             )
                         })?;
-                        track_update(ownership, &manager, &target.subresource, current, &next);
+                        crate::fields::track_update(ownership, &manager, &target.subresource, current, &next);
                         Ok(next)
                     })
                 }
@@ -481,28 +493,6 @@ pub async fn handle(
         }
         _ => unreachable!(),
     }
-}
-
-fn track_update(
-    ownership: &mut crate::fields::Ownership,
-    manager: &str,
-    subresource: &str,
-    current: &Value,
-    next: &Value,
-) {
-    let mut changed = crate::fields::changed_paths(current, next);
-    if subresource == "status" {
-        changed.retain(|p| p.first().map(String::as_str) == Some("status"));
-    }
-    ownership.take(
-        crate::fields::ManagerKey {
-            manager: manager.to_string(),
-            apply: false,
-            subresource: subresource.to_string(),
-        },
-        changed,
-    );
-    ownership.forget(&crate::fields::removed_paths(current, next));
 }
 
 async fn watch_response(

@@ -258,9 +258,10 @@ impl Sim {
             manager: "kube-sim-test",
         };
         let result = store
-            .update(&w, None, |current, _| {
+            .update(&w, None, |current, ownership| {
                 let mut next = current.clone();
                 json_patch::merge(&mut next, &patch);
+                crate::fields::track_update(ownership, "kube-sim-test", "", current, &next);
                 Ok(next)
             })
             .map_err(|e| e.message);
