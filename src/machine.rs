@@ -2840,7 +2840,6 @@ mod tests {
             }
         );
         // A pod of the first rollback's template no longer counts as on the old key.
-        let mut o = o;
         o.status = plan.status;
         let r = o.status.current_rotation.as_mut().unwrap();
         r.validation_started_at = Some("2026-11-25T11:31:00.000Z".into());
