@@ -156,7 +156,13 @@ pub struct Context {
     prober: Prober,
     /// Valkey's change feeds, started for each server a rotation uses (none in unit tests).
     pub valkey_watchers: Option<Watchers>,
+    /// Pod lists in flight at once: each holds a page of full Pods while it summarizes them, so
+    /// the reconciles waiting at the pod gate together cannot hold more than a few pages.
+    pod_lists: tokio::sync::Semaphore,
 }
+
+/// At most this many pod lists at once (see [`Context`]): 4 pages of 500 Pods, some 18 MiB.
+const CONCURRENT_POD_LISTS: usize = 4;
 
 impl Context {
     pub fn new(client: Client, instance: Option<String>, resync: Duration) -> Self {
@@ -176,6 +182,7 @@ impl Context {
             clock: Clock::default(),
             prober: Prober::new(),
             valkey_watchers: None,
+            pod_lists: tokio::sync::Semaphore::new(CONCURRENT_POD_LISTS),
         }
     }
 
@@ -681,6 +688,12 @@ impl<'a> Reconciliation<'a> {
         let spec = &self.planned.spec;
         let pods: Api<k8s_openapi::api::core::v1::Pod> =
             Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let _turn = self
+            .ctx
+            .pod_lists
+            .acquire()
+            .await
+            .map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         let mut params = kube::api::ListParams::default().limit(PAGE);
         for _ in 0..MAX_PAGES {
