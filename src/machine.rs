@@ -401,6 +401,23 @@ fn rewritten_since(
     ))
 }
 
+/// Once the Secret holds the key: when it changed to hold it (`switch`, by the API server's
+/// clock, as pods' creation times are) and the end of a restore, in a status write of their own
+/// before any target rolls, so a later change of the Secret is always seen as one (a roll whose
+/// status write was lost could otherwise hide it). True when there is something to record.
+fn record_switch(
+    o: &Observation,
+    r: &mut RotationProgress,
+    switch: impl Fn(&mut RotationProgress) -> &mut Option<String>,
+) -> bool {
+    let unrecorded = switch(r).is_none();
+    if unrecorded {
+        *switch(r) = Some(ts_precise(o.consumer_changed_at.unwrap_or(o.now)));
+    }
+    let restored = std::mem::take(&mut r.restoring_secret);
+    unrecorded || restored
+}
+
 /// The consumers' Secret already holds the vault's pending (or current) key.
 fn holds(o: &Observation, pending: bool) -> bool {
     let key = o.vault.as_ref().and_then(|v| match pending {
@@ -1212,22 +1229,15 @@ fn rotating<'a>(
         return b.plan(Action::WriteConsumer { pending: true }, event);
     }
 
-    // The Secret holds the new key: pods of no target created from now on start on it. The
-    // instant is the API server's (when the Secret last changed), as pods' creation times are.
-    // Someone else wrote the key since the switch, though it holds the new key now: another key
-    // may have been there between two looks (the operator down, a revert undone by hand).
+    // The Secret holds the new key. Someone else wrote the key since the switch, though: another
+    // key may have been there between two looks (the operator down, a revert undone by hand).
     if let Some(event) = rewritten_since(o, &mut r, |r| &mut r.switched_at) {
         roll_every_target_again(&mut r);
         b.status.current_rotation = Some(r);
         return b.plan(Action::StatusOnly, event);
     }
-    // Recorded on its own, before any target rolls: a later change of the Secret is then always
-    // seen as one (a roll whose status write was lost could otherwise hide it).
-    if r.switched_at.is_none() || r.restoring_secret {
-        if r.switched_at.is_none() {
-            r.switched_at = Some(ts_precise(o.consumer_changed_at.unwrap_or(now)));
-        }
-        r.restoring_secret = false;
+    // Pods of no target created from now on start on the new key.
+    if record_switch(o, &mut r, |r| &mut r.switched_at) {
         b.status.current_rotation = Some(r);
         return b.plan(Action::StatusOnly, None);
     }
@@ -2164,19 +2174,15 @@ fn rollback<'a>(
         b.status.current_rotation = Some(r);
         return b.plan(Action::WriteConsumer { pending: false }, event);
     }
-    // From now on, pods of no target start on the old key (by the API server's clock, as above).
+    // As forward: a key written by someone else since the switch back, then the switch back
+    // recorded; from then on, pods of no target start on the old key.
     if let Some(event) = rewritten_since(o, &mut r, |r| &mut r.switched_back_at) {
         r.secret_restores += 1;
         r.validation_started_at = None;
         b.status.current_rotation = Some(r);
         return b.plan(Action::StatusOnly, event);
     }
-    // Recorded on its own before any target rolls back, as forward.
-    if r.switched_back_at.is_none() || r.restoring_secret {
-        if r.switched_back_at.is_none() {
-            r.switched_back_at = Some(ts_precise(o.consumer_changed_at.unwrap_or(now)));
-        }
-        r.restoring_secret = false;
+    if record_switch(o, &mut r, |r| &mut r.switched_back_at) {
         b.status.current_rotation = Some(r);
         return b.plan(Action::StatusOnly, None);
     }
