@@ -6,7 +6,7 @@
 //! Valkey's change feed, not the rotation's own status write. Only a spec change (a new
 //! generation, likely the fix) or a deletion ends the wait early.
 
-use crate::machine::Action;
+use crate::rotation::Action;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -195,7 +195,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
                 .iter()
                 .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == reason)
         };
-        if status.revision >= 1 && degraded(crate::machine::ROLLED_BACK) {
+        if status.revision >= 1 && degraded(crate::rotation::Reason::RolledBack.as_str()) {
             break Outcome::RolledBack(rotation);
         }
         if status.revision >= 1 {

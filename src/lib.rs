@@ -1,7 +1,7 @@
 //! apikey-rotator: a Kubernetes operator that rotates the Sirius scanner's service API key with
 //! zero downtime.
 //!
-//! - [`machine`] decides (pure, synchronous); [`reconciler`] acts; [`controller`] wires watches.
+//! - [`rotation`] decides (pure, synchronous); [`reconciler`] acts; [`controller`] wires watches.
 //! - [`key`] keeps raw keys behind a type that cannot be logged; [`keystore`] and [`sirius`] speak
 //!   Sirius's Valkey record format.
 
@@ -17,7 +17,6 @@ pub mod handover;
 pub mod key;
 pub mod keystore;
 pub mod leader;
-pub mod machine;
 pub mod metrics;
 pub mod observe;
 pub mod operator;
@@ -27,6 +26,7 @@ pub mod probe;
 pub mod reconciler;
 pub mod redact;
 pub mod rollout;
+pub mod rotation;
 pub mod schedule;
 pub mod server;
 pub mod sirius;

@@ -8,8 +8,8 @@ use crate::crd::{
 };
 use crate::key::{KeyId, RawKey};
 use crate::keystore::{KeyStore, KeyStoreError, RecordState};
-use crate::machine::{ConsumerView, RecordView, TargetView, VaultView};
 use crate::rollout::rollout_state;
+use crate::rotation::{ConsumerView, RecordView, TargetView, VaultView};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;

@@ -10,12 +10,12 @@ use crate::crd::{
 };
 use crate::key::{KeyId, RawKey};
 use crate::keystore::{Endpoint, KeyStore, KeyStoreError};
-use crate::machine::{
-    self, Action as Step, EventNote, Observation, Plan, ProbeOutcome, ProbeStage, RecordView,
-};
 use crate::metrics::Metrics;
 use crate::observe::{self, PENDING_REVISION_ANNOTATION, VAULT_CURRENT, VAULT_PENDING, Vault};
 use crate::probe::Prober;
+use crate::rotation::{
+    self, Action, EventNote, Observation, Plan, ProbeOutcome, ProbeStage, Reason, RecordView,
+};
 use crate::spec_check;
 use crate::valkey_watch::Watchers;
 use k8s_openapi::ByteString;
@@ -23,7 +23,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::controller::Action;
+use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::{Client, Resource, ResourceExt};
@@ -34,7 +34,6 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 
 pub const FIELD_MANAGER: &str = "apikey-rotator";
-pub const SECRET_MANAGED_ELSEWHERE: &str = "SecretManagedElsewhere";
 /// How soon a Secret managed elsewhere is looked at again (one GET).
 const HANDOVER_RECHECK: Duration = Duration::from_secs(10);
 /// How often a quiet rotation is looked at anyway (detects Valkey data loss and drift).
@@ -122,17 +121,17 @@ impl Error {
     }
 
     /// The condition reason a failure is reported with.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Error::Kube(_) => "KubernetesApiError",
-            Error::KeyStore(KeyStoreError::InvalidUrl(_)) => "InvalidSpec",
+            Error::Kube(_) => Reason::KubernetesApiError,
+            Error::KeyStore(KeyStoreError::InvalidUrl(_)) => Reason::InvalidSpec,
             Error::KeyStore(KeyStoreError::Unavailable(_))
             | Error::Password(_)
-            | Error::ValkeyTls(_) => "ValkeyUnavailable",
-            Error::Random(_) => "RandomSourceFailed",
-            Error::Corrupt(_) => "VaultCorrupt",
-            Error::Undone(_) => "WriteUndone",
-            Error::SecretNotPermitted(_) => "SecretNotPermitted",
+            | Error::ValkeyTls(_) => Reason::ValkeyUnavailable,
+            Error::Random(_) => Reason::RandomSourceFailed,
+            Error::Corrupt(_) => Reason::VaultCorrupt,
+            Error::Undone(_) => Reason::WriteUndone,
+            Error::SecretNotPermitted(_) => Reason::SecretNotPermitted,
         }
     }
 }
@@ -298,14 +297,14 @@ fn key_of(akr: &ApiKeyRotation) -> String {
     format!("{}/{}", akr.namespace().unwrap_or_default(), akr.name_any())
 }
 
-pub async fn reconcile(akr: Arc<ApiKeyRotation>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(akr: Arc<ApiKeyRotation>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     // Backing off: whatever triggered this reconcile waits its turn, costing nothing.
     if let Some(left) = ctx.backoffs.holding(
         &key_of(&akr),
         akr.metadata.generation,
         akr.metadata.deletion_timestamp.is_some(),
     ) {
-        return Ok(Action::requeue(left));
+        return Ok(Requeue::requeue(left));
     }
     let started = std::time::Instant::now();
     let result = reconcile_once(akr, &ctx).await;
@@ -313,12 +312,12 @@ pub async fn reconcile(akr: Arc<ApiKeyRotation>, ctx: Arc<Context>) -> Result<Ac
         .observe_reconcile(started.elapsed().as_secs_f64());
     if let Err(e) = &result {
         ctx.metrics
-            .count_reconcile_error(e.reason(), e.api_code(), e.is_valkey());
+            .count_reconcile_error(e.reason().as_str(), e.api_code(), e.is_valkey());
     }
     result
 }
 
-async fn reconcile_once(akr: Arc<ApiKeyRotation>, ctx: &Arc<Context>) -> Result<Action, Error> {
+async fn reconcile_once(akr: Arc<ApiKeyRotation>, ctx: &Arc<Context>) -> Result<Requeue, Error> {
     // The watch cache can lag behind this operator's own status writes (a Secret or Deployment
     // event may start a reconcile before the ApiKeyRotation's own update arrives); deciding on a
     // stale status could repeat a step, so read the object afresh.
@@ -327,7 +326,7 @@ async fn reconcile_once(akr: Arc<ApiKeyRotation>, ctx: &Arc<Context>) -> Result<
         &akr.namespace().unwrap_or_else(|| "default".into()),
     );
     let Some(akr) = api.get_opt(&akr.name_any()).await? else {
-        return Ok(Action::await_change());
+        return Ok(Requeue::await_change());
     };
     let key = key_of(&akr);
     let result = finalizer(&api, FINALIZER, Arc::new(akr), |event| async {
@@ -349,12 +348,12 @@ async fn reconcile_once(akr: Arc<ApiKeyRotation>, ctx: &Arc<Context>) -> Result<
 }
 
 /// Exponential back-off per ApiKeyRotation, short for transient API errors.
-pub fn error_policy(akr: Arc<ApiKeyRotation>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(akr: Arc<ApiKeyRotation>, error: &Error, ctx: Arc<Context>) -> Requeue {
     let delay = ctx
         .backoffs
         .failed(&key_of(&akr), akr.metadata.generation, error.failure());
-    tracing::warn!(rotation = %key_of(&akr), reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    tracing::warn!(rotation = %key_of(&akr), reason = error.reason().as_str(), error = %error, retry_in = ?delay, "reconcile failed");
+    Requeue::requeue(delay)
 }
 
 struct Reconciliation<'a> {
@@ -390,7 +389,7 @@ impl<'a> Reconciliation<'a> {
         }
     }
 
-    async fn run(mut self) -> Result<Action, Error> {
+    async fn run(mut self) -> Result<Requeue, Error> {
         let spec = &self.akr.spec;
         let mut problems = spec_check::problems(spec);
         let name = self.akr.name_any();
@@ -411,19 +410,19 @@ impl<'a> Reconciliation<'a> {
         }
         if !problems.is_empty() {
             self.report_failure(
-                "InvalidSpec",
+                Reason::InvalidSpec,
                 &format!("Invalid spec, nothing was changed: {}", problems.join("; ")),
             )
             .await?;
-            return Ok(Action::await_change());
+            return Ok(Requeue::await_change());
         }
         if let Some(store) = &self.ctx.rotations {
             let all = store.state();
             if let Some(message) =
                 crate::claims::conflicting_claim(self.akr, all.iter().map(|r| r.as_ref()))
             {
-                self.report_failure("ClaimConflict", &message).await?;
-                return Ok(Action::requeue(self.ctx.resync));
+                self.report_failure(Reason::ClaimConflict, &message).await?;
+                return Ok(Requeue::requeue(self.ctx.resync));
             }
         }
         let planned = self.planned.spec.clone();
@@ -443,16 +442,16 @@ impl<'a> Reconciliation<'a> {
                 )
             })
         {
-            self.report_failure("ClaimConflict", &message).await?;
-            return Ok(Action::requeue(self.ctx.resync));
+            self.report_failure(Reason::ClaimConflict, &message).await?;
+            return Ok(Requeue::requeue(self.ctx.resync));
         }
         if let Some(secret) = &consumer
             && let Some(message) = crate::handover::managed_elsewhere(secret, &planned.secret.key)
         {
-            self.report_failure(SECRET_MANAGED_ELSEWHERE, &message)
+            self.report_failure(Reason::SecretManagedElsewhere, &message)
                 .await?;
             // The Secret is not labelled yet, so its watch does not see the hand-over: look again.
-            return Ok(Action::requeue(self.ctx.resync.min(HANDOVER_RECHECK)));
+            return Ok(Requeue::requeue(self.ctx.resync.min(HANDOVER_RECHECK)));
         }
         let outcome = self.drive().await;
         let failures_so_far = self.ctx.backoffs.failures(&key_of(self.akr));
@@ -479,7 +478,7 @@ impl<'a> Reconciliation<'a> {
     /// with both keys accepted), and only its Valkey state entry is dropped (best effort, so an
     /// unreachable Valkey never blocks a deletion). `Revoke` deletes the records of every key it
     /// manages, then its state and history, and retries until Valkey confirms.
-    async fn clean_up(self) -> Result<Action, Error> {
+    async fn clean_up(self) -> Result<Requeue, Error> {
         let spec = &self.akr.spec;
         let owner = key_of(self.akr);
         self.ctx.metrics.forget(&self.ns, &self.akr.name_any());
@@ -496,12 +495,11 @@ impl<'a> Reconciliation<'a> {
                     tracing::warn!(rotation = %owner, error = %e, "could not drop the rotation's Valkey state; its keys stay valid either way");
                 }
                 self.publish(&EventNote {
-                    reason: "DeletionRetainedKeys",
+                    reason: Reason::DeletionRetainedKeys,
                     message: format!(
                         "Deleted with deletionPolicy Retain: Secret {} and its key stay valid; nothing was revoked.",
                         spec.secret.name
                     ),
-                    warning: false,
                 })
                 .await;
             }
@@ -544,18 +542,17 @@ impl<'a> Reconciliation<'a> {
                     .await?;
                 let shorts: Vec<String> = ids.iter().map(|id| id.short().to_string()).collect();
                 self.publish(&EventNote {
-                    reason: "DeletionRevokedKeys",
+                    reason: Reason::DeletionRevokedKeys,
                     message: format!(
                         "Deleted with deletionPolicy Revoke: revoked key(s) {} and removed the rotation's state and history.",
                         shorts.join(", ")
                     ),
-                    warning: true,
                 })
                 .await;
             }
         }
         self.ctx.forget_rotation(&owner);
-        Ok(Action::await_change())
+        Ok(Requeue::await_change())
     }
 
     async fn endpoint(&self) -> Result<Endpoint, Error> {
@@ -592,7 +589,7 @@ impl<'a> Reconciliation<'a> {
         })
     }
 
-    async fn drive(&mut self) -> Result<Action, Error> {
+    async fn drive(&mut self) -> Result<Requeue, Error> {
         let endpoint = self.endpoint().await?;
         let result = self.drive_on(&endpoint).await;
         if matches!(result, Err(Error::KeyStore(KeyStoreError::Unavailable(_)))) {
@@ -602,7 +599,7 @@ impl<'a> Reconciliation<'a> {
         result
     }
 
-    async fn drive_on(&mut self, endpoint: &Endpoint) -> Result<Action, Error> {
+    async fn drive_on(&mut self, endpoint: &Endpoint) -> Result<Requeue, Error> {
         let store = self.ctx.keystore(&key_of(self.akr), endpoint).await?;
         if self.ctx.backoffs.valkey_failed_last(&key_of(self.akr)) {
             // Valkey failed last time: ask it first, before reading anything from the API server.
@@ -619,24 +616,24 @@ impl<'a> Reconciliation<'a> {
         for _ in 0..MAX_STEPS_PER_RECONCILE {
             let (mut observation, mut vault, mut consumer_key, cached) =
                 self.observe(&store, false).await?;
-            let mut plan = machine::decide(&observation);
-            if plan.action == Step::CheckPods {
+            let mut plan = rotation::decide(&observation);
+            if plan.action == Action::CheckPods {
                 observation.pods = Some(self.pods_reading_the_secret().await);
-                plan = machine::decide(&observation);
+                plan = rotation::decide(&observation);
             }
             if cached
                 && matches!(
                     plan.action,
-                    Step::Promote | Step::DropPending | Step::Revoke { .. }
+                    Action::Promote | Action::DropPending | Action::Revoke { .. }
                 )
             {
                 // Revocation and promotion are decided on what Valkey holds now.
                 let pods = observation.pods.take();
                 (observation, vault, consumer_key, _) = self.observe(&store, true).await?;
                 observation.pods = pods;
-                plan = machine::decide(&observation);
+                plan = rotation::decide(&observation);
             }
-            if let (Step::QueryGate, Some(gate)) = (&plan.action, &self.akr.spec.metrics_gate) {
+            if let (Action::QueryGate, Some(gate)) = (&plan.action, &self.akr.spec.metrics_gate) {
                 let reading = self
                     .ctx
                     .prober
@@ -644,17 +641,17 @@ impl<'a> Reconciliation<'a> {
                     .await;
                 tracing::info!(rotation = %key_of(self.akr), ?reading, "metrics gate");
                 observation.gate = Some(reading);
-                plan = machine::decide(&observation);
+                plan = rotation::decide(&observation);
             }
-            if let Step::Probe { stage } = plan.action {
+            if let Action::Probe { stage } = plan.action {
                 let outcome = self.probe(stage, vault.as_ref()).await;
                 tracing::info!(rotation = %key_of(self.akr), ?stage, ?outcome, "verification probe");
                 observation.probe = Some((stage, outcome));
-                plan = machine::decide(&observation);
+                plan = rotation::decide(&observation);
             }
             tracing::debug!(rotation = %key_of(self.akr), action = ?plan.action, "decided");
             let wait = match &plan.action {
-                Step::Wait { requeue_after } => Some(*requeue_after),
+                Action::Wait { requeue_after } => Some(*requeue_after),
                 _ => None,
             };
             let revision = plan.status.current_rotation.as_ref().map(|r| r.revision);
@@ -674,10 +671,10 @@ impl<'a> Reconciliation<'a> {
             if let Some(requeue_after) = wait {
                 let resync = self.ctx.resync;
                 let delay = requeue_after.map(|d| d.min(resync)).unwrap_or(resync);
-                return Ok(Action::requeue(delay));
+                return Ok(Requeue::requeue(delay));
             }
         }
-        Ok(Action::requeue(Duration::from_millis(10)))
+        Ok(Requeue::requeue(Duration::from_millis(10)))
     }
 
     /// The namespace's pods that read the consumers' Secret, listed a page at a time so that
@@ -716,18 +713,18 @@ impl<'a> Reconciliation<'a> {
     }
 
     /// What a write changes, in the words of a report that it keeps being undone.
-    fn describe(&self, action: &Step) -> String {
+    fn describe(&self, action: &Action) -> String {
         let spec = &self.planned.spec;
         match action {
-            Step::WriteConsumer { .. } => format!(
+            Action::WriteConsumer { .. } => format!(
                 "The key in Secret {} (data key {})",
                 spec.secret.name, spec.secret.key
             ),
-            Step::Roll { index, .. } => format!(
+            Action::Roll { index, .. } => format!(
                 "The pod-template annotation {ROLLOUT_ANNOTATION} of Deployment {}",
                 spec.targets.get(*index).map_or("?", |t| t.name.as_str())
             ),
-            Step::RestoreVault { .. } => {
+            Action::RestoreVault { .. } => {
                 format!("The vault Secret {}", observe::vault_name(self.akr))
             }
             other => format!("{other:?}"),
@@ -759,18 +756,18 @@ impl<'a> Reconciliation<'a> {
     }
 
     /// Keeps the cached record view true to what this reconcile just wrote.
-    fn note_own_valkey_write(&self, action: &Step) {
+    fn note_own_valkey_write(&self, action: &Action) {
         let mut cache = self.ctx.records.lock().unwrap();
         let Some(entry) = cache.get_mut(&key_of(self.akr)) else {
             return;
         };
         match action {
-            Step::Register { current, pending } => {
+            Action::Register { current, pending } => {
                 entry.view.current |= *current;
                 entry.view.current_marked |= *current;
                 entry.view.pending |= *pending && entry.pending.is_some();
             }
-            Step::Revoke { key_id } => {
+            Action::Revoke { key_id } => {
                 if *key_id == entry.current {
                     entry.view.current = false;
                     entry.view.current_marked = false;
@@ -779,12 +776,12 @@ impl<'a> Reconciliation<'a> {
                     entry.view.pending = false;
                 }
             }
-            Step::SetBootstrapFlag => entry.view.bootstrap_flag = true,
-            Step::CreateVault { .. }
-            | Step::RestoreVault { .. }
-            | Step::MintPending { .. }
-            | Step::Promote
-            | Step::DropPending => {
+            Action::SetBootstrapFlag => entry.view.bootstrap_flag = true,
+            Action::CreateVault { .. }
+            | Action::RestoreVault { .. }
+            | Action::MintPending { .. }
+            | Action::Promote
+            | Action::DropPending => {
                 // The keys change: the next observation reads Valkey again.
                 cache.remove(&key_of(self.akr));
             }
@@ -876,7 +873,7 @@ impl<'a> Reconciliation<'a> {
             consumer_immutable: consumer.as_ref().and_then(|s| s.immutable) == Some(true),
             records,
             targets,
-            plan: machine::PlanNotes {
+            plan: rotation::PlanNotes {
                 deferred: self.planned.deferred.clone(),
                 removed: self.planned.removed.clone(),
             },
@@ -905,20 +902,20 @@ impl<'a> Reconciliation<'a> {
         };
         match &plan.action {
             // Performed by `drive`, which decides again on the answer.
-            Step::Probe { .. } | Step::QueryGate | Step::CheckPods => {}
-            Step::CreateVault { adopt } => {
+            Action::Probe { .. } | Action::QueryGate | Action::CheckPods => {}
+            Action::CreateVault { adopt } => {
                 let key = match (adopt, consumer_key) {
                     (true, Some(k)) => k.clone(),
                     _ => self.mint()?,
                 };
                 self.create_vault(&key).await?;
             }
-            Step::RestoreVault { as_pending } => {
+            Action::RestoreVault { as_pending } => {
                 let key = consumer_key
                     .ok_or_else(|| Error::Corrupt("the consumers' Secret lost its key".into()))?;
                 self.restore_vault(key, as_pending.as_ref()).await?;
             }
-            Step::Register { current, pending } => {
+            Action::Register { current, pending } => {
                 let vault = need_vault()?;
                 if let (true, Some(key)) = (*current, &vault.current) {
                     store.register(prefixes, key, &spec.key.label).await?;
@@ -927,7 +924,7 @@ impl<'a> Reconciliation<'a> {
                     store.register(prefixes, key, &spec.key.label).await?;
                 }
             }
-            Step::MintPending { revision } => {
+            Action::MintPending { revision } => {
                 let vault = need_vault()?;
                 let key = self.mint()?;
                 let mut data = BTreeMap::new();
@@ -935,7 +932,7 @@ impl<'a> Reconciliation<'a> {
                 data.insert(VAULT_PENDING.to_string(), key);
                 self.replace_vault(vault, data, Some(*revision)).await?;
             }
-            Step::WriteConsumer { pending } => {
+            Action::WriteConsumer { pending } => {
                 let vault = need_vault()?;
                 let key = match (pending, &vault.pending) {
                     (true, Some((k, _))) => k.clone(),
@@ -943,7 +940,7 @@ impl<'a> Reconciliation<'a> {
                 };
                 self.write_consumer(&key).await?;
             }
-            Step::Roll {
+            Action::Roll {
                 index,
                 key_id,
                 rollback_of,
@@ -972,9 +969,9 @@ impl<'a> Reconciliation<'a> {
                     )
                     .await?;
             }
-            Step::Revoke { key_id } => store.revoke(prefixes, key_id).await?,
-            Step::SetBootstrapFlag => store.set_bootstrap_flag(prefix).await?,
-            Step::Promote => {
+            Action::Revoke { key_id } => store.revoke(prefixes, key_id).await?,
+            Action::SetBootstrapFlag => store.set_bootstrap_flag(prefix).await?,
+            Action::Promote => {
                 let vault = need_vault()?;
                 let Some((pending, _)) = &vault.pending else {
                     return Ok(());
@@ -983,14 +980,14 @@ impl<'a> Reconciliation<'a> {
                 data.insert(VAULT_CURRENT.to_string(), pending.clone());
                 self.replace_vault(vault, data, None).await?;
             }
-            Step::DropPending => {
+            Action::DropPending => {
                 let vault = need_vault()?;
                 if vault.pending.is_some() {
                     let data = BTreeMap::from([(VAULT_CURRENT.to_string(), need_current(vault)?)]);
                     self.replace_vault(vault, data, None).await?;
                 }
             }
-            Step::RecordHistory { revision, result } => {
+            Action::RecordHistory { revision, result } => {
                 let r = self.status.current_rotation.as_ref();
                 let entry = json!({
                     "revision": revision,
@@ -1015,7 +1012,7 @@ impl<'a> Reconciliation<'a> {
                     )
                     .await?;
             }
-            Step::StatusOnly | Step::Wait { .. } => {}
+            Action::StatusOnly | Action::Wait { .. } => {}
         }
         Ok(())
     }
@@ -1214,14 +1211,14 @@ impl<'a> Reconciliation<'a> {
 
     async fn publish(&self, note: &EventNote) {
         let event = Event {
-            type_: if note.warning {
+            type_: if note.is_warning() {
                 EventType::Warning
             } else {
                 EventType::Normal
             },
-            reason: note.reason.into(),
+            reason: note.reason.as_str().into(),
             note: Some(truncate_note(&note.message)),
-            action: note.reason.into(),
+            action: note.reason.as_str().into(),
             secondary: None,
         };
         if let Err(e) = self
@@ -1234,7 +1231,10 @@ impl<'a> Reconciliation<'a> {
     }
 
     /// `Degraded=True` with this reason (and an Event when it is new); keeps everything else.
-    async fn report_failure(&mut self, reason: &'static str, message: &str) -> Result<(), Error> {
+    async fn report_failure(&mut self, reason: Reason, message: &str) -> Result<(), Error> {
+        if rotation::degraded_with(&self.status.conditions, reason, message) {
+            return Ok(());
+        }
         let now = self
             .ctx
             .clock
@@ -1242,44 +1242,20 @@ impl<'a> Reconciliation<'a> {
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
         let mut status = self.status.clone();
-        let unchanged = status.conditions.iter().any(|c| {
-            c.type_ == machine::DEGRADED
-                && c.status == "True"
-                && c.reason == reason
-                && c.message == message
-        });
-        if unchanged {
-            return Ok(());
-        }
-        let previous = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == machine::DEGRADED)
-            .cloned();
-        let condition = crate::crd::Condition {
-            type_: machine::DEGRADED.into(),
-            status: "True".into(),
-            reason: reason.into(),
-            message: message.into(),
-            last_transition_time: match previous {
-                Some(p) if p.status == "True" => p.last_transition_time,
-                _ => now,
-            },
-            observed_generation: self.akr.metadata.generation,
-        };
-        status.conditions.retain(|c| c.type_ != machine::DEGRADED);
-        status.conditions.push(condition);
+        let generation = self.akr.metadata.generation;
+        let (conditions, text) = (&mut status.conditions, message.to_string());
+        let degraded = rotation::DEGRADED;
+        rotation::set_condition(conditions, degraded, true, reason, text, now, generation);
         status.phase = Some(Phase::Degraded);
-        status.observed_generation = self.akr.metadata.generation;
+        status.observed_generation = generation;
         self.apply_status(&status).await?;
         self.planned = crate::plan::planned(&self.akr.spec, &status);
         self.status = status;
-        self.publish(&EventNote {
-            warning: true,
+        let note = EventNote {
             reason,
             message: message.to_string(),
-        })
-        .await;
+        };
+        self.publish(&note).await;
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 
 use apikey_rotator::crd::{ApiKeyRotationSpec, ApiKeyRotationStatus};
 use apikey_rotator::key::KeyId;
-use apikey_rotator::machine::{
+use apikey_rotator::rotation::{
     Action, ConsumerView, Observation, Plan, ProbeStage, RecordView, TargetView, VaultView, decide,
 };
 use apikey_rotator::pods::PodSummary;

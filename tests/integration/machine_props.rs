@@ -7,7 +7,7 @@ use apikey_rotator::crd::{
     TargetProgress, TargetState,
 };
 use apikey_rotator::key::KeyId;
-use apikey_rotator::machine::{
+use apikey_rotator::rotation::{
     ConsumerView, Observation, PlanNotes, ProbeStage, RecordView, TargetView, VaultView, decide,
 };
 use apikey_rotator::pods::PodSummary;

@@ -1,0 +1,199 @@
+//! Roll: each target's pod template stamped with the new key's id, in order, each only after the
+//! previous one finished its rollout by `kubectl rollout status`'s rules (and, with
+//! `spec.verification`, the API accepted the new key).
+
+use crate::crd::{RolloutTarget, Step, TargetState};
+use crate::key::KeyId;
+use crate::rollout::RolloutState;
+use crate::rotation::action::{Action, EventNote, Plan};
+use crate::rotation::failure::{failed, halted};
+use crate::rotation::idle::wait_for_window;
+use crate::rotation::observation::{ProbeStage, TargetView};
+use crate::rotation::reason::Reason;
+use crate::rotation::rotating::Rotating;
+use crate::rotation::time::{parse_ts, ts, until};
+use crate::rotation::verify::accepted;
+use crate::schedule::Calendar;
+use jiff::SignedDuration;
+
+/// Done when every target completed its rollout on the new key in this rotation.
+pub(crate) fn roll(x: &mut Rotating) -> Option<Plan> {
+    let new = x.new_key()?;
+    for (i, target) in x.o.spec.targets.iter().enumerate() {
+        let progress = x.progress_of(&target.name);
+        x.r.target_index = i as u32;
+        // A target that completed in this rotation stays complete: its later scale-ups,
+        // restarts, evictions or other rollouts are not this rotation's to judge.
+        if x.r.targets[progress].state == TargetState::Complete {
+            continue;
+        }
+        if let Some(plan) = roll_target(x, i, progress, &new) {
+            return Some(plan);
+        }
+    }
+    None
+}
+
+/// Target `i` (at `progress` in the status): stamped, waited for, or found complete (None).
+fn roll_target(x: &mut Rotating, i: usize, progress: usize, new: &KeyId) -> Option<Plan> {
+    let (o, target) = (x.o, &x.o.spec.targets[i]);
+    match &o.targets[i] {
+        // Removed from spec.targets and deleted: its pods are gone (the pod gate sees any that
+        // still run); nothing is left to roll.
+        TargetView::Missing if o.plan.removed.get(i) == Some(&true) => {
+            let t = &mut x.r.targets[progress];
+            t.state = TargetState::Complete;
+            t.completed_at = Some(ts(o.now));
+            t.message = Some("removed from spec.targets and deleted".into());
+            let message = format!(
+                "Deployment {} was removed from spec.targets and deleted during the rotation; it has nothing left to roll.",
+                target.name
+            );
+            x.record(EventNote::new(Reason::TargetRemoved, message))
+        }
+        TargetView::Missing => {
+            let message = format!(
+                "Deployment {} does not exist; the rotation waits for it.",
+                target.name
+            );
+            halted(x, i, Reason::TargetNotFound, message)
+        }
+        TargetView::Found {
+            annotation,
+            secret_restores,
+            paused,
+            ..
+        } if annotation.as_deref() != Some(new.as_str())
+            || *secret_restores != x.restores_marker() =>
+        {
+            if *paused {
+                let message = format!(
+                    "Deployment {} is paused; resume it to continue the rotation.",
+                    target.name
+                );
+                return halted(x, i, Reason::TargetPaused, message);
+            }
+            stamp(x, i, progress, new)
+        }
+        TargetView::Found { rollout, .. } => match rollout {
+            RolloutState::Complete => rolled_out(x, i, progress),
+            RolloutState::Failed(message) => {
+                failed(x, progress, i, Reason::RolloutFailed, message.clone())
+            }
+            RolloutState::Progressing(message) => progressing(x, i, progress, target, message),
+        },
+    }
+}
+
+/// Stamps target `i`'s template with the new key (inside a maintenance window only).
+fn stamp(x: &mut Rotating, i: usize, progress: usize, new: &KeyId) -> Option<Plan> {
+    let (o, now) = (x.o, x.o.now);
+    let name = &o.spec.targets[i].name;
+    let calendar = Calendar::from_spec(&o.spec).unwrap_or_default();
+    if !x.r.outside_windows && !calendar.window_open(now) {
+        // A rollout starts only inside a window; both keys stay valid meanwhile.
+        let opens = calendar.next_window_open(now);
+        let message = format!(
+            "Rotation {} waits for the next maintenance window{} to roll out {name}.",
+            x.r.revision,
+            opens.map(|at| format!(" ({})", ts(at))).unwrap_or_default(),
+        );
+        x.r.step = Step::Roll;
+        x.b.status.current_rotation = Some(x.r.clone());
+        return Some(wait_for_window(o, &mut x.b, true, message, opens));
+    }
+    x.r.step = Step::Roll;
+    let restores = x.r.secret_restores;
+    let t = &mut x.r.targets[progress];
+    t.state = TargetState::Rolling;
+    t.rolled_at = Some(ts(now));
+    t.completed_at = None;
+    t.message = None;
+    let count = o.spec.targets.len();
+    let message = format!("Rolling out {name} ({} of {count}).", i + 1);
+    x.b.rotating(Reason::Roll, message);
+    let action = Action::Roll {
+        index: i,
+        key_id: new.clone(),
+        rollback_of: None,
+        secret_restores: (restores > 0).then_some(restores),
+    };
+    let message = format!("Restarting Deployment {name} with the new key.");
+    x.plan(action, EventNote::new(Reason::TargetRolled, message))
+}
+
+/// Target `i` finished its rollout: verified first when the spec asks, then recorded complete.
+fn rolled_out(x: &mut Rotating, i: usize, progress: usize) -> Option<Plan> {
+    let (o, now) = (x.o, x.o.now);
+    let name = &o.spec.targets[i].name;
+    if let Some(v) = &o.spec.verification
+        && x.r.targets[progress].verified_at.is_none()
+    {
+        let stage = ProbeStage::AfterTarget(i);
+        let Some(outcome) = o.probe_answer(stage) else {
+            return x.plan(Action::Probe { stage }, None);
+        };
+        return match accepted(v, outcome) {
+            Ok(code) => {
+                let t = &mut x.r.targets[progress];
+                t.state = TargetState::Complete;
+                t.completed_at.get_or_insert_with(|| ts(now));
+                t.verified_at = Some(ts(now));
+                t.message = None;
+                let message = format!(
+                    "Deployment {name} finished its rollout and the API accepts the new key (HTTP {code})."
+                );
+                x.record(EventNote::new(Reason::TargetVerified, message))
+            }
+            Err(why) => {
+                let message =
+                    format!("after its rollout the API did not accept the new key: {why}");
+                failed(x, progress, i, Reason::VerificationFailed, message)
+            }
+        };
+    }
+    let t = &mut x.r.targets[progress];
+    if t.state == TargetState::Complete {
+        return None;
+    }
+    t.state = TargetState::Complete;
+    t.completed_at = Some(ts(now));
+    t.message = None;
+    let message = format!("Deployment {name} finished its rollout.");
+    x.record(EventNote::new(Reason::TargetRolledOut, message))
+}
+
+/// Target `i` is still rolling out: wait, up to its progress deadline.
+fn progressing(
+    x: &mut Rotating,
+    i: usize,
+    progress: usize,
+    target: &RolloutTarget,
+    message: &str,
+) -> Option<Plan> {
+    let now = x.o.now;
+    let deadline = target.deadline_seconds(&x.o.spec);
+    // The deadline runs from when this rotation patched the target; a rollout found without
+    // that stamp (the status was lost) is timed from now.
+    let rolled_at = parse_ts(&x.r.targets[progress].rolled_at).unwrap_or(now);
+    x.r.targets[progress].rolled_at = Some(ts(rolled_at));
+    let limit = rolled_at + SignedDuration::from_secs(deadline as i64);
+    if now >= limit {
+        let message = format!(
+            "deployment \"{}\" did not finish its rollout within {deadline}s: {message}",
+            target.name
+        );
+        return failed(x, progress, i, Reason::RolloutFailed, message);
+    }
+    x.r.step = Step::Roll;
+    x.r.targets[progress].state = TargetState::Rolling;
+    x.r.targets[progress].message = Some(message.to_string());
+    let count = x.o.spec.targets.len();
+    let waiting = format!(
+        "Waiting for {} ({} of {count}): {message}",
+        target.name,
+        i + 1
+    );
+    x.b.rotating(Reason::Roll, waiting);
+    x.wait(Some(until(now, limit)), None)
+}

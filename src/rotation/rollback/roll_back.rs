@@ -1,0 +1,71 @@
+//! Roll back: every target restarts on the old key, in reverse order, each after the later ones
+//! completed; also those never rolled, since any pod that restarted by itself after the switch
+//! read the new key, which is about to be removed.
+
+use crate::crd::TargetState;
+use crate::rollout::RolloutState;
+use crate::rotation::action::{Action, EventNote, Plan};
+use crate::rotation::observation::TargetView;
+use crate::rotation::reason::Reason;
+use crate::rotation::rotating::Rotating;
+use std::time::Duration;
+
+/// Done when every target that exists runs a template stamped with the old key, this rollback
+/// and the current restore count, and completed its rollout.
+pub(crate) fn roll_back(x: &mut Rotating) -> Option<Plan> {
+    let o = x.o;
+    let old = x.vault.current.clone();
+    let restores = x.restores_marker();
+    let marker = x.r.revision.to_string();
+    for (i, target) in o.spec.targets.iter().enumerate().rev() {
+        let TargetView::Found {
+            annotation,
+            rolled_back_in,
+            secret_restores,
+            rollout,
+            ..
+        } = &o.targets[i]
+        else {
+            continue;
+        };
+        let progress = x.r.targets.iter().position(|t| t.name == target.name);
+        if annotation.as_deref() != Some(old.as_str())
+            || rolled_back_in.as_deref() != Some(marker.as_str())
+            || *secret_restores != restores
+        {
+            if let Some(p) = progress {
+                x.r.targets[p].state = TargetState::Rolling;
+                x.r.targets[p].message = Some("rolling back to the old key".into());
+            }
+            x.r.target_index = i as u32;
+            let message = format!("Rolling {} back to the old key.", target.name);
+            x.b.rotating(Reason::RollingBack, message);
+            let (revision, count) = (x.r.revision, x.r.secret_restores);
+            let action = Action::Roll {
+                index: i,
+                key_id: old.clone(),
+                rollback_of: Some(revision),
+                secret_restores: (count > 0).then_some(count),
+            };
+            let message = format!("Restarting Deployment {} with the old key.", target.name);
+            return x.plan(action, EventNote::new(Reason::TargetRolledBack, message));
+        }
+        match rollout {
+            RolloutState::Complete => {
+                if let Some(p) = progress.filter(|&p| x.r.targets[p].state != TargetState::Pending)
+                {
+                    x.r.targets[p].state = TargetState::Pending;
+                    x.r.targets[p].message = Some("rolled back".into());
+                    return x.record(None);
+                }
+            }
+            RolloutState::Failed(message) | RolloutState::Progressing(message) => {
+                x.r.target_index = i as u32;
+                let message = format!("Waiting for {} to roll back: {message}", target.name);
+                x.b.rotating(Reason::RollingBack, message);
+                return x.wait(Some(Duration::from_secs(60)), None);
+            }
+        }
+    }
+    None
+}
