@@ -5,7 +5,7 @@
 use crate::clock::Clock;
 use crate::crd::{ApiKeyRotation, MANAGED_BY_LABEL};
 use crate::metrics::Metrics;
-use crate::reconciler::{self, Context};
+use crate::reconciler::{self, Context, ContextParts};
 use crate::valkey_watch::{Loss, Watchers};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -76,13 +76,16 @@ pub async fn run_with_metrics(
     };
     let controller = Controller::new(rotations, watcher::Config::default().any_semantic());
     let store = controller.store();
-    let mut context = Context::new(client, std::env::var("POD_NAME").ok(), settings.resync);
-    context.rotations = Some(store.clone());
-    context.metrics = metrics;
-    context.clock = settings.clock.clone();
-    let (watchers, losses) = Watchers::new(context.metrics.clone());
-    context.valkey_watchers = Some(watchers);
-    let ctx = Arc::new(context);
+    let (valkey_watchers, losses) = Watchers::new(metrics.clone());
+    let parts = ContextParts {
+        instance: std::env::var("POD_NAME").ok(),
+        resync: settings.resync,
+        rotations: store.clone(),
+        metrics,
+        clock: settings.clock.clone(),
+        valkey_watchers,
+    };
+    let ctx = Arc::new(Context::new(client, parts));
     let hit_by_valkey_loss = rotations_hit(losses, store.clone(), ctx.clone());
     let targets_of = store.clone();
     // The Secrets and Deployments only trigger reconciles (which read what they need afresh), so

@@ -1,0 +1,154 @@
+//! What every reconcile shares: the API client, the key stores per Valkey endpoint (connected
+//! on first use), the record cache, back-off, metrics, the clock, the prober and the bound on
+//! pod lists.
+
+use super::read::CachedRecords;
+use super::{FIELD_MANAGER, key_of};
+use crate::backoff::Backoffs;
+use crate::clock::Clock;
+use crate::crd::ApiKeyRotation;
+use crate::keystore::{Endpoint, KeyStore, KeyStoreError};
+use crate::metrics::Metrics;
+use crate::probe::Prober;
+use crate::valkey_watch::Watchers;
+use kube::Client;
+use kube::runtime::events::Reporter;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+pub struct Context {
+    pub client: Client,
+    /// Every ApiKeyRotation the controller sees, to refuse a second claim on a Secret or target.
+    pub rotations: kube::runtime::reflector::Store<ApiKeyRotation>,
+    pub reporter: Reporter,
+    pub resync: Duration,
+    /// One key store per Valkey endpoint, each connected on first use under its own lock, so a
+    /// slow or unreachable server never delays the rotations that use another.
+    pub(super) stores: std::sync::Mutex<HashMap<Endpoint, Arc<OnceCell<KeyStore>>>>,
+    /// Which endpoint each rotation (`namespace/name`) uses, so a store nobody uses is dropped.
+    pub(super) store_users: std::sync::Mutex<HashMap<String, Endpoint>>,
+    /// The last Valkey record view per rotation, to spare a read on every watch event.
+    pub(super) records: std::sync::Mutex<HashMap<String, CachedRecords>>,
+    pub backoffs: Backoffs,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    pub(super) prober: Prober,
+    /// Valkey's change feeds, started for each server a rotation uses (none in unit tests).
+    pub valkey_watchers: Watchers,
+    /// Pod lists in flight at once: each holds a page of full Pods while it summarizes them, so
+    /// the reconciles waiting at the pod gate together cannot hold more than a few pages.
+    pub(super) pod_lists: tokio::sync::Semaphore,
+}
+
+/// What the controller gives a [`Context`].
+pub struct ContextParts {
+    /// This replica's name, for the Events it reports.
+    pub instance: Option<String>,
+    pub resync: Duration,
+    /// The controller's cache of every ApiKeyRotation.
+    pub rotations: kube::runtime::reflector::Store<ApiKeyRotation>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    pub valkey_watchers: Watchers,
+}
+
+/// At most this many pod lists at once (see [`Context`]): 4 pages of 500 Pods, some 18 MiB.
+const CONCURRENT_POD_LISTS: usize = 4;
+
+impl Context {
+    /// Everything a reconcile needs, whole: what the controller wires (`parts`) and the caches
+    /// that start empty.
+    pub fn new(client: Client, parts: ContextParts) -> Self {
+        Self {
+            client,
+            rotations: parts.rotations,
+            reporter: Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: parts.instance,
+            },
+            resync: parts.resync,
+            stores: Default::default(),
+            store_users: Default::default(),
+            records: std::sync::Mutex::new(HashMap::new()),
+            backoffs: Backoffs::default(),
+            metrics: parts.metrics,
+            clock: parts.clock,
+            prober: Prober::new(),
+            valkey_watchers: parts.valkey_watchers,
+            pod_lists: tokio::sync::Semaphore::new(CONCURRENT_POD_LISTS),
+        }
+    }
+
+    /// The next reconcile of `akr` reads Valkey instead of the cached record view.
+    pub fn forget_records(&self, akr: &ApiKeyRotation) {
+        self.records.lock().unwrap().remove(&key_of(akr));
+    }
+
+    /// Valkey answers again (its change feed reconnected): a rotation backing off because of
+    /// Valkey may try again at once.
+    pub fn valkey_is_back(&self, akr: &ApiKeyRotation) {
+        let key = key_of(akr);
+        if self.backoffs.valkey_failed_last(&key) {
+            self.backoffs.succeeded(&key);
+        }
+    }
+
+    /// The key store `rotation` uses for `endpoint`; the one it used before is dropped (its
+    /// connection closed) unless another rotation uses it too.
+    pub(super) async fn keystore(
+        &self,
+        rotation: &str,
+        endpoint: &Endpoint,
+    ) -> Result<KeyStore, KeyStoreError> {
+        let before = self
+            .store_users
+            .lock()
+            .unwrap()
+            .insert(rotation.to_string(), endpoint.clone());
+        if let Some(before) = before.filter(|b| b != endpoint) {
+            self.drop_store_if_unused(&before);
+        }
+        let cell = self
+            .stores
+            .lock()
+            .unwrap()
+            .entry(endpoint.clone())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| async {
+            let store = KeyStore::connect(endpoint).await?;
+            Ok(store.with_own_changes(self.valkey_watchers.own_changes(endpoint)))
+        })
+        .await
+        .cloned()
+    }
+
+    pub(super) fn forget_keystore(&self, endpoint: &Endpoint) {
+        self.stores.lock().unwrap().remove(endpoint);
+    }
+
+    pub(super) fn drop_store_if_unused(&self, endpoint: &Endpoint) {
+        if !self
+            .store_users
+            .lock()
+            .unwrap()
+            .values()
+            .any(|e| e == endpoint)
+        {
+            self.forget_keystore(endpoint);
+        }
+    }
+
+    /// `rotation` is gone: its cached view, back-off, change feed and key store go with it.
+    pub(super) fn forget_rotation(&self, rotation: &str) {
+        self.records.lock().unwrap().remove(rotation);
+        self.backoffs.forget(rotation);
+        self.valkey_watchers.release(rotation);
+        let used = self.store_users.lock().unwrap().remove(rotation);
+        if let Some(endpoint) = used {
+            self.drop_store_if_unused(&endpoint);
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Reading the world for the machine: the vault, the consumers' Secret, the targets, the Valkey
+//! records (from a short-lived cache the operator's own writes keep true), the pods at the gate
+//! and the verification probe.
+
+use super::{Error, FIELD_MANAGER, Reconciliation, key_of};
+use crate::crd::{OUTSIDE_WINDOWS_ANNOTATION, TRIGGER_ANNOTATION};
+use crate::key::{KeyId, RawKey};
+use crate::keystore::{Endpoint, KeyStore};
+use crate::observe::Vault;
+use crate::rotation::{Action, Observation, ProbeOutcome, ProbeStage, RecordView};
+use crate::{observe, rotation};
+use kube::ResourceExt;
+use kube::api::Api;
+use std::time::Duration;
+
+/// How long a Valkey record view is reused (bounds, with the resync, how long data loss can go
+/// unnoticed). Decisions that revoke or promote always read afresh.
+const RECORDS_TTL: Duration = Duration::from_secs(5);
+
+/// What was last read from (or written to) Valkey for one rotation's keys.
+#[derive(Clone)]
+pub(super) struct CachedRecords {
+    read_at: std::time::Instant,
+    current: KeyId,
+    pending: Option<KeyId>,
+    view: RecordView,
+}
+
+impl Reconciliation<'_> {
+    pub(super) async fn endpoint(&self) -> Result<Endpoint, Error> {
+        let v = &self.akr.spec.valkey;
+        let password = match &v.password_secret_ref {
+            None => None,
+            Some(r) => {
+                let secret = self
+                    .secrets
+                    .get_opt(&r.name)
+                    .await?
+                    .ok_or_else(|| Error::Password(format!("Secret {} not found", r.name)))?;
+                crate::trust::password_secret_problem(
+                    &secret,
+                    self.akr,
+                    self.ctx.rotations.state(),
+                )
+                .map_or(Ok(()), |why| Err(Error::SecretNotPermitted(why)))?;
+                let value = observe::secret_value(&secret, &r.key).ok_or_else(|| {
+                    Error::Password(format!("Secret {} has no key {}", r.name, r.key))
+                })?;
+                Some(value.expose().to_string())
+            }
+        };
+        let tls = match &v.tls {
+            None => None,
+            Some(tls) => Some(crate::valkey_tls::read(&self.secrets, tls).await?),
+        };
+        Ok(Endpoint {
+            url: v.url.clone(),
+            password,
+            insecure_skip_tls_verify: v.insecure_skip_tls_verify,
+            tls,
+        })
+    }
+
+    /// The namespace's pods that read the consumers' Secret, listed a page at a time so that
+    /// only their summaries are kept.
+    pub(super) async fn pods_reading_the_secret(
+        &self,
+    ) -> Result<Vec<crate::pods::PodSummary>, String> {
+        const PAGE: u32 = 500;
+        const MAX_PAGES: usize = 200;
+        let spec = &self.planned.spec;
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let _turn = self
+            .ctx
+            .pod_lists
+            .acquire()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        let mut params = kube::api::ListParams::default().limit(PAGE);
+        for _ in 0..MAX_PAGES {
+            let page = pods.list(&params).await.map_err(|e| e.to_string())?;
+            out.extend(
+                page.items
+                    .iter()
+                    .filter_map(|p| crate::pods::summarize(p, &spec.secret, &spec.targets)),
+            );
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => return Ok(out),
+            }
+        }
+        Err(format!(
+            "more than {} pods in namespace {}",
+            PAGE as usize * MAX_PAGES,
+            self.ns
+        ))
+    }
+
+    /// Asks the API with the key the stage is about (`spec.verification`).
+    pub(super) async fn probe(&self, stage: ProbeStage, vault: Option<&Vault>) -> ProbeOutcome {
+        let Some(v) = &self.akr.spec.verification else {
+            return Err("no spec.verification".into());
+        };
+        let key = match (stage, vault) {
+            (ProbeStage::OldKeyRefused, Some(vault)) => vault.current.as_ref(),
+            (_, Some(vault)) => vault.pending.as_ref().map(|(key, _)| key),
+            (_, None) => None,
+        };
+        let Some(key) = key else {
+            return Err("the vault holds no key to probe with".into());
+        };
+        self.ctx
+            .prober
+            .status(
+                &v.url,
+                &v.header,
+                key,
+                Duration::from_secs(v.timeout_seconds.into()),
+            )
+            .await
+    }
+
+    /// The record view for the vault's keys: cached unless `fresh`, too old, or for other keys.
+    pub(super) async fn records(
+        &self,
+        store: &KeyStore,
+        vault: Option<&Vault>,
+        fresh: bool,
+    ) -> Result<(RecordView, bool), Error> {
+        let Some(v) = vault else {
+            return Ok((RecordView::default(), false));
+        };
+        let current = v.current_id.clone();
+        let pending = v.pending.as_ref().map(|(k, _)| k.id());
+        let ttl = RECORDS_TTL.min(self.ctx.resync);
+        if !fresh {
+            let cache = self.ctx.records.lock().unwrap();
+            if let Some(c) = cache.get(&key_of(self.akr)).filter(|c| {
+                c.current == current && c.pending == pending && c.read_at.elapsed() < ttl
+            }) {
+                return Ok((c.view, true));
+            }
+        }
+        let view = observe::record_view(store, &self.akr.spec.valkey, vault).await?;
+        self.ctx.records.lock().unwrap().insert(
+            key_of(self.akr),
+            CachedRecords {
+                read_at: std::time::Instant::now(),
+                current,
+                pending,
+                view,
+            },
+        );
+        Ok((view, false))
+    }
+
+    pub(super) async fn observe(
+        &self,
+        store: &KeyStore,
+        fresh: bool,
+    ) -> Result<(Observation, Option<Vault>, Option<RawKey>, bool), Error> {
+        let spec = &self.planned.spec;
+        let vault_secret = self.secrets.get_opt(&observe::vault_name(self.akr)).await?;
+        let vault = match &vault_secret {
+            Some(s) => observe::parse_vault(s).map_err(Error::Corrupt)?,
+            None => None,
+        };
+        // An emptied vault is lost, but its restore must replace it rather than create it.
+        *self.emptied_vault.lock().unwrap() = vault_secret
+            .filter(|_| vault.is_none())
+            .and_then(|s| s.metadata.resource_version);
+        let consumer = self.secrets.get_opt(&spec.secret.name).await?;
+        let (consumer_view, consumer_key) =
+            observe::consumer_view(consumer.as_ref(), &spec.secret.key);
+        let mut targets = Vec::with_capacity(spec.targets.len());
+        for t in &spec.targets {
+            let d = self.deployments.get_opt(&t.name).await?;
+            targets.push(observe::target_view(d.as_ref()));
+        }
+        let (records, cached) = self.records(store, vault.as_ref(), fresh).await?;
+        let observation = Observation {
+            name: key_of(self.akr),
+            probe: None,
+            gate: None,
+            generation: self.akr.metadata.generation,
+            spec: spec.clone(),
+            status: self.status.clone(),
+            trigger: self.akr.annotations().get(TRIGGER_ANNOTATION).cloned(),
+            outside_windows: self
+                .akr
+                .annotations()
+                .get(OUTSIDE_WINDOWS_ANNOTATION)
+                .cloned(),
+            now: self.ctx.clock.now(),
+            vault: vault.as_ref().map(Vault::view),
+            consumer: consumer_view,
+            consumer_labelled: observe::is_labelled(consumer.as_ref()),
+            consumer_changed_at: observe::last_changed_at(consumer.as_ref()),
+            consumer_key_rewritten: observe::key_rewritten_by_other(
+                consumer.as_ref(),
+                &spec.secret.key,
+                FIELD_MANAGER,
+            ),
+            consumer_immutable: consumer.as_ref().and_then(|s| s.immutable) == Some(true),
+            records,
+            targets,
+            plan: rotation::PlanNotes {
+                deferred: self.planned.deferred.clone(),
+                removed: self.planned.removed.clone(),
+            },
+            pods: None,
+        };
+        Ok((observation, vault, consumer_key, cached))
+    }
+
+    /// Keeps the cached record view true to what this reconcile just wrote.
+    pub(super) fn note_own_valkey_write(&self, action: &Action) {
+        let mut cache = self.ctx.records.lock().unwrap();
+        let Some(entry) = cache.get_mut(&key_of(self.akr)) else {
+            return;
+        };
+        match action {
+            Action::Register { current, pending } => {
+                entry.view.current |= *current;
+                entry.view.current_marked |= *current;
+                entry.view.pending |= *pending && entry.pending.is_some();
+            }
+            Action::Revoke { key_id } => {
+                if *key_id == entry.current {
+                    entry.view.current = false;
+                    entry.view.current_marked = false;
+                }
+                if Some(key_id) == entry.pending.as_ref() {
+                    entry.view.pending = false;
+                }
+            }
+            Action::SetBootstrapFlag => entry.view.bootstrap_flag = true,
+            Action::CreateVault { .. }
+            | Action::RestoreVault { .. }
+            | Action::MintPending { .. }
+            | Action::Promote
+            | Action::DropPending => {
+                // The keys change: the next observation reads Valkey again.
+                cache.remove(&key_of(self.akr));
+            }
+            _ => {}
+        }
+    }
+}
