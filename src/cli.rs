@@ -85,31 +85,7 @@ pub fn render_table(rotations: &[ApiKeyRotation]) -> String {
             Some(c) => c.targets.iter().map(|t| t.name.as_str()).collect(),
             None => r.spec.targets.iter().map(|t| t.name.as_str()).collect(),
         };
-        let targets = names
-            .into_iter()
-            .map(|name| {
-                let state = current
-                    .and_then(|c| c.targets.iter().find(|p| p.name == name))
-                    .map(|p| match p.state {
-                        TargetState::Pending => "pending",
-                        TargetState::Rolling => "rolling",
-                        TargetState::Complete => "done",
-                        TargetState::Failed => "FAILED",
-                    })
-                    .unwrap_or(if status.revision > 0 { "done" } else { "-" });
-                // While the revocation waits for pods: how many of this target's still hold the
-                // old key.
-                let waiting = current
-                    .filter(|c| c.revoked_at.is_none())
-                    .and_then(|c| c.targets.iter().find(|p| p.name == name))
-                    .and_then(|p| p.pods_on_old_key)
-                    .filter(|n| *n > 0)
-                    .map(|n| format!("({n} on old key)"))
-                    .unwrap_or_default();
-                format!("{name}={state}{waiting}")
-            })
-            .collect::<Vec<_>>()
-            .join(",");
+        let targets = target_states(names, current, status.revision);
         let conditions = status
             .conditions
             .iter()
@@ -155,6 +131,40 @@ pub fn render_table(rotations: &[ApiKeyRotation]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Each target as `name=state`, with how many of its pods still hold the old key while the
+/// revocation waits for them.
+fn target_states(
+    names: Vec<&str>,
+    current: Option<&crate::crd::RotationProgress>,
+    revision: u64,
+) -> String {
+    names
+        .into_iter()
+        .map(|name| {
+            let state = current
+                .and_then(|c| c.targets.iter().find(|p| p.name == name))
+                .map(|p| match p.state {
+                    TargetState::Pending => "pending",
+                    TargetState::Rolling => "rolling",
+                    TargetState::Complete => "done",
+                    TargetState::Failed => "FAILED",
+                })
+                .unwrap_or(if revision > 0 { "done" } else { "-" });
+            // While the revocation waits for pods: how many of this target's still hold the
+            // old key.
+            let waiting = current
+                .filter(|c| c.revoked_at.is_none())
+                .and_then(|c| c.targets.iter().find(|p| p.name == name))
+                .and_then(|p| p.pods_on_old_key)
+                .filter(|n| *n > 0)
+                .map(|n| format!("({n} on old key)"))
+                .unwrap_or_default();
+            format!("{name}={state}{waiting}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Sets the trigger annotation to a new token: exactly one rotation follows. With

@@ -7,6 +7,9 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The field manager of every write the operator makes (server-side apply, updates, status).
+pub const FIELD_MANAGER: &str = "apikey-rotator";
+
 pub const GROUP: &str = "keys.siriusscan.io";
 pub const FINALIZER: &str = "keys.siriusscan.io/cleanup";
 /// Pod-template annotation holding the id of the key a rollout delivers.

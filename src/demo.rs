@@ -5,6 +5,7 @@
 
 use crate::crd::{ApiKeyRotation, crd_yaml};
 use crate::key::RawKey;
+use crate::rotation::{DEGRADED, Reason};
 use kube_sim::{RolloutBehavior, Sim, SimOptions};
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
@@ -113,46 +114,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         tick: Duration::from_millis(20),
     })
     .await?;
-    let crd: Value = serde_yaml::from_str(crd_yaml().split("---\n").nth(1).unwrap_or_default())?;
-    sim.install_crd(crd).map_err(anyhow::Error::msg)?;
-    sim.create_object(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
-        .map_err(anyhow::Error::msg)?;
-
-    // A Sirius v1.1 install: the installer's root key, with no Valkey record.
-    let old =
-        RawKey::mint("", 32).map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
-    use base64::Engine;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(old.expose());
-    sim.create_object(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sirius-api-key", "namespace": NS},
-        "data": {"SIRIUS_API_KEY": encoded}}))
-        .map_err(anyhow::Error::msg)?;
-    for name in TARGETS {
-        sim.create_object(deployment(name, args.replicas))
-            .map_err(anyhow::Error::msg)?;
-    }
-    println!(
-        "Embedded cluster up: API stand-in {}, {}",
-        sim.url(),
-        valkey.describe()
-    );
-    println!(
-        "Starting Sirius (sirius-api, sirius-ui, sirius-engine, {} replicas each) ...",
-        args.replicas
-    );
-    let start = Instant::now();
-    while sim
-        .rollouts()
-        .iter()
-        .filter(|r| r.completed_at_ms.is_some())
-        .count()
-        < TARGETS.len()
-    {
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(60),
-            "the simulated Deployments did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let old = install_sirius(&sim, &valkey, args.replicas).await?;
     if let Some(target) = &args.fail_at {
         sim.set_rollout_behavior(
             NS,
@@ -181,37 +143,88 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         std::future::pending(),
     ));
     let began = Instant::now();
+    let outcome = watch_rotation(&sim, args.rollback, began).await?;
+    operator.abort();
+    println!();
+    Ok(summary(&sim, &valkey, &old, outcome, began.elapsed()))
+}
+
+/// The embedded cluster gets what a Sirius v1.1 install has: the CRD, the namespace, the
+/// installer's root key (no Valkey record) and the three Deployments, started. Gives that key.
+async fn install_sirius(sim: &Sim, valkey: &DemoStore, replicas: u32) -> anyhow::Result<RawKey> {
+    let crd: Value = serde_yaml::from_str(crd_yaml().split("---\n").nth(1).unwrap_or_default())?;
+    sim.install_crd(crd).map_err(anyhow::Error::msg)?;
+    sim.create_object(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
+        .map_err(anyhow::Error::msg)?;
+
+    // A Sirius v1.1 install: the installer's root key, with no Valkey record.
+    let old =
+        RawKey::mint("", 32).map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(old.expose());
+    sim.create_object(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sirius-api-key", "namespace": NS},
+        "data": {"SIRIUS_API_KEY": encoded}}))
+        .map_err(anyhow::Error::msg)?;
+    for name in TARGETS {
+        sim.create_object(deployment(name, replicas))
+            .map_err(anyhow::Error::msg)?;
+    }
+    println!(
+        "Embedded cluster up: API stand-in {}, {}",
+        sim.url(),
+        valkey.describe()
+    );
+    println!(
+        "Starting Sirius (sirius-api, sirius-ui, sirius-engine, {} replicas each) ...",
+        replicas
+    );
+    let start = Instant::now();
+    while sim
+        .rollouts()
+        .iter()
+        .filter(|r| r.completed_at_ms.is_some())
+        .count()
+        < TARGETS.len()
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "the simulated Deployments did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(old)
+}
+
+/// Draws the rotation as it goes until it finished, failed or was rolled back (or 120 s passed).
+async fn watch_rotation(sim: &Sim, rollback: bool, began: Instant) -> anyhow::Result<Outcome> {
     let mut view = LiveView::new();
-    let outcome = loop {
+    Ok(loop {
         let rotation: ApiKeyRotation = serde_json::from_value(
             sim.get_object("keys.siriusscan.io", "apikeyrotations", NS, "sirius")
                 .unwrap_or_default(),
         )?;
-        view.draw(&sim, &rotation, began.elapsed());
+        view.draw(sim, &rotation, began.elapsed());
         let status = rotation.status.clone().unwrap_or_default();
-        let degraded = |reason: &str| {
+        let degraded = |reason: Reason| {
             status
                 .conditions
                 .iter()
-                .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == reason)
+                .any(|c| c.type_ == DEGRADED && c.status == "True" && c.reason == reason)
         };
-        if status.revision >= 1 && degraded(crate::rotation::Reason::RolledBack.as_str()) {
+        if status.revision >= 1 && degraded(Reason::RolledBack) {
             break Outcome::RolledBack(rotation);
         }
         if status.revision >= 1 {
             break Outcome::Succeeded(rotation);
         }
-        if degraded("RolloutFailed") && !args.rollback {
+        if degraded(Reason::RolloutFailed) && !rollback {
             break Outcome::Failed(rotation);
         }
         if began.elapsed() > Duration::from_secs(120) {
             break Outcome::Failed(rotation);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    operator.abort();
-    println!();
-    Ok(summary(&sim, &valkey, &old, outcome, began.elapsed()))
+    })
 }
 
 enum Outcome {
@@ -332,13 +345,8 @@ impl LiveView {
     }
 }
 
-fn summary(
-    sim: &Sim,
-    valkey: &DemoStore,
-    old: &RawKey,
-    outcome: Outcome,
-    elapsed: Duration,
-) -> bool {
+/// The Events, oldest first, and the ids Valkey holds records for (which it gives back).
+fn print_events_and_records(sim: &Sim, valkey: &DemoStore) -> Vec<String> {
     let records: Vec<String> = redis::Client::open(valkey.url())
         .and_then(|c| c.get_connection())
         .and_then(|mut c| redis::cmd("KEYS").arg("apikey:*").query(&mut c))
@@ -364,6 +372,34 @@ fn summary(
     for r in &records {
         println!("  {r}");
     }
+    records
+}
+
+/// How long each target's last rollout took, in the order given.
+fn print_rollout_times<'a>(
+    rollouts: &[kube_sim::RolloutRecord],
+    names: impl Iterator<Item = &'a &'a str>,
+    verb: &str,
+) {
+    for name in names {
+        if let Some(r) = rollouts.iter().rev().find(|r| r.deployment == *name) {
+            let done = r
+                .completed_at_ms
+                .map(|c| format!("{} ms", c - r.template_changed_at_ms))
+                .unwrap_or_else(|| "not completed".into());
+            println!("    {name:<14} {verb} in {done}");
+        }
+    }
+}
+
+fn summary(
+    sim: &Sim,
+    valkey: &DemoStore,
+    old: &RawKey,
+    outcome: Outcome,
+    elapsed: Duration,
+) -> bool {
+    let records = print_events_and_records(sim, valkey);
     let rollouts = sim.rollouts();
     match outcome {
         Outcome::Succeeded(rotation) => {
@@ -378,15 +414,7 @@ fn summary(
                 status.active_key_id_short.unwrap_or_default()
             );
             println!("  rollout order (each started only after the previous completed):");
-            for name in TARGETS {
-                if let Some(r) = rollouts.iter().rev().find(|r| r.deployment == name) {
-                    let done = r
-                        .completed_at_ms
-                        .map(|c| format!("{} ms", c - r.template_changed_at_ms))
-                        .unwrap_or_else(|| "not completed".into());
-                    println!("    {name:<14} rolled out in {done}");
-                }
-            }
+            print_rollout_times(&rollouts, TARGETS.iter(), "rolled out");
             true
         }
         Outcome::RolledBack(rotation) => {
@@ -409,15 +437,7 @@ fn summary(
                 "  the old key was never revoked; the new key's record was deleted only after every target ran the old key again."
             );
             println!("  A new trigger starts a fresh rotation.");
-            for name in TARGETS.iter().rev() {
-                if let Some(r) = rollouts.iter().rev().find(|r| r.deployment == *name) {
-                    let done = r
-                        .completed_at_ms
-                        .map(|c| format!("{} ms", c - r.template_changed_at_ms))
-                        .unwrap_or_else(|| "not completed".into());
-                    println!("    {name:<14} rolled back in {done}");
-                }
-            }
+            print_rollout_times(&rollouts, TARGETS.iter().rev(), "rolled back");
             false
         }
         Outcome::Failed(rotation) => {

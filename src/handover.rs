@@ -4,7 +4,7 @@
 //! revoked, and every pod that starts then is refused. Such a Secret is found before the operator
 //! writes anything, and stays refused until its owner hands it over.
 
-use crate::reconciler::FIELD_MANAGER;
+use crate::crd::FIELD_MANAGER;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 

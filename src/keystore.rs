@@ -4,21 +4,11 @@
 
 use crate::key::{KeyId, RawKey};
 use crate::sirius;
-use crate::valkey_tls::TlsMaterial;
+pub use crate::valkey_endpoint::{Endpoint, KeyStoreError, check_url, client, normalize_url};
 use crate::valkey_watch::OwnChanges;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
-
-#[derive(thiserror::Error)]
-pub enum KeyStoreError {
-    // The redis crate's messages do not quote the URL today; they are redacted anyway, so a
-    // future one that does cannot leak a password.
-    #[error("Valkey URL is invalid: {}", crate::redact::text(.0))]
-    InvalidUrl(String),
-    #[error("Valkey is unavailable: {}", crate::redact::text(&.0.to_string()))]
-    Unavailable(#[from] redis::RedisError),
-}
 
 /// What Valkey holds under one key record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,32 +33,6 @@ pub struct RecordsRead {
 pub struct Prefixes<'a> {
     pub records: &'a str,
     pub operator: &'a str,
-}
-
-/// As its (redacted) message: the wrapped errors' own `Debug` is not redacted.
-impl std::fmt::Debug for KeyStoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeyStoreError({self})")
-    }
-}
-
-/// Where a rotation's records live.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Endpoint {
-    pub url: String,
-    pub password: Option<String>,
-    pub insecure_skip_tls_verify: bool,
-    /// The CA to trust and the client certificate, from `spec.valkey.tls` (PEM).
-    pub tls: Option<TlsMaterial>,
-}
-
-/// Only the redacted URL: the password (in the URL or from a Secret) never prints.
-impl std::fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("url", &crate::redact::url(&self.url))
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Clone)]
@@ -96,50 +60,6 @@ pub fn state_key(operator_prefix: &str, owner: &str) -> String {
 /// flush can bring the marker back without its record.
 pub fn marker_key(operator_prefix: &str, id: &KeyId) -> String {
     format!("{operator_prefix}registered:{id}")
-}
-
-/// Accepts `valkey://` and `valkeys://` as aliases of `redis://` and `rediss://`.
-pub fn normalize_url(url: &str) -> String {
-    if let Some(rest) = url.strip_prefix("valkeys://") {
-        format!("rediss://{rest}")
-    } else if let Some(rest) = url.strip_prefix("valkey://") {
-        format!("redis://{rest}")
-    } else {
-        url.to_string()
-    }
-}
-
-/// Parses the URL as the client will, so a bad one is reported as a spec error.
-pub fn check_url(url: &str) -> Result<(), KeyStoreError> {
-    redis::Client::open(normalize_url(url))
-        .map(|_| ())
-        .map_err(|e| KeyStoreError::InvalidUrl(e.to_string()))
-}
-
-/// A client for the endpoint speaking `protocol` (RESP3 is needed for pushed invalidations).
-pub fn client(
-    endpoint: &Endpoint,
-    protocol: redis::ProtocolVersion,
-) -> Result<redis::Client, KeyStoreError> {
-    let mut url = normalize_url(&endpoint.url);
-    if endpoint.insecure_skip_tls_verify && url.starts_with("rediss://") && !url.contains('#') {
-        url.push_str("#insecure");
-    }
-    let client =
-        redis::Client::open(url.as_str()).map_err(|e| KeyStoreError::InvalidUrl(e.to_string()))?;
-    let info = client.get_connection_info().clone();
-    let mut settings = info.redis_settings().clone().set_protocol(protocol);
-    if let Some(password) = &endpoint.password {
-        settings = settings.set_password(password);
-    }
-    let info = info.set_redis_settings(settings);
-    match &endpoint.tls {
-        None => redis::Client::open(info).map_err(|e| KeyStoreError::InvalidUrl(e.to_string())),
-        // The CA replaces the public roots; the client certificate is presented when asked for.
-        // The PEM was checked when it was read (crate::valkey_tls), so a failure here is the URL.
-        Some(tls) => redis::Client::build_with_tls(info, tls.certificates())
-            .map_err(|e| KeyStoreError::InvalidUrl(e.to_string())),
-    }
 }
 
 impl KeyStore {

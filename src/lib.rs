@@ -33,5 +33,6 @@ pub mod sirius;
 pub mod spec_check;
 pub mod telemetry;
 pub mod trust;
+pub mod valkey_endpoint;
 pub mod valkey_tls;
 pub mod valkey_watch;

@@ -8,6 +8,14 @@ use std::collections::BTreeSet;
 /// Every problem found, each naming its field; empty when the spec is usable.
 pub fn problems(spec: &ApiKeyRotationSpec) -> Vec<String> {
     let mut out = Vec::new();
+    targets(spec, &mut out);
+    secret_and_key(spec, &mut out);
+    valkey(spec, &mut out);
+    timing_and_checks(spec, &mut out);
+    out
+}
+
+fn targets(spec: &ApiKeyRotationSpec, out: &mut Vec<String>) {
     if spec.targets.is_empty() {
         out.push("spec.targets: at least one target is required".to_string());
     }
@@ -39,6 +47,9 @@ pub fn problems(spec: &ApiKeyRotationSpec) -> Vec<String> {
             ));
         }
     }
+}
+
+fn secret_and_key(spec: &ApiKeyRotationSpec, out: &mut Vec<String>) {
     if !is_dns_subdomain(&spec.secret.name) {
         out.push(format!(
             "spec.secret.name: {:?} is not a valid Secret name",
@@ -81,6 +92,9 @@ pub fn problems(spec: &ApiKeyRotationSpec) -> Vec<String> {
             spec.key.prefix
         ));
     }
+}
+
+fn valkey(spec: &ApiKeyRotationSpec, out: &mut Vec<String>) {
     if let Err(e) = crate::keystore::check_url(&spec.valkey.url) {
         out.push(format!("spec.valkey.url: {e}"));
     } else if !["redis://", "rediss://", "valkey://", "valkeys://"]
@@ -107,6 +121,9 @@ pub fn problems(spec: &ApiKeyRotationSpec) -> Vec<String> {
             "spec.valkey.operatorPrefix: {own:?} overlaps recordPrefix {records:?}; Sirius would list the operator's state as keys"
         ));
     }
+}
+
+fn timing_and_checks(spec: &ApiKeyRotationSpec, out: &mut Vec<String>) {
     if !(10..=86400).contains(&spec.progress_deadline_seconds) {
         out.push(format!(
             "spec.progressDeadlineSeconds: {} is outside 10..=86400",
@@ -161,7 +178,6 @@ pub fn problems(spec: &ApiKeyRotationSpec) -> Vec<String> {
             spec.history_limit
         ));
     }
-    out
 }
 
 fn is_dns_subdomain(s: &str) -> bool {

@@ -7,7 +7,6 @@
 //! the Secret and its data key only.
 
 use crate::crd::ValkeyTls;
-use crate::reconciler::Error;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use rustls::pki_types::pem::PemObject;
@@ -52,9 +51,18 @@ impl TlsMaterial {
     }
 }
 
-/// Reads and checks the Secrets `tls` names. A missing Secret or data key, or PEM that does not
-/// parse, is [`Error::ValkeyTls`] (reason `ValkeyUnavailable`); a failed API read is
-/// [`Error::Kube`].
+/// Why the TLS material could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A missing Secret or data key, or PEM that does not parse (reason `ValkeyUnavailable`).
+    #[error("{0}")]
+    ValkeyTls(String),
+    /// The API read failed.
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+/// Reads and checks the Secrets `tls` names.
 pub async fn read(secrets: &Api<Secret>, tls: &ValkeyTls) -> Result<TlsMaterial, Error> {
     let mut material = TlsMaterial::default();
     if let Some(r) = &tls.ca_secret_ref {

@@ -9,9 +9,9 @@
 //! an ACL) the resync still finds the loss.
 
 use crate::crd::ApiKeyRotation;
-use crate::keystore::{self, Endpoint};
 use crate::metrics::Metrics;
 use crate::sirius;
+use crate::valkey_endpoint::{self, Endpoint};
 use redis::{PushKind, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -278,7 +278,7 @@ async fn follow(feed: Feed, feeds: Weak<Mutex<Feeds>>) {
 
 impl Feed {
     async fn session(&self, connected_before: &mut bool, backoff: &mut Duration) -> Ended {
-        let client = match keystore::client(&self.endpoint, redis::ProtocolVersion::RESP3) {
+        let client = match valkey_endpoint::client(&self.endpoint, redis::ProtocolVersion::RESP3) {
             Ok(client) => client,
             Err(e) => return Ended::Unsupported(e.to_string()),
         };

@@ -100,27 +100,8 @@ impl Reconciliation<'_> {
                 rollback_of,
                 secret_restores,
             } => {
-                let target = &spec.targets[*index];
-                // A marker the roll leaves out is dropped by server-side apply.
-                let mut annotations = json!({ROLLOUT_ANNOTATION: key_id.as_str()});
-                if let Some(revision) = rollback_of {
-                    annotations[ROLLBACK_ANNOTATION] = json!(revision.to_string());
-                }
-                if let Some(restores) = secret_restores {
-                    annotations[SECRET_RESTORES_ANNOTATION] = json!(restores.to_string());
-                }
-                let patch = json!({
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "metadata": {"name": target.name},
-                    "spec": {"template": {"metadata": {"annotations": annotations}}},
-                });
-                self.deployments
-                    .patch(
-                        &target.name,
-                        &PatchParams::apply(FIELD_MANAGER).force(),
-                        &Patch::Apply(&patch),
-                    )
+                let target = &spec.targets[*index].name;
+                self.stamp_template(target, key_id, *rollback_of, *secret_restores)
                     .await?;
             }
             Action::Revoke { key_id } => store.revoke(prefixes, key_id).await?,
@@ -142,32 +123,76 @@ impl Reconciliation<'_> {
                 }
             }
             Action::RecordHistory { revision, result } => {
-                let r = self.status.current_rotation.as_ref();
-                let entry = json!({
-                    "revision": revision,
-                    "result": result,
-                    "trigger": r.map(|r| r.trigger.clone()),
-                    "oldKeyId": r.and_then(|r| r.old_key_id.clone()),
-                    "newKeyId": r.and_then(|r| r.new_key_id.clone()),
-                    "startedAt": r.map(|r| r.started_at.clone()),
-                    "finishedAt": self.ctx.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                    "failure": r.and_then(|r| r.rolling_back.clone()),
-                    "verifiedBeforeRevokeAt": r.and_then(|r| r.verified_before_revoke_at.clone()),
-                    "oldKeyRefusedAt": r.and_then(|r| r.old_key_refused_at.clone()),
-                    "targets": r.map(|r| r.targets.clone()),
-                });
-                store
-                    .record_history(
-                        &spec.valkey.operator_prefix,
-                        &key_of(self.akr),
-                        *revision,
-                        &entry.to_string(),
-                        spec.history_limit,
-                    )
-                    .await?;
+                self.record_history(store, *revision, result).await?;
             }
             Action::StatusOnly | Action::Wait { .. } => {}
         }
+        Ok(())
+    }
+
+    /// Stamps the target's pod template with the key's id (and the rollback's and restores'
+    /// markers), so its pods restart.
+    async fn stamp_template(
+        &self,
+        target: &str,
+        key_id: &KeyId,
+        rollback_of: Option<u64>,
+        secret_restores: Option<u32>,
+    ) -> Result<(), Error> {
+        // A marker the roll leaves out is dropped by server-side apply.
+        let mut annotations = json!({ROLLOUT_ANNOTATION: key_id.as_str()});
+        if let Some(revision) = rollback_of {
+            annotations[ROLLBACK_ANNOTATION] = json!(revision.to_string());
+        }
+        if let Some(restores) = secret_restores {
+            annotations[SECRET_RESTORES_ANNOTATION] = json!(restores.to_string());
+        }
+        let patch = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": target},
+            "spec": {"template": {"metadata": {"annotations": annotations}}},
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        (self.deployments)
+            .patch(target, &params, &Patch::Apply(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// The finished rotation's entry in the bounded Valkey history.
+    async fn record_history(
+        &self,
+        store: &KeyStore,
+        revision: u64,
+        result: &str,
+    ) -> Result<(), Error> {
+        let spec = &self.planned.spec;
+        let r = self.status.current_rotation.as_ref();
+        let entry = json!({
+            "revision": revision,
+            "result": result,
+            "trigger": r.map(|r| r.trigger.clone()),
+            "oldKeyId": r.and_then(|r| r.old_key_id.clone()),
+            "newKeyId": r.and_then(|r| r.new_key_id.clone()),
+            "startedAt": r.map(|r| r.started_at.clone()),
+            "finishedAt": self.ctx.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            "failure": r.and_then(|r| r.rolling_back.clone()),
+            "verifiedBeforeRevokeAt": r.and_then(|r| r.verified_before_revoke_at.clone()),
+            "oldKeyRefusedAt": r.and_then(|r| r.old_key_refused_at.clone()),
+            "targets": r.map(|r| r.targets.clone()),
+        });
+        let owner = key_of(self.akr);
+        let prefix = &spec.valkey.operator_prefix;
+        (store)
+            .record_history(
+                prefix,
+                &owner,
+                revision,
+                &entry.to_string(),
+                spec.history_limit,
+            )
+            .await?;
         Ok(())
     }
 

@@ -25,7 +25,7 @@ use kube::runtime::finalizer::Event as FinalizerEvent;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const FIELD_MANAGER: &str = "apikey-rotator";
+pub use crate::crd::FIELD_MANAGER;
 /// How soon a Secret managed elsewhere is looked at again (one GET).
 const HANDOVER_RECHECK: Duration = Duration::from_secs(10);
 /// How often a quiet rotation is looked at anyway (detects Valkey data loss and drift).
@@ -53,6 +53,15 @@ pub enum Error {
     Undone(#[from] backoff::Undone),
     #[error("Valkey password: {0}")]
     SecretNotPermitted(String),
+}
+
+impl From<crate::valkey_tls::Error> for Error {
+    fn from(e: crate::valkey_tls::Error) -> Self {
+        match e {
+            crate::valkey_tls::Error::ValkeyTls(why) => Error::ValkeyTls(why),
+            crate::valkey_tls::Error::Kube(e) => Error::Kube(e),
+        }
+    }
 }
 
 impl Error {

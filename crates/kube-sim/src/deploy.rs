@@ -2,7 +2,8 @@
 //! time (maxSurge 1, maxUnavailable 0), reports status exactly in the fields `kubectl rollout
 //! status` reads, and records which Secret values each pod started with.
 
-use crate::store::{ResourceType, Store, Write, now_rfc3339, resource_key};
+use crate::store::{Store, Write, now_rfc3339, resource_key};
+use crate::types::ResourceType;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};

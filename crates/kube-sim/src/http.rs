@@ -4,7 +4,8 @@
 use crate::Shared;
 use crate::selector::Selectors;
 use crate::status::ApiError;
-use crate::store::{ResourceType, Write, resource_key};
+use crate::store::{Write, resource_key};
+use crate::types::ResourceType;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -102,7 +103,7 @@ fn parse_target(shared: &Shared, path: &str) -> Result<Target, ApiError> {
             )
         })?;
     drop(store);
-    let finalize = subresource == "finalize" && crate::store::is_namespace(&rt);
+    let finalize = subresource == "finalize" && crate::types::is_namespace(&rt);
     if !(matches!(subresource, "" | "status") || finalize)
         || (subresource == "status" && !rt.status_subresource)
     {

@@ -16,6 +16,7 @@ mod schema;
 mod selector;
 mod status;
 mod store;
+mod types;
 pub mod valkey;
 
 use deploy::DeploySim;
@@ -269,7 +270,7 @@ impl Sim {
         result
     }
 
-    fn type_of(&self, object: &Value) -> Result<(store::ResourceType, String), String> {
+    fn type_of(&self, object: &Value) -> Result<(types::ResourceType, String), String> {
         let api_version = object["apiVersion"].as_str().ok_or("apiVersion missing")?;
         let kind = object["kind"].as_str().ok_or("kind missing")?;
         let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");

@@ -10,7 +10,7 @@
 //! (`Invalid value: "x": detail`, `Forbidden: detail`, `Too long: ...`); `ApiError::invalid`
 //! derives each cause's reason from it.
 
-use crate::store::ResourceType;
+use crate::types::ResourceType;
 use serde_json::{Map, Value};
 
 pub type Cause = (String, String);

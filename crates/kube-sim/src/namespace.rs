@@ -4,7 +4,8 @@
 //! its deletion conditions kept in its status, and once nothing is left its `kubernetes`
 //! finalizer is removed and the Namespace itself deleted.
 
-use crate::store::{ResourceType, Store, Write, is_pod, now_rfc3339};
+use crate::store::{Store, Write, now_rfc3339};
+use crate::types::{ResourceType, is_pod};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 

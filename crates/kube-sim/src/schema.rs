@@ -2,9 +2,7 @@
 //! (types, bounds, patterns, enums, required, list-map keys) and its CEL rules
 //! (`x-kubernetes-validations`, evaluated by kube-rs's `kube-cel`; transition rules are not).
 
-use crate::store::ResourceType;
 use serde_json::Value;
-use std::sync::Arc;
 
 pub struct Validator {
     inner: jsonschema::Validator,
@@ -95,32 +93,6 @@ fn to_json_schema(schema: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(to_json_schema),
         _ => {}
     }
-}
-
-/// A served resource type from a CustomResourceDefinition object (its storage version).
-pub fn type_from_crd(crd: &Value) -> Option<ResourceType> {
-    let spec = &crd["spec"];
-    let version = spec["versions"]
-        .as_array()?
-        .iter()
-        .find(|v| v["storage"].as_bool() == Some(true))
-        .or_else(|| spec["versions"].as_array()?.first())?;
-    let validator = version["schema"]["openAPIV3Schema"]
-        .as_object()
-        .map(|s| Validator::new(&Value::Object(s.clone())))
-        .transpose()
-        .ok()?
-        .map(Arc::new);
-    Some(ResourceType {
-        group: spec["group"].as_str()?.to_string(),
-        version: version["name"].as_str()?.to_string(),
-        plural: spec["names"]["plural"].as_str()?.to_string(),
-        kind: spec["names"]["kind"].as_str()?.to_string(),
-        namespaced: spec["scope"].as_str() != Some("Cluster"),
-        status_subresource: version["subresources"].get("status").is_some(),
-        tracks_generation: true,
-        validator,
-    })
 }
 
 /// `x-kubernetes-list-type: map` lists must not hold two items with the same key fields, and

@@ -1,7 +1,7 @@
 //! Label and field selectors for list and watch, as kube-apiserver parses them.
 
 use crate::status::ApiError;
-use crate::store::ResourceType;
+use crate::types::ResourceType;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -43,7 +43,7 @@ impl Selectors {
     /// 400 Bad Request, as kube-apiserver's field label conversion answers it (checked for pods).
     pub fn parse(query: &HashMap<String, String>, rt: &ResourceType) -> Result<Self, ApiError> {
         let mut fields = parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
-        let pod_fields = crate::store::is_pod(rt);
+        let pod_fields = crate::types::is_pod(rt);
         if pod_fields {
             for r in &mut fields {
                 let key = r.key_mut();

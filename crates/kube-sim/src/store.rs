@@ -2,8 +2,8 @@
 //! subresource, finalizers, field ownership and a watch log, mirroring kube-apiserver semantics.
 
 use crate::fields::{self, ManagerKey, Ownership};
-use crate::schema::Validator;
 use crate::status::ApiError;
+use crate::types::{ResourceType, is_namespace, is_pod, is_secret};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -22,47 +22,6 @@ pub const PODS: &str = "/pods";
 pub const NAMESPACES: &str = "/namespaces";
 /// Namespaces the NamespaceLifecycle admission plugin never lets be deleted.
 const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
-
-#[derive(Clone)]
-pub struct ResourceType {
-    pub group: String,
-    pub version: String,
-    pub plural: String,
-    pub kind: String,
-    pub namespaced: bool,
-    pub status_subresource: bool,
-    /// Whether `metadata.generation` is maintained (built-in workloads and all custom resources).
-    pub tracks_generation: bool,
-    pub validator: Option<Arc<Validator>>,
-}
-
-impl ResourceType {
-    pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.clone()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
-    }
-    pub(crate) fn builtin(
-        group: &str,
-        version: &str,
-        plural: &str,
-        kind: &str,
-        namespaced: bool,
-    ) -> Self {
-        Self {
-            group: group.into(),
-            version: version.into(),
-            plural: plural.into(),
-            kind: kind.into(),
-            namespaced,
-            status_subresource: false,
-            tracks_generation: false,
-            validator: None,
-        }
-    }
-}
 
 pub type ObjKey = (String, String, String); // (group/plural, namespace, name)
 
@@ -189,7 +148,7 @@ impl Store {
             },
         ]
         .into_iter()
-        .chain(crate::rbac::rbac_types())
+        .chain(crate::types::rbac_types())
         {
             store.add_type(rt);
         }
@@ -556,7 +515,7 @@ impl Store {
         ownership.touch_all(&now);
         object["metadata"]["managedFields"] = ownership.to_managed_fields(&rt.api_version(), &now);
         if rt.kind == "CustomResourceDefinition"
-            && let Some(new_type) = crate::schema::type_from_crd(&object)
+            && let Some(new_type) = ResourceType::from_crd(&object)
         {
             self.add_type(new_type);
         }
@@ -953,18 +912,6 @@ impl Default for Store {
     fn default() -> Self {
         Self::new()
     }
-}
-
-pub fn is_pod(rt: &ResourceType) -> bool {
-    rt.group.is_empty() && rt.plural == "pods"
-}
-
-fn is_secret(rt: &ResourceType) -> bool {
-    rt.group.is_empty() && rt.plural == "secrets"
-}
-
-pub fn is_namespace(rt: &ResourceType) -> bool {
-    rt.group.is_empty() && rt.plural == "namespaces"
 }
 
 /// How long a deleted pod may take to stop (the pod strategy's `CheckGracefulDelete`): the
