@@ -3,7 +3,7 @@
 //! replica or restart did it.
 
 use crate::crd::{ApiKeyRotationStatus, Phase, Step, TargetState};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -13,11 +13,21 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum RotationResult {
-    succeeded,
-    rolled_back,
+    Succeeded,
+    RolledBack,
+}
+
+/// Label values in Prometheus's snake case.
+impl EncodeLabelValue for RotationResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            RotationResult::Succeeded => "succeeded",
+            RotationResult::RolledBack => "rolled_back",
+        })
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -210,7 +220,7 @@ impl Metrics {
             .kubernetes_api_errors
             .get_or_create(&CodeLabels { code: any() });
         let result = ResultLabels {
-            result: RotationResult::succeeded,
+            result: RotationResult::Succeeded,
         };
         let _ = metrics.rotations.get_or_create(&result);
         let _ = metrics.rotation_duration.get_or_create(&result);
@@ -363,9 +373,9 @@ impl Metrics {
         if let (Some(ended), None) = (&before.current_rotation, &after.current_rotation) {
             // A rollback also takes up its revision, so the flag tells the two apart.
             let result = if ended.rolling_back.is_some() {
-                Some(RotationResult::rolled_back)
+                Some(RotationResult::RolledBack)
             } else if after.revision > before.revision {
-                Some(RotationResult::succeeded)
+                Some(RotationResult::Succeeded)
             } else {
                 None
             };
