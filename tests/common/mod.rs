@@ -9,6 +9,7 @@ pub mod sirius_api;
 
 use apikey_rotator::crd::{ApiKeyRotation, crd_yaml};
 use apikey_rotator::key::RawKey;
+pub use apikey_rotator::rotation::Reason;
 use kube::Client;
 use kube_sim::{Sim, SimOptions};
 use serde_json::{Value, json};
@@ -324,7 +325,7 @@ pub async fn wait_revision(sim: &Sim, revision: u64) {
             let status = akr_status(sim);
             status["revision"] == json!(revision)
                 && status["phase"] == "Ready"
-                && event_reasons(sim).iter().any(|r| r == "RotationSucceeded")
+                && has_event(sim, Reason::RotationSucceeded)
         },
     )
     .await;
@@ -401,6 +402,22 @@ pub fn secret_value(sim: &Sim, name: &str, key: &str) -> Option<String> {
 
 pub fn events(sim: &Sim) -> Vec<Value> {
     sim.list_objects("events.k8s.io", "events", Some(NS))
+}
+
+/// Whether an Event with this reason was published.
+pub fn has_event(sim: &Sim, reason: Reason) -> bool {
+    events(sim).iter().any(|e| e["reason"] == reason.as_str())
+}
+
+/// Waits for an Event with this reason.
+pub async fn wait_event(sim: &Sim, reason: Reason) {
+    let what = format!("a {reason} Event");
+    wait_for(Duration::from_secs(30), &what, || has_event(sim, reason)).await;
+}
+
+/// A fixed key the tests can name (the consumers' key a test installs Sirius with).
+pub fn known_key() -> RawKey {
+    RawKey::new("0123456789abcdef".repeat(4))
 }
 
 pub fn event_reasons(sim: &Sim) -> Vec<String> {

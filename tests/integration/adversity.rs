@@ -10,7 +10,7 @@ use serde_json::json;
 use std::time::Duration;
 
 fn old_key() -> RawKey {
-    RawKey::new("0123456789abcdef".repeat(4))
+    known_key()
 }
 
 /// The usual install (the consumers' Secret, the three Deployments, an ApiKeyRotation with
@@ -230,10 +230,7 @@ async fn a_vault_lost_while_idle_is_restored_only_from_the_active_key() {
         secret_value(&sim, "sirius-apikey-vault", "current").as_deref() == Some(old.expose())
     })
     .await;
-    wait_for(Duration::from_secs(5), "the VaultLost Event", || {
-        event_reasons(&sim).iter().any(|r| r == "VaultLost")
-    })
-    .await;
+    wait_event(&sim, Reason::VaultLost).await;
     // Now the consumers' Secret gets a key nobody registered (reported, not restored), then
     // the vault is emptied.
     sim.merge_patch_object(
@@ -322,10 +319,7 @@ async fn a_write_someone_keeps_undoing_is_reported_and_backed_off() {
     wait_degraded(&sim, "WriteUndone").await;
     let message = condition(&sim, "Degraded")["message"].to_string();
     assert!(message.contains("Secret sirius-api-key"), "{message}");
-    wait_for(Duration::from_secs(5), "the WriteUndone Event", || {
-        event_reasons(&sim).iter().any(|r| r == "WriteUndone")
-    })
-    .await;
+    wait_event(&sim, Reason::WriteUndone).await;
     let before = patches();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let during = patches() - before;

@@ -5,7 +5,6 @@
 
 use crate::common::process::*;
 use crate::common::*;
-use apikey_rotator::key::RawKey;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -163,15 +162,15 @@ async fn rotate_under_chart_rbac(
     let mut objects = render_chart(sets);
     edit(&mut objects);
     create_rbac(&sim, &objects, &[TOKEN]);
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     install_sirius(&sim, &valkey.url(), &old, 2, Some("first"), json!({})).await;
     let dir = tempfile::tempdir().unwrap();
     let mut operator = spawn_chart_operator(&sim, &objects, dir.path(), "op-0", TOKEN);
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let completed = loop {
-        let done = akr_status(&sim)["revision"] == json!(1)
-            && event_reasons(&sim).iter().any(|r| r == "RotationSucceeded");
+        let done =
+            akr_status(&sim)["revision"] == json!(1) && has_event(&sim, Reason::RotationSucceeded);
         if done {
             break true;
         }

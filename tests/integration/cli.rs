@@ -2,7 +2,6 @@
 
 use crate::common::*;
 use apikey_rotator::cli::{self, Output, Scope};
-use apikey_rotator::key::RawKey;
 use kube_sim::RolloutBehavior;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -11,8 +10,7 @@ use std::time::Duration;
 async fn rotate_requests_one_rotation_and_status_shows_finished_and_in_flight_rotations() {
     let valkey = Valkey::start();
     let sim = start_sim().await;
-    sim.create_object(consumer_secret(&RawKey::new("0123456789abcdef".repeat(4))))
-        .unwrap();
+    sim.create_object(consumer_secret(&known_key())).unwrap();
     deploy_sirius(&sim, 1).await;
     sim.create_object(rotation(&valkey.url(), json!({})))
         .unwrap();

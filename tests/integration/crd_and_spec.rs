@@ -1,7 +1,6 @@
 //! The shipped CRD, the examples, and how the operator treats a spec it cannot use.
 
 use crate::common::*;
-use apikey_rotator::key::RawKey;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -158,7 +157,7 @@ async fn cel_rules_refuse_overlapping_prefixes_and_the_vault_as_consumer_secret(
 async fn an_unusable_spec_is_degraded_with_a_reason_and_changes_nothing() {
     let valkey = Valkey::start();
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     sim.create_object(consumer_secret(&old)).unwrap();
     deploy_sirius(&sim, 1).await;
     // Valid for the schema (its pattern and CEL rules), but not a URL a client can use.
@@ -173,10 +172,7 @@ async fn an_unusable_spec_is_degraded_with_a_reason_and_changes_nothing() {
         })
     })
     .await;
-    wait_for(Duration::from_secs(5), "the InvalidSpec Event", || {
-        event_reasons(&sim).iter().any(|r| r == "InvalidSpec")
-    })
-    .await;
+    wait_event(&sim, Reason::InvalidSpec).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     operator.abort();
     let status = akr_status(&sim);

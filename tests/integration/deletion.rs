@@ -15,7 +15,7 @@ fn rotation_object(sim: &kube_sim::Sim) -> Option<Value> {
 
 async fn rotated_once(valkey: &Valkey, extra: Value) -> (kube_sim::Sim, RawKey) {
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     install_sirius(&sim, &valkey.url(), &old, 1, Some("one"), extra).await;
     (sim, old)
 }
@@ -82,7 +82,7 @@ async fn retain_keeps_the_secret_and_the_active_key_valid() {
 async fn retain_mid_rotation_leaves_both_keys_valid() {
     let valkey = Valkey::start();
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     sim.create_object(consumer_secret(&old)).unwrap();
     deploy_sirius(&sim, 1).await;
     // The last target never becomes ready: the rotation stays in flight.

@@ -13,7 +13,7 @@ async fn ready_setup(
     extra: Value,
 ) -> (kube_sim::Sim, RawKey) {
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     install_sirius(&sim, valkey_url, &old, 1, trigger, extra).await;
     (sim, old)
 }
@@ -184,7 +184,7 @@ async fn a_valkey_password_from_a_secret_is_used_and_a_changed_one_is_picked_up(
         "data": password_data("first-password"),
     }))
     .unwrap();
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     let url = format!("redis://sirius@127.0.0.1:{}/0", valkey.port);
     let auth =
         json!({"valkey": {"passwordSecretRef": {"name": "sirius-valkey-auth", "key": "password"}}});
@@ -256,10 +256,7 @@ async fn valkey_down_blocks_every_step_that_needs_it_and_the_rotation_resumes_af
         || degraded_reason(&sim).as_deref() == Some("ValkeyUnavailable"),
     )
     .await;
-    wait_for(Duration::from_secs(5), "the Warning Event", || {
-        event_reasons(&sim).iter().any(|r| r == "ValkeyUnavailable")
-    })
-    .await;
+    wait_event(&sim, Reason::ValkeyUnavailable).await;
     // Nothing moved: no key minted, no Secret switched, no restart.
     assert_eq!(
         secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
@@ -303,10 +300,7 @@ async fn a_deleted_or_edited_consumer_secret_is_restored_to_the_active_key() {
         || secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref() == Some(old.expose()),
     )
     .await;
-    wait_for(Duration::from_secs(5), "SecretRestored", || {
-        event_reasons(&sim).iter().any(|r| r == "SecretRestored")
-    })
-    .await;
+    wait_event(&sim, Reason::SecretRestored).await;
 
     sim.delete_object("", "secrets", NS, "sirius-api-key")
         .unwrap();
@@ -332,7 +326,7 @@ async fn a_deleted_or_edited_consumer_secret_is_restored_to_the_active_key() {
 async fn a_failed_rollout_halts_with_the_old_key_valid_and_resumes_when_it_recovers() {
     let valkey = Valkey::start();
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     sim.create_object(consumer_secret(&old)).unwrap();
     deploy_sirius_with_deadline(&sim, 1, Some(1)).await;
     sim.set_rollout_behavior(NS, "sirius-ui", RolloutBehavior::Stall);
@@ -363,10 +357,7 @@ async fn a_failed_rollout_halts_with_the_old_key_valid_and_resumes_when_it_recov
             .iter()
             .any(|r| r.deployment == "sirius-engine" && r.revision == 2)
     );
-    wait_for(Duration::from_secs(5), "the Warning Event", || {
-        event_reasons(&sim).iter().any(|r| r == "RolloutFailed")
-    })
-    .await;
+    wait_event(&sim, Reason::RolloutFailed).await;
 
     // Someone fixes the Deployment: the rotation picks up where it stopped.
     sim.set_rollout_behavior(NS, "sirius-ui", RolloutBehavior::Normal);
@@ -383,7 +374,7 @@ async fn a_failed_rollout_halts_with_the_old_key_valid_and_resumes_when_it_recov
 async fn missing_and_paused_targets_hold_the_rotation_with_a_clear_reason() {
     let valkey = Valkey::start();
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     sim.create_object(consumer_secret(&old)).unwrap();
     for name in ["sirius-api", "sirius-ui"] {
         sim.create_object(sirius_deployment(name, 1)).unwrap();
@@ -554,10 +545,7 @@ async fn with_secret_drift_policy_report_an_edited_secret_is_reported_not_restor
         degraded_reason(&sim).as_deref() == Some("SecretDrift")
     })
     .await;
-    wait_for(Duration::from_secs(5), "the SecretDrift Event", || {
-        event_reasons(&sim).iter().any(|r| r == "SecretDrift")
-    })
-    .await;
+    wait_event(&sim, Reason::SecretDrift).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
@@ -594,7 +582,7 @@ async fn with_secret_drift_policy_report_an_edited_secret_is_reported_not_restor
 async fn a_target_scaled_to_zero_completes_at_once_and_the_rotation_goes_on() {
     let valkey = Valkey::start();
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     sim.create_object(consumer_secret(&old)).unwrap();
     for (name, replicas) in [("sirius-api", 1), ("sirius-ui", 0), ("sirius-engine", 1)] {
         sim.create_object(sirius_deployment(name, replicas))

@@ -3,7 +3,6 @@
 //! Helm (or Argo CD, Flux, External Secrets) also writes.
 
 use crate::common::*;
-use apikey_rotator::key::RawKey;
 use serde_json::json;
 use std::time::Duration;
 
@@ -33,7 +32,7 @@ async fn a_helm_managed_secret_is_reported_before_any_key_is_minted_and_handed_o
 {
     let sim = start_sim().await;
     let valkey = Valkey::start();
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     let mut secret = consumer_secret(&old);
     secret["metadata"]["labels"] = json!({"app.kubernetes.io/managed-by": "Helm"});
     secret["metadata"]["annotations"] = json!({"meta.helm.sh/release-name": "sirius"});
@@ -87,7 +86,7 @@ async fn an_immutable_consumers_secret_is_adopted_but_a_rotation_into_it_is_refu
 {
     let sim = start_sim().await;
     let valkey = Valkey::start();
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     let mut secret = consumer_secret(&old);
     secret["immutable"] = json!(true);
     sim.create_object(secret).unwrap();

@@ -64,7 +64,7 @@ async fn two_replicas() -> TwoReplicas {
 }
 
 async fn start_rotation(r: &TwoReplicas) -> RawKey {
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     install_sirius(&r.sim, &r.valkey.url(), &old, 2, Some("first"), json!({})).await;
     old
 }

@@ -4,11 +4,11 @@
 
 use apikey_rotator::crd::{ApiKeyRotationSpec, ApiKeyRotationStatus};
 use apikey_rotator::key::KeyId;
+use apikey_rotator::pods::PodSummary;
+use apikey_rotator::rollout::RolloutState;
 use apikey_rotator::rotation::{
     Action, ConsumerView, Observation, Plan, ProbeStage, RecordView, TargetView, VaultView, decide,
 };
-use apikey_rotator::pods::PodSummary;
-use apikey_rotator::rollout::RolloutState;
 use jiff::{SignedDuration, Timestamp};
 use std::collections::BTreeSet;
 

@@ -7,11 +7,11 @@ use apikey_rotator::crd::{
     TargetProgress, TargetState,
 };
 use apikey_rotator::key::KeyId;
+use apikey_rotator::pods::PodSummary;
+use apikey_rotator::rollout::RolloutState;
 use apikey_rotator::rotation::{
     ConsumerView, Observation, PlanNotes, ProbeStage, RecordView, TargetView, VaultView, decide,
 };
-use apikey_rotator::pods::PodSummary;
-use apikey_rotator::rollout::RolloutState;
 use proptest::prelude::*;
 
 /// Any text, weighted towards what the machine parses: ids, timestamps, numbers.

@@ -3,7 +3,6 @@
 
 use crate::common::*;
 use apikey_rotator::controller::{DEFAULT_CONCURRENCY, Settings};
-use apikey_rotator::key::RawKey;
 use apikey_rotator::operator::{self, Options};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -60,7 +59,7 @@ fn phase(name: &str, phase: &str) -> String {
 async fn metrics_move_during_and_after_rotations() {
     let valkey = Valkey::start();
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     install_sirius(&sim, &valkey.url(), &old, 2, Some("first"), json!({})).await;
     // Two failed Deployment patches: reconcile errors and API errors by code. (kube's client
     // retries 503s by itself, so a 500.)

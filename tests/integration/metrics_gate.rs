@@ -33,7 +33,7 @@ async fn gated() -> Gated {
     let prometheus = Prometheus::start(exporter.addr).await;
     let valkey = Valkey::start();
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     install_sirius(
         &sim,
         &valkey.url(),

@@ -5,7 +5,6 @@
 
 use crate::common::*;
 use apikey_rotator::controller::{DEFAULT_CONCURRENCY, Settings};
-use apikey_rotator::key::RawKey;
 use apikey_rotator::operator::{self, Options};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -102,7 +101,7 @@ async fn no_password_reaches_logs_events_status_metrics_or_valkey() {
     );
 
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     // "sirius": the probe after the first target cannot reach its URL (VerificationFailed).
     install_sirius(
         &sim,

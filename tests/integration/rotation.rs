@@ -9,13 +9,12 @@ use std::time::Duration;
 async fn rotation_completes_in_order_and_revokes_the_old_key() {
     let valkey = Valkey::start();
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4)); // an installer root key, no record yet
+    let old = known_key(); // an installer root key, no record yet
     install_sirius(&sim, &valkey.url(), &old, 2, Some("first"), json!({})).await;
     let operator = spawn_operator(&sim);
 
     wait_for(Duration::from_secs(30), "rotation 1 to finish", || {
-        akr_status(&sim)["revision"] == json!(1)
-            && event_reasons(&sim).iter().any(|r| r == "RotationSucceeded")
+        akr_status(&sim)["revision"] == json!(1) && has_event(&sim, Reason::RotationSucceeded)
     })
     .await;
     operator.abort();
@@ -110,8 +109,7 @@ async fn no_raw_key_reaches_logs_events_status_or_valkey() {
     install_sirius(&sim, &valkey.url(), &old, 1, Some("leak-check"), json!({})).await;
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(30), "rotation 1 to finish", || {
-        akr_status(&sim)["revision"] == json!(1)
-            && event_reasons(&sim).iter().any(|r| r == "RotationSucceeded")
+        akr_status(&sim)["revision"] == json!(1) && has_event(&sim, Reason::RotationSucceeded)
     })
     .await;
     operator.abort();
@@ -147,7 +145,7 @@ async fn no_raw_key_reaches_logs_events_status_or_valkey() {
 async fn a_revoked_record_that_comes_back_is_deleted_again() {
     let valkey = std::sync::Arc::new(Valkey::start());
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     install_sirius(&sim, &valkey.url(), &old, 1, Some("x"), json!({})).await;
     // Plays Sirius's last-used rewrite racing the revocation: once the old record is deleted,
     // a request that was in flight writes it back.
@@ -192,10 +190,7 @@ async fn a_revoked_record_that_comes_back_is_deleted_again() {
         event_reasons(&sim)
     );
     assert!(
-        !valkey.exists(&format!(
-            "apikey:{}",
-            RawKey::new("0123456789abcdef".repeat(4)).id()
-        )),
+        !valkey.exists(&format!("apikey:{}", known_key().id())),
         "the old key stays revoked"
     );
 }

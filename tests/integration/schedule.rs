@@ -40,7 +40,7 @@ async fn a_window_closing_mid_rotation_lets_the_rollout_finish_and_the_rest_wait
     let clock = Clock::default();
     // Windows: 02:00-03:00 in New York (07:00-08:00 UTC in November). Two seconds before the
     // window closes, a rotation is requested.
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     let windows = json!({"maintenanceWindows": [{"start": "0 2 * * *", "durationMinutes": 60, "timeZone": "America/New_York"}]});
     install_sirius(&sim, &valkey.url(), &old, 2, Some("first"), windows).await;
     clock.set(t("2026-11-28T07:59:58Z"));
@@ -80,7 +80,7 @@ async fn a_window_closing_mid_rotation_lets_the_rollout_finish_and_the_rest_wait
     // Both keys stay valid while the rotation waits.
     assert!(valkey.exists(&format!("apikey:{}", old.id())));
     assert!(valkey.exists(&format!("apikey:{}", new_id.as_str().unwrap())));
-    assert!(event_reasons(&sim).iter().any(|r| r == "WaitingForWindow"));
+    assert!(has_event(&sim, Reason::WaitingForWindow));
     // Still waiting a few resyncs later.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(template_key(&sim, "sirius-ui"), Value::Null);
@@ -119,7 +119,7 @@ async fn a_schedule_across_dst_changes_rotates_once_at_the_right_instant() {
     let sim = start_sim().await;
     let clock = Clock::default();
     // 02:30 every day in Berlin. On 2027-03-28 the clock jumps from 02:00 to 03:00 CEST.
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     let schedule = json!({"schedule": {"cron": "30 2 * * *", "timeZone": "Europe/Berlin"}});
     install_sirius(&sim, &valkey.url(), &old, 1, None, schedule).await;
     clock.set(t("2027-03-28T00:59:55Z"));
@@ -188,7 +188,7 @@ async fn repeated_triggers_and_spec_edits_never_overlap_rotations() {
         ..SimOptions::default()
     })
     .await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     install_sirius(&sim, &valkey.url(), &old, 2, Some("t0"), json!({})).await;
     let operator = spawn_operator_on(&sim, &Clock::default());
     wait_for(Duration::from_secs(10), "rotation 1 to start", || {
@@ -233,7 +233,7 @@ async fn a_rotation_requested_outside_windows_runs_to_the_end_at_once() {
     let valkey = Valkey::start();
     let sim = start_sim().await;
     let clock = Clock::default();
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     let windows = json!({"maintenanceWindows": [{"start": "0 2 * * *", "durationMinutes": 60, "timeZone": "America/New_York"}]});
     install_sirius(&sim, &valkey.url(), &old, 1, Some("routine"), windows).await;
     clock.set(t("2026-11-28T12:00:00Z"));

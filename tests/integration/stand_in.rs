@@ -848,3 +848,60 @@ async fn metadata_only_requests_return_partial_object_metadata() {
         Some("PartialObjectMetadata")
     );
 }
+
+#[tokio::test]
+async fn lists_page_by_limit_and_continue_as_kube_apiserver_does() {
+    let sim = start_sim().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client_for(&sim), NS);
+    for name in ["g", "b", "e", "a", "f", "c", "d"] {
+        cms.create(&PostParams::default(), &configmap(name))
+            .await
+            .unwrap();
+    }
+    let names = |l: &kube::core::ObjectList<ConfigMap>| -> Vec<String> {
+        l.items
+            .iter()
+            .map(|c| c.metadata.name.clone().unwrap())
+            .collect()
+    };
+    let first = cms.list(&ListParams::default().limit(3)).await.unwrap();
+    assert_eq!(names(&first), ["a", "b", "c"]);
+    assert_eq!(first.metadata.remaining_item_count, Some(4));
+    let token = first.metadata.continue_.clone().unwrap();
+    // A later page answers with the first page's resourceVersion, also after another write.
+    cms.create(&PostParams::default(), &configmap("h"))
+        .await
+        .unwrap();
+    let second = cms
+        .list(&ListParams::default().limit(3).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(names(&second), ["d", "e", "f"]);
+    assert_eq!(
+        second.metadata.resource_version,
+        first.metadata.resource_version
+    );
+    let token = second.metadata.continue_.clone().unwrap();
+    let last = cms
+        .list(&ListParams::default().limit(3).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(names(&last), ["g", "h"]);
+    assert!(last.metadata.continue_.as_deref().unwrap_or("").is_empty());
+    // No limit, no paging; a selector hides the count of what is left; a forged token is 400.
+    assert_eq!(
+        names(&cms.list(&ListParams::default()).await.unwrap()).len(),
+        8
+    );
+    let selected = cms
+        .list(&ListParams::default().limit(2).fields("metadata.name!=a"))
+        .await
+        .unwrap();
+    assert_eq!(names(&selected), ["b", "c"]);
+    assert_eq!(selected.metadata.remaining_item_count, None);
+    let forged = cms
+        .list(&ListParams::default().limit(2).continue_token("bm9wZQ"))
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(forged).code, 400);
+}

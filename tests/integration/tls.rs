@@ -167,7 +167,7 @@ async fn a_rotation_runs_over_tls_with_the_ca_from_a_secret_and_the_change_feed_
     let sim = start_sim().await;
     sim.create_object(secret("sirius-valkey-ca", &[("ca.crt", &ca.pem)]))
         .unwrap();
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     let tls = json!({"valkey": {"tls": {"caSecretRef": {"name": "sirius-valkey-ca"}}}});
     install_sirius(&sim, &valkey.url(), &old, 1, Some("first"), tls).await;
     let operator = spawn_operator_with_resync(&sim, Duration::from_secs(3600));
@@ -213,7 +213,7 @@ async fn a_server_certificate_from_another_ca_is_refused() {
     let sim = start_sim().await;
     sim.create_object(secret("sirius-valkey-ca", &[("ca.crt", &unrelated.pem)]))
         .unwrap();
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     let tls = json!({"valkey": {"tls": {"caSecretRef": {"name": "sirius-valkey-ca"}}}});
     install_sirius(&sim, &valkey.url(), &old, 1, Some("first"), tls).await;
     let operator = spawn_operator(&sim);
@@ -265,7 +265,7 @@ async fn mutual_tls_needs_the_client_certificate_from_cert_secret_ref() {
         ],
     ))
     .unwrap();
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     let ca_only =
         json!({"valkey": {"tls": {"caSecretRef": {"name": "apikey-rotator-valkey-client"}}}});
     install_sirius(&sim, &valkey.url(), &old, 1, Some("first"), ca_only).await;
@@ -312,7 +312,7 @@ async fn a_missing_or_unreadable_ca_secret_is_reported_by_name() {
     let ca = Ca::new("sirius private CA");
     let (valkey, _certs) = tls_valkey(&ca, None);
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     let tls = json!({"valkey": {"tls": {"caSecretRef": {"name": "sirius-valkey-ca"}}}});
     install_sirius(&sim, &valkey.url(), &old, 1, Some("first"), tls).await;
     let operator = spawn_operator(&sim);

@@ -4,7 +4,6 @@
 //! of no other use, and a key is never sent in clear text outside the cluster.
 
 use crate::common::*;
-use apikey_rotator::key::RawKey;
 use base64::Engine;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -66,7 +65,7 @@ async fn a_password_secret_without_its_owners_opt_in_is_never_sent() {
         "data": {"password": b64("the-password")},
     }))
     .unwrap();
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     install_sirius(
         &sim,
         &format!("redis://sirius@127.0.0.1:{port}/0"),
@@ -136,7 +135,7 @@ fn without_volatile(mut secret: Value) -> Value {
 async fn a_token_or_another_rotations_vault_is_not_adopted_as_the_consumers_secret() {
     let valkey = Valkey::start();
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     install_sirius(&sim, &valkey.url(), &old, 1, None, json!({})).await;
     sim.create_object(json!({
         "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
@@ -229,7 +228,7 @@ async fn a_token_or_another_rotations_vault_is_not_adopted_as_the_consumers_secr
 async fn a_probe_url_over_http_to_a_public_address_is_invalid_spec() {
     let valkey = Valkey::start();
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     install_sirius(
         &sim,
         &valkey.url(),

@@ -27,7 +27,7 @@ async fn install(prepare: impl FnOnce(&SiriusApi, &RawKey)) -> Installed {
     let valkey = Valkey::start();
     let api = SiriusApi::start(&valkey.url()).await;
     let sim = start_sim().await;
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     prepare(&api, &old);
     install_sirius(
         &sim,

@@ -203,7 +203,7 @@ async fn rollback_returns_everything_to_the_old_key_in_reverse_order_without_a_4
     let valkey = Arc::new(Valkey::start());
     let sim = Arc::new(start_sim_with(checked_sim_options()).await);
     let checker = InvariantChecker::start(sim.clone(), valkey.clone(), model);
-    let old = RawKey::new("0123456789abcdef".repeat(4));
+    let old = known_key();
     sim.create_object(consumer_secret(&old)).unwrap();
     deploy_sirius_with_deadline(&sim, 2, Some(1)).await;
     sim.set_rollout_behavior(

@@ -2,6 +2,7 @@
 //! streams, served on loopback to an ordinary `kube::Client`.
 
 use crate::Shared;
+use crate::paging::PageRequest;
 use crate::selector::Selectors;
 use crate::status::ApiError;
 use crate::store::{Write, resource_key};
@@ -261,11 +262,19 @@ pub async fn handle(
                 Err(e) => return error_response(e),
             };
             let store = shared.store.lock().unwrap();
-            let items: Vec<Value> = store
-                .list(&target.rt, target.namespace.as_deref())
+            let resource = resource_key(&target.rt.group, &target.rt.plural);
+            let paging = match PageRequest::parse(&query, store.oldest_watchable(&resource)) {
+                Ok(p) => p,
+                Err(e) => return error_response(e),
+            };
+            let matching = store
+                .iter(&target.rt, target.namespace.as_deref())
+                .filter(|o| selectors.matches(o));
+            let (page, metadata) =
+                paging.page(matching, store.resource_version(), selectors.is_empty());
+            let items: Vec<Value> = page
                 .into_iter()
-                .filter(|o| selectors.matches(o))
-                .map(|o| if metadata_only { partial(&o) } else { o })
+                .map(|o| if metadata_only { partial(o) } else { o.clone() })
                 .collect();
             let (kind, api_version) = if metadata_only {
                 (
@@ -278,7 +287,7 @@ pub async fn handle(
             let body = json!({
                 "kind": kind,
                 "apiVersion": api_version,
-                "metadata": {"resourceVersion": store.resource_version().to_string()},
+                "metadata": metadata,
                 "items": items,
             });
             ok_json(StatusCode::OK, &body)

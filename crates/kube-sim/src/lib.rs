@@ -11,6 +11,7 @@ mod http;
 pub mod memory_valkey;
 mod meta;
 mod namespace;
+mod paging;
 mod rbac;
 mod schema;
 mod selector;

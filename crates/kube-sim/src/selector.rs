@@ -39,6 +39,11 @@ const POD_FIELD_LABELS: &[&str] = &[
 ];
 
 impl Selectors {
+    /// No label or field selector was given.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
     /// The selectors of a list or watch of `rt`; a field label the resource does not support is
     /// 400 Bad Request, as kube-apiserver's field label conversion answers it (checked for pods).
     pub fn parse(query: &HashMap<String, String>, rt: &ResourceType) -> Result<Self, ApiError> {

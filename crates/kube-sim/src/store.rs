@@ -237,6 +237,21 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))
     }
 
+    /// The objects of a resource (in a namespace), without copying them.
+    pub fn iter<'a>(
+        &'a self,
+        rt: &ResourceType,
+        ns: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Value> + 'a {
+        let resource = resource_key(&rt.group, &rt.plural);
+        let from = (resource.clone(), String::new(), String::new());
+        self.objects
+            .range(from..)
+            .take_while(move |((r, _, _), _)| *r == resource)
+            .filter(move |((_, n, _), _)| ns.is_none_or(|ns| ns == n))
+            .map(|(_, s)| &s.object)
+    }
+
     pub fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<Value> {
         let resource = resource_key(&rt.group, &rt.plural);
         // Keys sort by resource first: scan only this resource's range.
