@@ -7,6 +7,7 @@ mod context;
 mod read;
 mod record;
 
+pub use clean_up::REVOKE_ON_DELETE_BOUND;
 pub use context::{Context, ContextParts};
 
 use crate::backoff::Failure;

@@ -70,6 +70,7 @@ pub enum Reason {
     OldKeyStillAccepted,
     RotationRolledBack,
     RolledBack,
+    DeletionRevokeIncomplete,
     // The reconciler's failures (Degraded, with a Warning Event).
     InvalidSpec,
     ClaimConflict,
@@ -115,6 +116,7 @@ impl Reason {
                 | OldKeyStillAccepted
                 | RotationRolledBack
                 | RolledBack
+                | DeletionRevokeIncomplete
                 | InvalidSpec
                 | ClaimConflict
                 | SecretManagedElsewhere
