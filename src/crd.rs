@@ -276,6 +276,13 @@ pub struct ValkeyTls {
     /// mutual TLS (`--tls-auth-clients yes`). Shaped like a `kubernetes.io/tls` Secret by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_secret_ref: Option<ClientCertSecretRef>,
+    /// The name the server's certificate carries, when it is not the URL's host: for example a
+    /// URL that names a pod IP or a ClusterIP while the certificate names the Service. The
+    /// certificate is checked against it and SNI sends it; the connection still goes to the
+    /// URL's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

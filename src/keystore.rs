@@ -7,7 +7,7 @@ use crate::sirius;
 pub use crate::valkey_endpoint::{Endpoint, KeyStoreError, check_url, client, normalize_url};
 use crate::valkey_watch::OwnChanges;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use std::time::Duration;
 
 /// What Valkey holds under one key record.
@@ -35,9 +35,48 @@ pub struct Prefixes<'a> {
     pub operator: &'a str,
 }
 
+/// redis's reconnecting connection, or, for a server named apart from its URL's host (which the
+/// `ConnectionManager` cannot reach), a multiplexed one (see [`crate::valkey_link`]).
+#[derive(Clone)]
+enum Conn {
+    Managed(ConnectionManager),
+    Pinned(MultiplexedConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Managed(c) => c.req_packed_command(cmd),
+            Conn::Pinned(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Pinned(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Managed(c) => c.get_db(),
+            Conn::Pinned(c) => c.get_db(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct KeyStore {
-    conn: ConnectionManager,
+    conn: Conn,
     /// Where record writes are announced to Valkey's change feed, when one follows this server.
     own_changes: Option<OwnChanges>,
 }
@@ -70,9 +109,18 @@ impl KeyStore {
             .set_response_timeout(Some(Duration::from_secs(3)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(crate::valkey_tls::explain)?;
+        let conn = match crate::valkey_endpoint::connect_to(endpoint) {
+            None => Conn::Managed(
+                ConnectionManager::new_with_config(client, config)
+                    .await
+                    .map_err(crate::valkey_tls::explain)?,
+            ),
+            Some(resolver) => Conn::Pinned(
+                crate::valkey_link::connect(&client, resolver)
+                    .await
+                    .map_err(crate::valkey_tls::explain)?,
+            ),
+        };
         Ok(Self {
             conn,
             own_changes: None,
@@ -321,6 +369,7 @@ mod tests {
             password: Some("from-the-secret".into()),
             insecure_skip_tls_verify: false,
             tls: None,
+            server_name: None,
         };
         let printed = format!("{endpoint:?} {endpoint:#?}");
         assert!(!printed.contains("in-the-url"), "{printed}");

@@ -34,5 +34,6 @@ pub mod spec_check;
 pub mod telemetry;
 pub mod trust;
 pub mod valkey_endpoint;
+pub mod valkey_link;
 pub mod valkey_tls;
 pub mod valkey_watch;

@@ -113,6 +113,18 @@ fn valkey(spec: &ApiKeyRotationSpec, out: &mut Vec<String>) {
     {
         out.push("spec.valkey.tls: needs a rediss:// or valkeys:// URL".to_string());
     }
+    if let Some(name) = spec
+        .valkey
+        .tls
+        .as_ref()
+        .and_then(|t| t.server_name.as_ref())
+        && !is_dns_subdomain(name)
+        && name.parse::<std::net::IpAddr>().is_err()
+    {
+        out.push(format!(
+            "spec.valkey.tls.serverName: {name:?} is neither a DNS name nor an IP address"
+        ));
+    }
     let (records, own) = (&spec.valkey.record_prefix, &spec.valkey.operator_prefix);
     if records.is_empty() || own.is_empty() {
         out.push("spec.valkey: recordPrefix and operatorPrefix must not be empty".to_string());

@@ -28,6 +28,9 @@ pub struct Endpoint {
     pub insecure_skip_tls_verify: bool,
     /// The CA to trust and the client certificate, from `spec.valkey.tls` (PEM).
     pub tls: Option<TlsMaterial>,
+    /// The name the server's certificate carries when it is not the URL's host
+    /// (`spec.valkey.tls.serverName`; see [`crate::valkey_link`]).
+    pub server_name: Option<String>,
 }
 
 /// Only the redacted URL: the password (in the URL or from a Secret) never prints.
@@ -73,12 +76,38 @@ pub fn client(
     if let Some(password) = &endpoint.password {
         settings = settings.set_password(password);
     }
-    let info = info.set_redis_settings(settings);
+    let mut info = info.set_redis_settings(settings);
+    if let (Some(name), redis::ConnectionAddr::TcpTls { port, insecure, .. }) =
+        (&endpoint.server_name, info.addr().clone())
+    {
+        // The certificate is checked against (and SNI names) the server name; `connect_to`
+        // resolves that name to the URL's host.
+        let addr = redis::ConnectionAddr::TcpTls {
+            host: name.clone(),
+            port,
+            insecure,
+            tls_params: None,
+        };
+        info = info.set_addr(addr);
+    }
     match &endpoint.tls {
         None => redis::Client::open(info).map_err(|e| KeyStoreError::InvalidUrl(e.to_string())),
         // The CA replaces the public roots; the client certificate is presented when asked for.
         // The PEM was checked when it was read (crate::valkey_tls), so a failure here is the URL.
         Some(tls) => redis::Client::build_with_tls(info, tls.certificates())
             .map_err(|e| KeyStoreError::InvalidUrl(e.to_string())),
+    }
+}
+
+/// With a server name set for a TLS URL: the resolver that sends its connections to the URL's
+/// host (None otherwise: the URL's host is also the certificate's name).
+pub fn connect_to(endpoint: &Endpoint) -> Option<crate::valkey_link::ConnectTo> {
+    endpoint.server_name.as_ref()?;
+    let info = redis::Client::open(normalize_url(&endpoint.url)).ok()?;
+    match info.get_connection_info().addr() {
+        redis::ConnectionAddr::TcpTls { host, .. } => {
+            Some(crate::valkey_link::ConnectTo { host: host.clone() })
+        }
+        _ => None,
     }
 }

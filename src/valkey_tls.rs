@@ -167,7 +167,9 @@ pub fn explain(e: redis::RedisError) -> redis::RedisError {
     let hint = match tls {
         rustls::Error::InvalidCertificate(
             C::NotValidForName | C::NotValidForNameContext { .. },
-        ) => "the Valkey server's TLS certificate does not name the URL's host",
+        ) => {
+            "the Valkey server's TLS certificate does not name the URL's host (or spec.valkey.tls.serverName)"
+        }
         rustls::Error::InvalidCertificate(_) => {
             "the Valkey server's TLS certificate did not verify against the trusted CA \
              (spec.valkey.tls.caSecretRef, or the public roots without it)"

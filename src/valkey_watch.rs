@@ -283,10 +283,13 @@ impl Feed {
             Err(e) => return Ended::Unsupported(e.to_string()),
         };
         let (pushes, mut pushed) = mpsc::unbounded_channel();
-        let config = redis::AsyncConnectionConfig::new()
+        let mut config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(Duration::from_secs(3)))
             .set_push_sender(pushes);
+        if let Some(resolver) = valkey_endpoint::connect_to(&self.endpoint) {
+            config = config.set_dns_resolver(resolver);
+        }
         let mut conn = match client
             .get_multiplexed_async_connection_with_config(&config)
             .await

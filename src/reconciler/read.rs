@@ -58,6 +58,7 @@ impl Reconciliation<'_> {
             password,
             insecure_skip_tls_verify: v.insecure_skip_tls_verify,
             tls,
+            server_name: v.tls.as_ref().and_then(|t| t.server_name.clone()),
         })
     }
 

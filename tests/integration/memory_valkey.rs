@@ -195,6 +195,7 @@ async fn the_operators_key_store_sessions_leave_the_same_data() {
             password: None,
             insecure_skip_tls_verify: false,
             tls: None,
+            server_name: None,
         })
         .await
         .unwrap();

@@ -66,10 +66,15 @@ struct Pair {
 /// A TLS-only Valkey whose certificate `ca` signed (for `127.0.0.1` and `localhost`); with
 /// `client`, it asks for a client certificate (mutual TLS) and the test presents this one.
 fn tls_valkey(ca: &Ca, client: Option<&Pair>) -> (Valkey, tempfile::TempDir) {
+    tls_valkey_named(ca, client, &["127.0.0.1", "localhost"])
+}
+
+/// As [`tls_valkey`], with a certificate for these names only.
+fn tls_valkey_named(ca: &Ca, client: Option<&Pair>, names: &[&str]) -> (Valkey, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let server = ca.issue(
         "sirius-valkey",
-        &["127.0.0.1", "localhost"],
+        names,
         &[
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -369,4 +374,61 @@ async fn tls_on_a_plain_url_is_refused_by_the_api() {
     );
     sim.create_object(rotation("valkeys://sirius-valkey:6379/0", tls))
         .unwrap();
+}
+
+/// A certificate for the Service's name while the URL names another host (here `localhost`; in a
+/// cluster a pod IP or a ClusterIP): refused as not valid for the URL's host, until
+/// `tls.serverName` names the certificate's name; then the rotation and the change feed run,
+/// still connecting to the URL's host. (The certificate also names 127.0.0.1, for the test's
+/// own connections.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_name_checks_a_certificate_issued_for_another_name_than_the_urls_host() {
+    let ca = Ca::new("sirius private CA");
+    let (mut valkey, _certs) = tls_valkey_named(&ca, None, &["valkey.sirius.svc", "127.0.0.1"]);
+    let sim = start_sim().await;
+    sim.create_object(secret("sirius-valkey-ca", &[("ca.crt", &ca.pem)]))
+        .unwrap();
+    let old = known_key();
+    let url = format!("rediss://localhost:{}", valkey.port);
+    let tls = json!({"valkey": {"tls": {"caSecretRef": {"name": "sirius-valkey-ca"}}}});
+    install_sirius(&sim, &url, &old, 1, Some("first"), tls).await;
+    let operator = spawn_operator_with_resync(&sim, Duration::from_secs(3600));
+    wait_degraded(&sim, "ValkeyUnavailable").await;
+    let message = degraded_message(&sim);
+    assert!(
+        message.contains("does not name the URL's host"),
+        "{message}"
+    );
+    assert!(valkey.keys().is_empty(), "{}", valkey.dump());
+
+    sim.merge_patch_object(
+        "keys.siriusscan.io",
+        "apikeyrotations",
+        NS,
+        "sirius",
+        json!({"spec": {"valkey": {"tls": {"serverName": "valkey.sirius.svc"}}}}),
+    )
+    .unwrap();
+    wait_revision(&sim, 1).await;
+    let record = format!("apikey:{}", current_key(&sim).id());
+    assert!(valkey.exists(&record), "{}", valkey.dump());
+    wait_for(Duration::from_secs(10), "the change feed over TLS", || {
+        !valkey.change_feeds().is_empty()
+    })
+    .await;
+    valkey.flushall();
+    wait_for(Duration::from_secs(5), "the record written back", || {
+        valkey.exists(&record)
+    })
+    .await;
+    // A restart (its data lost) ends every connection: the operator connects again by the
+    // server name and writes the record back.
+    valkey.restart();
+    wait_for(
+        Duration::from_secs(20),
+        "the record written back after a restart",
+        || valkey.exists(&record),
+    )
+    .await;
+    operator.abort();
 }
