@@ -366,3 +366,45 @@ async fn a_secret_reverted_and_put_back_while_the_operator_was_down_rolls_every_
     );
     assert_eq!(akr_status(&sim)["currentRotation"], json!(null));
 }
+
+/// The namespace's pods come a page of 500 at a time, as kube-apiserver serves a list with a
+/// limit: a bare pod that reads the Secret on the second page (600 other pods sort before it)
+/// still holds revocation until it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_on_the_second_page_of_the_namespaces_pods_still_holds_revocation() {
+    let before = |sim: &kube_sim::Sim| {
+        for i in 0..600 {
+            sim.create_object(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("aaa-filler-{i:03}"), "namespace": NS},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+            }))
+            .unwrap();
+        }
+        let mut pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "zz-debug-shell", "namespace": NS},
+            "spec": sirius_deployment("debug-shell", 1)["spec"]["template"]["spec"].clone(),
+        });
+        pod["spec"]["containers"][0]["image"] = json!("busybox");
+        sim.create_object(pod).unwrap();
+    };
+    let s = ready(json!({}), before).await;
+    request_rotation(&s.sim, "go");
+    wait_for(Duration::from_secs(30), "WaitingForPods", || {
+        condition(&s.sim, "Rotating")["reason"] == "WaitingForPods"
+    })
+    .await;
+    let untracked = event(&s.sim, "UntrackedConsumer");
+    let note = untracked["note"].as_str().unwrap();
+    assert!(note.contains("zz-debug-shell (no owner)"), "{note}");
+    assert!(
+        note.starts_with("1 pod "),
+        "only the one that reads the Secret: {note}"
+    );
+    assert!(old_record_exists(&s));
+    s.sim
+        .delete_object("", "pods", NS, "zz-debug-shell")
+        .unwrap();
+    finishes_without_a_refusal(s).await;
+}
