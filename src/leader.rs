@@ -1,15 +1,24 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease (kube-lease-manager), so that several
-//! replicas can run and only one acts.
+//! Leader election on a `coordination.k8s.io/v1` Lease, so that several replicas can run and only
+//! one acts. The rules are client-go's `leaderelection`:
 //!
-//! The crate renews the Lease `grace` seconds before it expires. A renewal that fails (API down,
-//! conflict lost) makes this instance step down at once, before the Lease can expire and another
-//! instance take it: two leaders never act at the same time, as long as clocks agree within
-//! `grace`.
+//! - every write of the Lease carries the resourceVersion it was read at, so of two replicas
+//!   racing for it one wins and the other gets 409 and reads again;
+//! - a Lease held by another is taken only once its record went unchanged, as seen by this
+//!   replica's own monotonic clock, for a whole `leaseDurationSeconds` (clocks of different
+//!   machines are never compared);
+//! - the holder renews every retry period; finding the Lease taken makes it step down at once,
+//!   and so does having renewed none for `leaseDurationSeconds - grace` (API down), which is
+//!   before any other replica can see the Lease unchanged for a whole `leaseDurationSeconds`;
+//! - a release clears the holder only while this replica still holds it (the same precondition),
+//!   so a replica that stalled past its Lease never clears the one a successor just took
+//!   (kube-lease-manager's forced release re-read the Lease and cleared any holder).
 
-use kube::Client;
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
-use std::sync::Arc;
-use std::time::Duration;
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 #[derive(Clone, Debug)]
@@ -27,55 +36,26 @@ pub struct Election {
 
 /// One instance's part in the election; dropping it stops campaigning (without releasing).
 pub struct Candidate {
-    manager: Arc<LeaseManager>,
+    lease: LeaseClient,
     state: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Candidate {
     pub async fn start(client: Client, election: &Election) -> anyhow::Result<Self> {
-        let manager = LeaseManagerBuilder::new(client, &election.lease_name)
-            .with_namespace(&election.namespace)
-            .with_identity(&election.identity)
-            .with_duration(election.lease_duration.as_secs())
-            .with_grace(election.renew_grace.as_secs())
-            .with_field_manager(format!("apikey-rotator-{}", election.identity))
-            .build()
-            .await?;
-        let manager = Arc::new(manager);
+        anyhow::ensure!(
+            election.renew_grace < election.lease_duration,
+            "the renew grace ({:?}) must be shorter than the lease duration ({:?})",
+            election.renew_grace,
+            election.lease_duration
+        );
+        let lease = LeaseClient {
+            api: Api::namespaced(client, &election.namespace),
+            election: election.clone(),
+        };
         let (tx, state) = watch::channel(false);
-        let campaign = manager.clone();
-        let identity = election.identity.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                match campaign.changed().await {
-                    Ok(leading) => {
-                        let was_leading = tx.send_replace(leading);
-                        if leading {
-                            tracing::info!(%identity, "acquired the leader Lease");
-                        } else if was_leading {
-                            tracing::error!(%identity, "lost the leader Lease");
-                            return;
-                        }
-                    }
-                    Err(e) if *tx.borrow() => {
-                        // Could not renew: stop acting now rather than when the Lease expires.
-                        tracing::error!(%identity, error = %e, "could not renew the leader Lease; stepping down");
-                        tx.send_replace(false);
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(%identity, error = %e, "leader election failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        });
-        Ok(Self {
-            manager,
-            state,
-            task,
-        })
+        let task = tokio::spawn(campaign(lease.clone(), tx));
+        Ok(Self { lease, state, task })
     }
 
     /// Resolves once this instance leads (never, if it lost the election for good).
@@ -90,10 +70,11 @@ impl Candidate {
         let _ = self.state.wait_for(|leading| !*leading).await;
     }
 
-    /// Gives the Lease up so a standby takes over without waiting for it to expire.
+    /// Gives the Lease up so a standby takes over without waiting for it to expire; only while
+    /// this instance still holds it.
     pub async fn release(self) {
         self.task.abort();
-        if let Err(e) = self.manager.release().await {
+        if let Err(e) = self.lease.release().await {
             tracing::warn!(error = %e, "could not release the leader Lease; it will expire");
         }
     }
@@ -102,5 +83,171 @@ impl Candidate {
 impl Drop for Candidate {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// How often a standby looks at the Lease, and how soon a lost race is retried.
+fn retry_period(election: &Election) -> Duration {
+    (election.renew_grace / 2).clamp(Duration::from_millis(200), Duration::from_secs(2))
+}
+
+/// Campaigns until this instance lost a Lease it held (then it stops: the process restarts and
+/// stands by). The holder renews every retry period; a renewal that fails is retried, but once
+/// none succeeded for `lease_duration - grace` it steps down, before any other instance can see
+/// the Lease unchanged for a whole `lease_duration`.
+async fn campaign(lease: LeaseClient, tx: watch::Sender<bool>) {
+    let identity = lease.election.identity.clone();
+    let renew_deadline = lease.election.lease_duration - lease.election.renew_grace;
+    let mut seen = Observed::default();
+    let mut renewed = Instant::now();
+    loop {
+        let leading = *tx.borrow();
+        match lease.try_acquire_or_renew(&mut seen).await {
+            Ok(Round::Held) => {
+                renewed = Instant::now();
+                if !leading {
+                    tracing::info!(%identity, "acquired the leader Lease");
+                    tx.send_replace(true);
+                }
+            }
+            Ok(Round::HeldByAnother) if leading => {
+                tracing::error!(%identity, "lost the leader Lease");
+                tx.send_replace(false);
+                return;
+            }
+            Ok(Round::HeldByAnother) => {}
+            Ok(Round::LostRace) | Err(_) if leading && renewed.elapsed() >= renew_deadline => {
+                // Could not renew in time: stop acting now, before the Lease can pass on.
+                tracing::error!(%identity, "could not renew the leader Lease in time; stepping down");
+                tx.send_replace(false);
+                return;
+            }
+            Ok(Round::LostRace) => {}
+            Err(e) => tracing::warn!(%identity, error = %e, "leader election: retrying"),
+        }
+        tokio::time::sleep(retry_period(&lease.election)).await;
+    }
+}
+
+/// What one round of the campaign found.
+enum Round {
+    /// This instance holds the Lease (acquired or renewed).
+    Held,
+    /// Another instance holds it and its record is fresh.
+    HeldByAnother,
+    /// Another write came first (409): read again.
+    LostRace,
+}
+
+/// The Lease record as this instance last saw it change, and when (its own monotonic clock).
+#[derive(Default)]
+struct Observed {
+    record: Option<(Option<String>, Option<MicroTime>)>,
+    at: Option<Instant>,
+}
+
+impl Observed {
+    /// Notes the record; true when it has not changed for `duration` (the holder stopped renewing).
+    fn unchanged_for(&mut self, spec: &LeaseSpec, duration: Duration) -> bool {
+        let record = Some((spec.holder_identity.clone(), spec.renew_time.clone()));
+        if self.record != record || self.at.is_none() {
+            self.record = record;
+            self.at = Some(Instant::now());
+            return false;
+        }
+        self.at.is_some_and(|at| at.elapsed() >= duration)
+    }
+}
+
+#[derive(Clone)]
+struct LeaseClient {
+    api: Api<Lease>,
+    election: Election,
+}
+
+impl LeaseClient {
+    fn now() -> MicroTime {
+        MicroTime(Timestamp::now())
+    }
+
+    fn spec(&self, transitions: i32, acquired: Option<MicroTime>) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.election.identity.clone()),
+            lease_duration_seconds: Some(self.election.lease_duration.as_secs().max(1) as i32),
+            acquire_time: acquired.or_else(|| Some(Self::now())),
+            renew_time: Some(Self::now()),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
+    }
+
+    /// One round: acquire a free or expired Lease, or renew this instance's.
+    async fn try_acquire_or_renew(&self, seen: &mut Observed) -> Result<Round, kube::Error> {
+        let me = self.election.identity.as_str();
+        let Some(mut lease) = self.api.get_opt(&self.election.lease_name).await? else {
+            let new = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.election.lease_name.clone()),
+                    ..Default::default()
+                },
+                spec: Some(self.spec(0, None)),
+            };
+            return written(self.api.create(&write_params(), &new).await);
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let held_by_me = spec.holder_identity.as_deref() == Some(me);
+        let free = spec.holder_identity.as_deref().is_none_or(str::is_empty);
+        let duration = spec
+            .lease_duration_seconds
+            .map(|s| Duration::from_secs(s.max(1) as u64))
+            .unwrap_or(self.election.lease_duration);
+        let expired = seen.unchanged_for(&spec, duration);
+        if !held_by_me && !free && !expired {
+            return Ok(Round::HeldByAnother);
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0);
+        lease.spec = Some(if held_by_me {
+            self.spec(transitions, spec.acquire_time.clone())
+        } else {
+            self.spec(transitions + 1, None)
+        });
+        // `replace` sends the resourceVersion it was read at: a concurrent write wins, this 409s.
+        let name = lease.name_any();
+        written(self.api.replace(&name, &write_params(), &lease).await)
+    }
+
+    /// Clears the holder, only if it is still this instance (at the resourceVersion read).
+    async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.election.lease_name).await? else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(self.election.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.renew_time = Some(Self::now());
+        let name = lease.name_any();
+        match self.api.replace(&name, &write_params(), &lease).await {
+            // Changed since it was read: another instance holds it now, or will.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+}
+
+fn write_params() -> PostParams {
+    PostParams {
+        field_manager: Some(crate::crd::FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// A write of the Lease: held, or refused with 409 because another instance wrote first.
+fn written<T>(result: Result<T, kube::Error>) -> Result<Round, kube::Error> {
+    match result {
+        Ok(_) => Ok(Round::Held),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Round::LostRace),
+        Err(e) => Err(e),
     }
 }

@@ -190,3 +190,93 @@ async fn a_terminated_leader_exits_cleanly_and_gives_the_lease_up() {
     assert!(status.success(), "{status}: {}", new_leader.log_text());
     assert_eq!(holder(&r.sim), None);
 }
+
+fn election(identity: &str) -> apikey_rotator::leader::Election {
+    apikey_rotator::leader::Election {
+        namespace: NS.into(),
+        lease_name: LEASE.into(),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(2),
+        renew_grace: Duration::from_secs(1),
+    }
+}
+
+fn lease_holder(sim: &Sim) -> Option<String> {
+    sim.get_object("coordination.k8s.io", "leases", NS, LEASE)
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+}
+
+/// Two candidates start at once against no Lease: both create it, one wins and the other gets
+/// 409; for the next seconds never both lead, and the Lease names the one that does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_candidates_racing_for_a_new_lease_never_both_lead() {
+    use apikey_rotator::leader::Candidate;
+    let sim = start_sim().await;
+    let (ea, eb) = (election("a"), election("b"));
+    let (a, b) = tokio::join!(
+        Candidate::start(client_for(&sim), &ea),
+        Candidate::start(client_for(&sim), &eb),
+    );
+    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    tokio::select! {
+        _ = a.leading() => {}
+        _ = b.leading() => {}
+    }
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        let leading = |c: &mut Candidate| futures::FutureExt::now_or_never(c.leading()).is_some();
+        let (la, lb) = (leading(&mut a), leading(&mut b));
+        assert!(!(la && lb), "both lead");
+        assert!(la || lb, "neither leads");
+        let expected = if la { "a" } else { "b" };
+        assert_eq!(lease_holder(&sim).as_deref(), Some(expected));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A leader that stalled past its Lease (here: the Lease rewritten to another holder, as a
+/// successor takes it) and releases before it noticed never clears the successor's hold
+/// (kube-lease-manager's forced release re-read the Lease and cleared whoever held it); a leader
+/// that does notice steps down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_leaders_release_never_clears_its_successors_lease() {
+    use apikey_rotator::leader::Candidate;
+    let sim = start_sim().await;
+    let mut a = Candidate::start(client_for(&sim), &election("a"))
+        .await
+        .unwrap();
+    a.leading().await;
+    assert_eq!(lease_holder(&sim).as_deref(), Some("a"));
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    sim.merge_patch_object(
+        "coordination.k8s.io",
+        "leases",
+        NS,
+        LEASE,
+        json!({"spec": {"holderIdentity": "b", "renewTime": now, "acquireTime": now}}),
+    )
+    .unwrap();
+    a.release().await;
+    assert_eq!(lease_holder(&sim).as_deref(), Some("b"));
+
+    let mut c = Candidate::start(client_for(&sim), &election("c"))
+        .await
+        .unwrap();
+    // "b" never renews: after a whole Lease duration unchanged, "c" takes it over.
+    tokio::time::timeout(Duration::from_secs(8), c.leading())
+        .await
+        .expect("c leads once the Lease went unrenewed");
+    sim.merge_patch_object(
+        "coordination.k8s.io",
+        "leases",
+        NS,
+        LEASE,
+        json!({"spec": {"holderIdentity": "d"}}),
+    )
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), c.lost())
+        .await
+        .expect("c steps down once it sees the Lease taken");
+}
