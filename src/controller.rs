@@ -29,6 +29,9 @@ pub struct Settings {
     pub concurrency: u16,
     /// The time rotations are decided on (the system clock but in tests).
     pub clock: Clock,
+    /// How long a `deletionPolicy: Revoke` deletion keeps trying a Valkey it cannot reach
+    /// before it lets go (see [`crate::reconciler::DEFAULT_REVOKE_ON_DELETE_TIMEOUT`]).
+    pub revoke_on_delete_timeout: std::time::Duration,
 }
 
 /// Enough to keep every rollout moving (reconciles are short; waiting is done by requeueing),
@@ -42,6 +45,7 @@ impl Settings {
             resync: crate::reconciler::DEFAULT_RESYNC,
             concurrency: DEFAULT_CONCURRENCY,
             clock: Clock::default(),
+            revoke_on_delete_timeout: crate::reconciler::DEFAULT_REVOKE_ON_DELETE_TIMEOUT,
         }
     }
 }
@@ -84,6 +88,7 @@ pub async fn run_with_metrics(
         metrics,
         clock: settings.clock.clone(),
         valkey_watchers,
+        revoke_on_delete_timeout: settings.revoke_on_delete_timeout,
     };
     let ctx = Arc::new(Context::new(client, parts));
     let hit_by_valkey_loss = rotations_hit(losses, store.clone(), ctx.clone());

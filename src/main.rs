@@ -32,6 +32,10 @@ enum Command {
         /// Reconciles running at once (0: unbounded).
         #[arg(long, default_value_t = controller::DEFAULT_CONCURRENCY, env = "RECONCILE_CONCURRENCY")]
         concurrency: u16,
+        /// How long a `deletionPolicy: Revoke` deletion keeps trying a Valkey it cannot reach,
+        /// in seconds, before it releases the ApiKeyRotation with its keys left valid (named).
+        #[arg(long, default_value_t = 300, env = "REVOKE_ON_DELETE_TIMEOUT_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+        revoke_on_delete_timeout_seconds: u64,
         /// Where to serve /metrics, /healthz and /readyz ("off" to serve nothing).
         #[arg(long, default_value = "0.0.0.0:8080", env = "METRICS_BIND_ADDRESS")]
         metrics_bind_address: String,
@@ -175,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
             log_level,
             resync_seconds,
             concurrency,
+            revoke_on_delete_timeout_seconds,
             metrics_bind_address,
             election,
         } => {
@@ -201,6 +206,9 @@ async fn main() -> anyhow::Result<()> {
                     resync: std::time::Duration::from_secs(resync_seconds),
                     concurrency,
                     clock: Default::default(),
+                    revoke_on_delete_timeout: std::time::Duration::from_secs(
+                        revoke_on_delete_timeout_seconds,
+                    ),
                 },
                 namespaces,
                 election,

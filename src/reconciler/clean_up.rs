@@ -7,15 +7,15 @@ use crate::observe;
 use crate::rotation::{EventNote, Reason};
 use kube::ResourceExt;
 use kube::runtime::controller::Action as Requeue;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 impl Reconciliation<'_> {
     /// The ApiKeyRotation is being deleted. `Retain` never revokes anything: the consumers' Secret
     /// and every key this rotation made valid stay valid (a rotation in flight stops where it is,
     /// with both keys accepted), and only its Valkey state entry is dropped (best effort, so an
     /// unreachable Valkey never blocks a deletion). `Revoke` deletes the records of every key it
-    /// manages, then its state and history, and retries until Valkey confirms, for up to
-    /// [`REVOKE_ON_DELETE_BOUND`] after the deletion began.
+    /// manages, then its state and history, and retries until Valkey confirms (for a bounded
+    /// time while Valkey is out of reach: see [`Self::revoke_on_delete`]).
     pub(super) async fn clean_up(self) -> Result<Requeue, Error> {
         let spec = &self.akr.spec;
         let owner = key_of(self.akr);
@@ -48,27 +48,34 @@ impl Reconciliation<'_> {
     }
 
     /// `deletionPolicy: Revoke`: every key this rotation manages revoked, then its state and
-    /// history removed. Valkey out of reach (down, or its password Secret deleted with the
-    /// namespace) is retried with back-off, but only until [`REVOKE_ON_DELETE_BOUND`] after the
-    /// deletion began: then the finalizer is released anyway, and the keys left valid are named
-    /// (a Warning Event where the namespace still takes one, and the log), so a deletion, or a
-    /// namespace's, always ends.
+    /// history removed. A Valkey out of reach (down, or its password or TLS Secret deleted with
+    /// the namespace) is retried with back-off, each retry with a fresh connection, until
+    /// Valkey has been out of reach for the operator's `--revoke-on-delete-timeout-seconds`
+    /// (300 by default, counted from the first failure this process saw): then the finalizer is
+    /// released anyway, and the keys left valid are named (a Warning Event where the namespace
+    /// still takes one, and the log), so a deletion, or a namespace's, always ends. Any other
+    /// error (the Kubernetes API, a refused Secret) is retried without end, as before.
     async fn revoke_on_delete(&self, owner: &str) -> Result<(), Error> {
         let spec = &self.akr.spec;
         let ids = self.keys_to_revoke().await?;
-        let shorts: Vec<String> = ids.iter().map(|id| id.short().to_string()).collect();
-        let revoked = async {
-            let store = self.ctx.keystore(owner, &self.endpoint().await?).await?;
+        let mut revoked: Vec<&KeyId> = Vec::new();
+        let mut endpoint = None;
+        let result = async {
+            let reached = self.endpoint().await?;
+            let store = self.ctx.keystore(owner, endpoint.insert(reached)).await?;
             for id in &ids {
                 store.revoke(spec.valkey.prefixes(), id).await?;
+                revoked.push(id);
             }
             store
                 .forget_owner(&spec.valkey.operator_prefix, owner, false)
                 .await?;
             Ok::<_, Error>(())
-        };
-        match revoked.await {
+        }
+        .await;
+        let e = match result {
             Ok(()) => {
+                let shorts: Vec<&str> = ids.iter().map(KeyId::short).collect();
                 self.publish(&EventNote {
                     reason: Reason::DeletionRevokedKeys,
                     message: format!(
@@ -77,26 +84,44 @@ impl Reconciliation<'_> {
                     ),
                 })
                 .await;
-                Ok(())
+                return Ok(());
             }
-            Err(e) if self.deleting_for() >= REVOKE_ON_DELETE_BOUND => {
-                let message = format!(
-                    "Deleted with deletionPolicy Revoke, but Valkey could not be reached for {}s ({}); released anyway, so key(s) {} stay valid: delete their records (apikey:<id>) by hand.",
-                    REVOKE_ON_DELETE_BOUND.as_secs(),
-                    e,
-                    shorts.join(", ")
-                );
-                let ids: Vec<&str> = ids.iter().map(KeyId::as_str).collect();
-                tracing::error!(rotation = %owner, keys = ?ids, error = %e, "deletion released without revoking");
-                self.publish(&EventNote {
-                    reason: Reason::DeletionRevokeIncomplete,
-                    message,
-                })
-                .await;
-                Ok(())
-            }
-            Err(e) => Err(e),
+            Err(e) if !e.is_valkey() => return Err(e),
+            Err(e) => e,
+        };
+        // The next attempt connects afresh (a store's connection may be the thing that broke).
+        if let Some(endpoint) = &endpoint {
+            self.ctx.forget_keystore(endpoint);
         }
+        let since = *(self.ctx.unreachable_since.lock().unwrap())
+            .entry(owner.to_string())
+            .or_insert_with(Instant::now);
+        let timeout = self.ctx.revoke_on_delete_timeout;
+        if since.elapsed() < timeout {
+            return Err(e);
+        }
+        let left: Vec<&KeyId> = ids.iter().filter(|id| !revoked.contains(id)).collect();
+        let shorts: Vec<&str> = left.iter().map(|id| id.short()).collect();
+        let message = if left.is_empty() {
+            format!(
+                "Deleted with deletionPolicy Revoke: every key was revoked, but the rotation's state and history could not be removed from Valkey for {}s ({e}); released anyway.",
+                timeout.as_secs()
+            )
+        } else {
+            format!(
+                "Deleted with deletionPolicy Revoke, but Valkey was out of reach for {}s ({e}); released anyway, so key(s) {} stay valid: delete their records (apikey:<id>) by hand.",
+                timeout.as_secs(),
+                shorts.join(", ")
+            )
+        };
+        let left: Vec<&str> = left.iter().map(|id| id.as_str()).collect();
+        tracing::error!(rotation = %owner, keys_left_valid = ?left, error = %e, "deletion released without revoking every key");
+        self.publish(&EventNote {
+            reason: Reason::DeletionRevokeIncomplete,
+            message,
+        })
+        .await;
+        Ok(())
     }
 
     /// Every key this rotation manages: the vault's (if the garbage collector has not taken it
@@ -127,19 +152,8 @@ impl Reconciliation<'_> {
         ids.dedup();
         Ok(ids)
     }
-
-    /// How long ago the deletion began (by the API server's stamp and the operator's clock).
-    fn deleting_for(&self) -> Duration {
-        let since = self.akr.metadata.deletion_timestamp.as_ref().map(|t| t.0);
-        let now = self.ctx.clock.now();
-        since
-            .map(|t| now.duration_since(t))
-            .filter(|d| d.is_positive())
-            .map(|d| Duration::from_millis(d.as_millis() as u64))
-            .unwrap_or_default()
-    }
 }
 
-/// How long a `Revoke` deletion waits for Valkey before it lets go (see
+/// How long a `Revoke` deletion tries a Valkey it cannot reach, by default (see
 /// [`Reconciliation::revoke_on_delete`]).
-pub const REVOKE_ON_DELETE_BOUND: Duration = Duration::from_secs(300);
+pub const DEFAULT_REVOKE_ON_DELETE_TIMEOUT: Duration = Duration::from_secs(300);

@@ -40,6 +40,12 @@ pub struct Context {
     /// Pod lists in flight at once: each holds a page of full Pods while it summarizes them, so
     /// the reconciles waiting at the pod gate together cannot hold more than a few pages.
     pub(super) pod_lists: tokio::sync::Semaphore,
+    /// How long a `Revoke` deletion tries an unreachable Valkey before it lets go.
+    pub(super) revoke_on_delete_timeout: Duration,
+    /// When each deletion (`namespace/name`) first found Valkey out of reach, by this process's
+    /// monotonic clock: the timeout runs from there, so it never ends unretried (an operator
+    /// that was down) nor by another machine's clock.
+    pub(super) unreachable_since: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// What the controller gives a [`Context`].
@@ -52,6 +58,7 @@ pub struct ContextParts {
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub valkey_watchers: Watchers,
+    pub revoke_on_delete_timeout: Duration,
 }
 
 /// At most this many pod lists at once (see [`Context`]): 4 pages of 500 Pods, some 18 MiB.
@@ -78,6 +85,8 @@ impl Context {
             prober: Prober::new(),
             valkey_watchers: parts.valkey_watchers,
             pod_lists: tokio::sync::Semaphore::new(CONCURRENT_POD_LISTS),
+            revoke_on_delete_timeout: parts.revoke_on_delete_timeout,
+            unreachable_since: Default::default(),
         }
     }
 
@@ -146,6 +155,7 @@ impl Context {
         self.records.lock().unwrap().remove(rotation);
         self.backoffs.forget(rotation);
         self.valkey_watchers.release(rotation);
+        self.unreachable_since.lock().unwrap().remove(rotation);
         let used = self.store_users.lock().unwrap().remove(rotation);
         if let Some(endpoint) = used {
             self.drop_store_if_unused(&endpoint);

@@ -7,7 +7,7 @@ mod context;
 mod read;
 mod record;
 
-pub use clean_up::REVOKE_ON_DELETE_BOUND;
+pub use clean_up::DEFAULT_REVOKE_ON_DELETE_TIMEOUT;
 pub use context::{Context, ContextParts};
 
 use crate::backoff::Failure;

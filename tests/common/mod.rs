@@ -190,15 +190,23 @@ pub fn spawn_operator_with(
     resync: Duration,
     clock: apikey_rotator::clock::Clock,
 ) -> tokio::task::JoinHandle<()> {
-    let client = client_for(sim);
-    let settings = apikey_rotator::controller::Settings {
-        namespace: Some(NS.into()),
-        resync,
-        concurrency: apikey_rotator::controller::DEFAULT_CONCURRENCY,
-        clock,
-    };
+    spawn_operator_with_settings(
+        sim,
+        apikey_rotator::controller::Settings {
+            resync,
+            clock,
+            ..apikey_rotator::controller::Settings::namespaced(NS)
+        },
+    )
+}
+
+/// The operator with these settings.
+pub fn spawn_operator_with_settings(
+    sim: &Sim,
+    settings: apikey_rotator::controller::Settings,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(apikey_rotator::controller::run(
-        client,
+        client_for(sim),
         settings,
         std::future::pending(),
     ))

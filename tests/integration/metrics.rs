@@ -2,7 +2,7 @@
 //! rotations: the counters and histograms move as the README documents.
 
 use crate::common::*;
-use apikey_rotator::controller::{DEFAULT_CONCURRENCY, Settings};
+use apikey_rotator::controller::Settings;
 use apikey_rotator::operator::{self, Options};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -71,8 +71,7 @@ async fn metrics_move_during_and_after_rotations() {
         settings: Settings {
             namespace: None,
             resync: Duration::from_secs(60),
-            concurrency: DEFAULT_CONCURRENCY,
-            clock: Default::default(),
+            ..Settings::namespaced(NS)
         },
         namespaces: vec![NS.into()],
         election: None,

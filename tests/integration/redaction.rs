@@ -4,7 +4,7 @@
 //! None of the passwords appears in the logs, an Event, a status, the metrics or Valkey.
 
 use crate::common::*;
-use apikey_rotator::controller::{DEFAULT_CONCURRENCY, Settings};
+use apikey_rotator::controller::Settings;
 use apikey_rotator::operator::{self, Options};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -133,8 +133,7 @@ async fn no_password_reaches_logs_events_status_metrics_or_valkey() {
         settings: Settings {
             namespace: None,
             resync: Duration::from_secs(60),
-            concurrency: DEFAULT_CONCURRENCY,
-            clock: Default::default(),
+            ..Settings::namespaced(NS)
         },
         namespaces: vec![NS.into()],
         election: None,

@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use apikey_rotator::clock::Clock;
-use apikey_rotator::controller::{DEFAULT_CONCURRENCY, Settings};
+use apikey_rotator::controller::Settings;
 use apikey_rotator::key::RawKey;
 use kube_sim::{Sim, SimOptions};
 use serde_json::{Value, json};
@@ -18,8 +18,8 @@ fn spawn_operator_on(sim: &Sim, clock: &Clock) -> tokio::task::JoinHandle<()> {
     let settings = Settings {
         namespace: Some(NS.into()),
         resync: Duration::from_secs(1),
-        concurrency: DEFAULT_CONCURRENCY,
         clock: clock.clone(),
+        ..Settings::namespaced(NS)
     };
     tokio::spawn(apikey_rotator::controller::run(
         client_for(sim),
