@@ -72,8 +72,10 @@ impl Candidate {
 
     /// Gives the Lease up so a standby takes over without waiting for it to expire; only while
     /// this instance still holds it.
-    pub async fn release(self) {
+    pub async fn release(mut self) {
         self.task.abort();
+        // A renewal in flight lands before the release reads the Lease.
+        let _ = (&mut self.task).await;
         if let Err(e) = self.lease.release().await {
             tracing::warn!(error = %e, "could not release the leader Lease; it will expire");
         }
@@ -86,15 +88,19 @@ impl Drop for Candidate {
     }
 }
 
-/// How often a standby looks at the Lease, and how soon a lost race is retried.
+/// How often the holder renews and a standby looks: at least three tries before the holder's
+/// deadline (`lease_duration - grace`), and at most every 2 s.
 fn retry_period(election: &Election) -> Duration {
-    (election.renew_grace / 2).clamp(Duration::from_millis(200), Duration::from_secs(2))
+    let deadline = election.lease_duration - election.renew_grace;
+    (deadline / 3).clamp(Duration::from_millis(100), Duration::from_secs(2))
 }
 
 /// Campaigns until this instance lost a Lease it held (then it stops: the process restarts and
 /// stands by). The holder renews every retry period; a renewal that fails is retried, but once
-/// none succeeded for `lease_duration - grace` it steps down, before any other instance can see
-/// the Lease unchanged for a whole `lease_duration`.
+/// none succeeded for `lease_duration - grace` (each round is cut off at that deadline, so a hung
+/// request cannot outlast it) it steps down, before any other instance can see the Lease
+/// unchanged for a whole `lease_duration`. A renewal refused with 409 (another write came first)
+/// also steps down: client-go would read again, but whoever wrote may hold it now.
 async fn campaign(lease: LeaseClient, tx: watch::Sender<bool>) {
     let identity = lease.election.identity.clone();
     let renew_deadline = lease.election.lease_duration - lease.election.renew_grace;
@@ -102,28 +108,38 @@ async fn campaign(lease: LeaseClient, tx: watch::Sender<bool>) {
     let mut renewed = Instant::now();
     loop {
         let leading = *tx.borrow();
-        match lease.try_acquire_or_renew(&mut seen).await {
-            Ok(Round::Held) => {
-                renewed = Instant::now();
+        let started = Instant::now();
+        let limit = if leading {
+            renew_deadline.saturating_sub(renewed.elapsed())
+        } else {
+            lease.election.lease_duration
+        };
+        let round = tokio::time::timeout(limit, lease.try_acquire_or_renew(&mut seen, leading));
+        match round.await {
+            Ok(Ok(Round::Held)) => {
+                // Stamped when the request left: the Lease was renewed no earlier than that.
+                renewed = started;
                 if !leading {
                     tracing::info!(%identity, "acquired the leader Lease");
                     tx.send_replace(true);
                 }
             }
-            Ok(Round::HeldByAnother) if leading => {
+            Ok(Ok(Round::HeldByAnother | Round::LostRace)) if leading => {
                 tracing::error!(%identity, "lost the leader Lease");
                 tx.send_replace(false);
                 return;
             }
-            Ok(Round::HeldByAnother) => {}
-            Ok(Round::LostRace) | Err(_) if leading && renewed.elapsed() >= renew_deadline => {
+            Ok(Ok(_)) => {}
+            _ if leading && renewed.elapsed() >= renew_deadline => {
                 // Could not renew in time: stop acting now, before the Lease can pass on.
                 tracing::error!(%identity, "could not renew the leader Lease in time; stepping down");
                 tx.send_replace(false);
                 return;
             }
-            Ok(Round::LostRace) => {}
-            Err(e) => tracing::warn!(%identity, error = %e, "leader election: retrying"),
+            Ok(Err(e)) => tracing::warn!(%identity, error = %e, "leader election: retrying"),
+            Err(_) => {
+                tracing::warn!(%identity, "leader election: the API did not answer; retrying")
+            }
         }
         tokio::time::sleep(retry_period(&lease.election)).await;
     }
@@ -147,6 +163,20 @@ struct Observed {
 }
 
 impl Observed {
+    /// Notes that the Lease is gone; true while one was seen held less than `duration` ago.
+    fn absent_within(&mut self, duration: Duration) -> bool {
+        let held_before = self
+            .record
+            .as_ref()
+            .is_some_and(|(holder, _)| holder.as_deref().is_some_and(|h| !h.is_empty()));
+        if held_before {
+            self.record = Some((None, None));
+            self.at = Some(Instant::now());
+            return true;
+        }
+        self.at.is_some_and(|at| at.elapsed() < duration) && self.record.is_some()
+    }
+
     /// Notes the record; true when it has not changed for `duration` (the holder stopped renewing).
     fn unchanged_for(&mut self, spec: &LeaseSpec, duration: Duration) -> bool {
         let record = Some((spec.holder_identity.clone(), spec.renew_time.clone()));
@@ -182,9 +212,18 @@ impl LeaseClient {
     }
 
     /// One round: acquire a free or expired Lease, or renew this instance's.
-    async fn try_acquire_or_renew(&self, seen: &mut Observed) -> Result<Round, kube::Error> {
+    async fn try_acquire_or_renew(
+        &self,
+        seen: &mut Observed,
+        leading: bool,
+    ) -> Result<Round, kube::Error> {
         let me = self.election.identity.as_str();
         let Some(mut lease) = self.api.get_opt(&self.election.lease_name).await? else {
+            // Deleted under its holder (by hand): that holder may still act, so a standby that
+            // saw it held waits a whole duration, as for any change; the holder steps down.
+            if leading || seen.absent_within(self.election.lease_duration) {
+                return Ok(Round::HeldByAnother);
+            }
             let new = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.election.lease_name.clone()),
@@ -209,7 +248,7 @@ impl LeaseClient {
         lease.spec = Some(if held_by_me {
             self.spec(transitions, spec.acquire_time.clone())
         } else {
-            self.spec(transitions + 1, None)
+            self.spec(transitions.saturating_add(1), None)
         });
         // `replace` sends the resourceVersion it was read at: a concurrent write wins, this 409s.
         let name = lease.name_any();
@@ -249,5 +288,49 @@ fn written<T>(result: Result<T, kube::Error>) -> Result<Round, kube::Error> {
         Ok(_) => Ok(Round::Held),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Round::LostRace),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn election(duration: u64, grace: u64) -> Election {
+        Election {
+            namespace: "ns".into(),
+            lease_name: "lease".into(),
+            identity: "a".into(),
+            lease_duration: Duration::from_secs(duration),
+            renew_grace: Duration::from_secs(grace),
+        }
+    }
+
+    #[test]
+    fn the_holder_gets_three_tries_before_its_deadline() {
+        for (d, g) in [(15, 5), (4, 2), (3, 2), (10, 9), (60, 1)] {
+            let e = election(d, g);
+            let deadline = e.lease_duration - e.renew_grace;
+            assert!(retry_period(&e) * 3 <= deadline, "{d}/{g}");
+            assert!(retry_period(&e) <= Duration::from_secs(2));
+        }
+    }
+
+    #[test]
+    fn a_lease_is_taken_only_after_a_whole_duration_unchanged_or_after_it_vanished() {
+        let held = |holder: &str| LeaseSpec {
+            holder_identity: Some(holder.into()),
+            renew_time: Some(MicroTime(Timestamp::UNIX_EPOCH)),
+            ..Default::default()
+        };
+        let mut seen = Observed::default();
+        // The first sight of a held Lease starts the wait; so does any change.
+        assert!(!seen.unchanged_for(&held("b"), Duration::ZERO));
+        assert!(seen.unchanged_for(&held("b"), Duration::ZERO));
+        assert!(!seen.unchanged_for(&held("c"), Duration::ZERO));
+        // Gone after being held: wait; never seen: create at once.
+        assert!(seen.absent_within(Duration::from_secs(60)));
+        assert!(seen.absent_within(Duration::from_secs(60)));
+        assert!(!seen.absent_within(Duration::ZERO));
+        assert!(!Observed::default().absent_within(Duration::from_secs(60)));
     }
 }

@@ -58,14 +58,16 @@ impl Reconciliation<'_> {
     async fn revoke_on_delete(&self, owner: &str) -> Result<(), Error> {
         let spec = &self.akr.spec;
         let ids = self.keys_to_revoke().await?;
-        let mut revoked: Vec<&KeyId> = Vec::new();
+        // By uid: a rotation deleted and made again under its name starts afresh.
+        let progress_key = self.akr.uid().unwrap_or_else(|| owner.to_string());
+        let mut revoked = Vec::new();
         let mut endpoint = None;
         let result = async {
             let reached = self.endpoint().await?;
             let store = self.ctx.keystore(owner, endpoint.insert(reached)).await?;
             for id in &ids {
                 store.revoke(spec.valkey.prefixes(), id).await?;
-                revoked.push(id);
+                revoked.push(id.0.clone());
             }
             store
                 .forget_owner(&spec.valkey.operator_prefix, owner, false)
@@ -73,8 +75,30 @@ impl Reconciliation<'_> {
             Ok::<_, Error>(())
         }
         .await;
-        let e = match result {
-            Ok(()) => {
+        let (since, left) = {
+            let mut deletions = self.ctx.deletions.lock().unwrap();
+            let progress = deletions.entry(progress_key.clone()).or_default();
+            let reached_valkey = !revoked.is_empty();
+            progress.revoked.extend(revoked);
+            if reached_valkey || !result.as_ref().err().is_some_and(Error::is_valkey) {
+                progress.unreachable_since = None;
+            }
+            let left: Vec<KeyId> = (ids.iter())
+                .filter(|id| !progress.revoked.contains(&id.0))
+                .cloned()
+                .collect();
+            if result.is_ok() || !result.as_ref().err().is_some_and(Error::is_valkey) {
+                (None, left)
+            } else {
+                (
+                    Some(*progress.unreachable_since.get_or_insert_with(Instant::now)),
+                    left,
+                )
+            }
+        };
+        let e = match (result, since) {
+            (Ok(()), _) => {
+                self.ctx.deletions.lock().unwrap().remove(&progress_key);
                 let shorts: Vec<&str> = ids.iter().map(KeyId::short).collect();
                 self.publish(&EventNote {
                     reason: Reason::DeletionRevokedKeys,
@@ -86,42 +110,43 @@ impl Reconciliation<'_> {
                 .await;
                 return Ok(());
             }
-            Err(e) if !e.is_valkey() => return Err(e),
-            Err(e) => e,
+            (Err(e), None) => return Err(e),
+            (Err(e), Some(_)) => e,
         };
         // The next attempt connects afresh (a store's connection may be the thing that broke).
         if let Some(endpoint) = &endpoint {
             self.ctx.forget_keystore(endpoint);
         }
-        let since = *(self.ctx.unreachable_since.lock().unwrap())
-            .entry(owner.to_string())
-            .or_insert_with(Instant::now);
         let timeout = self.ctx.revoke_on_delete_timeout;
-        if since.elapsed() < timeout {
+        if since.is_some_and(|t| t.elapsed() < timeout) {
             return Err(e);
         }
-        let left: Vec<&KeyId> = ids.iter().filter(|id| !revoked.contains(id)).collect();
-        let shorts: Vec<&str> = left.iter().map(|id| id.short()).collect();
+        self.ctx.deletions.lock().unwrap().remove(&progress_key);
+        self.release_unrevoked(owner, &left, &e).await;
+        Ok(())
+    }
+
+    /// The `Revoke` deletion lets go with `left` still valid: says which, and why.
+    async fn release_unrevoked(&self, owner: &str, left: &[KeyId], e: &Error) {
+        let timeout = self.ctx.revoke_on_delete_timeout.as_secs();
+        let shorts: Vec<&str> = left.iter().map(KeyId::short).collect();
         let message = if left.is_empty() {
             format!(
-                "Deleted with deletionPolicy Revoke: every key was revoked, but the rotation's state and history could not be removed from Valkey for {}s ({e}); released anyway.",
-                timeout.as_secs()
+                "Deleted with deletionPolicy Revoke: every key was revoked, but the rotation's state and history could not be removed from Valkey for {timeout}s ({e}); released anyway."
             )
         } else {
             format!(
-                "Deleted with deletionPolicy Revoke, but Valkey was out of reach for {}s ({e}); released anyway, so key(s) {} stay valid: delete their records (apikey:<id>) by hand.",
-                timeout.as_secs(),
+                "Deleted with deletionPolicy Revoke, but Valkey was out of reach or refused the operator for {timeout}s ({e}); released anyway, so key(s) {} stay valid: delete their records (apikey:<id>) by hand.",
                 shorts.join(", ")
             )
         };
-        let left: Vec<&str> = left.iter().map(|id| id.as_str()).collect();
-        tracing::error!(rotation = %owner, keys_left_valid = ?left, error = %e, "deletion released without revoking every key");
+        let ids: Vec<&str> = left.iter().map(KeyId::as_str).collect();
+        tracing::error!(rotation = %owner, keys_left_valid = ?ids, error = %e, "deletion released without revoking every key");
         self.publish(&EventNote {
             reason: Reason::DeletionRevokeIncomplete,
             message,
         })
         .await;
-        Ok(())
     }
 
     /// Every key this rotation manages: the vault's (if the garbage collector has not taken it

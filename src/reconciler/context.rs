@@ -42,10 +42,19 @@ pub struct Context {
     pub(super) pod_lists: tokio::sync::Semaphore,
     /// How long a `Revoke` deletion tries an unreachable Valkey before it lets go.
     pub(super) revoke_on_delete_timeout: Duration,
-    /// When each deletion (`namespace/name`) first found Valkey out of reach, by this process's
-    /// monotonic clock: the timeout runs from there, so it never ends unretried (an operator
-    /// that was down) nor by another machine's clock.
-    pub(super) unreachable_since: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    /// Each `Revoke` deletion's progress (by the object's uid): see [`DeletionProgress`].
+    pub(super) deletions: std::sync::Mutex<HashMap<String, DeletionProgress>>,
+}
+
+/// How far a `Revoke` deletion got across its attempts.
+#[derive(Default)]
+pub(super) struct DeletionProgress {
+    /// Since when Valkey has been out of reach without a break, by this process's monotonic
+    /// clock: the timeout runs from there, so it never ends unretried (an operator that was
+    /// down) nor by another machine's clock. Cleared whenever an attempt reaches Valkey.
+    pub unreachable_since: Option<std::time::Instant>,
+    /// The ids revoked so far (an attempt can fail after some).
+    pub revoked: std::collections::BTreeSet<String>,
 }
 
 /// What the controller gives a [`Context`].
@@ -86,7 +95,7 @@ impl Context {
             valkey_watchers: parts.valkey_watchers,
             pod_lists: tokio::sync::Semaphore::new(CONCURRENT_POD_LISTS),
             revoke_on_delete_timeout: parts.revoke_on_delete_timeout,
-            unreachable_since: Default::default(),
+            deletions: Default::default(),
         }
     }
 
@@ -155,7 +164,6 @@ impl Context {
         self.records.lock().unwrap().remove(rotation);
         self.backoffs.forget(rotation);
         self.valkey_watchers.release(rotation);
-        self.unreachable_since.lock().unwrap().remove(rotation);
         let used = self.store_users.lock().unwrap().remove(rotation);
         if let Some(endpoint) = used {
             self.drop_store_if_unused(&endpoint);
