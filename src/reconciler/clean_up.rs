@@ -75,29 +75,8 @@ impl Reconciliation<'_> {
             Ok::<_, Error>(())
         }
         .await;
-        let (since, left) = {
-            let mut deletions = self.ctx.deletions.lock().unwrap();
-            let progress = deletions.entry(progress_key.clone()).or_default();
-            let reached_valkey = !revoked.is_empty();
-            progress.revoked.extend(revoked);
-            if reached_valkey || !result.as_ref().err().is_some_and(Error::is_valkey) {
-                progress.unreachable_since = None;
-            }
-            let left: Vec<KeyId> = (ids.iter())
-                .filter(|id| !progress.revoked.contains(&id.0))
-                .cloned()
-                .collect();
-            if result.is_ok() || !result.as_ref().err().is_some_and(Error::is_valkey) {
-                (None, left)
-            } else {
-                (
-                    Some(*progress.unreachable_since.get_or_insert_with(Instant::now)),
-                    left,
-                )
-            }
-        };
-        let e = match (result, since) {
-            (Ok(()), _) => {
+        let e = match result {
+            Ok(()) => {
                 self.ctx.deletions.lock().unwrap().remove(&progress_key);
                 let shorts: Vec<&str> = ids.iter().map(KeyId::short).collect();
                 self.publish(&EventNote {
@@ -110,15 +89,32 @@ impl Reconciliation<'_> {
                 .await;
                 return Ok(());
             }
-            (Err(e), None) => return Err(e),
-            (Err(e), Some(_)) => e,
+            Err(e) => e,
+        };
+        let (since, left) = {
+            let mut deletions = self.ctx.deletions.lock().unwrap();
+            let progress = deletions.entry(progress_key.clone()).or_default();
+            // Valkey answered this attempt, or something else failed: the outage clock restarts.
+            if !revoked.is_empty() || !e.is_valkey() {
+                progress.unreachable_since = None;
+            }
+            progress.revoked.extend(revoked);
+            if !e.is_valkey() {
+                return Err(e);
+            }
+            let since = *progress.unreachable_since.get_or_insert_with(Instant::now);
+            let left: Vec<KeyId> = (ids.iter())
+                .filter(|id| !progress.revoked.contains(&id.0))
+                .cloned()
+                .collect();
+            (since, left)
         };
         // The next attempt connects afresh (a store's connection may be the thing that broke).
         if let Some(endpoint) = &endpoint {
             self.ctx.forget_keystore(endpoint);
         }
         let timeout = self.ctx.revoke_on_delete_timeout;
-        if since.is_some_and(|t| t.elapsed() < timeout) {
+        if since.elapsed() < timeout {
             return Err(e);
         }
         self.ctx.deletions.lock().unwrap().remove(&progress_key);

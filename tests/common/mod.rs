@@ -57,6 +57,21 @@ impl Valkey {
         self.server.url()
     }
 
+    /// An ACL user that may do anything, with this password only (any earlier one removed).
+    pub fn set_user_password(&self, user: &str, password: &str) {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(user)
+            .arg("on")
+            .arg("resetpass")
+            .arg(format!(">{password}"))
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .exec(&mut self.conn())
+            .unwrap();
+    }
+
     /// Kills the server (its data, kept only in memory, is lost).
     pub fn stop(&mut self) {
         self.server.stop();

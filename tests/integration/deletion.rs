@@ -153,10 +153,7 @@ async fn revoke_deletes_the_records_and_waits_for_valkey() {
 async fn a_revoke_deletion_in_a_namespace_being_deleted_ends_after_its_timeout() {
     use base64::Engine;
     let valkey = Valkey::start();
-    redis::cmd("ACL")
-        .arg(&["SETUSER", "sirius", "on", ">pw", "~*", "&*", "+@all"])
-        .exec(&mut valkey.conn())
-        .unwrap();
+    valkey.set_user_password("sirius", "pw");
     let sim = start_sim().await;
     sim.create_object(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
         .unwrap();

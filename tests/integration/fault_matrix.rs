@@ -41,17 +41,7 @@ const OPERATOR_USER: &str = "operator";
 const OPERATOR_PASSWORD: &str = "operator-password";
 
 fn set_operator_password(valkey: &Valkey, password: &str) {
-    redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg(OPERATOR_USER)
-        .arg("on")
-        .arg("resetpass")
-        .arg(format!(">{password}"))
-        .arg("~*")
-        .arg("&*")
-        .arg("+@all")
-        .exec(&mut valkey.conn())
-        .unwrap();
+    valkey.set_user_password(OPERATOR_USER, password);
 }
 
 /// Where the fault lands: the first time the status shows this step (and target).

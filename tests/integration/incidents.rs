@@ -159,19 +159,7 @@ async fn valkey_data_loss_is_repaired_from_valkeys_change_feed_without_waiting_f
 async fn a_valkey_password_from_a_secret_is_used_and_a_changed_one_is_picked_up() {
     use base64::Engine;
     let valkey = Valkey::start();
-    let set_password = |password: &str| {
-        redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("sirius")
-            .arg("on")
-            .arg("resetpass")
-            .arg(format!(">{password}"))
-            .arg("~*")
-            .arg("&*")
-            .arg("+@all")
-            .exec(&mut valkey.conn())
-            .unwrap();
-    };
+    let set_password = |password: &str| valkey.set_user_password("sirius", password);
     let password_data = |password: &str| json!({"password": base64::engine::general_purpose::STANDARD.encode(password)});
     set_password("first-password");
     let sim = start_sim().await;

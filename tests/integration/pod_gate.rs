@@ -253,16 +253,21 @@ async fn a_pod_terminating_longer_than_the_window_delays_revocation_until_it_is_
     finishes_without_a_refusal(s).await;
 }
 
-/// A bare pod that reads the consumers' Secret (created before the rotation: on the old key).
-fn debug_shell(sim: &kube_sim::Sim) {
+/// A bare pod named `name` that reads the consumers' Secret.
+fn bare_pod(sim: &kube_sim::Sim, name: &str) {
     let mut pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "debug-shell", "namespace": NS},
+        "metadata": {"name": name, "namespace": NS},
         "spec": sirius_deployment("debug-shell", 1)["spec"]["template"]["spec"].clone(),
     });
     pod["spec"]["containers"][0]["image"] = json!("busybox");
     sim.create_object(pod).unwrap();
+}
+
+/// A bare pod that reads the consumers' Secret (created before the rotation: on the old key).
+fn debug_shell(sim: &kube_sim::Sim) {
+    bare_pod(sim, "debug-shell");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,13 +386,7 @@ async fn a_pod_on_the_second_page_of_the_namespaces_pods_still_holds_revocation(
             }))
             .unwrap();
         }
-        let mut pod = json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "zz-debug-shell", "namespace": NS},
-            "spec": sirius_deployment("debug-shell", 1)["spec"]["template"]["spec"].clone(),
-        });
-        pod["spec"]["containers"][0]["image"] = json!("busybox");
-        sim.create_object(pod).unwrap();
+        bare_pod(sim, "zz-debug-shell");
     };
     let s = ready(json!({}), before).await;
     request_rotation(&s.sim, "go");

@@ -79,16 +79,7 @@ async fn no_password_reaches_logs_events_status_metrics_or_valkey() {
         .expect("no other subscriber in this process");
 
     let valkey = Valkey::start();
-    redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("sirius")
-        .arg("on")
-        .arg(format!(">{VALKEY_PASSWORD}"))
-        .arg("~*")
-        .arg("&*")
-        .arg("+@all")
-        .exec(&mut valkey.conn())
-        .unwrap();
+    valkey.set_user_password("sirius", VALKEY_PASSWORD);
     let valkey_url = format!(
         "redis://sirius:{VALKEY_PASSWORD}@127.0.0.1:{}/0",
         valkey.port

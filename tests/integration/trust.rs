@@ -47,16 +47,7 @@ fn condition_message(sim: &kube_sim::Sim) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_secret_without_its_owners_opt_in_is_never_sent() {
     let valkey = Valkey::start();
-    redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("sirius")
-        .arg("on")
-        .arg(">the-password")
-        .arg("~*")
-        .arg("&*")
-        .arg("+@all")
-        .exec(&mut valkey.conn())
-        .unwrap();
+    valkey.set_user_password("sirius", "the-password");
     let (port, connections) = counting_proxy(valkey.port).await;
     let sim = start_sim().await;
     sim.create_object(json!({

@@ -244,6 +244,7 @@ impl Store {
         ns: Option<&'a str>,
     ) -> impl Iterator<Item = &'a Value> + 'a {
         let resource = resource_key(&rt.group, &rt.plural);
+        // Keys sort by resource first: scan only this resource's range.
         let from = (resource.clone(), String::new(), String::new());
         self.objects
             .range(from..)
@@ -253,15 +254,7 @@ impl Store {
     }
 
     pub fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<Value> {
-        let resource = resource_key(&rt.group, &rt.plural);
-        // Keys sort by resource first: scan only this resource's range.
-        let from = (resource.clone(), String::new(), String::new());
-        self.objects
-            .range(from..)
-            .take_while(|((r, _, _), _)| *r == resource)
-            .filter(|((_, n, _), _)| ns.is_none_or(|ns| ns == n))
-            .map(|(_, s)| s.object.clone())
-            .collect()
+        self.iter(rt, ns).cloned().collect()
     }
 
     /// The resourceVersion of one object, without copying it.
