@@ -8,7 +8,6 @@ use crate::metrics::Metrics;
 use crate::reconciler::{self, Context, ContextParts};
 use crate::valkey_watch::{Loss, Watchers};
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
@@ -66,17 +65,12 @@ pub async fn run_with_metrics(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
-    let (rotations, secrets, deployments) = match &settings.namespace {
+    let (rotations, secrets) = match &settings.namespace {
         Some(ns) => (
             Api::<ApiKeyRotation>::namespaced(client.clone(), ns),
             Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), ns),
-            Api::<PartialObjectMeta<Deployment>>::namespaced(client.clone(), ns),
         ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let controller = Controller::new(rotations, watcher::Config::default().any_semantic());
     let store = controller.store();
@@ -92,9 +86,14 @@ pub async fn run_with_metrics(
     };
     let ctx = Arc::new(Context::new(client, parts));
     let hit_by_valkey_loss = rotations_hit(losses, store.clone(), ctx.clone());
-    let targets_of = store.clone();
-    // The Secrets and Deployments only trigger reconciles (which read what they need afresh), so
-    // their watches carry metadata only: a cluster's Deployments and Secrets never sit in memory.
+    // The Secrets and the targets only trigger reconciles (which read what they need afresh), so
+    // their watches carry metadata only: a cluster's workloads and Secrets never sit in memory.
+    let controller = crate::workload::watch_targets(
+        controller,
+        &ctx.client,
+        settings.namespace.as_deref(),
+        store.clone(),
+    );
     let running = controller
         .watches(
             secrets,
@@ -105,36 +104,6 @@ pub async fn run_with_metrics(
                 let owner = secret.labels().get(MANAGED_BY_LABEL).cloned();
                 let ns = secret.namespace();
                 owner.map(|name| ObjectRef::new(&name).within(ns.as_deref().unwrap_or("default")))
-            },
-        )
-        .watches(
-            deployments,
-            watcher::Config::default().any_semantic(),
-            move |d: PartialObjectMeta<Deployment>| {
-                let ns = d.namespace();
-                let name = d.name_any();
-                targets_of
-                    .state()
-                    .into_iter()
-                    .filter(|akr| {
-                        // The spec's targets, and those of the rotation in flight (its plan
-                        // keeps a target the spec no longer names).
-                        let planned = akr
-                            .status
-                            .iter()
-                            .flat_map(|s| s.current_rotation.iter())
-                            .flat_map(|r| r.targets.iter().map(|t| t.name.as_str()));
-                        akr.namespace() == ns
-                            && akr
-                                .spec
-                                .targets
-                                .iter()
-                                .map(|t| t.name.as_str())
-                                .chain(planned)
-                                .any(|t| t == name)
-                    })
-                    .map(|akr| ObjectRef::from_obj(&*akr))
-                    .collect::<Vec<_>>()
             },
         )
         .reconcile_on(hit_by_valkey_loss)

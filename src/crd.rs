@@ -451,7 +451,7 @@ pub struct SecretKeyRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutTarget {
-    /// Kind of workload. Only Deployments are rolled today.
+    /// Kind of workload: `Deployment` (the default), `StatefulSet` or `DaemonSet` (`apps/v1`).
     #[serde(default)]
     pub kind: TargetKind,
     /// Name of the workload in this namespace.
@@ -507,6 +507,14 @@ pub enum FailurePolicy {
 pub enum TargetKind {
     #[default]
     Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl std::fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
 }
 
 fn default_gate_interval() -> u32 {
@@ -768,9 +776,9 @@ pub struct TargetProgress {
 
 impl TargetProgress {
     /// A target this rotation has not rolled yet.
-    pub fn pending(name: &str) -> Self {
+    pub fn pending(kind: TargetKind, name: &str) -> Self {
         Self {
-            kind: TargetKind::Deployment,
+            kind,
             name: name.to_string(),
             pods_on_old_key: None,
             state: TargetState::Pending,
@@ -788,7 +796,7 @@ impl RotationProgress {
         revision: u64,
         trigger: String,
         old_key_id: Option<String>,
-        targets: impl IntoIterator<Item = &'a str>,
+        targets: impl IntoIterator<Item = &'a RolloutTarget>,
         started_at: String,
     ) -> Self {
         Self {
@@ -798,7 +806,10 @@ impl RotationProgress {
             old_key_id,
             step: Step::Mint,
             target_index: 0,
-            targets: targets.into_iter().map(TargetProgress::pending).collect(),
+            targets: targets
+                .into_iter()
+                .map(|t| TargetProgress::pending(t.kind, &t.name))
+                .collect(),
             started_at,
             validation_started_at: None,
             revoked_at: None,

@@ -25,7 +25,7 @@ pub mod pods;
 pub mod probe;
 pub mod reconciler;
 pub mod redact;
-pub mod rollout;
+
 pub mod rotation;
 pub mod schedule;
 pub mod server;
@@ -37,3 +37,4 @@ pub mod valkey_endpoint;
 pub mod valkey_link;
 pub mod valkey_tls;
 pub mod valkey_watch;
+pub mod workload;

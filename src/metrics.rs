@@ -427,7 +427,7 @@ mod tests {
                     .enumerate()
                     .map(|(i, state)| TargetProgress {
                         state: *state,
-                        ..TargetProgress::pending(&format!("t{i}"))
+                        ..TargetProgress::pending(Default::default(), &format!("t{i}"))
                     })
                     .collect(),
                 ..RotationProgress::started(

@@ -1,16 +1,12 @@
-//! Reads the world one rotation depends on: the vault Secret, the consumers' Secret, the target
-//! Deployments and the Valkey records. The raw keys stay here, behind [`RawKey`]; the machine only
+//! Reads the world one rotation depends on: the vault Secret, the consumers' Secret, the Valkey
+//! records (the targets are read by [`crate::workload`]). The raw keys stay here, behind [`RawKey`]; the machine only
 //! sees their ids.
 
+use crate::crd::ApiKeyRotation;
 use crate::crd::ValkeyConnection;
-use crate::crd::{
-    ApiKeyRotation, ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION, SECRET_RESTORES_ANNOTATION,
-};
 use crate::key::{KeyId, RawKey};
 use crate::keystore::{KeyStore, KeyStoreError, RecordState};
-use crate::rollout::rollout_state;
-use crate::rotation::{ConsumerView, RecordView, TargetView, VaultView};
-use k8s_openapi::api::apps::v1::Deployment;
+use crate::rotation::{ConsumerView, RecordView, VaultView};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -143,27 +139,6 @@ pub fn consumer_view(secret: Option<&Secret>, key: &str) -> (ConsumerView, Optio
         Some(s) => {
             let raw = secret_value(s, key);
             (ConsumerView::Holds(raw.as_ref().map(RawKey::id)), raw)
-        }
-    }
-}
-
-pub fn target_view(d: Option<&Deployment>) -> TargetView {
-    match d {
-        None => TargetView::Missing,
-        Some(d) => {
-            let annotations = d
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.metadata.as_ref())
-                .and_then(|m| m.annotations.as_ref());
-            TargetView::Found {
-                paused: d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false),
-                annotation: annotations.and_then(|a| a.get(ROLLOUT_ANNOTATION).cloned()),
-                rolled_back_in: annotations.and_then(|a| a.get(ROLLBACK_ANNOTATION).cloned()),
-                secret_restores: annotations
-                    .and_then(|a| a.get(SECRET_RESTORES_ANNOTATION).cloned()),
-                rollout: rollout_state(d),
-            }
         }
     }
 }

@@ -101,8 +101,8 @@ mod tests {
     }
 
     fn rotating(targets: &[&str], secret: Option<&str>) -> ApiKeyRotationStatus {
-        let mut r =
-            RotationProgress::started(1, "t".into(), None, targets.iter().copied(), "".into());
+        let targets = spec(targets).targets;
+        let mut r = RotationProgress::started(1, "t".into(), None, &targets, "".into());
         r.secret = secret.map(|name| ConsumerSecret {
             name: name.into(),
             key: "SIRIUS_API_KEY".into(),

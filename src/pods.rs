@@ -24,7 +24,7 @@ pub struct PodSummary {
     pub name: String,
     /// Kind and name of its controlling owner (a ReplicaSet, a Job, ...), if any.
     pub owner: Option<(String, String)>,
-    /// Index of the rotation's target it belongs to (a Deployment's pod, through its ReplicaSet).
+    /// Index of the rotation's target it belongs to (by [`crate::workload::owns_pod`]).
     pub target: Option<usize>,
     /// The pod's `keys.siriusscan.io/key-id` and `secret-restores` annotations (from the
     /// template it was created from).
@@ -89,12 +89,10 @@ pub fn summarize(
         .flatten()
         .find(|o| o.controller == Some(true))
         .map(|o| (o.kind.clone(), o.name.clone()));
-    // A Deployment's ReplicaSet is named `<deployment>-<pod-template-hash>`.
     let target = owner.as_ref().and_then(|(kind, name)| {
-        let deployment = name.rsplit_once('-')?.0;
-        (kind == "ReplicaSet")
-            .then(|| targets.iter().position(|t| t.name == deployment))
-            .flatten()
+        targets
+            .iter()
+            .position(|t| crate::workload::owns_pod(t, kind, name))
     });
     let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).cloned();
     Some(PodSummary {

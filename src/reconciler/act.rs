@@ -3,7 +3,8 @@
 
 use super::{Error, FIELD_MANAGER, Reconciliation, key_of};
 use crate::crd::{
-    MANAGED_BY_LABEL, ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION, SECRET_RESTORES_ANNOTATION,
+    MANAGED_BY_LABEL, ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION, RolloutTarget,
+    SECRET_RESTORES_ANNOTATION,
 };
 use crate::key::{KeyId, RawKey};
 use crate::keystore::KeyStore;
@@ -100,7 +101,7 @@ impl Reconciliation<'_> {
                 rollback_of,
                 secret_restores,
             } => {
-                let target = &spec.targets[*index].name;
+                let target = &spec.targets[*index];
                 self.stamp_template(target, key_id, *rollback_of, *secret_restores)
                     .await?;
             }
@@ -134,7 +135,7 @@ impl Reconciliation<'_> {
     /// markers), so its pods restart.
     async fn stamp_template(
         &self,
-        target: &str,
+        target: &RolloutTarget,
         key_id: &KeyId,
         rollback_of: Option<u64>,
         secret_restores: Option<u32>,
@@ -147,16 +148,14 @@ impl Reconciliation<'_> {
         if let Some(restores) = secret_restores {
             annotations[SECRET_RESTORES_ANNOTATION] = json!(restores.to_string());
         }
-        let patch = json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": target},
-            "spec": {"template": {"metadata": {"annotations": annotations}}},
-        });
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        (self.deployments)
-            .patch(target, &params, &Patch::Apply(&patch))
-            .await?;
+        crate::workload::stamp(
+            &self.ctx.client,
+            &self.ns,
+            target,
+            annotations,
+            FIELD_MANAGER,
+        )
+        .await?;
         Ok(())
     }
 

@@ -15,7 +15,6 @@ use crate::crd::{ApiKeyRotation, ApiKeyRotationStatus, FINALIZER, MANAGED_BY_LAB
 use crate::keystore::{Endpoint, KeyStoreError};
 use crate::rotation::{Action, Reason};
 use crate::{backoff, observe, rotation, spec_check};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -198,7 +197,6 @@ struct Reconciliation<'a> {
     ns: String,
     akrs: Api<ApiKeyRotation>,
     secrets: Api<Secret>,
-    deployments: Api<Deployment>,
     recorder: Recorder,
     status: ApiKeyRotationStatus,
     /// The resourceVersion of a vault Secret observed without any key.
@@ -213,7 +211,6 @@ impl<'a> Reconciliation<'a> {
             ctx,
             akrs: Api::namespaced(ctx.client.clone(), &ns),
             secrets: Api::namespaced(ctx.client.clone(), &ns),
-            deployments: Api::namespaced(ctx.client.clone(), &ns),
             recorder: Recorder::new(ctx.client.clone(), ctx.reporter.clone()),
             status: akr.status.clone().unwrap_or_default(),
             planned: crate::plan::planned(&akr.spec, &akr.status.clone().unwrap_or_default()),

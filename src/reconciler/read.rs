@@ -177,8 +177,7 @@ impl Reconciliation<'_> {
             observe::consumer_view(consumer.as_ref(), &spec.secret.key);
         let mut targets = Vec::with_capacity(spec.targets.len());
         for t in &spec.targets {
-            let d = self.deployments.get_opt(&t.name).await?;
-            targets.push(observe::target_view(d.as_ref()));
+            targets.push(crate::workload::read(&self.ctx.client, &self.ns, t).await?);
         }
         let (records, cached) = self.records(store, vault.as_ref(), fresh).await?;
         let observation = Observation {

@@ -87,12 +87,16 @@ pub(crate) fn failed_after_last_target(
     message: String,
 ) -> Option<Plan> {
     let last = x.o.spec.targets.len().saturating_sub(1);
-    let name =
+    let target =
         x.o.spec
             .targets
             .get(last)
-            .map(|t| t.name.clone())
-            .unwrap_or_default();
-    let progress = x.progress_of(&name);
+            .cloned()
+            .unwrap_or_else(|| crate::crd::RolloutTarget {
+                kind: Default::default(),
+                name: String::new(),
+                progress_deadline_seconds: None,
+            });
+    let progress = x.progress_of(&target);
     failed(x, progress, last, reason, message)
 }

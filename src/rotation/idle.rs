@@ -2,7 +2,7 @@
 //! when the next rotation starts (interval, schedule, manual trigger, maintenance windows).
 
 use super::action::{Action, EventNote, Plan};
-use super::observation::{ConsumerView, Observation, VaultView};
+use super::observation::{ConsumerView, Observation, TargetView, VaultView};
 use super::reason::Reason;
 use super::setup::ever_ready;
 use super::status::{DEGRADED, READY, ROTATING, StatusBuilder, rotating_for};
@@ -254,6 +254,9 @@ fn start_when_due(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> P
         b.status.next_rotation_time = opens.map(ts);
         return wait_for_window(o, &mut b, false, message, opens);
     }
+    if let Some(plan) = refuse_targets_that_cannot_roll(o, &mut b, revision) {
+        return plan;
+    }
     if let Some(token) = manual {
         b.status.last_trigger = Some(token.clone());
     }
@@ -274,6 +277,39 @@ fn start_when_due(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> P
         Action::StatusOnly,
         EventNote::new(Reason::RotationStarted, message),
     )
+}
+
+/// A rotation does not start (nothing is minted) while a target's pods would keep the old key
+/// whatever its template says: the trigger stays pending until the target's spec is changed.
+fn refuse_targets_that_cannot_roll(
+    o: &Observation,
+    b: &mut StatusBuilder,
+    revision: u64,
+) -> Option<Plan> {
+    let why: Vec<String> = (o.spec.targets.iter().zip(&o.targets))
+        .filter_map(|(t, view)| match view {
+            TargetView::Found {
+                cannot_roll: Some(why),
+                ..
+            } => Some(format!("{} {}: {why}", t.kind, t.name)),
+            _ => None,
+        })
+        .collect();
+    if why.is_empty() {
+        return None;
+    }
+    let message = format!(
+        "Rotation {revision} does not start: a target cannot roll its pods, so they would keep the old key. {}",
+        why.join("; ")
+    );
+    let event = b.degrade(Reason::TargetCannotRoll, &message);
+    b.status.phase = Some(Phase::Degraded);
+    Some(b.plan_copy(
+        Action::Wait {
+            requeue_after: Some(std::time::Duration::from_secs(60)),
+        },
+        event,
+    ))
 }
 
 /// The current key's record is missing while Valkey kept everything else (the operator's own
@@ -354,19 +390,15 @@ pub(super) fn new_rotation(
     new_key: Option<KeyId>,
     old: &KeyId,
 ) -> RotationProgress {
-    let mut r = RotationProgress {
+    RotationProgress {
         new_key_id: new_key.map(|k| k.0),
         secret: Some(o.spec.secret.clone()),
         ..RotationProgress::started(
             revision,
             trigger,
             Some(old.0.clone()),
-            o.spec.targets.iter().map(|t| t.name.as_str()),
+            &o.spec.targets,
             ts(o.now),
         )
-    };
-    for (progress, target) in r.targets.iter_mut().zip(&o.spec.targets) {
-        progress.kind = target.kind;
     }
-    r
 }

@@ -3,7 +3,7 @@
 use crate::crd::{ApiKeyRotationSpec, ApiKeyRotationStatus};
 use crate::key::KeyId;
 use crate::pods::PodSummary;
-use crate::rollout::RolloutState;
+use crate::workload::RolloutState;
 use jiff::Timestamp;
 
 /// The operator's own Secret: the only place raw keys live besides the consumers' Secret.
@@ -39,6 +39,9 @@ pub enum TargetView {
         /// The Secret-restores annotation on the pod template (see
         /// [`crate::crd::SECRET_RESTORES_ANNOTATION`]).
         secret_restores: Option<String>,
+        /// Why a new pod template would not replace its pods (an `OnDelete` update strategy, a
+        /// StatefulSet partition): such a target is never rolled, nor counted as rolled.
+        cannot_roll: Option<String>,
         rollout: RolloutState,
     },
 }

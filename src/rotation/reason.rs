@@ -59,6 +59,7 @@ pub enum Reason {
     SecretImmutable,
     TargetNotFound,
     TargetPaused,
+    TargetCannotRoll,
     RolloutFailed,
     VerificationFailed,
     MetricsGateFailed,
@@ -105,6 +106,7 @@ impl Reason {
                 | SecretImmutable
                 | TargetNotFound
                 | TargetPaused
+                | TargetCannotRoll
                 | RolloutFailed
                 | VerificationFailed
                 | MetricsGateFailed

@@ -7,7 +7,7 @@ use super::observation::{Observation, VaultView};
 use super::reason::Reason;
 use super::status::StatusBuilder;
 use super::time::{parse_ts, ts_precise};
-use crate::crd::{RotationProgress, TargetProgress};
+use crate::crd::{RolloutTarget, RotationProgress, TargetProgress};
 use crate::key::KeyId;
 use std::time::Duration;
 
@@ -57,14 +57,14 @@ impl<'a> Rotating<'a> {
         }
     }
 
-    /// Where target `name` is in the status (added if the status lost it).
-    pub fn progress_of(&mut self, name: &str) -> usize {
+    /// Where `target` is in the status (added if the status lost it).
+    pub fn progress_of(&mut self, target: &RolloutTarget) -> usize {
         let targets = &mut self.r.targets;
         targets
             .iter()
-            .position(|t| t.name == name)
+            .position(|t| t.kind == target.kind && t.name == target.name)
             .unwrap_or_else(|| {
-                targets.push(TargetProgress::pending(name));
+                targets.push(TargetProgress::pending(target.kind, &target.name));
                 targets.len() - 1
             })
     }
@@ -79,10 +79,7 @@ impl<'a> Rotating<'a> {
         let r = &mut self.r;
         r.secret_restores += 1;
         for t in r.targets.iter_mut() {
-            *t = TargetProgress {
-                kind: t.kind,
-                ..TargetProgress::pending(&t.name)
-            };
+            *t = TargetProgress::pending(t.kind, &t.name);
         }
         r.target_index = 0;
         r.validation_started_at = None;

@@ -2,12 +2,12 @@
 
 use super::*;
 use crate::crd::{
-    ApiKeyRotationSpec, ApiKeyRotationStatus, Condition, RotationProgress, Step, TargetProgress,
-    TargetState, UntrackedConsumers,
+    ApiKeyRotationSpec, ApiKeyRotationStatus, Condition, RolloutTarget, RotationProgress, Step,
+    TargetKind, TargetProgress, TargetState, UntrackedConsumers,
 };
 use crate::key::KeyId;
 use crate::pods::PodSummary;
-use crate::rollout::RolloutState;
+use crate::workload::RolloutState;
 use idle::new_rotation;
 use jiff::{SignedDuration, Timestamp};
 use observation::*;
@@ -45,6 +45,7 @@ fn still_accepted_after(attempts: u32) -> Plan {
             annotation: Some(new.0.clone()),
             rolled_back_in: None,
             secret_restores: None,
+            cannot_roll: None,
             rollout: RolloutState::Complete,
         })
         .collect();
@@ -52,7 +53,7 @@ fn still_accepted_after(attempts: u32) -> Plan {
         1,
         "Manual:x".into(),
         Some(old.0.clone()),
-        o.spec.targets.iter().map(|t| t.name.as_str()),
+        &o.spec.targets,
         "2026-11-25T11:00:00Z".into(),
     );
     r.new_key_id = Some(new.0.clone());
@@ -96,6 +97,7 @@ fn at_the_pod_gate() -> Observation {
             annotation: Some(new.0.clone()),
             rolled_back_in: None,
             secret_restores: None,
+            cannot_roll: None,
             rollout: RolloutState::Complete,
         })
         .collect();
@@ -340,7 +342,7 @@ fn a_secret_changed_after_a_roll_whose_status_was_lost_still_rolls_that_target_a
     let r = o.status.current_rotation.as_mut().unwrap();
     r.step = Step::Switch;
     r.target_index = 0;
-    r.targets[0] = TargetProgress::pending("sirius-api");
+    r.targets[0] = TargetProgress::pending(TargetKind::Deployment, "sirius-api");
     let plan = decide(&o);
     let r = plan.status.current_rotation.clone().unwrap();
     assert_eq!(plan.action, Action::StatusOnly);
@@ -382,6 +384,7 @@ fn a_rollback_never_takes_a_pod_created_before_the_rotation_for_one_on_the_old_k
             annotation: Some(old.0.clone()),
             rolled_back_in: Some("1".into()),
             secret_restores: None,
+            cannot_roll: None,
             rollout: RolloutState::Complete,
         };
     }
@@ -432,6 +435,7 @@ fn the_new_key_put_back_during_a_rollback_rolls_every_target_back_again() {
             annotation: Some(old.0.clone()),
             rolled_back_in: Some("1".into()),
             secret_restores: None,
+            cannot_roll: None,
             rollout: RolloutState::Complete,
         };
     }
@@ -493,6 +497,7 @@ fn the_new_key_put_back_during_a_rollback_rolls_every_target_back_again() {
             annotation: Some(old.0.clone()),
             rolled_back_in: Some("1".into()),
             secret_restores: Some("1".into()),
+            cannot_roll: None,
             rollout: RolloutState::Complete,
         };
     }
@@ -788,7 +793,8 @@ fn nothing_read_back_from_status_panics_the_machine() {
         let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
         o.status.active_key_id = Some(id.clone());
         o.status.previous_key_id = Some(id.clone());
-        let mut r = RotationProgress::started(1, id.clone(), Some(id.clone()), ["t"], id.clone());
+        let mut r =
+            RotationProgress::started(1, id.clone(), Some(id.clone()), &[target("t")], id.clone());
         r.new_key_id = Some(id.clone());
         for at in [&mut r.validation_started_at, &mut r.revoked_at] {
             *at = Some(id.clone());
@@ -849,6 +855,7 @@ fn idle_observation(interval: Option<u32>, active_since: &str, now: &str) -> Obs
                 annotation: None,
                 rolled_back_in: None,
                 secret_restores: None,
+                cannot_roll: None,
                 rollout: RolloutState::Complete,
             })
             .collect(),
@@ -1109,4 +1116,12 @@ fn conditions_keep_their_transition_time_while_unchanged() {
         .map(|c| c.type_.as_str())
         .collect();
     assert_eq!(types, [READY, ROTATING, DEGRADED]);
+}
+
+fn target(name: &str) -> RolloutTarget {
+    RolloutTarget {
+        kind: TargetKind::Deployment,
+        name: name.into(),
+        progress_deadline_seconds: None,
+    }
 }

@@ -285,6 +285,68 @@ pub fn rotation(valkey_url: &str, extra_spec: Value) -> Value {
     })
 }
 
+/// The three Sirius workloads as three kinds, (kind, name) in step order.
+pub const MIXED_KINDS: [(&str, &str); 3] = [
+    ("Deployment", "sirius-api"),
+    ("DaemonSet", "sirius-ui"),
+    ("StatefulSet", "sirius-engine"),
+];
+
+/// [`sirius_deployment`] as a workload of `kind` (a DaemonSet runs one pod per node instead of
+/// `replicas`).
+pub fn sirius_workload(kind: &str, name: &str, replicas: i64) -> Value {
+    let mut w = sirius_deployment(name, replicas);
+    w["kind"] = json!(kind);
+    match kind {
+        "StatefulSet" => w["spec"]["serviceName"] = json!(name),
+        "DaemonSet" => {
+            w["spec"].as_object_mut().unwrap().remove("replicas");
+        }
+        _ => {}
+    }
+    w
+}
+
+/// `spec.targets` naming `kinds` in order.
+pub fn targets_json(kinds: &[(&str, &str)]) -> Value {
+    let targets: Vec<Value> = (kinds.iter())
+        .map(|(kind, name)| json!({"kind": kind, "name": name}))
+        .collect();
+    json!({ "targets": targets })
+}
+
+/// Creates the workloads `kinds` and waits until their first rollout completed.
+pub async fn deploy_sirius_as(sim: &Sim, replicas: i64, kinds: &[(&str, &str)]) {
+    for (kind, name) in kinds {
+        sim.create_object(sirius_workload(kind, name, replicas))
+            .unwrap();
+    }
+    wait_for(Duration::from_secs(10), "initial rollouts", || {
+        sim.rollouts()
+            .iter()
+            .filter(|r| r.completed_at_ms.is_some())
+            .count()
+            >= kinds.len()
+    })
+    .await;
+}
+
+/// [`install_sirius`] with the workloads `kinds` as the targets.
+pub async fn install_sirius_as(
+    sim: &Sim,
+    valkey_url: &str,
+    old: &RawKey,
+    replicas: i64,
+    kinds: &[(&str, &str)],
+    extra: Value,
+) {
+    sim.create_object(consumer_secret(old)).unwrap();
+    deploy_sirius_as(sim, replicas, kinds).await;
+    let mut spec = targets_json(kinds);
+    json_patch::merge(&mut spec, &extra);
+    sim.create_object(rotation(valkey_url, spec)).unwrap();
+}
+
 /// Creates the three Sirius Deployments and waits until their first rollout completed.
 pub async fn deploy_sirius(sim: &Sim, replicas: i64) {
     deploy_sirius_with_deadline(sim, replicas, None).await;

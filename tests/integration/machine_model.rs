@@ -5,10 +5,10 @@
 use apikey_rotator::crd::{ApiKeyRotationSpec, ApiKeyRotationStatus};
 use apikey_rotator::key::KeyId;
 use apikey_rotator::pods::PodSummary;
-use apikey_rotator::rollout::RolloutState;
 use apikey_rotator::rotation::{
     Action, ConsumerView, Observation, Plan, ProbeStage, RecordView, TargetView, VaultView, decide,
 };
+use apikey_rotator::workload::RolloutState;
 use jiff::{SignedDuration, Timestamp};
 use std::collections::BTreeSet;
 
@@ -272,6 +272,7 @@ impl World {
                     annotation: t.annotation.clone(),
                     rolled_back_in: t.rolled_back_in.clone(),
                     secret_restores: t.secret_restores.clone(),
+                    cannot_roll: None,
                     rollout: match (t.rollout_done_at, t.failing) {
                         (_, true) => RolloutState::Failed("ProgressDeadlineExceeded".into()),
                         (Some(at), _) if at <= self.now => RolloutState::Complete,

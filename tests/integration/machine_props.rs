@@ -8,10 +8,10 @@ use apikey_rotator::crd::{
 };
 use apikey_rotator::key::KeyId;
 use apikey_rotator::pods::PodSummary;
-use apikey_rotator::rollout::RolloutState;
 use apikey_rotator::rotation::{
     ConsumerView, Observation, PlanNotes, ProbeStage, RecordView, TargetView, VaultView, decide,
 };
+use apikey_rotator::workload::RolloutState;
 use proptest::prelude::*;
 
 /// Any text, weighted towards what the machine parses: ids, timestamps, numbers.
@@ -55,7 +55,7 @@ fn target_progress() -> impl Strategy<Value = TargetProgress> {
         prop::option::of(text()),
     )
         .prop_map(|(name, state, rolled_at, completed_at, verified_at)| {
-            let mut t = TargetProgress::pending(name);
+            let mut t = TargetProgress::pending(Default::default(), name);
             t.state = state;
             t.rolled_at = rolled_at;
             t.completed_at = completed_at;
@@ -203,15 +203,17 @@ fn target_view() -> impl Strategy<Value = TargetView> {
             prop::option::of(text()),
             prop::option::of(text()),
             prop::option::of(text()),
+            prop::option::of(text()),
             rollout()
         )
             .prop_map(
-                |(paused, annotation, rolled_back_in, secret_restores, rollout)| {
+                |(paused, annotation, rolled_back_in, secret_restores, cannot_roll, rollout)| {
                     TargetView::Found {
                         paused,
                         annotation,
                         rolled_back_in,
                         secret_restores,
+                        cannot_roll,
                         rollout,
                     }
                 }

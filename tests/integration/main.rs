@@ -27,6 +27,7 @@ mod schedule;
 mod stand_in;
 mod stand_in_metadata;
 mod stand_in_pods;
+mod stand_in_sets;
 mod tls;
 mod trust;
 mod verification;

@@ -621,8 +621,8 @@ async fn deployment_simulator_rolls_a_new_template_to_completion() {
     );
     assert_eq!(status.observed_generation, Some(1));
     assert_eq!(
-        apikey_rotator::rollout::rollout_state(&deployments.get("sirius-api").await.unwrap()),
-        apikey_rotator::rollout::RolloutState::Complete
+        apikey_rotator::workload::rollout_state(&deployments.get("sirius-api").await.unwrap()),
+        apikey_rotator::workload::RolloutState::Complete
     );
 
     // The Secret changes, then the template: new pods read the new value, old pods kept theirs.
@@ -664,8 +664,8 @@ async fn deployment_simulator_rolls_a_new_template_to_completion() {
     let d = deployments.get("sirius-api").await.unwrap();
     assert_eq!(d.status.as_ref().unwrap().observed_generation, Some(2));
     assert_eq!(
-        apikey_rotator::rollout::rollout_state(&d),
-        apikey_rotator::rollout::RolloutState::Complete
+        apikey_rotator::workload::rollout_state(&d),
+        apikey_rotator::workload::RolloutState::Complete
     );
     wait_for(Duration::from_secs(5), "old pods to terminate", || {
         sim.pods().iter().all(|p| p.revision == 2)
@@ -709,14 +709,17 @@ async fn a_stalled_rollout_reports_progress_deadline_exceeded() {
     let mut last = None;
     for _ in 0..300 {
         let d = deployments.get("sirius-engine").await.unwrap();
-        last = Some(apikey_rotator::rollout::rollout_state(&d));
-        if matches!(last, Some(apikey_rotator::rollout::RolloutState::Failed(_))) {
+        last = Some(apikey_rotator::workload::rollout_state(&d));
+        if matches!(
+            last,
+            Some(apikey_rotator::workload::RolloutState::Failed(_))
+        ) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     match last.unwrap() {
-        apikey_rotator::rollout::RolloutState::Failed(m) => {
+        apikey_rotator::workload::RolloutState::Failed(m) => {
             assert!(m.contains("has timed out progressing"), "{m}")
         }
         other => panic!("expected ProgressDeadlineExceeded, got {other:?}"),

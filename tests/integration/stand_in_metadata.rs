@@ -1004,8 +1004,8 @@ async fn stand_in_a_paused_deployment_gets_no_new_replica_set_and_reports_no_upd
     assert_eq!(now, before, "no new pods while paused");
     let typed: Deployment = serde_json::from_value(d).unwrap();
     assert_eq!(
-        apikey_rotator::rollout::rollout_state(&typed),
-        apikey_rotator::rollout::RolloutState::Progressing(
+        apikey_rotator::workload::rollout_state(&typed),
+        apikey_rotator::workload::RolloutState::Progressing(
             "Waiting for rollout to finish: 0 out of 2 new replicas have been updated...".into()
         )
     );

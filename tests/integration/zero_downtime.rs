@@ -21,17 +21,32 @@ struct Scenario {
 }
 
 async fn scenario(model: AuthModel) -> Scenario {
+    scenario_as(model, &DEPLOYMENTS).await
+}
+
+const DEPLOYMENTS: [(&str, &str); 3] = [
+    ("Deployment", "sirius-api"),
+    ("Deployment", "sirius-ui"),
+    ("Deployment", "sirius-engine"),
+];
+
+/// The targets `kinds` (in step order), the consumers' Secret holding the install's key and a
+/// triggered rotation; the checker samples from before the pods start.
+async fn scenario_as(model: AuthModel, kinds: &[(&str, &str)]) -> Scenario {
     let valkey = Arc::new(Valkey::start());
     let sim = Arc::new(start_sim_with(checked_sim_options()).await);
     // The checker also plays the v1.0 API's bootstrap, so it starts before the pods do.
     let checker = InvariantChecker::start(sim.clone(), valkey.clone(), model);
     let old = installed_key(model);
     sim.create_object(consumer_secret(&old)).unwrap();
-    deploy_sirius(&sim, 2).await;
+    sim.set_nodes(&["node-a", "node-b"]);
+    deploy_sirius_as(&sim, 2, kinds).await;
     if model == AuthModel::RootKeyPlusValkey {
         assert!(record_ids(&valkey).is_empty());
     }
-    let mut manifest = rotation(&valkey.url(), json!({"validationWindowSeconds": 1}));
+    let mut spec = targets_json(kinds);
+    spec["validationWindowSeconds"] = json!(1);
+    let mut manifest = rotation(&valkey.url(), spec);
     manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
     sim.create_object(manifest).unwrap();
     Scenario {
@@ -103,6 +118,43 @@ async fn no_401_window_under_v1_0_valkey_only_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_401_window_under_v1_1_root_key_auth() {
     zero_downtime(AuthModel::RootKeyPlusValkey).await;
+}
+
+/// A Deployment, a DaemonSet (on two nodes) and a StatefulSet as the targets: each rolled only
+/// after the previous one completed, with no 401 and the old key refused at the end.
+async fn zero_downtime_across_kinds(model: AuthModel) {
+    let s = scenario_as(model, &MIXED_KINDS).await;
+    let operator = spawn_operator(&s.sim);
+    wait_finished(&s.sim).await;
+    operator.abort();
+    let rollouts = s.sim.rollouts();
+    let second = |name: &str| {
+        (rollouts.iter())
+            .find(|r| r.deployment == name && r.revision == 2)
+            .unwrap_or_else(|| panic!("{name} was not rolled: {rollouts:?}"))
+            .clone()
+    };
+    for pair in MIXED_KINDS.windows(2) {
+        let (before, after) = (second(pair[0].1), second(pair[1].1));
+        assert!(
+            before.completed_at_ms.unwrap() <= after.template_changed_at_ms,
+            "{after:?} was rolled before {before:?} completed"
+        );
+    }
+    let ui = s.sim.pods();
+    let ui: Vec<_> = ui.iter().filter(|p| p.deployment == "sirius-ui").collect();
+    assert_eq!(ui.len(), 2, "one DaemonSet pod per node: {ui:?}");
+    s.assert_zero_downtime(model);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_401_across_a_deployment_a_daemonset_and_a_statefulset_under_v1_0_auth() {
+    zero_downtime_across_kinds(AuthModel::ValkeyOnly).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_401_across_a_deployment_a_daemonset_and_a_statefulset_under_v1_1_auth() {
+    zero_downtime_across_kinds(AuthModel::RootKeyPlusValkey).await;
 }
 
 fn mutating_requests(sim: &Sim) -> u64 {
@@ -199,22 +251,77 @@ fn assert_no_401(checker: InvariantChecker) -> BTreeSet<String> {
 /// previous completed, remove the new key, and never cause a 401.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_returns_everything_to_the_old_key_in_reverse_order_without_a_401() {
+    let (sim, _valkey, old) = rolled_back_in_reverse_order(&DEPLOYMENTS).await;
+    // A new trigger starts a fresh rotation (engine now works with any key).
+    sim.set_rollout_behavior(NS, "sirius-engine", kube_sim::RolloutBehavior::Normal);
+    let operator = spawn_operator(&sim);
+    sim.merge_patch_object(
+        "keys.siriusscan.io",
+        "apikeyrotations",
+        NS,
+        "sirius",
+        json!({"metadata": {"annotations": {"keys.siriusscan.io/rotate": "again"}}}),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(60), "rotation 2", || {
+        akr_status(&sim)["revision"] == json!(2) && akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    operator.abort();
+    assert_ne!(
+        secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
+        Some(old.expose())
+    );
+}
+
+/// The same rollback with a DaemonSet and a StatefulSet (the engine, which fails) among the
+/// targets: each kind is rolled back, in reverse step order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_across_kinds_returns_the_statefulset_daemonset_and_deployment_in_reverse_order()
+{
+    rolled_back_in_reverse_order(&MIXED_KINDS).await;
+}
+
+/// `kinds` as the targets, the last one working only with the old key, `failurePolicy:
+/// Rollback`: checks the rollback put everything back on the old key in reverse order without a
+/// 401.
+async fn rolled_back_in_reverse_order(kinds: &[(&str, &str)]) -> (Arc<Sim>, Arc<Valkey>, RawKey) {
     let model = AuthModel::RootKeyPlusValkey;
     let valkey = Arc::new(Valkey::start());
     let sim = Arc::new(start_sim_with(checked_sim_options()).await);
     let checker = InvariantChecker::start(sim.clone(), valkey.clone(), model);
     let old = known_key();
     sim.create_object(consumer_secret(&old)).unwrap();
-    deploy_sirius_with_deadline(&sim, 2, Some(1)).await;
+    sim.set_nodes(&["node-a", "node-b"]);
+    for (kind, name) in kinds {
+        let mut w = sirius_workload(kind, name, 2);
+        // A Deployment's own deadline makes its failure show in a second.
+        if *kind == "Deployment" {
+            w["spec"]["progressDeadlineSeconds"] = json!(1);
+        }
+        sim.create_object(w).unwrap();
+    }
+    wait_for(Duration::from_secs(10), "initial rollouts", || {
+        sim.rollouts()
+            .iter()
+            .filter(|r| r.completed_at_ms.is_some())
+            .count()
+            >= kinds.len()
+    })
+    .await;
     sim.set_rollout_behavior(
         NS,
         "sirius-engine",
         kube_sim::RolloutBehavior::StallUnlessSecret(old.expose().to_string()),
     );
-    let mut manifest = rotation(
-        &valkey.url(),
-        json!({"failurePolicy": "Rollback", "validationWindowSeconds": 1}),
-    );
+    let mut spec = targets_json(kinds);
+    if kinds[2].0 != "Deployment" {
+        // Other kinds have no deadline of their own: the operator's, at its least.
+        spec["targets"][2]["progressDeadlineSeconds"] = json!(10);
+    }
+    spec["failurePolicy"] = json!("Rollback");
+    spec["validationWindowSeconds"] = json!(1);
+    let mut manifest = rotation(&valkey.url(), spec);
     manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
     sim.create_object(manifest).unwrap();
     let operator = spawn_operator(&sim);
@@ -284,27 +391,7 @@ async fn rollback_returns_everything_to_the_old_key_in_reverse_order_without_a_4
         "{ui:?} {api:?}"
     );
     assert!(api.completed_at_ms.is_some());
-
-    // A new trigger starts a fresh rotation (engine now works with any key).
-    sim.set_rollout_behavior(NS, "sirius-engine", kube_sim::RolloutBehavior::Normal);
-    let operator = spawn_operator(&sim);
-    sim.merge_patch_object(
-        "keys.siriusscan.io",
-        "apikeyrotations",
-        NS,
-        "sirius",
-        json!({"metadata": {"annotations": {"keys.siriusscan.io/rotate": "again"}}}),
-    )
-    .unwrap();
-    wait_for(Duration::from_secs(60), "rotation 2", || {
-        akr_status(&sim)["revision"] == json!(2) && akr_status(&sim)["phase"] == "Ready"
-    })
-    .await;
-    operator.abort();
-    assert_ne!(
-        secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
-        Some(old.expose())
-    );
+    (sim, valkey, old)
 }
 
 /// A second rotation fails on sirius-engine after its running pods restarted by themselves and

@@ -40,7 +40,8 @@ What the operator does in each namespace it watches, and nothing more:
 - ApiKeyRotations: read and watch; patch adds and removes its finalizer; status by server-side apply.
 - Secrets: read and watch (the watch is filtered by label, but RBAC cannot express that), create
   the vault and the consumers' Secret, update the vault, patch the consumers' Secret.
-- Deployments: read and watch, patch the pod template to roll them.
+- Deployments, StatefulSets and DaemonSets (the target kinds): read and watch, patch the pod
+  template to roll them.
 - Pods: list, before revoking a key (the pod gate: every pod that reads the Secret runs the new key).
 - Events (events.k8s.io): create, and patch to count repeats.
 */}}
@@ -55,7 +56,7 @@ What the operator does in each namespace it watches, and nothing more:
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "update", "patch"]
 - apiGroups: ["apps"]
-  resources: ["deployments"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["pods"]

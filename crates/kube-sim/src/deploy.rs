@@ -2,6 +2,8 @@
 //! time (maxSurge 1, maxUnavailable 0), reports status exactly in the fields `kubectl rollout
 //! status` reads, and records which Secret values each pod started with.
 
+mod sets;
+
 use crate::store::{Store, Write, now_rfc3339, resource_key};
 use crate::types::ResourceType;
 use serde_json::{Value, json};
@@ -37,7 +39,8 @@ impl RolloutBehavior {
 #[derive(Clone, Debug)]
 pub struct PodView {
     pub namespace: String,
-    /// The Deployment the pod belongs to (empty for a pod created through the API).
+    /// The workload (Deployment, StatefulSet or DaemonSet) the pod belongs to (empty for a pod
+    /// created through the API).
     pub deployment: String,
     pub name: String,
     /// The Deployment revision (ReplicaSet) the pod runs; 0 for a pod not a Deployment's.
@@ -187,6 +190,12 @@ pub struct DeploySim {
     deployment_of: HashMap<(String, String), String>,
     others: BTreeMap<(String, String), OtherPod>,
     pub rollouts: Vec<RolloutRecord>,
+    /// The StatefulSets and DaemonSets (see [`sets`]).
+    sets: HashMap<sets::SetKey, sets::SetState>,
+    /// (namespace, pod) -> the StatefulSet or DaemonSet whose pod it is.
+    set_of: HashMap<(String, String), sets::SetKey>,
+    /// The nodes a DaemonSet runs a pod on.
+    nodes: Vec<String>,
 }
 
 fn epoch_ms() -> i64 {
@@ -208,6 +217,9 @@ impl DeploySim {
             deployment_of: HashMap::new(),
             others: BTreeMap::new(),
             rollouts: Vec::new(),
+            sets: HashMap::new(),
+            set_of: HashMap::new(),
+            nodes: vec![NODE_NAME.to_string()],
         }
     }
 
@@ -223,6 +235,17 @@ impl DeploySim {
     /// Every running pod of the Deployment restarts its containers by itself (a crash, an OOM
     /// kill): it reads its Secrets again, as kubelet resolves env and files at container start.
     pub fn restart_pods(&mut self, store: &Store, ns: &str, name: &str) {
+        for (key, state) in self.sets.iter_mut() {
+            if key.0 != ns || key.2 != name {
+                continue;
+            }
+            for i in 0..state.pods.len() {
+                if state.pods[i].terminating_since.is_none() {
+                    let read = read_pod_secrets(store, ns, state.template(state.pods[i].revision));
+                    state.pods[i].secrets = read.0;
+                }
+            }
+        }
         let Some(DeploymentState {
             pods, templates, ..
         }) = self.states.get_mut(&(ns.to_string(), name.to_string()))
@@ -241,6 +264,12 @@ impl DeploySim {
         for ((ns, name), state) in &self.states {
             for pod in &state.pods {
                 let owner = Some(("ReplicaSet".to_string(), state.rs_name(name, pod.revision)));
+                out.push(pod.view(ns, name, &owner));
+            }
+        }
+        for ((ns, kind, name), state) in &self.sets {
+            for pod in &state.pods {
+                let owner = Some((kind.kind().to_string(), name.clone()));
                 out.push(pod.view(ns, name, &owner));
             }
         }
@@ -273,6 +302,12 @@ impl DeploySim {
         if let Some(deployment) = self.deployment_of.get(&key) {
             return Err(format!(
                 "pod {name} is Deployment {deployment}'s: its containers restart (restartPolicy Always)"
+            ));
+        }
+        if let Some((_, kind, set)) = self.set_of.get(&key) {
+            return Err(format!(
+                "pod {name} is {} {set}'s: its containers restart (restartPolicy Always)",
+                kind.kind()
             ));
         }
         let other = self
@@ -325,6 +360,21 @@ impl DeploySim {
                     pod.terminating_since.get_or_insert(now);
                     pod.gone_at = Some(deadline);
                     state.settled_at_rv = None;
+                }
+            } else if let Some(set) = self.set_of.get(&key).cloned() {
+                let Some(state) = self.sets.get_mut(&set) else {
+                    continue;
+                };
+                let Some(i) = state.pods.iter().position(|p| p.name == key.1) else {
+                    continue;
+                };
+                if object.is_none() {
+                    state.pods.remove(i);
+                    self.set_of.remove(&key);
+                } else if deleting {
+                    let pod = &mut state.pods[i];
+                    pod.terminating_since.get_or_insert(now);
+                    pod.gone_at = Some(deadline);
                 }
             } else if let Some(other) = self.others.get_mut(&key) {
                 if object.is_none() {
@@ -433,8 +483,8 @@ impl DeploySim {
         }
     }
 
-    /// One reconcile pass over every Deployment in the store, and the kubelet's over the other
-    /// pods.
+    /// One reconcile pass over every StatefulSet, DaemonSet and Deployment in the store, and the
+    /// kubelet's over the other pods.
     pub fn tick(&mut self, store: &mut Store) {
         let Some(rt) = store
             .types
@@ -447,6 +497,7 @@ impl DeploySim {
             return;
         };
         self.sync_pods(store);
+        self.tick_sets(store, &pods_rt);
         let versions = store.versions(&rt);
         let live: std::collections::HashSet<(String, String)> = versions
             .iter()

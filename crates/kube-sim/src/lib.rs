@@ -2,7 +2,7 @@
 //! tests and the embedded demo. It keeps kube-apiserver's semantics where the operator depends on
 //! them (resourceVersion and 409s, generation and the status subresource, server-side apply with
 //! field managers, watches from a resourceVersion, finalizers, 404/422 bodies) and runs a
-//! Deployment simulator that rolls pods the way the Deployment controller does, and a kubelet
+//! simulator that rolls pods the way the Deployment, StatefulSet and DaemonSet controllers do, and a kubelet
 //! that runs them and any pod created through the API, each a Pod object in the store.
 
 mod deploy;
@@ -313,7 +313,13 @@ impl Sim {
             .set_pod_ready_after(ns, deployment, delay);
     }
 
-    /// The Deployment's running pods restart by themselves and read their Secrets again.
+    /// The nodes each DaemonSet runs one pod on (one node, `sim-node`, unless set).
+    pub fn set_nodes(&self, nodes: &[&str]) {
+        let nodes = nodes.iter().map(|n| n.to_string()).collect();
+        self.shared.deploy.lock().unwrap().set_nodes(nodes);
+    }
+
+    /// The workload's running pods restart by themselves and read their Secrets again.
     pub fn restart_pods(&self, ns: &str, deployment: &str) {
         let store = self.shared.store.lock().unwrap();
         self.shared

@@ -146,6 +146,16 @@ impl Store {
                 tracks_generation: true,
                 ..ResourceType::builtin("apps", "v1", "deployments", "Deployment", true)
             },
+            ResourceType {
+                status_subresource: true,
+                tracks_generation: true,
+                ..ResourceType::builtin("apps", "v1", "statefulsets", "StatefulSet", true)
+            },
+            ResourceType {
+                status_subresource: true,
+                tracks_generation: true,
+                ..ResourceType::builtin("apps", "v1", "daemonsets", "DaemonSet", true)
+            },
         ]
         .into_iter()
         .chain(crate::types::rbac_types())
@@ -388,7 +398,7 @@ impl Store {
         if rt.group.is_empty() && matches!(rt.kind.as_str(), "Secret" | "ConfigMap") {
             crate::meta::validate_data_keys(object, &rt.kind, &mut causes);
         }
-        if rt.group == "apps" && rt.kind == "Deployment" {
+        if crate::types::is_workload(rt) {
             crate::meta::validate_template_meta(
                 &object["spec"]["template"],
                 "spec.template.metadata",
@@ -487,8 +497,8 @@ impl Store {
         object["metadata"] = meta;
         object["apiVersion"] = json!(rt.api_version());
         object["kind"] = json!(rt.kind);
-        if rt.kind == "Deployment" {
-            default_deployment(&mut object);
+        if crate::types::is_workload(rt) {
+            default_workload(&rt.kind, &mut object);
         }
         if is_pod(rt) {
             // A new pod is Pending until a kubelet runs it (the pod strategy's PrepareForCreate).
@@ -649,8 +659,8 @@ impl Store {
             }
             next = proposed;
         }
-        if rt.kind == "Deployment" {
-            default_deployment(&mut next);
+        if crate::types::is_workload(rt) {
+            default_workload(&rt.kind, &mut next);
         }
         next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
         next["metadata"]["managedFields"] = current["metadata"]["managedFields"].clone();
@@ -966,6 +976,52 @@ fn spec_changed(old: &Value, new: &Value) -> bool {
 }
 
 /// The apps/v1 defaults the operator reads back.
+/// kube-apiserver's defaults (`pkg/apis/apps/v1/defaults.go`) for the fields the operator or
+/// the simulated controllers read.
+fn default_workload(kind: &str, object: &mut Value) {
+    match kind {
+        "Deployment" => default_deployment(object),
+        "StatefulSet" => default_stateful_set(object),
+        "DaemonSet" => default_daemon_set(object),
+        _ => {}
+    }
+}
+
+fn set_if_absent(object: &mut Value, field: &str, value: Value) {
+    if object.get(field).is_none_or(Value::is_null) {
+        object[field] = value;
+    }
+}
+
+/// `SetDefaults_StatefulSet`: a RollingUpdate strategy gets `rollingUpdate.partition: 0`.
+fn default_stateful_set(object: &mut Value) {
+    let spec = &mut object["spec"];
+    set_if_absent(spec, "replicas", json!(1));
+    set_if_absent(spec, "podManagementPolicy", json!("OrderedReady"));
+    set_if_absent(spec, "revisionHistoryLimit", json!(10));
+    set_if_absent(spec, "updateStrategy", json!({"type": "RollingUpdate"}));
+    let strategy = &mut spec["updateStrategy"];
+    set_if_absent(strategy, "type", json!("RollingUpdate"));
+    if strategy["type"] == "RollingUpdate" {
+        set_if_absent(strategy, "rollingUpdate", json!({}));
+        set_if_absent(&mut strategy["rollingUpdate"], "partition", json!(0));
+    }
+}
+
+/// `SetDefaults_DaemonSet`: RollingUpdate with `maxUnavailable: 1`, `maxSurge: 0`.
+fn default_daemon_set(object: &mut Value) {
+    let spec = &mut object["spec"];
+    set_if_absent(spec, "revisionHistoryLimit", json!(10));
+    set_if_absent(spec, "updateStrategy", json!({"type": "RollingUpdate"}));
+    let strategy = &mut spec["updateStrategy"];
+    set_if_absent(strategy, "type", json!("RollingUpdate"));
+    if strategy["type"] == "RollingUpdate" {
+        set_if_absent(strategy, "rollingUpdate", json!({}));
+        set_if_absent(&mut strategy["rollingUpdate"], "maxUnavailable", json!(1));
+        set_if_absent(&mut strategy["rollingUpdate"], "maxSurge", json!(0));
+    }
+}
+
 fn default_deployment(object: &mut Value) {
     let spec = &mut object["spec"];
     if spec.get("replicas").is_none_or(Value::is_null) {

@@ -71,6 +71,11 @@ impl ResourceType {
     }
 }
 
+/// A workload the simulated controllers roll: a Deployment, StatefulSet or DaemonSet.
+pub(crate) fn is_workload(rt: &ResourceType) -> bool {
+    rt.group == "apps" && matches!(rt.kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet")
+}
+
 pub fn is_pod(rt: &ResourceType) -> bool {
     rt.group.is_empty() && rt.plural == "pods"
 }

@@ -4,7 +4,6 @@
 
 use crate::crd::{RolloutTarget, Step, TargetState};
 use crate::key::KeyId;
-use crate::rollout::RolloutState;
 use crate::rotation::action::{Action, EventNote, Plan};
 use crate::rotation::failure::{failed, halted};
 use crate::rotation::idle::wait_for_window;
@@ -14,13 +13,14 @@ use crate::rotation::rotating::Rotating;
 use crate::rotation::time::{parse_ts, ts, until};
 use crate::rotation::verify::accepted;
 use crate::schedule::Calendar;
+use crate::workload::RolloutState;
 use jiff::SignedDuration;
 
 /// Done when every target completed its rollout on the new key in this rotation.
 pub(crate) fn roll(x: &mut Rotating) -> Option<Plan> {
     let new = x.new_key()?;
     for (i, target) in x.o.spec.targets.iter().enumerate() {
-        let progress = x.progress_of(&target.name);
+        let progress = x.progress_of(target);
         x.r.target_index = i as u32;
         // A target that completed in this rotation stays complete: its later scale-ups,
         // restarts, evictions or other rollouts are not this rotation's to judge.
@@ -46,17 +46,29 @@ fn roll_target(x: &mut Rotating, i: usize, progress: usize, new: &KeyId) -> Opti
             t.completed_at = Some(ts(o.now));
             t.message = Some("removed from spec.targets and deleted".into());
             let message = format!(
-                "Deployment {} was removed from spec.targets and deleted during the rotation; it has nothing left to roll.",
-                target.name
+                "{} {} was removed from spec.targets and deleted during the rotation; it has nothing left to roll.",
+                target.kind, target.name
             );
             x.record(EventNote::new(Reason::TargetRemoved, message))
         }
         TargetView::Missing => {
             let message = format!(
-                "Deployment {} does not exist; the rotation waits for it.",
-                target.name
+                "{} {} does not exist; the rotation waits for it.",
+                target.kind, target.name
             );
             halted(x, i, Reason::TargetNotFound, message)
+        }
+        // Its pods would keep the old key whatever its template says (OnDelete, a partition):
+        // held here, before or after its stamp, until its spec lets it roll.
+        TargetView::Found {
+            cannot_roll: Some(why),
+            ..
+        } => {
+            let message = format!(
+                "{} {} cannot roll its pods: {why}",
+                target.kind, target.name
+            );
+            halted(x, i, Reason::TargetCannotRoll, message)
         }
         TargetView::Found {
             annotation,
@@ -68,8 +80,8 @@ fn roll_target(x: &mut Rotating, i: usize, progress: usize, new: &KeyId) -> Opti
         {
             if *paused {
                 let message = format!(
-                    "Deployment {} is paused; resume it to continue the rotation.",
-                    target.name
+                    "{} {} is paused; resume it to continue the rotation.",
+                    target.kind, target.name
                 );
                 return halted(x, i, Reason::TargetPaused, message);
             }
@@ -88,7 +100,7 @@ fn roll_target(x: &mut Rotating, i: usize, progress: usize, new: &KeyId) -> Opti
 /// Stamps target `i`'s template with the new key (inside a maintenance window only).
 fn stamp(x: &mut Rotating, i: usize, progress: usize, new: &KeyId) -> Option<Plan> {
     let (o, now) = (x.o, x.o.now);
-    let name = &o.spec.targets[i].name;
+    let (kind, name) = (o.spec.targets[i].kind, &o.spec.targets[i].name);
     let calendar = Calendar::from_spec(&o.spec).unwrap_or_default();
     if !x.r.outside_windows && !calendar.window_open(now) {
         // A rollout starts only inside a window; both keys stay valid meanwhile.
@@ -118,14 +130,14 @@ fn stamp(x: &mut Rotating, i: usize, progress: usize, new: &KeyId) -> Option<Pla
         rollback_of: None,
         secret_restores: (restores > 0).then_some(restores),
     };
-    let message = format!("Restarting Deployment {name} with the new key.");
+    let message = format!("Restarting {kind} {name} with the new key.");
     x.plan(action, EventNote::new(Reason::TargetRolled, message))
 }
 
 /// Target `i` finished its rollout: verified first when the spec asks, then recorded complete.
 fn rolled_out(x: &mut Rotating, i: usize, progress: usize) -> Option<Plan> {
     let (o, now) = (x.o, x.o.now);
-    let name = &o.spec.targets[i].name;
+    let (kind, name) = (o.spec.targets[i].kind, &o.spec.targets[i].name);
     if let Some(v) = &o.spec.verification
         && x.r.targets[progress].verified_at.is_none()
     {
@@ -141,7 +153,7 @@ fn rolled_out(x: &mut Rotating, i: usize, progress: usize) -> Option<Plan> {
                 t.verified_at = Some(ts(now));
                 t.message = None;
                 let message = format!(
-                    "Deployment {name} finished its rollout and the API accepts the new key (HTTP {code})."
+                    "{kind} {name} finished its rollout and the API accepts the new key (HTTP {code})."
                 );
                 x.record(EventNote::new(Reason::TargetVerified, message))
             }
@@ -159,7 +171,7 @@ fn rolled_out(x: &mut Rotating, i: usize, progress: usize) -> Option<Plan> {
     t.state = TargetState::Complete;
     t.completed_at = Some(ts(now));
     t.message = None;
-    let message = format!("Deployment {name} finished its rollout.");
+    let message = format!("{kind} {name} finished its rollout.");
     x.record(EventNote::new(Reason::TargetRolledOut, message))
 }
 
@@ -180,8 +192,8 @@ fn progressing(
     let limit = rolled_at + SignedDuration::from_secs(deadline as i64);
     if now >= limit {
         let message = format!(
-            "deployment \"{}\" did not finish its rollout within {deadline}s: {message}",
-            target.name
+            "{} {} did not finish its rollout within {deadline}s: {message}",
+            target.kind, target.name
         );
         return failed(x, progress, i, Reason::RolloutFailed, message);
     }

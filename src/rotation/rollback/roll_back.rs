@@ -3,11 +3,11 @@
 //! read the new key, which is about to be removed.
 
 use crate::crd::TargetState;
-use crate::rollout::RolloutState;
 use crate::rotation::action::{Action, EventNote, Plan};
 use crate::rotation::observation::TargetView;
 use crate::rotation::reason::Reason;
 use crate::rotation::rotating::Rotating;
+use crate::workload::RolloutState;
 use std::time::Duration;
 
 /// Done when every target that exists runs a template stamped with the old key, this rollback
@@ -28,7 +28,8 @@ pub(crate) fn roll_back(x: &mut Rotating) -> Option<Plan> {
         else {
             continue;
         };
-        let progress = x.r.targets.iter().position(|t| t.name == target.name);
+        let progress =
+            (x.r.targets.iter()).position(|t| t.kind == target.kind && t.name == target.name);
         if annotation.as_deref() != Some(old.as_str())
             || rolled_back_in.as_deref() != Some(marker.as_str())
             || *secret_restores != restores
@@ -47,7 +48,10 @@ pub(crate) fn roll_back(x: &mut Rotating) -> Option<Plan> {
                 rollback_of: Some(revision),
                 secret_restores: (count > 0).then_some(count),
             };
-            let message = format!("Restarting Deployment {} with the old key.", target.name);
+            let message = format!(
+                "Restarting {} {} with the old key.",
+                target.kind, target.name
+            );
             return x.plan(action, EventNote::new(Reason::TargetRolledBack, message));
         }
         match rollout {

@@ -1,18 +1,33 @@
-//! Whether a Deployment finished its rollout, by the rules `kubectl rollout status` applies.
+//! Deployments: restarted through their pod template, paused by `spec.paused`, complete by
+//! `kubectl rollout status`'s `DeploymentStatusViewer`; their pods are owned through a ReplicaSet
+//! named `<deployment>-<pod-template-hash>`.
 
+use super::{RolloutState, Workload};
+use crate::crd::TargetKind;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RolloutState {
-    /// Every replica runs the current template and is available.
-    Complete,
-    /// Still going; the text says what it waits for, in kubectl's words.
-    Progressing(String),
-    /// The Deployment controller gave up (`ProgressDeadlineExceeded`); its own message.
-    Failed(String),
+impl Workload for Deployment {
+    const KIND: TargetKind = TargetKind::Deployment;
+
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+
+    fn paused(&self) -> bool {
+        self.spec.as_ref().and_then(|s| s.paused).unwrap_or(false)
+    }
+
+    fn rollout_state(&self) -> RolloutState {
+        deployment_rollout(self)
+    }
+
+    fn owns(name: &str, owner_kind: &str, owner_name: &str) -> bool {
+        owner_kind == "ReplicaSet" && owner_name.rsplit_once('-').is_some_and(|(d, _)| d == name)
+    }
 }
 
-pub fn rollout_state(d: &Deployment) -> RolloutState {
+fn deployment_rollout(d: &Deployment) -> RolloutState {
     let generation = d.metadata.generation.unwrap_or(0);
     let Some(status) = d.status.as_ref() else {
         return RolloutState::Progressing(
@@ -59,6 +74,7 @@ pub fn rollout_state(d: &Deployment) -> RolloutState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workload::rollout_state;
     use serde_json::json;
 
     fn deployment(generation: i64, status: serde_json::Value, replicas: i32) -> Deployment {

@@ -1,0 +1,211 @@
+//! The kinds of workload a rotation restarts. Each kind is one file here implementing
+//! [`Workload`]: where its pod template is, whether it can roll at all, when its rollout is
+//! complete (by the rules `kubectl rollout status` applies to it) and which pods are its. The
+//! rest of the operator sees a [`TargetView`] and a [`RolloutState`], whatever the kind; adding a
+//! kind is a variant of [`TargetKind`], a file here and an arm in each `match` below (plus the
+//! chart's RBAC and the stand-in's controller for it).
+
+mod daemon_set;
+mod deployment;
+mod stateful_set;
+
+use crate::crd::{
+    ApiKeyRotation, ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION, RolloutTarget,
+    SECRET_RESTORES_ANNOTATION, TargetKind,
+};
+use crate::rotation::TargetView;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::fmt::Debug;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RolloutState {
+    /// Every replica runs the current template and is available.
+    Complete,
+    /// Still going; the text says what it waits for, in kubectl's words.
+    Progressing(String),
+    /// The workload's controller gave up (a Deployment's `ProgressDeadlineExceeded`); its own
+    /// message.
+    Failed(String),
+}
+
+/// What the operator needs to know of one kind of workload.
+pub trait Workload:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: TargetKind;
+
+    fn template(&self) -> Option<&PodTemplateSpec>;
+
+    /// Paused by its own spec (a Deployment's `spec.paused`): a new template waits.
+    fn paused(&self) -> bool {
+        false
+    }
+
+    /// Why a new pod template would not replace its pods, if it would not.
+    fn cannot_roll(&self) -> Option<String> {
+        None
+    }
+
+    /// Whether its rollout is complete, by `kubectl rollout status`'s rules for the kind.
+    fn rollout_state(&self) -> RolloutState;
+
+    /// Whether a pod whose controlling owner is `(owner_kind, owner_name)` is workload `name`'s.
+    fn owns(name: &str, owner_kind: &str, owner_name: &str) -> bool {
+        owner_kind == Self::KIND.to_string() && owner_name == name
+    }
+}
+
+/// The rollout state of `w`, by its kind's rules.
+pub fn rollout_state<W: Workload>(w: &W) -> RolloutState {
+    w.rollout_state()
+}
+
+/// What the machine sees of a workload (or its absence).
+pub fn view<W: Workload>(w: Option<&W>) -> TargetView {
+    let Some(w) = w else {
+        return TargetView::Missing;
+    };
+    let annotations = w
+        .template()
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref());
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key).cloned());
+    TargetView::Found {
+        paused: w.paused(),
+        annotation: annotation(ROLLOUT_ANNOTATION),
+        rolled_back_in: annotation(ROLLBACK_ANNOTATION),
+        secret_restores: annotation(SECRET_RESTORES_ANNOTATION),
+        cannot_roll: w.cannot_roll(),
+        rollout: w.rollout_state(),
+    }
+}
+
+/// Reads `target` in namespace `ns`.
+pub async fn read(
+    client: &Client,
+    ns: &str,
+    target: &RolloutTarget,
+) -> Result<TargetView, kube::Error> {
+    async fn get<W: Workload>(
+        client: &Client,
+        ns: &str,
+        name: &str,
+    ) -> Result<TargetView, kube::Error> {
+        let api: Api<W> = Api::namespaced(client.clone(), ns);
+        Ok(view(api.get_opt(name).await?.as_ref()))
+    }
+    match target.kind {
+        TargetKind::Deployment => get::<Deployment>(client, ns, &target.name).await,
+        TargetKind::StatefulSet => get::<StatefulSet>(client, ns, &target.name).await,
+        TargetKind::DaemonSet => get::<DaemonSet>(client, ns, &target.name).await,
+    }
+}
+
+/// Sets `annotations` on `target`'s pod template by a forced server-side apply of this
+/// operator's field manager (a marker it leaves out is dropped), so its pods restart.
+pub async fn stamp(
+    client: &Client,
+    ns: &str,
+    target: &RolloutTarget,
+    annotations: Value,
+    field_manager: &str,
+) -> Result<(), kube::Error> {
+    async fn apply<W: Workload>(
+        client: &Client,
+        ns: &str,
+        name: &str,
+        annotations: Value,
+        field_manager: &str,
+    ) -> Result<(), kube::Error> {
+        let patch = json!({
+            "apiVersion": W::api_version(&()),
+            "kind": W::kind(&()),
+            "metadata": {"name": name},
+            "spec": {"template": {"metadata": {"annotations": annotations}}},
+        });
+        let api: Api<W> = Api::namespaced(client.clone(), ns);
+        let params = PatchParams::apply(field_manager).force();
+        api.patch(name, &params, &Patch::Apply(&patch)).await?;
+        Ok(())
+    }
+    let (name, fm) = (target.name.as_str(), field_manager);
+    match target.kind {
+        TargetKind::Deployment => apply::<Deployment>(client, ns, name, annotations, fm).await,
+        TargetKind::StatefulSet => apply::<StatefulSet>(client, ns, name, annotations, fm).await,
+        TargetKind::DaemonSet => apply::<DaemonSet>(client, ns, name, annotations, fm).await,
+    }
+}
+
+/// Whether a pod whose controlling owner is `(owner_kind, owner_name)` belongs to `target`.
+pub fn owns_pod(target: &RolloutTarget, owner_kind: &str, owner_name: &str) -> bool {
+    let name = target.name.as_str();
+    match target.kind {
+        TargetKind::Deployment => Deployment::owns(name, owner_kind, owner_name),
+        TargetKind::StatefulSet => StatefulSet::owns(name, owner_kind, owner_name),
+        TargetKind::DaemonSet => DaemonSet::owns(name, owner_kind, owner_name),
+    }
+}
+
+/// Adds a metadata-only watch of every target kind to the controller: a change to a workload
+/// reconciles the rotations whose spec or plan in flight names it.
+pub fn watch_targets(
+    controller: Controller<ApiKeyRotation>,
+    client: &Client,
+    namespace: Option<&str>,
+    rotations: Store<ApiKeyRotation>,
+) -> Controller<ApiKeyRotation> {
+    fn api<W: Workload>(client: &Client, namespace: Option<&str>) -> Api<PartialObjectMeta<W>> {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let config = || watcher::Config::default().any_semantic();
+    let (a, b, c) = (rotations.clone(), rotations.clone(), rotations);
+    controller
+        .watches(api::<Deployment>(client, namespace), config(), move |w| {
+            targeting(&a, TargetKind::Deployment, &w)
+        })
+        .watches(api::<StatefulSet>(client, namespace), config(), move |w| {
+            targeting(&b, TargetKind::StatefulSet, &w)
+        })
+        .watches(api::<DaemonSet>(client, namespace), config(), move |w| {
+            targeting(&c, TargetKind::DaemonSet, &w)
+        })
+}
+
+/// The rotations in `w`'s namespace whose spec targets, or whose rotation in flight planned
+/// (its plan keeps a target the spec no longer names), the workload `w` of `kind`.
+fn targeting<W: Workload>(
+    rotations: &Store<ApiKeyRotation>,
+    kind: TargetKind,
+    w: &PartialObjectMeta<W>,
+) -> Vec<ObjectRef<ApiKeyRotation>> {
+    let (ns, name) = (w.namespace(), w.name_any());
+    rotations
+        .state()
+        .into_iter()
+        .filter(|akr| {
+            let planned = (akr.status.iter())
+                .flat_map(|s| s.current_rotation.iter())
+                .flat_map(|r| r.targets.iter().map(|t| (t.kind, t.name.as_str())));
+            let named = akr.spec.targets.iter().map(|t| (t.kind, t.name.as_str()));
+            akr.namespace() == ns && named.chain(planned).any(|t| t == (kind, name.as_str()))
+        })
+        .map(|akr| ObjectRef::from_obj(&*akr))
+        .collect()
+}

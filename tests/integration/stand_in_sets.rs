@@ -1,0 +1,310 @@
+//! The stand-in's StatefulSet and DaemonSet controllers against kube-controller-manager's and
+//! `kubectl rollout status`'s rules: pods by ordinal, one at a time from the highest, partitions,
+//! OnDelete, revisions; one pod per node, maxUnavailable. Each read of the status goes through the
+//! operator's own reading of it (`workload::rollout_state`), so both are checked together.
+
+use crate::common::*;
+use apikey_rotator::workload::{RolloutState, Workload, rollout_state};
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use kube::api::Api;
+use kube_sim::{PodView, Sim};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const KEY_ID: &str = "keys.siriusscan.io/key-id";
+
+async fn typed<K: Workload>(sim: &Sim, name: &str) -> K {
+    Api::<K>::namespaced(client_for(sim), NS)
+        .get(name)
+        .await
+        .unwrap()
+}
+
+fn pods_of<'a>(pods: &'a [PodView], name: &str) -> Vec<&'a PodView> {
+    pods.iter().filter(|p| p.deployment == name).collect()
+}
+
+fn stamp(sim: &Sim, plural: &str, name: &str, key_id: &str) {
+    sim.merge_patch_object(
+        "apps",
+        plural,
+        NS,
+        name,
+        json!({"spec": {"template": {"metadata": {"annotations": {KEY_ID: key_id}}}}}),
+    )
+    .unwrap();
+}
+
+/// Samples the pods of `name` every few milliseconds until `done` holds for the workload's
+/// rollout state, giving every sample.
+async fn sample_until<K: Workload>(
+    sim: &Sim,
+    name: &str,
+    what: &str,
+    done: impl Fn(&RolloutState) -> bool,
+) -> Vec<Vec<PodView>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut samples = Vec::new();
+    loop {
+        samples.push(
+            pods_of(&sim.pods(), name)
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        if done(&rollout_state(&typed::<K>(sim, name).await)) {
+            return samples;
+        }
+        assert!(Instant::now() < deadline, "{name} never got to: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn statefulset(replicas: i64, strategy: Value) -> Value {
+    let mut s = sirius_workload("StatefulSet", "sirius-engine", replicas);
+    if !strategy.is_null() {
+        s["spec"]["updateStrategy"] = strategy;
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulset_creates_pods_in_order_and_replaces_them_from_the_highest_ordinal_one_at_a_time()
+ {
+    let sim = start_sim().await;
+    sim.create_object(consumer_secret(&known_key())).unwrap();
+    let created = sim.create_object(statefulset(3, Value::Null)).unwrap();
+    // kube-apiserver's defaults.
+    assert_eq!(
+        created["spec"]["updateStrategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+    );
+    assert_eq!(created["spec"]["podManagementPolicy"], "OrderedReady");
+    let samples = sample_until::<StatefulSet>(&sim, "sirius-engine", "first rollout", |s| {
+        *s == RolloutState::Complete
+    })
+    .await;
+    // OrderedReady: pod n exists only once pods 0..n are Ready.
+    for pods in &samples {
+        for p in pods {
+            let n: usize = p.name.rsplit('-').next().unwrap().parse().unwrap();
+            for lower in 0..n {
+                let name = format!("sirius-engine-{lower}");
+                assert!(
+                    pods.iter().any(|q| q.name == name && q.ready),
+                    "{} ran before {name} was Ready",
+                    p.name
+                );
+            }
+        }
+    }
+    let sts: StatefulSet = typed(&sim, "sirius-engine").await;
+    let status = sts.status.unwrap();
+    let first = status.update_revision.clone().unwrap();
+    assert_eq!(status.current_revision.as_ref(), Some(&first));
+    assert!(first.starts_with("sirius-engine-"));
+
+    stamp(&sim, "statefulsets", "sirius-engine", "k2");
+    let samples = sample_until::<StatefulSet>(&sim, "sirius-engine", "the update", |s| {
+        *s == RolloutState::Complete
+    })
+    .await;
+    // Replaced one at a time, 2 then 1 then 0: never two pods down at once.
+    let mut order = Vec::new();
+    for pods in &samples {
+        let available = pods.iter().filter(|p| p.ready && !p.terminating).count();
+        assert!(available >= 2, "two pods down at once: {pods:?}");
+        for p in pods.iter().filter(|p| p.revision == 2) {
+            if !order.contains(&p.name) {
+                order.push(p.name.clone());
+            }
+        }
+    }
+    assert_eq!(
+        order,
+        ["sirius-engine-2", "sirius-engine-1", "sirius-engine-0"]
+    );
+    let sts: StatefulSet = typed(&sim, "sirius-engine").await;
+    let status = sts.status.unwrap();
+    assert_ne!(status.update_revision.as_ref(), Some(&first));
+    assert_eq!(status.current_revision, status.update_revision);
+    assert_eq!(
+        (status.updated_replicas, status.ready_replicas),
+        (Some(3), Some(3))
+    );
+    let pod = sim.get_object("", "pods", NS, "sirius-engine-0").unwrap();
+    assert_eq!(
+        pod["metadata"]["labels"]["controller-revision-hash"],
+        json!(status.update_revision.unwrap())
+    );
+    assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "StatefulSet");
+    assert_eq!(pod["metadata"]["annotations"][KEY_ID], "k2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_or_on_delete_leaves_pods_on_the_old_template_while_kubectl_calls_it_done() {
+    let sim = start_sim().await;
+    sim.create_object(consumer_secret(&known_key())).unwrap();
+    let strategy = json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 2}});
+    sim.create_object(statefulset(3, strategy)).unwrap();
+    sample_until::<StatefulSet>(&sim, "sirius-engine", "first rollout", |s| {
+        *s == RolloutState::Complete
+    })
+    .await;
+    stamp(&sim, "statefulsets", "sirius-engine", "k2");
+    sample_until::<StatefulSet>(&sim, "sirius-engine", "the partitioned update", |s| {
+        *s == RolloutState::Complete
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await; // nothing more happens
+    let pods = sim.pods();
+    let revisions: Vec<(String, u64)> = pods_of(&pods, "sirius-engine")
+        .iter()
+        .map(|p| (p.name.clone(), p.revision))
+        .collect();
+    assert!(
+        revisions.contains(&("sirius-engine-2".into(), 2)),
+        "{revisions:?}"
+    );
+    assert!(
+        revisions.contains(&("sirius-engine-1".into(), 1)),
+        "{revisions:?}"
+    );
+    assert!(
+        revisions.contains(&("sirius-engine-0".into(), 1)),
+        "{revisions:?}"
+    );
+    let sts: StatefulSet = typed(&sim, "sirius-engine").await;
+    assert!(sts.cannot_roll().unwrap().contains("partition is 2"));
+    let status = sts.status.unwrap();
+    assert_ne!(status.current_revision, status.update_revision);
+
+    // OnDelete: a new template replaces only the pods someone deletes.
+    sim.merge_patch_object(
+        "apps",
+        "statefulsets",
+        NS,
+        "sirius-engine",
+        json!({"spec": {"updateStrategy": {"type": "OnDelete", "rollingUpdate": null}}}),
+    )
+    .unwrap();
+    stamp(&sim, "statefulsets", "sirius-engine", "k3");
+    tokio::time::sleep(Duration::from_millis(500)).await; // nothing is replaced
+    let pods = sim.pods();
+    assert!(
+        pods_of(&pods, "sirius-engine")
+            .iter()
+            .all(|p| p.revision != 3 && !p.terminating)
+    );
+    let sts: StatefulSet = typed(&sim, "sirius-engine").await;
+    assert!(sts.cannot_roll().unwrap().contains("OnDelete"));
+    sim.delete_object("", "pods", NS, "sirius-engine-1")
+        .unwrap();
+    wait_for(Duration::from_secs(10), "sirius-engine-1 recreated", || {
+        sim.pods()
+            .iter()
+            .any(|p| p.name == "sirius-engine-1" && p.revision == 3 && p.ready)
+    })
+    .await;
+}
+
+fn daemonset(strategy: Value) -> Value {
+    let mut d = sirius_workload("DaemonSet", "sirius-ui", 0);
+    if !strategy.is_null() {
+        d["spec"]["updateStrategy"] = strategy;
+    }
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemonset_runs_one_pod_per_node_and_replaces_at_most_max_unavailable_at_once() {
+    let sim = start_sim().await;
+    sim.set_nodes(&["node-a", "node-b", "node-c", "node-d"]);
+    sim.create_object(consumer_secret(&known_key())).unwrap();
+    let created = sim.create_object(daemonset(Value::Null)).unwrap();
+    assert_eq!(
+        created["spec"]["updateStrategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+    );
+    sample_until::<DaemonSet>(&sim, "sirius-ui", "first rollout", |s| {
+        *s == RolloutState::Complete
+    })
+    .await;
+    let nodes = |sim: &Sim| -> Vec<String> {
+        let mut nodes: Vec<String> = sim
+            .list_objects("", "pods", Some(NS))
+            .iter()
+            .filter(|p| p["metadata"]["ownerReferences"][0]["kind"] == "DaemonSet")
+            .map(|p| p["spec"]["nodeName"].as_str().unwrap().to_string())
+            .collect();
+        nodes.sort();
+        nodes
+    };
+    assert_eq!(nodes(&sim), ["node-a", "node-b", "node-c", "node-d"]);
+
+    stamp(&sim, "daemonsets", "sirius-ui", "k2");
+    let samples = sample_until::<DaemonSet>(&sim, "sirius-ui", "the update", |s| {
+        *s == RolloutState::Complete
+    })
+    .await;
+    for pods in &samples {
+        let available = pods.iter().filter(|p| p.ready && !p.terminating).count();
+        assert!(
+            available >= 3,
+            "more than maxUnavailable (1) down: {pods:?}"
+        );
+    }
+    let pods = sim.pods();
+    let ui = pods_of(&pods, "sirius-ui");
+    assert_eq!(ui.len(), 4);
+    assert!(ui.iter().all(|p| p.revision == 2 && p.ready));
+    let ds: DaemonSet = typed(&sim, "sirius-ui").await;
+    let status = ds.status.unwrap();
+    assert_eq!(
+        (
+            status.desired_number_scheduled,
+            status.updated_number_scheduled,
+            status.number_available
+        ),
+        (4, Some(4), Some(4))
+    );
+
+    // Two at a time with maxUnavailable 50%; OnDelete replaces none.
+    sim.merge_patch_object(
+        "apps",
+        "daemonsets",
+        NS,
+        "sirius-ui",
+        json!({"spec": {"updateStrategy": {"rollingUpdate": {"maxUnavailable": "50%"}}}}),
+    )
+    .unwrap();
+    stamp(&sim, "daemonsets", "sirius-ui", "k3");
+    let samples = sample_until::<DaemonSet>(&sim, "sirius-ui", "the 50% update", |s| {
+        *s == RolloutState::Complete
+    })
+    .await;
+    let least = samples
+        .iter()
+        .map(|pods| pods.iter().filter(|p| p.ready && !p.terminating).count())
+        .min()
+        .unwrap();
+    assert_eq!(
+        least, 2,
+        "maxUnavailable 50% of 4 nodes takes two down at once"
+    );
+    sim.merge_patch_object(
+        "apps",
+        "daemonsets",
+        NS,
+        "sirius-ui",
+        json!({"spec": {"updateStrategy": {"type": "OnDelete", "rollingUpdate": null}}}),
+    )
+    .unwrap();
+    stamp(&sim, "daemonsets", "sirius-ui", "k4");
+    tokio::time::sleep(Duration::from_millis(500)).await; // nothing is replaced
+    let ds: DaemonSet = typed(&sim, "sirius-ui").await;
+    assert!(ds.cannot_roll().is_some());
+    assert!(
+        matches!(rollout_state(&ds), RolloutState::Progressing(m) if m.contains("only available for RollingUpdate"))
+    );
+}
