@@ -1,7 +1,9 @@
 //! The commands a platform engineer runs against a cluster: `status` (a table or JSON of the
 //! rotations) and `rotate` (request one rotation now).
 
-use crate::crd::{ApiKeyRotation, OUTSIDE_WINDOWS_ANNOTATION, TRIGGER_ANNOTATION, TargetState};
+use crate::crd::{
+    ApiKeyRotation, OUTSIDE_WINDOWS_ANNOTATION, TRIGGER_ANNOTATION, TargetKind, TargetState,
+};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -81,9 +83,15 @@ pub fn render_table(rotations: &[ApiKeyRotation]) -> String {
             })
             .unwrap_or_else(|| "-".into());
         // A rotation in flight shows the targets it started with (its plan).
-        let names: Vec<&str> = match current.filter(|c| !c.targets.is_empty()) {
-            Some(c) => c.targets.iter().map(|t| t.name.as_str()).collect(),
-            None => r.spec.targets.iter().map(|t| t.name.as_str()).collect(),
+        let names: Vec<(TargetKind, &str)> = match current.filter(|c| !c.targets.is_empty()) {
+            Some(c) => c
+                .targets
+                .iter()
+                .map(|t| (t.kind, t.name.as_str()))
+                .collect(),
+            None => (r.spec.targets.iter())
+                .map(|t| (t.kind, t.name.as_str()))
+                .collect(),
         };
         let targets = target_states(names, current, status.revision);
         let conditions = status
@@ -133,18 +141,19 @@ pub fn render_table(rotations: &[ApiKeyRotation]) -> String {
     out
 }
 
-/// Each target as `name=state`, with how many of its pods still hold the old key while the
-/// revocation waits for them.
+/// Each target as `kind/name=state` (kubectl's short kind: `deploy`, `sts`, `ds`), with how many
+/// of its pods still hold the old key while the revocation waits for them.
 fn target_states(
-    names: Vec<&str>,
+    names: Vec<(TargetKind, &str)>,
     current: Option<&crate::crd::RotationProgress>,
     revision: u64,
 ) -> String {
     names
         .into_iter()
-        .map(|name| {
-            let state = current
-                .and_then(|c| c.targets.iter().find(|p| p.name == name))
+        .map(|(kind, name)| {
+            let progress =
+                current.and_then(|c| c.targets.iter().find(|p| p.kind == kind && p.name == name));
+            let state = progress
                 .map(|p| match p.state {
                     TargetState::Pending => "pending",
                     TargetState::Rolling => "rolling",
@@ -154,14 +163,18 @@ fn target_states(
                 .unwrap_or(if revision > 0 { "done" } else { "-" });
             // While the revocation waits for pods: how many of this target's still hold the
             // old key.
-            let waiting = current
-                .filter(|c| c.revoked_at.is_none())
-                .and_then(|c| c.targets.iter().find(|p| p.name == name))
+            let waiting = progress
+                .filter(|_| current.is_some_and(|c| c.revoked_at.is_none()))
                 .and_then(|p| p.pods_on_old_key)
                 .filter(|n| *n > 0)
                 .map(|n| format!("({n} on old key)"))
                 .unwrap_or_default();
-            format!("{name}={state}{waiting}")
+            let short = match kind {
+                TargetKind::Deployment => "deploy",
+                TargetKind::StatefulSet => "sts",
+                TargetKind::DaemonSet => "ds",
+            };
+            format!("{short}/{name}={state}{waiting}")
         })
         .collect::<Vec<_>>()
         .join(",")

@@ -163,7 +163,13 @@ async fn rotate_under_chart_rbac(
     edit(&mut objects);
     create_rbac(&sim, &objects, &[TOKEN]);
     let old = known_key();
-    install_sirius(&sim, &valkey.url(), &old, 2, Some("first"), json!({})).await;
+    // One target of each kind, so each is read, watched and patched under the chart's rules.
+    sim.create_object(consumer_secret(&old)).unwrap();
+    sim.set_nodes(&["node-a", "node-b"]);
+    deploy_sirius_as(&sim, 2, &MIXED_KINDS).await;
+    let mut manifest = rotation(&valkey.url(), targets_json(&MIXED_KINDS));
+    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "first"});
+    sim.create_object(manifest).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut operator = spawn_chart_operator(&sim, &objects, dir.path(), "op-0", TOKEN);
 

@@ -47,7 +47,7 @@ async fn rotate_requests_one_rotation_and_status_shows_finished_and_in_flight_ro
     let row = finished.lines().nth(1).unwrap();
     assert!(row.starts_with("sirius     sirius  Ready"), "{finished}");
     assert!(
-        row.contains("sirius-api=done,sirius-ui=done,sirius-engine=done"),
+        row.contains("deploy/sirius-api=done,deploy/sirius-ui=done,deploy/sirius-engine=done"),
         "{finished}"
     );
     let active = akr_status(&sim)["activeKeyIdShort"]
@@ -81,7 +81,7 @@ async fn rotate_requests_one_rotation_and_status_shows_finished_and_in_flight_ro
         "{in_flight}"
     );
     assert!(
-        row.contains("sirius-api=done,sirius-ui=done,sirius-engine=rolling"),
+        row.contains("deploy/sirius-api=done,deploy/sirius-ui=done,deploy/sirius-engine=rolling"),
         "{in_flight}"
     );
     assert!(row.contains("Rotating(Roll)"), "{in_flight}");

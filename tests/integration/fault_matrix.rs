@@ -3,7 +3,8 @@
 //! the window until the operator writes the records back, which is measured and bounded), exactly
 //! one new key minted and only the old and the new key ever held by pods, the old key revoked
 //! only at the end, the rotation finished after the fault healed, and the fault's own condition
-//! and Event. docs/fault-matrix.md shows the matrix.
+//! and Event. The targets are a StatefulSet, a DaemonSet and a Deployment. docs/fault-matrix.md
+//! shows the matrix.
 
 use crate::common::sirius::{
     AuthModel, InvariantChecker, SECRET_REF, accepts, checked_sim_options, installed_key,
@@ -35,6 +36,17 @@ enum Fault {
     /// Another manager keeps putting the old key back into the consumers' Secret for a while.
     WriteUndone,
 }
+
+/// The targets, in step order: one of each kind. The engine (the target a rollout failure hits)
+/// is the Deployment, whose own 1 s progress deadline makes the failure show at once.
+const TARGETS: [(&str, &str); 3] = [
+    ("StatefulSet", "sirius-api"),
+    ("DaemonSet", "sirius-ui"),
+    ("Deployment", "sirius-engine"),
+];
+
+/// The progress deadline of the StatefulSet and DaemonSet targets.
+const SET_DEADLINE_SECONDS: u64 = 10;
 
 /// The operator's own Valkey user in the cells where Valkey refuses it.
 const OPERATOR_USER: &str = "operator";
@@ -128,7 +140,22 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
     let checker = InvariantChecker::start(sim.clone(), valkey.clone(), model);
     let old = installed_key(model);
     sim.create_object(consumer_secret(&old)).unwrap();
-    deploy_sirius_with_deadline(&sim, 2, Some(1)).await;
+    sim.set_nodes(&["node-a", "node-b"]);
+    for (kind, name) in TARGETS {
+        let mut w = sirius_workload(kind, name, 2);
+        if kind == "Deployment" {
+            w["spec"]["progressDeadlineSeconds"] = json!(1);
+        }
+        sim.create_object(w).unwrap();
+    }
+    wait_for(Duration::from_secs(10), "initial rollouts", || {
+        sim.rollouts()
+            .iter()
+            .filter(|r| r.completed_at_ms.is_some())
+            .count()
+            >= TARGETS.len()
+    })
+    .await;
     let (vault_watch, vault_keys) = watch_vault_keys(&sim);
     let url = if fault == Fault::ValkeyRefusesAuth {
         set_operator_password(&valkey, OPERATOR_PASSWORD);
@@ -139,7 +166,15 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
     } else {
         valkey.url()
     };
-    let mut manifest = rotation(&url, json!({"validationWindowSeconds": 1}));
+    let mut spec = targets_json(&TARGETS);
+    // A StatefulSet or DaemonSet has no deadline of its own: the target's, at its least.
+    for (i, (kind, _)) in TARGETS.iter().enumerate() {
+        if *kind != "Deployment" {
+            spec["targets"][i]["progressDeadlineSeconds"] = json!(SET_DEADLINE_SECONDS);
+        }
+    }
+    spec["validationWindowSeconds"] = json!(1);
+    let mut manifest = rotation(&url, spec);
     manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
     sim.create_object(manifest).unwrap();
     let resync = Duration::from_secs(1);
@@ -229,8 +264,12 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
             sim.set_rollout_behavior(NS, "sirius-engine", RolloutBehavior::Normal);
         }
         Fault::ConflictStorm => {
-            for plural in ["apikeyrotations", "secrets", "deployments"] {
+            for plural in ["apikeyrotations", "secrets"] {
                 sim.inject_faults("patch", plural, 12, 409);
+            }
+            // Twelve on the targets' patches too, spread over their three kinds.
+            for plural in ["deployments", "statefulsets", "daemonsets"] {
+                sim.inject_faults("patch", plural, 4, 409);
             }
             sim.inject_faults("get", "*", 4, 503);
         }
@@ -251,22 +290,31 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
             .await;
         }
         Fault::TargetScaled => {
-            // The target that completed last; its new pods take longer than its 1 s deadline.
-            let target = match at {
-                At::Roll(1) => "sirius-api",
-                At::Roll(2) => "sirius-ui",
-                _ => "sirius-engine",
+            // The target that completed last grows (the StatefulSet and the Deployment scaled,
+            // a node added for the DaemonSet); its new pods take longer than its deadline.
+            let (plural, target) = match at {
+                At::Roll(1) => ("statefulsets", "sirius-api"),
+                At::Roll(2) => ("daemonsets", "sirius-ui"),
+                _ => ("deployments", "sirius-engine"),
             };
-            sim.set_pod_ready_after(NS, target, Duration::from_secs(3));
-            sim.merge_patch_object(
-                "apps",
-                "deployments",
-                NS,
-                target,
-                json!({"spec": {"replicas": 3}}),
-            )
-            .unwrap();
-            note = format!(", {target} scaled to 3");
+            let slower = match plural {
+                "deployments" => Duration::from_secs(3),
+                _ => Duration::from_secs(SET_DEADLINE_SECONDS + 2),
+            };
+            sim.set_pod_ready_after(NS, target, slower);
+            if plural == "daemonsets" {
+                sim.set_nodes(&["node-a", "node-b", "node-c"]);
+            } else {
+                sim.merge_patch_object(
+                    "apps",
+                    plural,
+                    NS,
+                    target,
+                    json!({"spec": {"replicas": 3}}),
+                )
+                .unwrap();
+            }
+            note = format!(", {target} grown to 3 pods");
         }
         Fault::ValkeyRefusesAuth => {
             set_operator_password(&valkey, "changed-by-someone");

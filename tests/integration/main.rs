@@ -28,6 +28,7 @@ mod stand_in;
 mod stand_in_metadata;
 mod stand_in_pods;
 mod stand_in_sets;
+mod target_kinds;
 mod tls;
 mod trust;
 mod verification;
