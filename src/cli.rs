@@ -173,6 +173,7 @@ fn target_states(
                 TargetKind::Deployment => "deploy",
                 TargetKind::StatefulSet => "sts",
                 TargetKind::DaemonSet => "ds",
+                TargetKind::Rollout => "rollout",
             };
             format!("{short}/{name}={state}{waiting}")
         })

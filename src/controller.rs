@@ -31,6 +31,8 @@ pub struct Settings {
     /// How long a `deletionPolicy: Revoke` deletion keeps trying a Valkey it cannot reach
     /// before it lets go (see [`crate::reconciler::DEFAULT_REVOKE_ON_DELETE_TIMEOUT`]).
     pub revoke_on_delete_timeout: std::time::Duration,
+    /// Argo Rollouts may be targets: their CRD is installed and RBAC grants them.
+    pub argo_rollouts: bool,
 }
 
 /// Enough to keep every rollout moving (reconciles are short; waiting is done by requeueing),
@@ -45,6 +47,7 @@ impl Settings {
             concurrency: DEFAULT_CONCURRENCY,
             clock: Clock::default(),
             revoke_on_delete_timeout: crate::reconciler::DEFAULT_REVOKE_ON_DELETE_TIMEOUT,
+            argo_rollouts: false,
         }
     }
 }
@@ -83,6 +86,7 @@ pub async fn run_with_metrics(
         clock: settings.clock.clone(),
         valkey_watchers,
         revoke_on_delete_timeout: settings.revoke_on_delete_timeout,
+        argo_rollouts: settings.argo_rollouts,
     };
     let ctx = Arc::new(Context::new(client, parts));
     let hit_by_valkey_loss = rotations_hit(losses, store.clone(), ctx.clone());
@@ -93,6 +97,7 @@ pub async fn run_with_metrics(
         &ctx.client,
         settings.namespace.as_deref(),
         store.clone(),
+        settings.argo_rollouts,
     );
     let running = controller
         .watches(

@@ -451,7 +451,8 @@ pub struct SecretKeyRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutTarget {
-    /// Kind of workload: `Deployment` (the default), `StatefulSet` or `DaemonSet` (`apps/v1`).
+    /// Kind of workload: `Deployment` (the default), `StatefulSet` or `DaemonSet` (`apps/v1`), or
+    /// `Rollout` (Argo Rollouts, `argoproj.io/v1alpha1`).
     #[serde(default)]
     pub kind: TargetKind,
     /// Name of the workload in this namespace.
@@ -509,6 +510,8 @@ pub enum TargetKind {
     Deployment,
     StatefulSet,
     DaemonSet,
+    /// An Argo Rollout (`argoproj.io/v1alpha1`); needs the operator's `--argo-rollouts`.
+    Rollout,
 }
 
 impl std::fmt::Display for TargetKind {

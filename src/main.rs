@@ -36,6 +36,10 @@ enum Command {
         /// in seconds, before it releases the ApiKeyRotation with its keys left valid (named).
         #[arg(long, default_value_t = 300, env = "REVOKE_ON_DELETE_TIMEOUT_SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
         revoke_on_delete_timeout_seconds: u64,
+        /// Let Argo Rollouts (`argoproj.io/v1alpha1` `rollouts`) be targets: watches them, so
+        /// their CRD must be installed and RBAC must grant them (chart: `argoRollouts.enabled`).
+        #[arg(long, env = "ARGO_ROLLOUTS")]
+        argo_rollouts: bool,
         /// Where to serve /metrics, /healthz and /readyz ("off" to serve nothing).
         #[arg(long, default_value = "0.0.0.0:8080", env = "METRICS_BIND_ADDRESS")]
         metrics_bind_address: String,
@@ -180,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
             resync_seconds,
             concurrency,
             revoke_on_delete_timeout_seconds,
+            argo_rollouts,
             metrics_bind_address,
             election,
         } => {
@@ -209,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
                     revoke_on_delete_timeout: std::time::Duration::from_secs(
                         revoke_on_delete_timeout_seconds,
                     ),
+                    argo_rollouts,
                 },
                 namespaces,
                 election,

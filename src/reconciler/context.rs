@@ -42,6 +42,8 @@ pub struct Context {
     pub(super) pod_lists: tokio::sync::Semaphore,
     /// How long a `Revoke` deletion tries an unreachable Valkey before it lets go.
     pub(super) revoke_on_delete_timeout: Duration,
+    /// Whether Argo Rollouts may be targets (`--argo-rollouts`).
+    pub(super) argo_rollouts: bool,
     /// Each `Revoke` deletion's progress (by the object's uid): see [`DeletionProgress`].
     pub(super) deletions: std::sync::Mutex<HashMap<String, DeletionProgress>>,
 }
@@ -68,6 +70,7 @@ pub struct ContextParts {
     pub clock: Clock,
     pub valkey_watchers: Watchers,
     pub revoke_on_delete_timeout: Duration,
+    pub argo_rollouts: bool,
 }
 
 /// At most this many pod lists at once (see [`Context`]): 4 pages of 500 Pods, some 18 MiB.
@@ -95,6 +98,7 @@ impl Context {
             valkey_watchers: parts.valkey_watchers,
             pod_lists: tokio::sync::Semaphore::new(CONCURRENT_POD_LISTS),
             revoke_on_delete_timeout: parts.revoke_on_delete_timeout,
+            argo_rollouts: parts.argo_rollouts,
             deletions: Default::default(),
         }
     }

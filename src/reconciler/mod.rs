@@ -232,6 +232,15 @@ impl<'a> Reconciliation<'a> {
                 MANAGED_BY_LABEL
             ));
         }
+        if !self.ctx.argo_rollouts
+            && let Some(t) =
+                (spec.targets.iter()).find(|t| t.kind == crate::crd::TargetKind::Rollout)
+        {
+            problems.push(format!(
+                "spec.targets: Rollout {} is an Argo Rollout, and this operator was started without --argo-rollouts (chart: argoRollouts.enabled=true, which also grants it the rollouts)",
+                t.name
+            ));
+        }
         if spec.secret.name == observe::vault_name(self.akr) {
             problems.push(format!(
                 "spec.secret.name: {:?} is this rotation's own vault Secret",

@@ -5,6 +5,7 @@
 //! kind is a variant of [`TargetKind`], a file here and an arm in each `match` below (plus the
 //! chart's RBAC and the stand-in's controller for it).
 
+pub mod argo_rollout;
 mod daemon_set;
 mod deployment;
 mod stateful_set;
@@ -14,6 +15,7 @@ use crate::crd::{
     SECRET_RESTORES_ANNOTATION, TargetKind,
 };
 use crate::rotation::TargetView;
+use argo_rollout::Rollout;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
@@ -112,6 +114,7 @@ pub async fn read(
         TargetKind::Deployment => get::<Deployment>(client, ns, &target.name).await,
         TargetKind::StatefulSet => get::<StatefulSet>(client, ns, &target.name).await,
         TargetKind::DaemonSet => get::<DaemonSet>(client, ns, &target.name).await,
+        TargetKind::Rollout => get::<Rollout>(client, ns, &target.name).await,
     }
 }
 
@@ -147,6 +150,7 @@ pub async fn stamp(
         TargetKind::Deployment => apply::<Deployment>(client, ns, name, annotations, fm).await,
         TargetKind::StatefulSet => apply::<StatefulSet>(client, ns, name, annotations, fm).await,
         TargetKind::DaemonSet => apply::<DaemonSet>(client, ns, name, annotations, fm).await,
+        TargetKind::Rollout => apply::<Rollout>(client, ns, name, annotations, fm).await,
     }
 }
 
@@ -157,16 +161,19 @@ pub fn owns_pod(target: &RolloutTarget, owner_kind: &str, owner_name: &str) -> b
         TargetKind::Deployment => Deployment::owns(name, owner_kind, owner_name),
         TargetKind::StatefulSet => StatefulSet::owns(name, owner_kind, owner_name),
         TargetKind::DaemonSet => DaemonSet::owns(name, owner_kind, owner_name),
+        TargetKind::Rollout => Rollout::owns(name, owner_kind, owner_name),
     }
 }
 
-/// Adds a metadata-only watch of every target kind to the controller: a change to a workload
-/// reconciles the rotations whose spec or plan in flight names it.
+/// Adds a metadata-only watch of every target kind to the controller (of Argo Rollouts only with
+/// `argo_rollouts`: without their CRD the watch would fail): a change to a workload reconciles
+/// the rotations whose spec or plan in flight names it.
 pub fn watch_targets(
     controller: Controller<ApiKeyRotation>,
     client: &Client,
     namespace: Option<&str>,
     rotations: Store<ApiKeyRotation>,
+    argo_rollouts: bool,
 ) -> Controller<ApiKeyRotation> {
     fn api<W: Workload>(client: &Client, namespace: Option<&str>) -> Api<PartialObjectMeta<W>> {
         match namespace {
@@ -175,7 +182,19 @@ pub fn watch_targets(
         }
     }
     let config = || watcher::Config::default().any_semantic();
-    let (a, b, c) = (rotations.clone(), rotations.clone(), rotations);
+    let (a, b, c, d) = (
+        rotations.clone(),
+        rotations.clone(),
+        rotations.clone(),
+        rotations,
+    );
+    let controller = if argo_rollouts {
+        controller.watches(api::<Rollout>(client, namespace), config(), move |w| {
+            targeting(&d, TargetKind::Rollout, &w)
+        })
+    } else {
+        controller
+    };
     controller
         .watches(api::<Deployment>(client, namespace), config(), move |w| {
             targeting(&a, TargetKind::Deployment, &w)

@@ -215,6 +215,42 @@ pub fn spawn_operator_with(
     )
 }
 
+/// The operator with Argo Rollouts as possible targets (`--argo-rollouts`).
+pub fn spawn_operator_with_argo(sim: &Sim) -> tokio::task::JoinHandle<()> {
+    spawn_operator_with_settings(
+        sim,
+        apikey_rotator::controller::Settings {
+            argo_rollouts: true,
+            ..apikey_rotator::controller::Settings::namespaced(NS)
+        },
+    )
+}
+
+/// Installs Argo Rollouts' CRD (`argoproj.io/v1alpha1` `rollouts`, with its status and scale
+/// subresources; its schema left open, as Argo's own CRD leaves most of it).
+pub fn install_argo_rollouts_crd(sim: &Sim) {
+    sim.install_crd(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "rollouts.argoproj.io"},
+        "spec": {
+            "group": "argoproj.io",
+            "names": {"kind": "Rollout", "listKind": "RolloutList", "plural": "rollouts",
+                      "singular": "rollout", "shortNames": ["ro"]},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1alpha1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object",
+                                               "x-kubernetes-preserve-unknown-fields": true}},
+                "subresources": {"status": {}, "scale": {
+                    "specReplicasPath": ".spec.replicas",
+                    "statusReplicasPath": ".status.HPAReplicas"}},
+            }],
+        },
+    }))
+    .unwrap();
+}
+
 /// The operator with these settings.
 pub fn spawn_operator_with_settings(
     sim: &Sim,
@@ -301,6 +337,10 @@ pub fn sirius_workload(kind: &str, name: &str, replicas: i64) -> Value {
         "StatefulSet" => w["spec"]["serviceName"] = json!(name),
         "DaemonSet" => {
             w["spec"].as_object_mut().unwrap().remove("replicas");
+        }
+        "Rollout" => {
+            w["apiVersion"] = json!("argoproj.io/v1alpha1");
+            w["spec"]["strategy"] = json!({"canary": {}});
         }
         _ => {}
     }

@@ -363,3 +363,30 @@ fn every_rendered_object_matches_its_kubernetes_type() {
         }
     }
 }
+
+/// `operator.argoRollouts` grants the Rollouts (and only then) and starts the operator with
+/// `--argo-rollouts`.
+#[test]
+fn argo_rollouts_add_their_rule_and_flag_only_when_enabled() {
+    let rollouts = |objects: &[Value]| {
+        granted(objects)
+            .iter()
+            .filter(|(_, resource)| resource == "rollouts")
+            .map(|(verb, _)| verb.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    let off = render_chart(&[]);
+    assert!(rollouts(&off).is_empty());
+    assert!(!deployment_args(&off).contains(&"--argo-rollouts".to_string()));
+    let on = render_chart(&["operator.argoRollouts=true"]);
+    assert_eq!(
+        rollouts(&on),
+        ["get", "list", "patch", "watch"].map(String::from).into()
+    );
+    assert!(deployment_args(&on).contains(&"--argo-rollouts".to_string()));
+    let namespaced = render_chart(&[
+        "operator.argoRollouts=true",
+        &format!("rbac.scope=namespaces,rbac.watchNamespaces={{{NS}}}"),
+    ]);
+    assert_eq!(rollouts(&namespaced).len(), 4);
+}

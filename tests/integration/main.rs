@@ -6,6 +6,7 @@
 mod common;
 
 mod adversity;
+mod argo_rollouts;
 mod chart;
 mod cli;
 mod crd_and_spec;

@@ -40,6 +40,9 @@ async fn scenario_as(model: AuthModel, kinds: &[(&str, &str)]) -> Scenario {
     let old = installed_key(model);
     sim.create_object(consumer_secret(&old)).unwrap();
     sim.set_nodes(&["node-a", "node-b"]);
+    if kinds.iter().any(|(kind, _)| *kind == "Rollout") {
+        install_argo_rollouts_crd(&sim);
+    }
     deploy_sirius_as(&sim, 2, kinds).await;
     if model == AuthModel::RootKeyPlusValkey {
         assert!(record_ids(&valkey).is_empty());
@@ -123,8 +126,14 @@ async fn no_401_window_under_v1_1_root_key_auth() {
 /// A Deployment, a DaemonSet (on two nodes) and a StatefulSet as the targets: each rolled only
 /// after the previous one completed, with no 401 and the old key refused at the end.
 async fn zero_downtime_across_kinds(model: AuthModel) {
-    let s = scenario_as(model, &MIXED_KINDS).await;
-    let operator = spawn_operator(&s.sim);
+    zero_downtime_across(model, &MIXED_KINDS).await;
+}
+
+/// Each target rolled only after the previous one completed, no 401, the old key refused at the
+/// end (any DaemonSet on two nodes).
+async fn zero_downtime_across(model: AuthModel, kinds: &[(&str, &str)]) {
+    let s = scenario_as(model, kinds).await;
+    let operator = spawn_operator_with_argo(&s.sim);
     wait_finished(&s.sim).await;
     operator.abort();
     let rollouts = s.sim.rollouts();
@@ -134,7 +143,7 @@ async fn zero_downtime_across_kinds(model: AuthModel) {
             .unwrap_or_else(|| panic!("{name} was not rolled: {rollouts:?}"))
             .clone()
     };
-    for pair in MIXED_KINDS.windows(2) {
+    for pair in kinds.windows(2) {
         let (before, after) = (second(pair[0].1), second(pair[1].1));
         assert!(
             before.completed_at_ms.unwrap() <= after.template_changed_at_ms,
@@ -143,7 +152,7 @@ async fn zero_downtime_across_kinds(model: AuthModel) {
     }
     let ui = s.sim.pods();
     let ui: Vec<_> = ui.iter().filter(|p| p.deployment == "sirius-ui").collect();
-    assert_eq!(ui.len(), 2, "one DaemonSet pod per node: {ui:?}");
+    assert_eq!(ui.len(), 2, "two pods (one a node for a DaemonSet): {ui:?}");
     s.assert_zero_downtime(model);
 }
 
@@ -155,6 +164,23 @@ async fn no_401_across_a_deployment_a_daemonset_and_a_statefulset_under_v1_0_aut
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_401_across_a_deployment_a_daemonset_and_a_statefulset_under_v1_1_auth() {
     zero_downtime_across_kinds(AuthModel::RootKeyPlusValkey).await;
+}
+
+/// The API as an Argo Rollout (a canary), then a DaemonSet and a StatefulSet.
+const WITH_A_ROLLOUT: [(&str, &str); 3] = [
+    ("Rollout", "sirius-api"),
+    ("DaemonSet", "sirius-ui"),
+    ("StatefulSet", "sirius-engine"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_401_with_the_api_as_an_argo_rollout_under_v1_0_auth() {
+    zero_downtime_across(AuthModel::ValkeyOnly, &WITH_A_ROLLOUT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_401_with_the_api_as_an_argo_rollout_under_v1_1_auth() {
+    zero_downtime_across(AuthModel::RootKeyPlusValkey, &WITH_A_ROLLOUT).await;
 }
 
 fn mutating_requests(sim: &Sim) -> u64 {

@@ -41,7 +41,7 @@ What the operator does in each namespace it watches, and nothing more:
 - Secrets: read and watch (the watch is filtered by label, but RBAC cannot express that), create
   the vault and the consumers' Secret, update the vault, patch the consumers' Secret.
 - Deployments, StatefulSets and DaemonSets (the target kinds): read and watch, patch the pod
-  template to roll them.
+  template to roll them; Argo Rollouts too with operator.argoRollouts.
 - Pods: list, before revoking a key (the pod gate: every pod that reads the Secret runs the new key).
 - Events (events.k8s.io): create, and patch to count repeats.
 */}}
@@ -58,6 +58,11 @@ What the operator does in each namespace it watches, and nothing more:
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets", "daemonsets"]
   verbs: ["get", "list", "watch", "patch"]
+{{- if .Values.operator.argoRollouts }}
+- apiGroups: ["argoproj.io"]
+  resources: ["rollouts"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]

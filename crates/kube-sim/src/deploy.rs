@@ -2,6 +2,7 @@
 //! time (maxSurge 1, maxUnavailable 0), reports status exactly in the fields `kubectl rollout
 //! status` reads, and records which Secret values each pod started with.
 
+mod argo;
 mod sets;
 
 use crate::store::{Store, Write, now_rfc3339, resource_key};
@@ -498,10 +499,21 @@ impl DeploySim {
         };
         self.sync_pods(store);
         self.tick_sets(store, &pods_rt);
-        let versions = store.versions(&rt);
+        // Argo Rollouts, once a test installed their CRD, roll as Deployments do (a Rollout and
+        // a Deployment of the same name in one namespace are not simulated).
+        let rollouts = store.resource_type("argoproj.io", "rollouts");
+        let mut versions: Vec<_> = (store.versions(&rt).into_iter())
+            .map(|(ns, name, rv)| (rt.clone(), ns, name, rv))
+            .collect();
+        if let Some(rollouts) = &rollouts {
+            versions.extend(
+                (store.versions(rollouts).into_iter())
+                    .map(|(ns, name, rv)| (rollouts.clone(), ns, name, rv)),
+            );
+        }
         let live: std::collections::HashSet<(String, String)> = versions
             .iter()
-            .map(|(ns, name, _)| (ns.clone(), name.clone()))
+            .map(|(_, ns, name, _)| (ns.clone(), name.clone()))
             .collect();
         let removed: Vec<(String, String)> = self
             .states
@@ -512,7 +524,7 @@ impl DeploySim {
         for key in removed {
             self.remove_deployment(store, &pods_rt, key);
         }
-        for (ns, name, rv) in versions {
+        for (rt, ns, name, rv) in versions {
             let key = (ns, name);
             if self
                 .states
@@ -582,6 +594,11 @@ impl DeploySim {
         d: &Value,
     ) -> bool {
         let now = Instant::now();
+        let argo = rt.kind == "Rollout";
+        if argo && d["spec"]["template"].is_null() {
+            // A Rollout with a `workloadRef` runs the referenced Deployment's template.
+            return true;
+        }
         let ns = ns_of(d);
         let name = d["metadata"]["name"].as_str().unwrap_or("").to_string();
         let key = (ns.clone(), name.clone());
@@ -630,11 +647,14 @@ impl DeploySim {
         // Revision 0 is no pod's: while there is no new ReplicaSet every pod is old.
         let current_revision = new_revision.unwrap_or(0);
         let old_status = d.get("status").cloned().unwrap_or(json!({}));
-        let old_progressing = old_status["conditions"]
+        let mut old_progressing = old_status["conditions"]
             .as_array()
             .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing"))
             .cloned()
             .unwrap_or(Value::Null);
+        if argo {
+            argo::deployment_reason(&mut old_progressing);
+        }
         // `checkPausedConditions`: resuming starts the progress deadline anew.
         let resumed = !paused && old_progressing["reason"] == "DeploymentPaused";
         if resumed {
@@ -712,6 +732,11 @@ impl DeploySim {
                         &rs_uid,
                         &template,
                         &state.hashes[(current_revision - 1) as usize],
+                        if argo {
+                            "rollouts-pod-template-hash"
+                        } else {
+                            "pod-template-hash"
+                        },
                     );
                     let w = Write {
                         rt: pods_rt,
@@ -879,6 +904,10 @@ impl DeploySim {
                 status.as_object_mut().unwrap().remove(zero);
             }
         }
+        if argo {
+            let hash = new_revision.map(|r| state.hashes[(r - 1) as usize].clone());
+            status = argo::status(&status, d, &old_status, hash, complete && !paused);
+        }
         if status != old_status {
             store.controller_write_status(rt, &ns, &name, status);
         }
@@ -908,10 +937,11 @@ fn pod_from_template(
     rs_uid: &str,
     template: &Value,
     hash: &str,
+    hash_label: &str,
 ) -> Value {
     let meta = &template["metadata"];
     let mut labels = meta["labels"].as_object().cloned().unwrap_or_default();
-    labels.insert("pod-template-hash".into(), json!(hash));
+    labels.insert(hash_label.into(), json!(hash));
     let mut metadata = json!({
         "name": name,
         "generateName": format!("{rs_name}-"),
