@@ -908,3 +908,51 @@ async fn lists_page_by_limit_and_continue_as_kube_apiserver_does() {
         .unwrap_err();
     assert_eq!(api_error(forged).code, 400);
 }
+
+/// kube-apiserver authorizes a server-side apply that creates its object as a create too: a user
+/// that may only patch gets 403 for a new object and applies to an existing one.
+#[tokio::test]
+async fn an_apply_that_creates_needs_the_create_verb() {
+    let sim = start_sim().await;
+    for o in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": "patcher", "namespace": NS},
+               "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "patch"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "patcher", "namespace": NS},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "patcher"},
+               "subjects": [{"kind": "ServiceAccount", "name": "patcher", "namespace": NS}]}),
+    ] {
+        sim.create_object(o).unwrap();
+    }
+    sim.authenticate(
+        "patcher-token",
+        kube_sim::User::service_account(NS, "patcher"),
+    );
+    let mut config = kube::Config::new(sim.url().parse().unwrap());
+    config.auth_info.token = Some("patcher-token".to_string().into());
+    let api: Api<ConfigMap> = Api::namespaced(kube::Client::try_from(config).unwrap(), NS);
+    let apply = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+               "data": {"k": "v"}})
+    };
+    let params = PatchParams::apply("test").force();
+    match api.patch("new", &params, &Patch::Apply(apply("new"))).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 403);
+            assert!(
+                s.message.contains("cannot create resource"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    assert!(sim.get_object("", "configmaps", NS, "new").is_none());
+    sim.create_object(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                             "metadata": {"name": "old", "namespace": NS}}))
+        .unwrap();
+    api.patch("old", &params, &Patch::Apply(apply("old")))
+        .await
+        .unwrap();
+}

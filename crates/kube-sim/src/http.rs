@@ -398,6 +398,23 @@ pub async fn handle(
                         ));
                     }
                     let force = query.get("force").is_some_and(|f| f == "true");
+                    // An apply that creates the object is authorized as a create too (the patch
+                    // handler's `withAuthorization` of its create validation).
+                    let creates = store.get(&target.rt, &ns, &name).is_err();
+                    if let Some(user) = user.as_ref().filter(|_| creates) {
+                        let attributes = crate::rbac::Attributes {
+                            verb: "create",
+                            group: &target.rt.group,
+                            resource: &target.rt.plural,
+                            subresource: &target.subresource,
+                            namespace: target.namespace.as_deref(),
+                            name: Some(&name),
+                        };
+                        if let Err(e) = crate::rbac::authorize(&store, user, &attributes) {
+                            shared.denials.lock().unwrap().push(e.message.clone());
+                            return error_response(e);
+                        }
+                    }
                     store.apply(&w, patch, force)
                 }
                 "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
