@@ -30,8 +30,9 @@ impl Workload for StatefulSet {
     }
 
     /// kubectl's rules, in its order: the generation observed, every replica ready, then (with
-    /// `rollingUpdate`, which kube-apiserver always defaults) the partition's pods updated;
-    /// without `rollingUpdate` the update revision became the current one.
+    /// `rollingUpdate`, which kube-apiserver defaults only when the strategy type is unset) the
+    /// partition's pods updated; without it (an explicit `type: RollingUpdate` alone) the update
+    /// revision became the current one.
     fn rollout_state(&self) -> RolloutState {
         let waiting = |m: String| RolloutState::Progressing(m);
         let spec = self.spec.as_ref();

@@ -208,6 +208,60 @@ async fn a_partition_or_on_delete_leaves_pods_on_the_old_template_while_kubectl_
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_rolling_update_without_rolling_update_fields_recreates_deleted_pods_from_the_current_revision()
+ {
+    let sim = start_sim().await;
+    sim.create_object(consumer_secret(&known_key())).unwrap();
+    let created = sim
+        .create_object(statefulset(3, json!({"type": "RollingUpdate"})))
+        .unwrap();
+    // `SetDefaults_StatefulSet` adds `rollingUpdate` only to an unset type.
+    assert_eq!(
+        created["spec"]["updateStrategy"],
+        json!({"type": "RollingUpdate"})
+    );
+    sample_until::<StatefulSet>(&sim, "sirius-engine", "first rollout", |s| {
+        *s == RolloutState::Complete
+    })
+    .await;
+    sim.set_pod_ready_after(NS, "sirius-engine", Duration::from_millis(800));
+    stamp(&sim, "statefulsets", "sirius-engine", "k2");
+    wait_for(Duration::from_secs(10), "sirius-engine-2 updated", || {
+        sim.pods()
+            .iter()
+            .any(|p| p.name == "sirius-engine-2" && p.revision == 2 && !p.terminating)
+    })
+    .await;
+    // Pod 0 is below the last status's currentReplicas: `newVersionedStatefulSetPod` recreates it
+    // from the current revision, and the rolling update replaces it again later.
+    sim.delete_object("", "pods", NS, "sirius-engine-0")
+        .unwrap();
+    let samples = sample_until::<StatefulSet>(&sim, "sirius-engine", "the update", |s| {
+        *s == RolloutState::Complete
+    })
+    .await;
+    let recreated: Vec<u64> = samples
+        .iter()
+        .flatten()
+        .filter(|p| p.name == "sirius-engine-0" && !p.terminating)
+        .map(|p| p.revision)
+        .collect();
+    assert!(recreated.contains(&1), "{recreated:?}");
+    assert_eq!(recreated.last(), Some(&2), "{recreated:?}");
+    // Without `rollingUpdate`, kubectl's last rule: the update revision became the current one.
+    let status = typed::<StatefulSet>(&sim, "sirius-engine")
+        .await
+        .status
+        .unwrap();
+    assert_eq!(status.current_revision, status.update_revision);
+    assert!(
+        pods_of(&sim.pods(), "sirius-engine")
+            .iter()
+            .all(|p| p.revision == 2 && p.ready)
+    );
+}
+
 fn daemonset(strategy: Value) -> Value {
     let mut d = sirius_workload("DaemonSet", "sirius-ui", 0);
     if !strategy.is_null() {

@@ -73,7 +73,16 @@ async fn an_on_delete_statefulset_is_refused_before_any_key_is_minted_and_rolls_
     assert_eq!(template_key(&sim, "sirius-api"), Value::Null);
     assert!(!has_event(&sim, Reason::RotationStarted));
 
+    // An explicit type keeps `rollingUpdate` absent (kube-apiserver defaults it only for an unset
+    // type), so the engine is complete by kubectl's revision rule.
     set_engine_strategy(&sim, json!({"type": "RollingUpdate"}));
+    let engine = sim
+        .get_object("apps", "statefulsets", NS, "sirius-engine")
+        .unwrap();
+    assert_eq!(
+        engine["spec"]["updateStrategy"],
+        json!({"type": "RollingUpdate"})
+    );
     wait_rotated(&sim).await;
     operator.abort();
     let new = secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap();

@@ -993,17 +993,23 @@ fn set_if_absent(object: &mut Value, field: &str, value: Value) {
     }
 }
 
-/// `SetDefaults_StatefulSet`: a RollingUpdate strategy gets `rollingUpdate.partition: 0`.
+/// `SetDefaults_StatefulSet`: only an unset strategy type becomes RollingUpdate with a
+/// `rollingUpdate`; an explicit `type: RollingUpdate` keeps `rollingUpdate` absent, and a present
+/// `rollingUpdate` gets `partition: 0`.
 fn default_stateful_set(object: &mut Value) {
     let spec = &mut object["spec"];
     set_if_absent(spec, "replicas", json!(1));
     set_if_absent(spec, "podManagementPolicy", json!("OrderedReady"));
     set_if_absent(spec, "revisionHistoryLimit", json!(10));
-    set_if_absent(spec, "updateStrategy", json!({"type": "RollingUpdate"}));
+    set_if_absent(spec, "updateStrategy", json!({}));
     let strategy = &mut spec["updateStrategy"];
-    set_if_absent(strategy, "type", json!("RollingUpdate"));
-    if strategy["type"] == "RollingUpdate" {
+    if strategy.get("type").is_none_or(|t| t.is_null() || t == "") {
+        strategy["type"] = json!("RollingUpdate");
         set_if_absent(strategy, "rollingUpdate", json!({}));
+    }
+    if strategy["type"] == "RollingUpdate"
+        && strategy.get("rollingUpdate").is_some_and(|r| !r.is_null())
+    {
         set_if_absent(&mut strategy["rollingUpdate"], "partition", json!(0));
     }
 }

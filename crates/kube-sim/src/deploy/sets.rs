@@ -208,7 +208,10 @@ impl DeploySim {
         let strategy = &spec["updateStrategy"];
         let rolling = strategy["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate";
         let created = match kind {
-            SetKind::StatefulSet => stateful_set_step(state, &name, spec, rolling, update, now),
+            SetKind::StatefulSet => {
+                let current_replicas = object["status"]["currentReplicas"].as_u64().unwrap_or(0);
+                stateful_set_step(state, &name, spec, current_replicas, rolling, update, now)
+            }
             SetKind::DaemonSet => {
                 daemon_set_step(state, &self.nodes, strategy, rolling, update, now)
             }
@@ -301,14 +304,22 @@ fn stateful_set_step(
     state: &mut SetState,
     name: &str,
     spec: &Value,
+    current_replicas: u64,
     rolling: bool,
     update: u64,
     now: Instant,
 ) -> Vec<NewPod> {
     let replicas = spec["replicas"].as_u64().unwrap_or(1);
-    let partition = spec["updateStrategy"]["rollingUpdate"]["partition"]
-        .as_u64()
-        .unwrap_or(0);
+    // `updateStatefulSet`'s updateMin: the partition, 0 without `rollingUpdate`.
+    let rolling_update = &spec["updateStrategy"]["rollingUpdate"];
+    let partition = rolling_update["partition"].as_u64().unwrap_or(0);
+    // `newVersionedStatefulSetPod`: a pod created below this ordinal runs the current revision:
+    // the partition, or without `rollingUpdate` the last status's `currentReplicas`.
+    let keeps_current_below = if rolling_update.is_null() {
+        current_replicas
+    } else {
+        partition
+    };
     let current = if state.current_revision == 0 {
         update
     } else {
@@ -323,8 +334,7 @@ fn stateful_set_step(
             Some(i) if is_ready(&state.pods[i], now) => continue,
             Some(_) => return Vec::new(),
             None => {
-                // `newVersionedStatefulSetPod`: below the partition, the current revision.
-                let revision = if rolling && ord < partition {
+                let revision = if rolling && ord < keeps_current_below {
                     current
                 } else {
                     update
