@@ -83,17 +83,15 @@ pub fn summarize(
         return None;
     }
     let meta = &pod.metadata;
-    let owner = meta
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| (o.kind.clone(), o.name.clone()));
-    let target = owner.as_ref().and_then(|(kind, name)| {
-        targets
-            .iter()
-            .position(|t| crate::workload::owns_pod(t, kind, name))
-    });
+    let controller = (meta.owner_references.iter().flatten()).find(|o| o.controller == Some(true));
+    let owner = controller.map(|o| (o.kind.clone(), o.name.clone()));
+    // Every target kind's pods are controlled by an apps/v1 object (a Rollout's by its
+    // ReplicaSets); a same-named kind of another group (OpenKruise's StatefulSet) is not ours.
+    let target = controller
+        .filter(|o| o.api_version == "apps/v1")
+        .and_then(|o| {
+            (targets.iter()).position(|t| crate::workload::owns_pod(t, &o.kind, &o.name))
+        });
     let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).cloned();
     Some(PodSummary {
         name: meta.name.clone().unwrap_or_default(),
@@ -262,6 +260,14 @@ mod tests {
         );
         assert_eq!(of(Some(("ReplicaSet", "worker-7d4b9c"))).target, None);
         assert_eq!(of(Some(("Job", "sirius-api-x"))).target, None);
+        // A same-named kind of another API group is not the target's.
+        let mut kruise = pod(spec.clone(), Some(("ReplicaSet", "sirius-engine-7d4b9c")));
+        kruise.metadata.owner_references.as_mut().unwrap()[0].api_version =
+            "apps.kruise.io/v1beta1".into();
+        assert_eq!(
+            summarize(&kruise, &secret(), &targets()).unwrap().target,
+            None
+        );
         assert_eq!(of(None).describe(), "p (no owner)");
         assert_eq!(of(Some(("Job", "backfill"))).describe(), "p (Job/backfill)");
     }

@@ -35,8 +35,10 @@ impl Reconciliation<'_> {
                 spec.secret.name, spec.secret.key
             ),
             Action::Roll { index, .. } => format!(
-                "The pod-template annotation {ROLLOUT_ANNOTATION} of Deployment {}",
-                spec.targets.get(*index).map_or("?", |t| t.name.as_str())
+                "The pod-template annotation {ROLLOUT_ANNOTATION} of {}",
+                spec.targets
+                    .get(*index)
+                    .map_or("?".to_string(), |t| format!("{} {}", t.kind, t.name))
             ),
             Action::RestoreVault { .. } => {
                 format!("The vault Secret {}", observe::vault_name(self.akr))

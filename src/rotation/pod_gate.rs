@@ -3,6 +3,7 @@
 //! old key's revocation; in a rollback, the new key's removal.
 
 use super::action::{Action, EventNote, Plan};
+use super::observation::TargetView;
 use super::reason::Reason;
 use super::rotating::Rotating;
 use super::status::rotating_for;
@@ -93,15 +94,16 @@ fn wait_for_pods(x: &mut Rotating, blocking: &[&PodSummary], revoking: &str) -> 
     let mut event = None;
     let since = parse_ts(&x.r.pods_waiting_since).unwrap_or(now);
     x.r.pods_waiting_since = Some(ts_precise(since));
+    let stuck = cannot_replace(x, blocking);
     let text = format!(
-        "Waiting for {} that may hold the {revoking} key to restart or go before it is removed: {}.",
+        "Waiting for {} that may hold the {revoking} key to restart or go before it is removed: {}.{stuck}",
         count(blocking.len(), "pod"),
         some_pods(blocking)
     );
     let timeout = at_least(since, o.spec.pod_gate_timeout_seconds);
     if now >= timeout {
         let message = format!(
-            "Pods that read Secret {} may still hold the {revoking} key {}s after the validation window ended (spec.podGateTimeoutSeconds); that key stays valid, a timeout never revokes. Restart them (kubectl rollout restart, or delete the pods), or set spec.untrackedConsumers: Ignore for pods of no target.",
+            "Pods that read Secret {} may still hold the {revoking} key {}s after the validation window ended (spec.podGateTimeoutSeconds); that key stays valid, a timeout never revokes. Restart them (kubectl rollout restart, or delete the pods), or set spec.untrackedConsumers: Ignore for pods of no target.{stuck}",
             o.spec.secret.name, o.spec.pod_gate_timeout_seconds
         );
         event = event.or(x.b.degrade(Reason::ConsumersOnOldKey, &message));
@@ -117,6 +119,30 @@ fn wait_for_pods(x: &mut Rotating, blocking: &[&PodSummary], revoking: &str) -> 
         next
     };
     x.wait(Some(next), event)
+}
+
+/// For the targets of `blocking` pods whose spec keeps them from replacing pods (OnDelete, a
+/// partition): why, so the user knows a restart of their template will not move them.
+fn cannot_replace(x: &Rotating, blocking: &[&PodSummary]) -> String {
+    let mut targets: Vec<usize> = blocking.iter().filter_map(|p| p.target).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    targets
+        .into_iter()
+        .filter_map(|i| match (x.o.spec.targets.get(i), x.o.targets.get(i)) {
+            (
+                Some(t),
+                Some(TargetView::Found {
+                    cannot_roll: Some(why),
+                    ..
+                }),
+            ) => Some(format!(
+                " {} {} does not replace its pods by itself: {why}; or delete its pods.",
+                t.kind, t.name
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// How soon a revocation waiting for pods looks at them again (one list of the namespace's

@@ -1125,3 +1125,126 @@ fn target(name: &str) -> RolloutTarget {
         progress_deadline_seconds: None,
     }
 }
+
+const PARTITIONED: &str = "its spec.updateStrategy.rollingUpdate.partition is 1, so its pods with an ordinal below 1 would keep the old template and key; set the partition to 0";
+
+fn found(
+    annotation: Option<&str>,
+    rolled_back_in: Option<&str>,
+    cannot_roll: Option<&str>,
+) -> TargetView {
+    TargetView::Found {
+        paused: false,
+        annotation: annotation.map(str::to_string),
+        rolled_back_in: rolled_back_in.map(str::to_string),
+        secret_restores: None,
+        cannot_roll: cannot_roll.map(str::to_string),
+        rollout: RolloutState::Complete,
+    }
+}
+
+#[test]
+fn a_target_that_cannot_roll_holds_off_a_new_rotation_before_anything_is_minted() {
+    let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+    o.trigger = Some("go".into());
+    o.targets[2] = found(None, None, Some(PARTITIONED));
+    let plan = decide(&o);
+    assert_eq!(
+        plan.action,
+        Action::Wait {
+            requeue_after: Some(Duration::from_secs(60))
+        }
+    );
+    assert!(plan.status.current_rotation.is_none(), "nothing started");
+    assert_eq!(plan.status.last_trigger, None, "the request stays pending");
+    let event = plan.event.unwrap();
+    assert_eq!(event.reason, Reason::TargetCannotRoll);
+    assert!(
+        event.message.contains("Deployment sirius-engine: its spec"),
+        "{}",
+        event.message
+    );
+    // Once its spec lets it roll, the same request starts the rotation.
+    o.status = plan.status;
+    o.targets[2] = found(None, None, None);
+    let plan = decide(&o);
+    assert_eq!(plan.status.current_rotation.unwrap().trigger, "Manual:go");
+}
+
+#[test]
+fn a_rollback_holds_at_a_target_that_cannot_roll_back_and_keeps_the_new_key() {
+    let mut o = at_the_pod_gate();
+    let old = KeyId("a".repeat(64));
+    o.consumer = ConsumerView::Holds(Some(old.clone()));
+    let r = o.status.current_rotation.as_mut().unwrap();
+    r.rolling_back = Some("the engine never became ready".into());
+    r.switched_back_at = Some("2026-11-25T11:30:00.000Z".into());
+    r.validation_started_at = None;
+    // The engine (rolled back first) has a partition: its pods below it would keep the new key.
+    o.targets[2] = found(Some(&"b".repeat(64)), None, Some(PARTITIONED));
+    let plan = decide(&o);
+    assert_eq!(
+        plan.action,
+        Action::Wait {
+            requeue_after: Some(Duration::from_secs(60))
+        }
+    );
+    assert_eq!(plan.status.phase, Some(crate::crd::Phase::Degraded));
+    let event = plan.event.unwrap();
+    assert_eq!(event.reason, Reason::TargetCannotRoll);
+    assert!(
+        event.message.contains("cannot roll its pods back"),
+        "{}",
+        event.message
+    );
+    assert_eq!(plan.status.current_rotation.unwrap().target_index, 2);
+
+    // Stamped back but not yet recorded as rolled back: still held, since kubectl calls a
+    // partitioned rollout done while pods below it keep the new key.
+    o.targets[2] = found(Some(&old.0), Some("1"), Some(PARTITIONED));
+    let r = o.status.current_rotation.as_mut().unwrap();
+    r.targets[2].state = TargetState::Rolling;
+    assert_eq!(decide(&o).event.unwrap().reason, Reason::TargetCannotRoll);
+
+    // Once its spec lets it roll, the rollback goes on.
+    o.targets[2] = found(Some(&old.0), Some("1"), None);
+    let plan = decide(&o);
+    assert_eq!(plan.action, Action::StatusOnly);
+    assert_eq!(
+        plan.status.current_rotation.as_ref().unwrap().targets[2].state,
+        TargetState::Pending
+    );
+    // A target already rolled back whose spec changed afterwards does not hold it: the next
+    // target is rolled back.
+    o.status = plan.status;
+    o.targets[2] = found(Some(&old.0), Some("1"), Some(PARTITIONED));
+    assert!(matches!(
+        decide(&o).action,
+        Action::Roll {
+            index: 1,
+            rollback_of: Some(1),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn the_pod_gate_says_when_a_target_does_not_replace_its_pods_by_itself() {
+    let mut o = at_the_pod_gate();
+    o.targets[2] = found(Some(&"b".repeat(64)), None, Some(PARTITIONED));
+    let r = o.status.current_rotation.as_mut().unwrap();
+    r.untracked_consumers_reported = true;
+    o.pods = Some(Ok(vec![gate_pod(
+        "sirius-engine-0",
+        Some(2),
+        "a",
+        "2026-11-25T10:00:00Z",
+    )]));
+    let plan = decide(&o);
+    let text = &plan.event.unwrap().message;
+    assert!(
+        text.contains("does not replace its pods by itself"),
+        "{text}"
+    );
+    assert!(text.contains("partition is 1"), "{text}");
+}

@@ -322,6 +322,19 @@ async fn a_daemonset_runs_one_pod_per_node_and_replaces_at_most_max_unavailable_
         ),
         (4, Some(4), Some(4))
     );
+    // A DaemonSet's pods carry the bare revision hash, not `<name>-<hash>` as a StatefulSet's.
+    let labels: Vec<Value> = sim
+        .list_objects("", "pods", Some(NS))
+        .iter()
+        .filter(|p| p["metadata"]["ownerReferences"][0]["kind"] == "DaemonSet")
+        .map(|p| p["metadata"]["labels"]["controller-revision-hash"].clone())
+        .collect();
+    assert!(
+        labels.iter().all(|l| l
+            .as_str()
+            .is_some_and(|h| !h.is_empty() && !h.contains('-'))),
+        "{labels:?}"
+    );
 
     // Two at a time with maxUnavailable 50%; OnDelete replaces none.
     sim.merge_patch_object(
@@ -356,6 +369,13 @@ async fn a_daemonset_runs_one_pod_per_node_and_replaces_at_most_max_unavailable_
     .unwrap();
     stamp(&sim, "daemonsets", "sirius-ui", "k4");
     tokio::time::sleep(Duration::from_millis(500)).await; // nothing is replaced
+    let pods = sim.pods();
+    assert!(
+        pods_of(&pods, "sirius-ui")
+            .iter()
+            .all(|p| p.revision == 3 && !p.terminating),
+        "OnDelete replaced a pod"
+    );
     let ds: DaemonSet = typed(&sim, "sirius-ui").await;
     assert!(ds.cannot_roll().is_some());
     assert!(

@@ -11,6 +11,10 @@ use std::time::Duration;
 /// The consumers' Secret, the three Sirius workloads as [`MIXED_KINDS`] (the engine a StatefulSet
 /// with `engine_strategy`, the UI a DaemonSet on two nodes) and a triggered rotation of them.
 async fn install(sim: &Sim, valkey: &Valkey, engine_strategy: Value) {
+    install_with(sim, valkey, engine_strategy, json!({})).await;
+}
+
+async fn install_with(sim: &Sim, valkey: &Valkey, engine_strategy: Value, spec: Value) {
     sim.create_object(consumer_secret(&known_key())).unwrap();
     sim.set_nodes(&["node-a", "node-b"]);
     for (kind, name) in MIXED_KINDS {
@@ -20,7 +24,9 @@ async fn install(sim: &Sim, valkey: &Valkey, engine_strategy: Value) {
         }
         sim.create_object(w).unwrap();
     }
-    let mut manifest = rotation(&valkey.url(), targets_json(&MIXED_KINDS));
+    let mut spec_with_targets = targets_json(&MIXED_KINDS);
+    json_patch::merge(&mut spec_with_targets, &spec);
+    let mut manifest = rotation(&valkey.url(), spec_with_targets);
     manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
     sim.create_object(manifest).unwrap();
 }
@@ -149,4 +155,67 @@ async fn a_partition_set_mid_rotation_holds_it_at_that_target_and_the_old_key_st
         engine["status"]["currentRevision"],
         engine["status"]["updateRevision"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_waits_at_a_daemonset_made_on_delete_and_removes_the_new_key_only_once_it_rolled_back()
+ {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    // The engine runs only with the installed key: its rollout fails and the rotation rolls back.
+    sim.set_rollout_behavior(
+        NS,
+        "sirius-engine",
+        kube_sim::RolloutBehavior::StallUnlessSecret(known_key().expose().to_string()),
+    );
+    let spec = json!({"failurePolicy": "Rollback", "progressDeadlineSeconds": 10});
+    install_with(&sim, &valkey, Value::Null, spec).await;
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(40), "the rollback", || {
+        akr_status(&sim)["currentRotation"]["rollingBack"].is_string()
+    })
+    .await;
+    // The UI's pods run the new key; made OnDelete, a new template would not replace them.
+    sim.merge_patch_object(
+        "apps",
+        "daemonsets",
+        NS,
+        "sirius-ui",
+        json!({"spec": {"updateStrategy": {"type": "OnDelete", "rollingUpdate": null}}}),
+    )
+    .unwrap();
+    wait_degraded(&sim, "TargetCannotRoll").await;
+    let note = event(&sim, "TargetCannotRoll")["note"].clone();
+    assert!(
+        note.as_str()
+            .unwrap()
+            .contains("DaemonSet sirius-ui cannot roll its pods back"),
+        "{note}"
+    );
+    let new = akr_status(&sim)["currentRotation"]["newKeyId"].clone();
+    tokio::time::sleep(Duration::from_secs(1)).await; // nothing happens while held
+    assert!(
+        valkey.exists(&format!("apikey:{}", new.as_str().unwrap())),
+        "the new key stays valid while the UI's pods hold it"
+    );
+    assert_eq!(akr_status(&sim)["currentRotation"]["targetIndex"], 1);
+
+    sim.merge_patch_object(
+        "apps",
+        "daemonsets",
+        NS,
+        "sirius-ui",
+        json!({"spec": {"updateStrategy": {"type": "RollingUpdate"}}}),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(60), "the rollback to finish", || {
+        akr_status(&sim)["currentRotation"].is_null()
+    })
+    .await;
+    operator.abort();
+    assert!(!valkey.exists(&format!("apikey:{}", new.as_str().unwrap())));
+    assert!(valkey.exists(&format!("apikey:{}", known_key().id())));
+    assert!(sim.pods().iter().filter(|p| p.namespace == NS).all(|p| {
+        p.secrets.get("sirius-api-key/SIRIUS_API_KEY") == Some(&Some(known_key().expose().into()))
+    }));
 }

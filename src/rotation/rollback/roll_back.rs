@@ -2,7 +2,7 @@
 //! completed; also those never rolled, since any pod that restarted by itself after the switch
 //! read the new key, which is about to be removed.
 
-use crate::crd::TargetState;
+use crate::crd::{Phase, TargetState};
 use crate::rotation::action::{Action, EventNote, Plan};
 use crate::rotation::observation::TargetView;
 use crate::rotation::reason::Reason;
@@ -23,6 +23,7 @@ pub(crate) fn roll_back(x: &mut Rotating) -> Option<Plan> {
             rolled_back_in,
             secret_restores,
             rollout,
+            cannot_roll,
             ..
         } = &o.targets[i]
         else {
@@ -30,10 +31,17 @@ pub(crate) fn roll_back(x: &mut Rotating) -> Option<Plan> {
         };
         let progress =
             (x.r.targets.iter()).position(|t| t.kind == target.kind && t.name == target.name);
-        if annotation.as_deref() != Some(old.as_str())
+        let needs_stamp = annotation.as_deref() != Some(old.as_str())
             || rolled_back_in.as_deref() != Some(marker.as_str())
-            || *secret_restores != restores
-        {
+            || *secret_restores != restores;
+        let rolled_back =
+            !needs_stamp && progress.is_some_and(|p| x.r.targets[p].state == TargetState::Pending);
+        // Its pods would keep the new key whatever its template says (OnDelete, a partition),
+        // and kubectl may call its rollout done: held here until its spec lets it roll.
+        if let Some(why) = cannot_roll.as_ref().filter(|_| !rolled_back) {
+            return cannot_roll_back(x, i, why);
+        }
+        if needs_stamp {
             if let Some(p) = progress {
                 x.r.targets[p].state = TargetState::Rolling;
                 x.r.targets[p].message = Some("rolling back to the old key".into());
@@ -72,4 +80,18 @@ pub(crate) fn roll_back(x: &mut Rotating) -> Option<Plan> {
         }
     }
     None
+}
+
+/// Target `i` cannot replace its pods: the rollback waits (Degraded), the new key stays valid.
+fn cannot_roll_back(x: &mut Rotating, i: usize, why: &str) -> Option<Plan> {
+    let target = &x.o.spec.targets[i];
+    let message = format!(
+        "{} {} cannot roll its pods back to the old key: {why}. The rollback waits and the new key stays valid.",
+        target.kind, target.name
+    );
+    x.r.target_index = i as u32;
+    let event = x.b.degrade(Reason::TargetCannotRoll, &message);
+    x.b.rotating(Reason::RollingBack, message);
+    x.b.status.phase = Some(Phase::Degraded);
+    x.wait(Some(Duration::from_secs(60)), event)
 }

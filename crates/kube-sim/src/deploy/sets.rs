@@ -541,10 +541,13 @@ fn create_set_pod(
     let template = state.template(revision).clone();
     let meta = &template["metadata"];
     let mut labels = meta["labels"].as_object().cloned().unwrap_or_default();
-    labels.insert(
-        "controller-revision-hash".into(),
-        json!(state.revision_name(set, revision)),
-    );
+    // A StatefulSet labels its pods with the revision's name (`setPodRevision`), a DaemonSet
+    // with the bare hash (`util.CreatePodTemplate`).
+    let revision_label = match kind {
+        SetKind::StatefulSet => state.revision_name(set, revision),
+        SetKind::DaemonSet => state.hashes[(revision - 1) as usize].clone(),
+    };
+    labels.insert("controller-revision-hash".into(), json!(revision_label));
     match (kind, &new.name) {
         (SetKind::StatefulSet, Some(pod_name)) => {
             labels.insert("statefulset.kubernetes.io/pod-name".into(), json!(pod_name));
