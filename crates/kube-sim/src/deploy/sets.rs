@@ -383,12 +383,9 @@ fn stateful_set_status(
         .collect();
     let ready = state.pods.iter().filter(|p| is_ready(p, now)).count();
     let updated = active.iter().filter(|p| p.revision == update).count();
-    // `completeRollingUpdate`: every pod updated and Ready makes the update revision current.
-    if state.current_revision == 0
-        || (rolling
-            && updated == state.pods.len()
-            && ready == state.pods.len()
-            && updated == replicas)
+    // `computeReplicaStatus`: replicas, current and updated count pods not terminating.
+    // `completeRollingUpdate`: every one updated and Ready makes the update revision current.
+    if state.current_revision == 0 || (rolling && updated == active.len() && ready == active.len())
     {
         state.current_revision = update;
     }
@@ -396,7 +393,7 @@ fn stateful_set_status(
     let current_replicas = active.iter().filter(|p| p.revision == current).count();
     let mut status = json!({
         "observedGeneration": object["metadata"]["generation"],
-        "replicas": state.pods.len(),
+        "replicas": active.len(),
         "readyReplicas": ready,
         "availableReplicas": ready,
         "currentReplicas": current_replicas,
