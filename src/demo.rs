@@ -35,6 +35,18 @@ pub struct DemoArgs {
     /// installed and the stand-in otherwise.
     #[arg(long, value_enum, default_value_t = StoreChoice::Auto)]
     pub store: StoreChoice,
+    /// Keep the embedded cluster and the operator running after the rotation, reachable with
+    /// kubectl through the kubeconfig it writes, until Ctrl-C.
+    #[arg(long)]
+    pub serve: bool,
+    /// With --serve: apply the ApiKeyRotation without a trigger, so the first rotation is yours
+    /// to start (`kubectl annotate akr sirius keys.siriusscan.io/rotate=now`).
+    #[arg(long, requires = "serve")]
+    pub no_rotation: bool,
+    /// With --serve: where to write the kubeconfig (default: apikey-rotator-demo/kubeconfig in
+    /// the temporary directory).
+    #[arg(long, value_name = "PATH", requires = "serve")]
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -101,6 +113,17 @@ fn deployment(name: &str, replicas: u32) -> Value {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
+    run_until(args, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
+
+/// [`run`], serving (with `--serve`) until `stop` completes instead of until Ctrl-C.
+pub async fn run_until(
+    args: DemoArgs,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<bool> {
     if let Some(target) = &args.fail_at {
         anyhow::ensure!(
             TARGETS.contains(&target.as_str()),
@@ -124,29 +147,76 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         println!("(--fail-at {target}: its pods become ready only with the old key)");
     }
 
+    let annotations = if args.no_rotation {
+        json!({})
+    } else {
+        json!({"keys.siriusscan.io/rotate": "demo"})
+    };
     let manifest = json!({
         "apiVersion": "keys.siriusscan.io/v1alpha1", "kind": "ApiKeyRotation",
-        "metadata": {"name": "sirius", "namespace": NS, "annotations": {"keys.siriusscan.io/rotate": "demo"}},
+        "metadata": {"name": "sirius", "namespace": NS, "annotations": annotations},
         "spec": {"valkey": {"url": valkey.url()}, "validationWindowSeconds": args.validation_window, "revokeRecheckSeconds": 1, "progressDeadlineSeconds": 30,
             "failurePolicy": if args.rollback { "Rollback" } else { "Halt" }},
     });
     sim.create_object(manifest).map_err(anyhow::Error::msg)?;
-    println!(
-        "Applied ApiKeyRotation sirius/sirius (manual trigger \"demo\"); old key {}\n",
-        old.id().short()
-    );
-
     let client = kube::Client::try_from(kube::Config::new(sim.url().parse()?))?;
     let operator = tokio::spawn(crate::controller::run(
         client,
         crate::controller::Settings::namespaced(NS),
         std::future::pending(),
     ));
-    let began = Instant::now();
-    let outcome = watch_rotation(&sim, args.rollback, began).await?;
+    let succeeded = if args.no_rotation {
+        println!(
+            "Applied ApiKeyRotation sirius/sirius without a trigger; the installed key is {}.",
+            old.id().short()
+        );
+        true
+    } else {
+        println!(
+            "Applied ApiKeyRotation sirius/sirius (manual trigger \"demo\"); old key {}\n",
+            old.id().short()
+        );
+        let began = Instant::now();
+        let outcome = watch_rotation(&sim, args.rollback, began).await?;
+        println!();
+        summary(&sim, &valkey, &old, outcome, began.elapsed())
+    };
+    if args.serve {
+        serve(&sim, args.kubeconfig, stop).await?;
+    }
     operator.abort();
-    println!();
-    Ok(summary(&sim, &valkey, &old, outcome, began.elapsed()))
+    Ok(succeeded)
+}
+
+/// Writes a kubeconfig for the embedded cluster, says how to use it, and waits for `stop`.
+async fn serve(
+    sim: &Sim,
+    kubeconfig: Option<std::path::PathBuf>,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let path = kubeconfig.unwrap_or_else(|| {
+        std::env::temp_dir()
+            .join("apikey-rotator-demo")
+            .join("kubeconfig")
+    });
+    sim.write_kubeconfig(&path, NS)
+        .map_err(|e| anyhow::anyhow!("cannot write the kubeconfig {}: {e}", path.display()))?;
+    println!(
+        "\nThe embedded cluster and the operator keep running at {} until Ctrl-C. In another terminal:\n\
+         \n  export KUBECONFIG={}\
+         \n  kubectl get akr -w                      # the rotation's phase, key and step\
+         \n  kubectl annotate akr sirius keys.siriusscan.io/rotate=\"$(date +%s)\" --overwrite\
+         \n  kubectl describe akr sirius             # conditions and Events\
+         \n  kubectl rollout status deploy/sirius-engine\
+         \n  kubectl wait akr/sirius --for=condition=Ready\
+         \n  kubectl get events\
+         \n  apikey-rotator status                   # the operator's own view\n",
+        sim.url(),
+        path.display()
+    );
+    stop.await;
+    println!("Stopped.");
+    Ok(())
 }
 
 /// The embedded cluster gets what a Sirius v1.1 install has: the CRD, the namespace, the

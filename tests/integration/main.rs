@@ -15,6 +15,7 @@ mod demo;
 mod fault_matrix;
 mod incidents;
 mod kube_rules;
+mod kubectl;
 mod leader;
 mod machine_model;
 mod machine_props;

@@ -5,7 +5,7 @@ use crate::Shared;
 use crate::paging::PageRequest;
 use crate::selector::Selectors;
 use crate::status::ApiError;
-use crate::store::{Write, resource_key};
+use crate::store::{Store, Write, resource_key};
 use crate::types::ResourceType;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
@@ -177,6 +177,15 @@ pub async fn handle(
             &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-kube-sim"}),
         );
     }
+    if method == Method::GET {
+        let host = (headers.get(header::HOST).and_then(|v| v.to_str().ok())).unwrap_or("");
+        let store = shared.store.lock().unwrap();
+        let document = crate::discovery::document(&store, &path, host)
+            .or_else(|| crate::openapi::document(&store, &path));
+        if let Some(document) = document {
+            return ok_json(StatusCode::OK, &document);
+        }
+    }
     let target = match parse_target(&shared, &path) {
         Ok(t) => t,
         Err(e) => return error_response(e),
@@ -249,13 +258,20 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
 
+    // `kubectl get`'s server-side printing.
+    let as_table = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(crate::table::wanted)
+        .then(|| crate::table::Include::parse(query.get("includeObject")));
+
     let parse_body = || -> Result<Value, ApiError> {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
     };
 
     match verb {
-        "watch" => watch_response(shared, target, query, metadata_only).await,
+        "watch" => watch_response(shared, target, query, metadata_only, as_table).await,
         "list" => {
             let selectors = match Selectors::parse(&query, &target.rt) {
                 Ok(s) => s,
@@ -267,11 +283,17 @@ pub async fn handle(
                 Ok(p) => p,
                 Err(e) => return error_response(e),
             };
+            let recorded = recorded_events(&store, &target.rt, target.namespace.as_deref());
             let matching = store
                 .iter(&target.rt, target.namespace.as_deref())
+                .chain(recorded.iter())
                 .filter(|o| selectors.matches(o));
             let (page, metadata) =
                 paging.page(matching, store.resource_version(), selectors.is_empty());
+            if let Some(include) = as_table {
+                let table = crate::table::table(&target.rt, &page, include, metadata);
+                return ok_json(StatusCode::OK, &table);
+            }
             let items: Vec<Value> = page
                 .into_iter()
                 .map(|o| if metadata_only { partial(o) } else { o.clone() })
@@ -294,7 +316,19 @@ pub async fn handle(
         }
         "get" => {
             let store = shared.store.lock().unwrap();
-            match store.get(&target.rt, &ns, target.name.as_deref().unwrap()) {
+            let name = target.name.as_deref().unwrap();
+            let found = store.get(&target.rt, &ns, name).or_else(|e| {
+                (recorded_events(&store, &target.rt, Some(&ns)).into_iter())
+                    .find(|o| o["metadata"]["name"] == name)
+                    .ok_or(e)
+            });
+            match found {
+                Ok(o) if as_table.is_some() => {
+                    let metadata = json!({"resourceVersion": o["metadata"]["resourceVersion"]});
+                    let include = as_table.unwrap();
+                    let table = crate::table::table(&target.rt, &[&o], include, metadata);
+                    ok_json(StatusCode::OK, &table)
+                }
                 Ok(o) if metadata_only => ok_json(StatusCode::OK, &partial(&o)),
                 Ok(o) => ok_json(StatusCode::OK, &o),
                 Err(e) => error_response(e),
@@ -527,7 +561,20 @@ async fn watch_response(
     target: Target,
     query: HashMap<String, String>,
     metadata_only: bool,
+    as_table: Option<crate::table::Include>,
 ) -> Response {
+    let rt = target.rt.clone();
+    // Each event's object as a one-row Table, for `kubectl get -w`.
+    let present = move |mut e: Value| -> Value {
+        if let Some(include) = as_table
+            && matches!(e["type"].as_str(), Some("ADDED" | "MODIFIED" | "DELETED"))
+        {
+            let metadata = json!({"resourceVersion": e["object"]["metadata"]["resourceVersion"]});
+            e["object"] = crate::table::table(&rt, &[&e["object"]], include, metadata);
+        }
+        e
+    };
+    let present_live = present.clone();
     let selectors = match Selectors::parse(&query, &target.rt) {
         Ok(s) => s,
         Err(e) => return error_response(e),
@@ -584,7 +631,7 @@ async fn watch_response(
     let head = futures::stream::iter(
         backlog
             .into_iter()
-            .map(|e| Ok::<_, std::io::Error>(Bytes::from(format!("{e}\n")))),
+            .map(move |e| Ok::<_, std::io::Error>(Bytes::from(format!("{}\n", present(e))))),
     );
     if expired {
         return Response::builder()
@@ -602,13 +649,14 @@ async fn watch_response(
             let resource = resource.clone();
             let ns = ns.clone();
             let selectors = selectors.clone();
+            let present = present_live.clone();
             async move {
                 let event = item.ok()?;
                 if event.resource != resource || event.rv <= last_sent {
                     return None;
                 }
                 filter_event(&event, ns.as_deref(), &selectors, metadata_only)
-                    .map(|e| Ok(Bytes::from(format!("{e}\n"))))
+                    .map(|e| Ok(Bytes::from(format!("{}\n", present(e)))))
             }
         });
     let bookmark_stream = futures::stream::unfold(shared.clone(), move |shared| {
@@ -665,4 +713,18 @@ fn filter_event(
 /// An object as `PartialObjectMetadata`: its metadata and nothing else.
 fn partial(object: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"]})
+}
+
+/// For a read of core/v1 Events: the events.k8s.io/v1 Events of `namespace` in their core view
+/// (kube-apiserver stores both as one kind); for any other kind, none.
+fn recorded_events(store: &Store, rt: &ResourceType, namespace: Option<&str>) -> Vec<Value> {
+    if !(rt.group.is_empty() && rt.plural == "events") {
+        return Vec::new();
+    }
+    let Some(events) = store.resource_type("events.k8s.io", "events") else {
+        return Vec::new();
+    };
+    (store.iter(&events, namespace))
+        .map(crate::events::core_view)
+        .collect()
 }

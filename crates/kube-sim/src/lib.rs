@@ -6,17 +6,21 @@
 //! that runs them and any pod created through the API, each a Pod object in the store.
 
 mod deploy;
+mod discovery;
+mod events;
 mod fields;
 mod http;
 pub mod memory_valkey;
 mod meta;
 mod namespace;
+mod openapi;
 mod paging;
 mod rbac;
 mod schema;
 mod selector;
 mod status;
 mod store;
+mod table;
 mod types;
 pub mod valkey;
 
@@ -178,6 +182,21 @@ impl Sim {
     /// Base URL for a kube client (`http://127.0.0.1:PORT`).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Writes a kubeconfig that points kubectl (or any client) at this cluster, with `namespace`
+    /// as its context's default; the stand-in serves plain HTTP and needs no credentials.
+    pub fn write_kubeconfig(&self, path: &std::path::Path, namespace: &str) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-sim\n  cluster:\n    server: {}\n\
+             contexts:\n- name: kube-sim\n  context:\n    cluster: kube-sim\n    user: kube-sim\n    namespace: {namespace}\n\
+             current-context: kube-sim\nusers:\n- name: kube-sim\n  user: {{}}\n",
+            self.url()
+        );
+        std::fs::write(path, config)
     }
 
     /// Registers a CustomResourceDefinition, as `kubectl apply -f crds/` would.

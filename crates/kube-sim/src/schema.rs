@@ -25,6 +25,11 @@ impl Validator {
         })
     }
 
+    /// The CRD's `openAPIV3Schema` as written.
+    pub fn schema(&self) -> &Value {
+        &self.openapi
+    }
+
     /// One `(field path, message)` per violation, in kube-apiserver's wording where it matters.
     pub fn validate(&self, object: &Value) -> Vec<(String, String)> {
         let mut causes = self.schema_errors(object);

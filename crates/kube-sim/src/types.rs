@@ -15,6 +15,14 @@ pub struct ResourceType {
     /// Whether `metadata.generation` is maintained (built-in workloads and all custom resources).
     pub tracks_generation: bool,
     pub validator: Option<Arc<Validator>>,
+    /// Discovery's names: `singularName`, `shortNames` (`akr`, `deploy`) and `categories`.
+    pub singular: String,
+    pub short_names: Vec<String>,
+    pub categories: Vec<String>,
+    /// A custom resource's `additionalPrinterColumns` (Table output); empty for built-ins.
+    pub printer_columns: Vec<Value>,
+    /// Served from a CustomResourceDefinition.
+    pub custom: bool,
 }
 
 impl ResourceType {
@@ -41,6 +49,21 @@ impl ResourceType {
             status_subresource: false,
             tracks_generation: false,
             validator: None,
+            singular: kind.to_lowercase(),
+            short_names: builtin_short_names(plural)
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            categories: if matches!(
+                plural,
+                "pods" | "services" | "deployments" | "statefulsets" | "daemonsets"
+            ) {
+                vec!["all".into()]
+            } else {
+                Vec::new()
+            },
+            printer_columns: Vec::new(),
+            custom: false,
         }
     }
 
@@ -67,7 +90,39 @@ impl ResourceType {
             status_subresource: version["subresources"].get("status").is_some(),
             tracks_generation: true,
             validator,
+            singular: (spec["names"]["singular"].as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| spec["names"]["kind"].as_str().unwrap_or("").to_lowercase()),
+            short_names: strings(&spec["names"]["shortNames"]),
+            categories: strings(&spec["names"]["categories"]),
+            printer_columns: (version["additionalPrinterColumns"].as_array())
+                .cloned()
+                .unwrap_or_default(),
+            custom: true,
         })
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    (v.as_array().into_iter().flatten())
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
+/// kube-apiserver's short names of the built-in kinds the stand-in serves.
+fn builtin_short_names(plural: &str) -> &'static [&'static str] {
+    match plural {
+        "pods" => &["po"],
+        "configmaps" => &["cm"],
+        "events" => &["ev"],
+        "namespaces" => &["ns"],
+        "services" => &["svc"],
+        "serviceaccounts" => &["sa"],
+        "customresourcedefinitions" => &["crd", "crds"],
+        "deployments" => &["deploy"],
+        "statefulsets" => &["sts"],
+        "daemonsets" => &["ds"],
+        _ => &[],
     }
 }
 
