@@ -351,6 +351,50 @@ async fn server_side_apply_tracks_field_managers() {
     assert_eq!(e.code, 409);
 }
 
+/// structured-merge-diff shares a field two appliers set to the same value: neither conflicts,
+/// both are listed as its managers, and one dropping it from its apply leaves it to the other
+/// (kube-apiserver removes a field only when no manager owns it any more).
+#[tokio::test]
+async fn a_field_two_appliers_set_to_the_same_value_is_shared_and_survives_one_dropping_it() {
+    let sim = start_sim().await;
+    let secrets: Api<Secret> = Api::namespaced(client_for(&sim), NS);
+    let both = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"shared": "MQ==", "helm-only": "Mg=="}});
+    secrets
+        .patch("s", &PatchParams::apply("helm"), &Patch::Apply(&both))
+        .await
+        .unwrap();
+    let same = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"shared": "MQ=="}});
+    let s = secrets
+        .patch("s", &PatchParams::apply("operator"), &Patch::Apply(&same))
+        .await
+        .unwrap();
+    let owners_of_shared: Vec<String> = (s.metadata.managed_fields.unwrap().iter())
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.to_string().contains("f:shared"))
+        })
+        .map(|m| m.manager.clone().unwrap())
+        .collect();
+    assert_eq!(owners_of_shared, ["helm", "operator"]);
+    // The operator stops applying it: helm still owns it, so it stays.
+    let other = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"operator-only": "Mw=="}});
+    let s = secrets
+        .patch("s", &PatchParams::apply("operator"), &Patch::Apply(&other))
+        .await
+        .unwrap();
+    let keys: Vec<_> = s.data.as_ref().unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["helm-only", "operator-only", "shared"]);
+    // Helm drops it too: now nobody owns it, and it is removed.
+    let helm_only = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"helm-only": "Mg=="}});
+    let s = secrets
+        .patch("s", &PatchParams::apply("helm"), &Patch::Apply(&helm_only))
+        .await
+        .unwrap();
+    let keys: Vec<_> = s.data.as_ref().unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["helm-only", "operator-only"]);
+}
+
 #[tokio::test]
 async fn status_apply_and_updates_keep_owners_apart() {
     let sim = start_sim().await;

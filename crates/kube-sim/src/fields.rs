@@ -163,13 +163,23 @@ impl Ownership {
         self.managers.retain(|_, owned| !owned.is_empty());
     }
 
+    /// The applier `key` now owns exactly `paths`; of those, the ones in `shared` (applied with
+    /// the value they already had) stay owned by their other managers too, as structured-merge-diff
+    /// shares a field two managers set to the same value. Gives the paths `key` owned before.
     pub fn replace_applied(
         &mut self,
         key: ManagerKey,
         paths: BTreeSet<FieldPath>,
+        shared: &BTreeSet<FieldPath>,
     ) -> BTreeSet<FieldPath> {
         let previous = self.managers.remove(&key).unwrap_or_default();
-        self.take(key, paths);
+        for (other, owned) in self.managers.iter_mut() {
+            if other.manager != key.manager {
+                owned.retain(|p| !paths.contains(p) || shared.contains(p));
+            }
+        }
+        self.managers.entry(key).or_default().extend(paths);
+        self.managers.retain(|_, owned| !owned.is_empty());
         previous
     }
 

@@ -5,7 +5,7 @@ use crate::fields::{self, ManagerKey, Ownership};
 use crate::status::ApiError;
 use crate::types::{ResourceType, is_namespace, is_pod, is_secret};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -564,6 +564,7 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, w.name))?;
         let current = stored.object.clone();
         let mut ownership = stored.ownership.clone();
+        let owners_before = stored.ownership.managers.clone();
         if let Some(rv) = precondition_rv.filter(|rv| !rv.is_empty())
             && current["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
         {
@@ -664,8 +665,9 @@ impl Store {
         }
         next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
         next["metadata"]["managedFields"] = current["metadata"]["managedFields"].clone();
-        if next == current {
-            // A no-op write does not bump resourceVersion or send a watch event.
+        if next == current && ownership.managers == owners_before {
+            // A no-op write does not bump resourceVersion or send a watch event; one that makes
+            // a manager co-own a field changes managedFields, and is written.
             return Ok(current);
         }
         self.validate(rt, w.name, &next, Some(&current))?;
@@ -754,7 +756,11 @@ impl Store {
             if subresource == "status" {
                 applied_paths.retain(|p| p.first().map(String::as_str) == Some("status"));
             }
-            let previous = ownership.replace_applied(manager_key, applied_paths.clone());
+            let shared: BTreeSet<fields::FieldPath> = (applied_paths.iter())
+                .filter(|p| fields::get(current, p) == fields::get(&applied, p))
+                .cloned()
+                .collect();
+            let previous = ownership.replace_applied(manager_key, applied_paths.clone(), &shared);
             let mut next = current.clone();
             for dropped in previous.difference(&applied_paths) {
                 if !ownership.owned_by_anyone(dropped) {
