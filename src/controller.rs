@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
 
@@ -78,6 +78,28 @@ pub async fn run_with_metrics(
     let controller = Controller::new(rotations, watcher::Config::default().any_semantic());
     let store = controller.store();
     let (valkey_watchers, losses) = Watchers::new(metrics.clone());
+    let mut watched = reconciler::Watched::default();
+    let controller = crate::workload::watch_targets(
+        controller,
+        &client,
+        settings.namespace.as_deref(),
+        store.clone(),
+        settings.argo_rollouts,
+        &mut watched,
+    );
+    // This operator's Secrets (vault, consumers'), by label: a change reconciles their rotation,
+    // and their resourceVersions tell a reconcile whether what it read is still current.
+    let (secret_store, secret_writer) = kube::runtime::reflector::store();
+    watched.secrets = Some(secret_store);
+    let secret_events = watcher::watcher(
+        secrets,
+        watcher::Config::default()
+            .labels(MANAGED_BY_LABEL)
+            .any_semantic(),
+    )
+    .modify(|s| s.managed_fields_mut().clear())
+    .reflect(secret_writer)
+    .touched_objects();
     let parts = ContextParts {
         instance: std::env::var("POD_NAME").ok(),
         resync: settings.resync,
@@ -87,30 +109,18 @@ pub async fn run_with_metrics(
         valkey_watchers,
         revoke_on_delete_timeout: settings.revoke_on_delete_timeout,
         argo_rollouts: settings.argo_rollouts,
+        watched,
     };
     let ctx = Arc::new(Context::new(client, parts));
     let hit_by_valkey_loss = rotations_hit(losses, store.clone(), ctx.clone());
     // The Secrets and the targets only trigger reconciles (which read what they need afresh), so
     // their watches carry metadata only: a cluster's workloads and Secrets never sit in memory.
-    let controller = crate::workload::watch_targets(
-        controller,
-        &ctx.client,
-        settings.namespace.as_deref(),
-        store.clone(),
-        settings.argo_rollouts,
-    );
     let running = controller
-        .watches(
-            secrets,
-            watcher::Config::default()
-                .labels(MANAGED_BY_LABEL)
-                .any_semantic(),
-            |secret: PartialObjectMeta<Secret>| {
-                let owner = secret.labels().get(MANAGED_BY_LABEL).cloned();
-                let ns = secret.namespace();
-                owner.map(|name| ObjectRef::new(&name).within(ns.as_deref().unwrap_or("default")))
-            },
-        )
+        .watches_stream(secret_events, |secret: PartialObjectMeta<Secret>| {
+            let owner = secret.labels().get(MANAGED_BY_LABEL).cloned();
+            let ns = secret.namespace();
+            owner.map(|name| ObjectRef::new(&name).within(ns.as_deref().unwrap_or("default")))
+        })
         .reconcile_on(hit_by_valkey_loss)
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown.clone())

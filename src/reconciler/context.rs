@@ -46,6 +46,8 @@ pub struct Context {
     pub(super) argo_rollouts: bool,
     /// Each `Revoke` deletion's progress (by the object's uid): see [`DeletionProgress`].
     pub(super) deletions: std::sync::Mutex<HashMap<String, DeletionProgress>>,
+    /// The objects rotations read, reused while the watches show them unchanged.
+    pub(super) world: super::world::World,
 }
 
 /// How far a `Revoke` deletion got across its attempts.
@@ -71,6 +73,8 @@ pub struct ContextParts {
     pub valkey_watchers: Watchers,
     pub revoke_on_delete_timeout: Duration,
     pub argo_rollouts: bool,
+    /// The metadata watches' stores (empty: every read goes to the API server).
+    pub watched: super::world::Watched,
 }
 
 /// At most this many pod lists at once (see [`Context`]): 4 pages of 500 Pods, some 18 MiB.
@@ -100,6 +104,7 @@ impl Context {
             revoke_on_delete_timeout: parts.revoke_on_delete_timeout,
             argo_rollouts: parts.argo_rollouts,
             deletions: Default::default(),
+            world: super::world::World::new(parts.watched),
         }
     }
 
@@ -166,6 +171,7 @@ impl Context {
     /// `rotation` is gone: its cached view, back-off, change feed and key store go with it.
     pub(super) fn forget_rotation(&self, rotation: &str) {
         self.records.lock().unwrap().remove(rotation);
+        self.world.forget_rotation(rotation);
         self.backoffs.forget(rotation);
         self.valkey_watchers.release(rotation);
         let used = self.store_users.lock().unwrap().remove(rotation);

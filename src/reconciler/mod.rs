@@ -6,9 +6,11 @@ mod clean_up;
 mod context;
 mod read;
 mod record;
+mod world;
 
 pub use clean_up::DEFAULT_REVOKE_ON_DELETE_TIMEOUT;
 pub use context::{Context, ContextParts};
+pub use world::Watched;
 
 use crate::backoff::Failure;
 use crate::crd::{ApiKeyRotation, ApiKeyRotationStatus, FINALIZER, MANAGED_BY_LABEL};
@@ -152,13 +154,21 @@ pub async fn reconcile(akr: Arc<ApiKeyRotation>, ctx: Arc<Context>) -> Result<Re
 async fn reconcile_once(akr: Arc<ApiKeyRotation>, ctx: &Arc<Context>) -> Result<Requeue, Error> {
     // The watch cache can lag behind this operator's own status writes (a Secret or Deployment
     // event may start a reconcile before the ApiKeyRotation's own update arrives); deciding on a
-    // stale status could repeat a step, so read the object afresh.
+    // stale status could repeat a step, so a cached object older than the last one this operator
+    // wrote or read is read afresh.
     let api: Api<ApiKeyRotation> = Api::namespaced(
         ctx.client.clone(),
         &akr.namespace().unwrap_or_else(|| "default".into()),
     );
-    let Some(akr) = api.get_opt(&akr.name_any()).await? else {
-        return Ok(Requeue::await_change());
+    let akr = match ctx.world.rotation_if_current(&akr) {
+        Some(akr) => akr,
+        None => {
+            let Some(akr) = api.get_opt(&akr.name_any()).await? else {
+                return Ok(Requeue::await_change());
+            };
+            ctx.world.note_rotation(&akr);
+            akr
+        }
     };
     let key = key_of(&akr);
     let result = finalizer(&api, FINALIZER, Arc::new(akr), |event| async {
@@ -263,7 +273,9 @@ impl<'a> Reconciliation<'a> {
             return Ok(Requeue::requeue(self.ctx.resync));
         }
         let planned = self.planned.spec.clone();
-        let consumer = self.secrets.get_opt(&planned.secret.name).await?;
+        let consumer = (self.ctx.world)
+            .secret(&self.secrets, &self.ns, &planned.secret.name, false)
+            .await?;
         if let Some(secret) = &consumer
             && let Some(message) = crate::trust::consumer_secret_problem(
                 secret,
@@ -330,22 +342,21 @@ impl<'a> Reconciliation<'a> {
         let prefix = &self.akr.spec.valkey.record_prefix;
         (self.ctx.valkey_watchers).ensure(&key_of(self.akr), &endpoint, prefix);
         for _ in 0..MAX_STEPS_PER_RECONCILE {
-            let (mut observation, mut vault, mut consumer_key, cached) =
+            let (mut observation, mut vault, mut consumer_key) =
                 self.observe(&store, false).await?;
             let mut plan = rotation::decide(&observation);
             if plan.action == Action::CheckPods {
                 observation.pods = Some(self.pods_reading_the_secret().await);
                 plan = rotation::decide(&observation);
             }
-            if cached
-                && matches!(
-                    plan.action,
-                    Action::Promote | Action::DropPending | Action::Revoke { .. }
-                )
-            {
-                // Revocation and promotion are decided on what Valkey holds now.
+            if matches!(
+                plan.action,
+                Action::Promote | Action::DropPending | Action::Revoke { .. }
+            ) {
+                // Revocation and promotion are decided on what Valkey and the API server hold
+                // now, not on what the caches kept.
                 let pods = observation.pods.take();
-                (observation, vault, consumer_key, _) = self.observe(&store, true).await?;
+                (observation, vault, consumer_key) = self.observe(&store, true).await?;
                 observation.pods = pods;
                 plan = rotation::decide(&observation);
             }
@@ -375,8 +386,10 @@ impl<'a> Reconciliation<'a> {
             self.ctx
                 .backoffs
                 .guard(&key, revision, &plan.action, || self.describe(&plan.action))?;
-            self.perform(&plan, &store, vault.as_ref(), consumer_key.as_ref())
-                .await?;
+            let performed =
+                (self.perform(&plan, &store, vault.as_ref(), consumer_key.as_ref())).await;
+            self.forget_what_it_writes(&plan.action);
+            performed?;
             self.ctx.backoffs.performed(&key, revision, &plan.action);
             self.note_own_valkey_write(&plan.action);
             self.record(&plan, &store).await?;

@@ -129,9 +129,9 @@ impl Reconciliation<'_> {
         store: &KeyStore,
         vault: Option<&Vault>,
         fresh: bool,
-    ) -> Result<(RecordView, bool), Error> {
+    ) -> Result<RecordView, Error> {
         let Some(v) = vault else {
-            return Ok((RecordView::default(), false));
+            return Ok(RecordView::default());
         };
         let current = v.current_id.clone();
         let pending = v.pending.as_ref().map(|(k, _)| k.id());
@@ -141,7 +141,7 @@ impl Reconciliation<'_> {
             if let Some(c) = cache.get(&key_of(self.akr)).filter(|c| {
                 c.current == current && c.pending == pending && c.read_at.elapsed() < ttl
             }) {
-                return Ok((c.view, true));
+                return Ok(c.view);
             }
         }
         let view = observe::record_view(store, &self.akr.spec.valkey, vault).await?;
@@ -154,16 +154,21 @@ impl Reconciliation<'_> {
                 view,
             },
         );
-        Ok((view, false))
+        Ok(view)
     }
 
     pub(super) async fn observe(
         &self,
         store: &KeyStore,
         fresh: bool,
-    ) -> Result<(Observation, Option<Vault>, Option<RawKey>, bool), Error> {
+    ) -> Result<(Observation, Option<Vault>, Option<RawKey>), Error> {
         let spec = &self.planned.spec;
-        let vault_secret = self.secrets.get_opt(&observe::vault_name(self.akr)).await?;
+        // Cached reads, unless the decision revokes or promotes (`fresh`): see `world`.
+        let world = &self.ctx.world;
+        let vault_name = observe::vault_name(self.akr);
+        let vault_secret = world
+            .secret(&self.secrets, &self.ns, &vault_name, fresh)
+            .await?;
         let vault = match &vault_secret {
             Some(s) => observe::parse_vault(s).map_err(Error::Corrupt)?,
             None => None,
@@ -171,15 +176,17 @@ impl Reconciliation<'_> {
         // An emptied vault is lost, but its restore must replace it rather than create it.
         *self.emptied_vault.lock().unwrap() = vault_secret
             .filter(|_| vault.is_none())
-            .and_then(|s| s.metadata.resource_version);
-        let consumer = self.secrets.get_opt(&spec.secret.name).await?;
-        let (consumer_view, consumer_key) =
-            observe::consumer_view(consumer.as_ref(), &spec.secret.key);
+            .and_then(|s| s.metadata.resource_version.clone());
+        let consumer = world
+            .secret(&self.secrets, &self.ns, &spec.secret.name, fresh)
+            .await?;
+        let consumer = consumer.as_deref();
+        let (consumer_view, consumer_key) = observe::consumer_view(consumer, &spec.secret.key);
         let mut targets = Vec::with_capacity(spec.targets.len());
         for t in &spec.targets {
-            targets.push(crate::workload::read(&self.ctx.client, &self.ns, t).await?);
+            targets.push(world.target(&self.ctx.client, &self.ns, t, fresh).await?);
         }
-        let (records, cached) = self.records(store, vault.as_ref(), fresh).await?;
+        let records = self.records(store, vault.as_ref(), fresh).await?;
         let observation = Observation {
             name: key_of(self.akr),
             probe: None,
@@ -196,14 +203,14 @@ impl Reconciliation<'_> {
             now: self.ctx.clock.now(),
             vault: vault.as_ref().map(Vault::view),
             consumer: consumer_view,
-            consumer_labelled: observe::is_labelled(consumer.as_ref()),
-            consumer_changed_at: observe::last_changed_at(consumer.as_ref()),
+            consumer_labelled: observe::is_labelled(consumer),
+            consumer_changed_at: observe::last_changed_at(consumer),
             consumer_key_rewritten: observe::key_rewritten_by_other(
-                consumer.as_ref(),
+                consumer,
                 &spec.secret.key,
                 FIELD_MANAGER,
             ),
-            consumer_immutable: consumer.as_ref().and_then(|s| s.immutable) == Some(true),
+            consumer_immutable: consumer.and_then(|s| s.immutable) == Some(true),
             records,
             targets,
             plan: rotation::PlanNotes {
@@ -212,7 +219,29 @@ impl Reconciliation<'_> {
             },
             pods: None,
         };
-        Ok((observation, vault, consumer_key, cached))
+        Ok((observation, vault, consumer_key))
+    }
+
+    /// The objects `action` writes are read afresh next time (whether the write went through
+    /// or not).
+    pub(super) fn forget_what_it_writes(&self, action: &Action) {
+        let (world, ns, spec) = (&self.ctx.world, &self.ns, &self.planned.spec);
+        let vault = || world.forget_secret(ns, &observe::vault_name(self.akr));
+        let consumer = || world.forget_secret(ns, &spec.secret.name);
+        match action {
+            Action::CreateVault { .. } | Action::RestoreVault { .. } => {
+                vault();
+                consumer();
+            }
+            Action::MintPending { .. } | Action::Promote | Action::DropPending => vault(),
+            Action::WriteConsumer { .. } => consumer(),
+            Action::Roll { index, .. } => {
+                if let Some(target) = spec.targets.get(*index) {
+                    world.forget_target(ns, target);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Keeps the cached record view true to what this reconcile just wrote.

@@ -97,13 +97,15 @@ impl Reconciliation<'_> {
             "kind": ApiKeyRotation::kind(&()),
             "status": status,
         });
-        self.akrs
+        let written = self
+            .akrs
             .patch_status(
                 &self.akr.name_any(),
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&patch),
             )
             .await?;
+        self.ctx.world.note_rotation(&written);
         Ok(())
     }
 

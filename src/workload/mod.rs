@@ -21,7 +21,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt as _, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -96,19 +96,22 @@ pub fn view<W: Workload>(w: Option<&W>) -> TargetView {
     }
 }
 
-/// Reads `target` in namespace `ns`.
+/// Reads `target` in namespace `ns`: its view, and the resourceVersion it was read at (None:
+/// it does not exist).
 pub async fn read(
     client: &Client,
     ns: &str,
     target: &RolloutTarget,
-) -> Result<TargetView, kube::Error> {
+) -> Result<(TargetView, Option<String>), kube::Error> {
     async fn get<W: Workload>(
         client: &Client,
         ns: &str,
         name: &str,
-    ) -> Result<TargetView, kube::Error> {
+    ) -> Result<(TargetView, Option<String>), kube::Error> {
         let api: Api<W> = Api::namespaced(client.clone(), ns);
-        Ok(view(api.get_opt(name).await?.as_ref()))
+        let found = api.get_opt(name).await?;
+        let rv = found.as_ref().and_then(|w| w.resource_version());
+        Ok((view(found.as_ref()), rv))
     }
     match target.kind {
         TargetKind::Deployment => get::<Deployment>(client, ns, &target.name).await,
@@ -167,44 +170,51 @@ pub fn owns_pod(target: &RolloutTarget, owner_kind: &str, owner_name: &str) -> b
 
 /// Adds a metadata-only watch of every target kind to the controller (of Argo Rollouts only with
 /// `argo_rollouts`: without their CRD the watch would fail): a change to a workload reconciles
-/// the rotations whose spec or plan in flight names it.
+/// the rotations whose spec or plan in flight names it. Each watch also keeps a store of what it
+/// saw (without managedFields), whose resourceVersions tell a reconcile whether what it read of a
+/// target is still current (see [`crate::reconciler::Watched`]).
 pub fn watch_targets(
     controller: Controller<ApiKeyRotation>,
     client: &Client,
     namespace: Option<&str>,
     rotations: Store<ApiKeyRotation>,
     argo_rollouts: bool,
+    watched: &mut crate::reconciler::Watched,
 ) -> Controller<ApiKeyRotation> {
-    fn api<W: Workload>(client: &Client, namespace: Option<&str>) -> Api<PartialObjectMeta<W>> {
-        match namespace {
+    fn watch<W: Workload>(
+        controller: Controller<ApiKeyRotation>,
+        client: &Client,
+        namespace: Option<&str>,
+        rotations: Store<ApiKeyRotation>,
+    ) -> (Controller<ApiKeyRotation>, Store<PartialObjectMeta<W>>) {
+        let api: Api<PartialObjectMeta<W>> = match namespace {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
-        }
+        };
+        let (store, writer) = kube::runtime::reflector::store();
+        let stream = watcher(api, watcher::Config::default().any_semantic())
+            .modify(|w| w.managed_fields_mut().clear())
+            .reflect(writer)
+            .touched_objects();
+        let controller =
+            controller.watches_stream(stream, move |w| targeting(&rotations, W::KIND, &w));
+        (controller, store)
     }
-    let config = || watcher::Config::default().any_semantic();
-    let (a, b, c, d) = (
-        rotations.clone(),
-        rotations.clone(),
-        rotations.clone(),
-        rotations,
-    );
     let controller = if argo_rollouts {
-        controller.watches(api::<Rollout>(client, namespace), config(), move |w| {
-            targeting(&d, TargetKind::Rollout, &w)
-        })
+        let (c, store) = watch::<Rollout>(controller, client, namespace, rotations.clone());
+        watched.rollouts = Some(store);
+        c
     } else {
         controller
     };
+    let (controller, store) = watch::<Deployment>(controller, client, namespace, rotations.clone());
+    watched.deployments = Some(store);
+    let (controller, store) =
+        watch::<StatefulSet>(controller, client, namespace, rotations.clone());
+    watched.stateful_sets = Some(store);
+    let (controller, store) = watch::<DaemonSet>(controller, client, namespace, rotations);
+    watched.daemon_sets = Some(store);
     controller
-        .watches(api::<Deployment>(client, namespace), config(), move |w| {
-            targeting(&a, TargetKind::Deployment, &w)
-        })
-        .watches(api::<StatefulSet>(client, namespace), config(), move |w| {
-            targeting(&b, TargetKind::StatefulSet, &w)
-        })
-        .watches(api::<DaemonSet>(client, namespace), config(), move |w| {
-            targeting(&c, TargetKind::DaemonSet, &w)
-        })
 }
 
 /// The rotations in `w`'s namespace whose spec targets, or whose rotation in flight planned

@@ -13,6 +13,7 @@ mod crd_and_spec;
 mod deletion;
 mod demo;
 mod fault_matrix;
+mod idle;
 mod incidents;
 mod kube_rules;
 mod kubectl;

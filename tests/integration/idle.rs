@@ -1,0 +1,75 @@
+//! An idle operator costs the API server nothing: a resync of an unchanged rotation reads the
+//! ApiKeyRotation, its vault, the consumers' Secret and its targets from what the watches already
+//! hold, and writes nothing.
+
+use crate::common::*;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Requests other than watches (a watch is one long request, opened at start).
+fn requests(sim: &kube_sim::Sim) -> BTreeMap<(String, String), u64> {
+    let mut counts = sim.request_counts();
+    counts.retain(|(verb, _), _| verb != "watch");
+    counts
+}
+
+fn since(
+    before: &BTreeMap<(String, String), u64>,
+    after: &BTreeMap<(String, String), u64>,
+) -> BTreeMap<(String, String), u64> {
+    after
+        .iter()
+        .filter_map(|(k, n)| {
+            let new = n - before.get(k).copied().unwrap_or(0);
+            (new > 0).then(|| (k.clone(), new))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resyncs_of_an_unchanged_rotation_send_the_api_server_nothing() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    sim.create_object(consumer_secret(&known_key())).unwrap();
+    deploy_sirius(&sim, 1).await;
+    let mut manifest = rotation(&valkey.url(), json!({}));
+    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "once"});
+    sim.create_object(manifest).unwrap();
+    let resync = Duration::from_millis(300);
+    let operator = spawn_operator_with_resync(&sim, resync);
+    wait_for(Duration::from_secs(60), "the rotation", || {
+        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    // The last writes land and the watches catch up with them.
+    tokio::time::sleep(Duration::from_secs(2)).await; // settling, not a wait for an event
+    let before = requests(&sim);
+    tokio::time::sleep(resync * 10).await; // ten resyncs
+    let during = since(&before, &requests(&sim));
+    assert!(
+        during.is_empty(),
+        "an idle operator sent {during:?} over ten resyncs"
+    );
+
+    // A change still reaches it: the engine annotated by someone is read once, not per resync.
+    sim.merge_patch_object(
+        "apps",
+        "deployments",
+        NS,
+        "sirius-engine",
+        json!({"metadata": {"annotations": {"team": "scanners"}}}),
+    )
+    .unwrap();
+    tokio::time::sleep(resync * 4).await; // a few resyncs after the edit
+    let after_edit = since(&before, &requests(&sim));
+    let engine_reads = after_edit
+        .get(&("get".to_string(), "deployments".to_string()))
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        (1..=2).contains(&engine_reads),
+        "the annotated Deployment is read once (twice if a resync ran before its watch event), not at every resync: {after_edit:?}"
+    );
+    operator.abort();
+}
