@@ -67,6 +67,7 @@ async fn main() {
     let mut valkey_per_rotation = Vec::new();
     let mut api_per_rotation = Vec::new();
     let mut wall_per_rotation = Vec::new();
+    let requests_before_all = sim.request_counts();
     for n in 1..=rotations {
         let before_valkey: u64 = commandstats(&valkey)
             .iter()
@@ -106,6 +107,31 @@ async fn main() {
         }
     }
     operator.abort();
+    // Where the API requests go, per rotation on average.
+    let mut by_kind: Vec<(String, f64)> = sim
+        .request_counts()
+        .into_iter()
+        .map(|((verb, resource), n)| {
+            let before = requests_before_all
+                .get(&(verb.clone(), resource.clone()))
+                .copied()
+                .unwrap_or(0);
+            (
+                format!("{verb} {resource}"),
+                (n - before) as f64 / rotations as f64,
+            )
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    by_kind.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+    let breakdown: Vec<String> = by_kind
+        .iter()
+        .map(|(what, n)| format!("{what} {n:.1}"))
+        .collect();
+    println!(
+        "API requests per rotation by verb and resource: {}\n",
+        breakdown.join(", ")
+    );
     let report = |name: &str, mut v: Vec<f64>, unit: &str| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!(

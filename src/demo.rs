@@ -43,8 +43,8 @@ pub struct DemoArgs {
     /// to start (`kubectl annotate akr sirius keys.siriusscan.io/rotate=now`).
     #[arg(long, requires = "serve")]
     pub no_rotation: bool,
-    /// With --serve: where to write the kubeconfig (default: apikey-rotator-demo/kubeconfig in
-    /// the temporary directory).
+    /// With --serve: where to write the kubeconfig (default: a new private directory in the
+    /// temporary directory, removed when the demo stops).
     #[arg(long, value_name = "PATH", requires = "serve")]
     pub kubeconfig: Option<std::path::PathBuf>,
 }
@@ -194,11 +194,16 @@ async fn serve(
     kubeconfig: Option<std::path::PathBuf>,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let path = kubeconfig.unwrap_or_else(|| {
-        std::env::temp_dir()
-            .join("apikey-rotator-demo")
-            .join("kubeconfig")
-    });
+    // A directory of this run's own (mode 0700): no other user can plant or swap the file.
+    let (path, own_dir) = match kubeconfig {
+        Some(path) => (path, None),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("apikey-rotator-demo-")
+                .tempdir()?;
+            (dir.path().join("kubeconfig"), Some(dir))
+        }
+    };
     sim.write_kubeconfig(&path, NS)
         .map_err(|e| anyhow::anyhow!("cannot write the kubeconfig {}: {e}", path.display()))?;
     println!(
@@ -215,6 +220,7 @@ async fn serve(
         path.display()
     );
     stop.await;
+    drop(own_dir);
     println!("Stopped.");
     Ok(())
 }

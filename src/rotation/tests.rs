@@ -1172,7 +1172,7 @@ fn a_target_that_cannot_roll_holds_off_a_new_rotation_before_anything_is_minted(
 }
 
 #[test]
-fn a_rollback_holds_at_a_target_that_cannot_roll_back_and_keeps_the_new_key() {
+fn a_rollback_stamps_a_target_that_cannot_roll_and_leaves_its_pods_to_the_pod_gate() {
     let mut o = at_the_pod_gate();
     let old = KeyId("a".repeat(64));
     o.consumer = ConsumerView::Holds(Some(old.clone()));
@@ -1180,44 +1180,37 @@ fn a_rollback_holds_at_a_target_that_cannot_roll_back_and_keeps_the_new_key() {
     r.rolling_back = Some("the engine never became ready".into());
     r.switched_back_at = Some("2026-11-25T11:30:00.000Z".into());
     r.validation_started_at = None;
-    // The engine (rolled back first) has a partition: its pods below it would keep the new key.
+    // The engine (rolled back first) has a partition: it is stamped back all the same, so the
+    // pods above the partition are replaced.
     o.targets[2] = found(Some(&"b".repeat(64)), None, Some(PARTITIONED));
-    let plan = decide(&o);
-    assert_eq!(
-        plan.action,
-        Action::Wait {
-            requeue_after: Some(Duration::from_secs(60))
+    assert!(matches!(
+        decide(&o).action,
+        Action::Roll {
+            index: 2,
+            rollback_of: Some(1),
+            ..
         }
-    );
-    assert_eq!(plan.status.phase, Some(crate::crd::Phase::Degraded));
+    ));
+    // Stamped: no rollout to wait for; recorded with the reason, then the next target.
+    o.targets[2] = found(Some(&old.0), Some("1"), Some(PARTITIONED));
+    o.status.current_rotation.as_mut().unwrap().targets[2].state = TargetState::Rolling;
+    let plan = decide(&o);
+    assert_eq!(plan.action, Action::StatusOnly);
     let event = plan.event.unwrap();
     assert_eq!(event.reason, Reason::TargetCannotRoll);
     assert!(
-        event.message.contains("cannot roll its pods back"),
+        event
+            .message
+            .contains("does not replace its pods by itself")
+            && event.message.contains("partition is 1"),
         "{}",
         event.message
     );
-    assert_eq!(plan.status.current_rotation.unwrap().target_index, 2);
-
-    // Stamped back but not yet recorded as rolled back: still held, since kubectl calls a
-    // partitioned rollout done while pods below it keep the new key.
-    o.targets[2] = found(Some(&old.0), Some("1"), Some(PARTITIONED));
-    let r = o.status.current_rotation.as_mut().unwrap();
-    r.targets[2].state = TargetState::Rolling;
-    assert_eq!(decide(&o).event.unwrap().reason, Reason::TargetCannotRoll);
-
-    // Once its spec lets it roll, the rollback goes on.
-    o.targets[2] = found(Some(&old.0), Some("1"), None);
-    let plan = decide(&o);
-    assert_eq!(plan.action, Action::StatusOnly);
     assert_eq!(
         plan.status.current_rotation.as_ref().unwrap().targets[2].state,
         TargetState::Pending
     );
-    // A target already rolled back whose spec changed afterwards does not hold it: the next
-    // target is rolled back.
     o.status = plan.status;
-    o.targets[2] = found(Some(&old.0), Some("1"), Some(PARTITIONED));
     assert!(matches!(
         decide(&o).action,
         Action::Roll {
@@ -1226,6 +1219,34 @@ fn a_rollback_holds_at_a_target_that_cannot_roll_back_and_keeps_the_new_key() {
             ..
         }
     ));
+    // Every target stamped back: the new key goes only once no pod may hold it; an engine pod
+    // below the partition that started before the switch back holds it, named with its cause.
+    for i in 0..2 {
+        o.targets[i] = found(Some(&old.0), Some("1"), None);
+    }
+    let r = o.status.current_rotation.as_mut().unwrap();
+    r.validation_started_at = Some("2026-11-25T11:31:00.000Z".into());
+    r.untracked_consumers_reported = true;
+    for t in &mut r.targets {
+        t.state = TargetState::Pending;
+    }
+    o.pods = Some(Ok(vec![gate_pod(
+        "sirius-engine-0",
+        Some(2),
+        "b",
+        "2026-11-25T11:10:00Z",
+    )]));
+    let plan = decide(&o);
+    assert!(
+        matches!(plan.action, Action::Wait { .. }),
+        "{:?}",
+        plan.action
+    );
+    let text = plan.event.unwrap().message;
+    assert!(
+        text.contains("new key") && text.contains("partition is 1"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -77,6 +77,7 @@ async fn the_served_demo_is_driven_with_kubectl() {
         tokio::task::spawn_blocking(move || {
             let out = std::process::Command::new("kubectl")
                 .env("KUBECONFIG", &kubeconfig)
+                .env("KUBECACHEDIR", kubeconfig.with_file_name("kube-cache"))
                 .args(args)
                 .output()
                 .expect("kubectl must be installed for this test");

@@ -20,12 +20,19 @@ async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
     tokio::task::spawn_blocking(move || {
         Command::new("kubectl")
             .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECACHEDIR", cache_dir(&kubeconfig))
             .args(&args)
             .output()
             .expect("kubectl must be installed for these tests")
     })
     .await
     .unwrap()
+}
+
+/// Each test's own discovery cache (kubectl keys its default one by host and port, and a port
+/// the stand-in reuses would serve another run's discovery).
+fn cache_dir(kubeconfig: &Path) -> PathBuf {
+    kubeconfig.with_file_name("kube-cache")
 }
 
 /// kubectl's stdout; panics with its stderr unless it succeeded.
@@ -118,6 +125,7 @@ async fn a_rotation_applied_started_watched_and_inspected_only_through_kubectl()
     // Watch while a rotation is requested by annotation.
     let mut watch = Command::new("kubectl")
         .env("KUBECONFIG", &kubeconfig)
+        .env("KUBECACHEDIR", cache_dir(&kubeconfig))
         .args(["get", "akr", "-w"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -249,6 +257,8 @@ async fn kubectl_writes_reads_and_deletes_built_in_objects_with_their_default_co
     // Server-side apply, then client-side apply and create: kubectl checks field validation
     // through the OpenAPI v3 documents before it writes.
     kubectl_ok(&kubeconfig, &["apply", "--server-side", "-f", path]).await;
+    let applied = kubectl_ok(&kubeconfig, &["apply", "-f", path]).await;
+    assert_eq!(applied.trim(), "configmap/settings configured");
     let created = kubectl(&kubeconfig, &["create", "-f", path]).await;
     assert!(!created.status.success());
     assert!(

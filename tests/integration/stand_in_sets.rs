@@ -382,3 +382,35 @@ async fn a_daemonset_runs_one_pod_per_node_and_replaces_at_most_max_unavailable_
         matches!(rollout_state(&ds), RolloutState::Progressing(m) if m.contains("only available for RollingUpdate"))
     );
 }
+
+/// kube-apiserver refuses what its Go types cannot decode (400) and strategies its validation
+/// rejects (422); none of them takes the stand-in down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_or_invalid_update_strategies_are_refused_as_kube_apiserver_refuses_them() {
+    let sim = start_sim().await;
+    let refused = |strategy: Value| -> String {
+        sim.create_object(statefulset(1, strategy))
+            .expect_err("refused")
+    };
+    let e = refused(json!("RollingUpdate"));
+    assert!(e.contains("cannot unmarshal string"), "{e}");
+    let e = refused(json!({"type": "OnDelete", "rollingUpdate": {"partition": 0}}));
+    assert!(
+        e.contains("spec.updateStrategy.rollingUpdate")
+            && e.contains("only allowed for updateStrategy 'RollingUpdate'"),
+        "{e}"
+    );
+    let e = refused(json!({"type": "Recreate"}));
+    assert!(
+        e.contains("spec.updateStrategy.type") && e.contains("Unsupported value"),
+        "{e}"
+    );
+    let e = refused(json!({"type": "RollingUpdate", "rollingUpdate": {"partition": -1}}));
+    assert!(e.contains("must be greater than or equal to 0"), "{e}");
+    let mut not_an_object = statefulset(1, Value::Null);
+    not_an_object["spec"] = json!("x");
+    assert!(sim.create_object(not_an_object).is_err());
+    // Still serving.
+    sim.create_object(statefulset(1, json!({"type": "OnDelete"})))
+        .unwrap();
+}

@@ -158,8 +158,8 @@ async fn a_partition_set_mid_rotation_holds_it_at_that_target_and_the_old_key_st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollback_waits_at_a_daemonset_made_on_delete_and_removes_the_new_key_only_once_it_rolled_back()
- {
+async fn a_daemonset_made_on_delete_during_a_rollback_keeps_the_new_key_valid_until_its_pods_move()
+{
     let valkey = Valkey::start();
     let sim = start_sim().await;
     // The engine runs only with the installed key: its rollout fails and the rotation rolls back.
@@ -175,7 +175,11 @@ async fn a_rollback_waits_at_a_daemonset_made_on_delete_and_removes_the_new_key_
         akr_status(&sim)["currentRotation"]["rollingBack"].is_string()
     })
     .await;
-    // The UI's pods run the new key; made OnDelete, a new template would not replace them.
+    let new = akr_status(&sim)["currentRotation"]["newKeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The UI's pods run the new key; made OnDelete, its stamped template replaces none of them.
     sim.merge_patch_object(
         "apps",
         "daemonsets",
@@ -184,21 +188,45 @@ async fn a_rollback_waits_at_a_daemonset_made_on_delete_and_removes_the_new_key_
         json!({"spec": {"updateStrategy": {"type": "OnDelete", "rollingUpdate": null}}}),
     )
     .unwrap();
-    wait_degraded(&sim, "TargetCannotRoll").await;
+    wait_for(
+        Duration::from_secs(30),
+        "the pod gate to name the UI",
+        || {
+            has_event(&sim, Reason::TargetCannotRoll)
+                && akr_status(&sim)["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        c["reason"] == "WaitingForPods"
+                            && c["message"].as_str().is_some_and(|m| {
+                                m.contains(
+                                    "DaemonSet sirius-ui does not replace its pods by itself",
+                                )
+                            })
+                    })
+        },
+    )
+    .await;
     let note = event(&sim, "TargetCannotRoll")["note"].clone();
     assert!(
         note.as_str()
             .unwrap()
-            .contains("DaemonSet sirius-ui cannot roll its pods back"),
+            .contains("DaemonSet sirius-ui was stamped with the old key"),
         "{note}"
     );
-    let new = akr_status(&sim)["currentRotation"]["newKeyId"].clone();
-    tokio::time::sleep(Duration::from_secs(1)).await; // nothing happens while held
+    let ui_on_new = || {
+        sim.pods().iter().any(|p| {
+            p.deployment == "sirius-ui"
+                && p.secrets.get("sirius-api-key/SIRIUS_API_KEY")
+                    != Some(&Some(known_key().expose().into()))
+        })
+    };
+    assert!(ui_on_new(), "OnDelete replaced none of the UI's pods");
     assert!(
-        valkey.exists(&format!("apikey:{}", new.as_str().unwrap())),
+        valkey.exists(&format!("apikey:{new}")),
         "the new key stays valid while the UI's pods hold it"
     );
-    assert_eq!(akr_status(&sim)["currentRotation"]["targetIndex"], 1);
 
     sim.merge_patch_object(
         "apps",
@@ -208,12 +236,23 @@ async fn a_rollback_waits_at_a_daemonset_made_on_delete_and_removes_the_new_key_
         json!({"spec": {"updateStrategy": {"type": "RollingUpdate"}}}),
     )
     .unwrap();
+    // Until the last UI pod left the new key, its record stays.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let valid = valkey.exists(&format!("apikey:{new}"));
+        if !ui_on_new() {
+            break;
+        }
+        assert!(valid, "the new key was removed while a UI pod held it");
+        assert!(std::time::Instant::now() < deadline, "the UI never rolled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     wait_for(Duration::from_secs(60), "the rollback to finish", || {
         akr_status(&sim)["currentRotation"].is_null()
     })
     .await;
     operator.abort();
-    assert!(!valkey.exists(&format!("apikey:{}", new.as_str().unwrap())));
+    assert!(!valkey.exists(&format!("apikey:{new}")));
     assert!(valkey.exists(&format!("apikey:{}", known_key().id())));
     assert!(sim.pods().iter().filter(|p| p.namespace == NS).all(|p| {
         p.secrets.get("sirius-api-key/SIRIUS_API_KEY") == Some(&Some(known_key().expose().into()))

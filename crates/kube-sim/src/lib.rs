@@ -185,18 +185,29 @@ impl Sim {
     }
 
     /// Writes a kubeconfig that points kubectl (or any client) at this cluster, with `namespace`
-    /// as its context's default; the stand-in serves plain HTTP and needs no credentials.
+    /// as its context's default; the stand-in serves plain HTTP and needs no credentials. The
+    /// file is written beside `path` (readable by its owner only) and renamed onto it, so a
+    /// reader never sees it half written and a symlink at `path` is replaced, not followed.
     pub fn write_kubeconfig(&self, path: &std::path::Path, namespace: &str) -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let config = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-sim\n  cluster:\n    server: {}\n\
              contexts:\n- name: kube-sim\n  context:\n    cluster: kube-sim\n    user: kube-sim\n    namespace: {namespace}\n\
              current-context: kube-sim\nusers:\n- name: kube-sim\n  user: {{}}\n",
             self.url()
         );
-        std::fs::write(path, config)
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(format!(".{}.partial", std::process::id()));
+        let partial = std::path::PathBuf::from(partial);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&partial)?;
+        file.write_all(config.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&partial, path)
     }
 
     /// Registers a CustomResourceDefinition, as `kubectl apply -f crds/` would.

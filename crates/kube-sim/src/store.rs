@@ -404,6 +404,7 @@ impl Store {
                 "spec.template.metadata",
                 &mut causes,
             );
+            validate_update_strategy(&rt.kind, &object["spec"], &mut causes);
         }
         if let Some(validator) = &rt.validator {
             causes.extend(validator.validate(object));
@@ -498,6 +499,7 @@ impl Store {
         object["apiVersion"] = json!(rt.api_version());
         object["kind"] = json!(rt.kind);
         if crate::types::is_workload(rt) {
+            decode_workload(&rt.kind, &object)?;
             default_workload(&rt.kind, &mut object);
         }
         if is_pod(rt) {
@@ -661,6 +663,7 @@ impl Store {
             next = proposed;
         }
         if crate::types::is_workload(rt) {
+            decode_workload(&rt.kind, &next)?;
             default_workload(&rt.kind, &mut next);
         }
         next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
@@ -979,6 +982,81 @@ fn spec_changed(old: &Value, new: &Value) -> bool {
         m
     };
     strip(old) != strip(new)
+}
+
+/// What decoding into the apps/v1 Go types refuses (400): a spec, strategy or rolling update
+/// that is not an object.
+fn decode_workload(kind: &str, object: &Value) -> Result<(), ApiError> {
+    let strategy = if kind == "Deployment" {
+        "strategy"
+    } else {
+        "updateStrategy"
+    };
+    let spec = &object["spec"];
+    let fields = [
+        ("spec", spec),
+        (strategy, &spec[strategy]),
+        ("rollingUpdate", &spec[strategy]["rollingUpdate"]),
+    ];
+    for (field, value) in fields {
+        if !(value.is_null() || value.is_object()) {
+            return Err(ApiError::bad_request(format!(
+                "json: cannot unmarshal {} into Go struct field {kind}Spec.{field} of type object",
+                json_type(value)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "string",
+        Value::Number(_) => "number",
+        Value::Bool(_) => "bool",
+        Value::Array(_) => "array",
+        _ => "object",
+    }
+}
+
+/// `ValidateStatefulSetSpec` and `ValidateDaemonSetUpdateStrategy` on the strategy, after
+/// defaulting: a known type, and `rollingUpdate` only with (for a DaemonSet, always with)
+/// `RollingUpdate`.
+fn validate_update_strategy(kind: &str, spec: &Value, causes: &mut Vec<(String, String)>) {
+    if !matches!(kind, "StatefulSet" | "DaemonSet") {
+        return;
+    }
+    let strategy = &spec["updateStrategy"];
+    let rolling_update = !strategy["rollingUpdate"].is_null();
+    match strategy["type"].as_str() {
+        Some("RollingUpdate") if kind == "DaemonSet" && !rolling_update => causes.push((
+            "spec.updateStrategy.rollingUpdate".into(),
+            "Required value".into(),
+        )),
+        Some("RollingUpdate") => {
+            if strategy["rollingUpdate"]["partition"]
+                .as_i64()
+                .is_some_and(|p| p < 0)
+            {
+                causes.push((
+                    "spec.updateStrategy.rollingUpdate.partition".into(),
+                    "Invalid value: must be greater than or equal to 0".into(),
+                ));
+            }
+        }
+        Some("OnDelete") if kind == "StatefulSet" && rolling_update => causes.push((
+            "spec.updateStrategy.rollingUpdate".into(),
+            "Invalid value: only allowed for updateStrategy 'RollingUpdate'".into(),
+        )),
+        Some("OnDelete") => {}
+        Some(other) => causes.push((
+            "spec.updateStrategy.type".into(),
+            format!(
+                "Unsupported value: \"{other}\": supported values: \"OnDelete\", \"RollingUpdate\""
+            ),
+        )),
+        None => causes.push(("spec.updateStrategy".into(), "Required value".into())),
+    }
 }
 
 /// The apps/v1 defaults the operator reads back.

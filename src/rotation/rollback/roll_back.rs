@@ -2,7 +2,7 @@
 //! completed; also those never rolled, since any pod that restarted by itself after the switch
 //! read the new key, which is about to be removed.
 
-use crate::crd::{Phase, TargetState};
+use crate::crd::TargetState;
 use crate::rotation::action::{Action, EventNote, Plan};
 use crate::rotation::observation::TargetView;
 use crate::rotation::reason::Reason;
@@ -34,13 +34,6 @@ pub(crate) fn roll_back(x: &mut Rotating) -> Option<Plan> {
         let needs_stamp = annotation.as_deref() != Some(old.as_str())
             || rolled_back_in.as_deref() != Some(marker.as_str())
             || *secret_restores != restores;
-        let rolled_back =
-            !needs_stamp && progress.is_some_and(|p| x.r.targets[p].state == TargetState::Pending);
-        // Its pods would keep the new key whatever its template says (OnDelete, a partition),
-        // and kubectl may call its rollout done: held here until its spec lets it roll.
-        if let Some(why) = cannot_roll.as_ref().filter(|_| !rolled_back) {
-            return cannot_roll_back(x, i, why);
-        }
         if needs_stamp {
             if let Some(p) = progress {
                 x.r.targets[p].state = TargetState::Rolling;
@@ -62,6 +55,21 @@ pub(crate) fn roll_back(x: &mut Rotating) -> Option<Plan> {
             );
             return x.plan(action, EventNote::new(Reason::TargetRolledBack, message));
         }
+        // Stamped, but its pods are replaced only when deleted (OnDelete) or above a partition:
+        // kubectl's rollout test says nothing of the others. It is done here, and the rollback's
+        // pod gate keeps the new key valid until each of its pods restarted on the old key.
+        if let Some(why) = cannot_roll {
+            if let Some(p) = progress.filter(|&p| x.r.targets[p].state != TargetState::Pending) {
+                x.r.targets[p].state = TargetState::Pending;
+                x.r.targets[p].message = Some(format!("stamped with the old key; {why}"));
+                let message = format!(
+                    "{} {} was stamped with the old key but does not replace its pods by itself: {why}. The new key stays valid until each of its pods restarted on the old key (delete them, or change its spec).",
+                    target.kind, target.name
+                );
+                return x.record(EventNote::new(Reason::TargetCannotRoll, message));
+            }
+            continue;
+        }
         match rollout {
             RolloutState::Complete => {
                 if let Some(p) = progress.filter(|&p| x.r.targets[p].state != TargetState::Pending)
@@ -80,18 +88,4 @@ pub(crate) fn roll_back(x: &mut Rotating) -> Option<Plan> {
         }
     }
     None
-}
-
-/// Target `i` cannot replace its pods: the rollback waits (Degraded), the new key stays valid.
-fn cannot_roll_back(x: &mut Rotating, i: usize, why: &str) -> Option<Plan> {
-    let target = &x.o.spec.targets[i];
-    let message = format!(
-        "{} {} cannot roll its pods back to the old key: {why}. The rollback waits and the new key stays valid.",
-        target.kind, target.name
-    );
-    x.r.target_index = i as u32;
-    let event = x.b.degrade(Reason::TargetCannotRoll, &message);
-    x.b.rotating(Reason::RollingBack, message);
-    x.b.status.phase = Some(Phase::Degraded);
-    x.wait(Some(Duration::from_secs(60)), event)
 }

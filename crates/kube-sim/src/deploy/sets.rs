@@ -383,9 +383,11 @@ fn stateful_set_status(
         .collect();
     let ready = state.pods.iter().filter(|p| is_ready(p, now)).count();
     let updated = active.iter().filter(|p| p.revision == update).count();
-    // `computeReplicaStatus`: replicas, current and updated count pods not terminating.
-    // `completeRollingUpdate`: every one updated and Ready makes the update revision current.
-    if state.current_revision == 0 || (rolling && updated == active.len() && ready == active.len())
+    // `computeReplicaStatus` counts terminating pods in `replicas` (not in current or updated);
+    // `completeRollingUpdate` makes the update revision current once updated, ready and all
+    // replicas equal `spec.replicas`.
+    if state.current_revision == 0
+        || (rolling && updated == replicas && ready == replicas && state.pods.len() == replicas)
     {
         state.current_revision = update;
     }
@@ -393,7 +395,7 @@ fn stateful_set_status(
     let current_replicas = active.iter().filter(|p| p.revision == current).count();
     let mut status = json!({
         "observedGeneration": object["metadata"]["generation"],
-        "replicas": active.len(),
+        "replicas": state.pods.len(),
         "readyReplicas": ready,
         "availableReplicas": ready,
         "currentReplicas": current_replicas,
