@@ -91,14 +91,16 @@ pub async fn run_with_metrics(
     // and their resourceVersions tell a reconcile whether what it read is still current.
     let (secret_store, secret_writer) = kube::runtime::reflector::store();
     watched.secrets = Some(secret_store);
+    let health = watched.health.clone();
     let secret_events = watcher::watcher(
         secrets,
         watcher::Config::default()
             .labels(MANAGED_BY_LABEL)
             .any_semantic(),
     )
-    .modify(|s| s.managed_fields_mut().clear())
+    .modify(|s| reconciler::slim_metadata(&mut s.metadata, Some(MANAGED_BY_LABEL)))
     .reflect(secret_writer)
+    .inspect(move |event| health.follow(reconciler::WatchKind::Secret, event))
     .touched_objects();
     let parts = ContextParts {
         instance: std::env::var("POD_NAME").ok(),
@@ -113,8 +115,9 @@ pub async fn run_with_metrics(
     };
     let ctx = Arc::new(Context::new(client, parts));
     let hit_by_valkey_loss = rotations_hit(losses, store.clone(), ctx.clone());
-    // The Secrets and the targets only trigger reconciles (which read what they need afresh), so
-    // their watches carry metadata only: a cluster's workloads and Secrets never sit in memory.
+    // The Secrets' and the targets' watches carry metadata only, and their stores keep only
+    // names and resourceVersions (`reconciler::slim_metadata`): a cluster's workloads and
+    // Secrets never sit in memory; a reconcile reads what they do not vouch for.
     let running = controller
         .watches_stream(secret_events, |secret: PartialObjectMeta<Secret>| {
             let owner = secret.labels().get(MANAGED_BY_LABEL).cloned();

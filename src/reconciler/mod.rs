@@ -10,7 +10,7 @@ mod world;
 
 pub use clean_up::DEFAULT_REVOKE_ON_DELETE_TIMEOUT;
 pub use context::{Context, ContextParts};
-pub use world::Watched;
+pub use world::{Kind as WatchKind, WatchHealth, Watched, slim_metadata};
 
 use crate::backoff::Failure;
 use crate::crd::{ApiKeyRotation, ApiKeyRotationStatus, FINALIZER, MANAGED_BY_LABEL};
@@ -164,6 +164,7 @@ async fn reconcile_once(akr: Arc<ApiKeyRotation>, ctx: &Arc<Context>) -> Result<
         Some(akr) => akr,
         None => {
             let Some(akr) = api.get_opt(&akr.name_any()).await? else {
+                ctx.world.distrust_rotation(&key_of(&akr));
                 return Ok(Requeue::await_change());
             };
             ctx.world.note_rotation(&akr);
@@ -183,8 +184,11 @@ async fn reconcile_once(akr: Arc<ApiKeyRotation>, ctx: &Arc<Context>) -> Result<
         finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => e.into(),
         other => Error::Corrupt(other.to_string()),
     });
-    if result.is_ok() {
-        ctx.backoffs.succeeded(&key);
+    match &result {
+        Ok(_) => ctx.backoffs.succeeded(&key),
+        // A write may have failed half seen (the finalizer's JSON patch, a status write): the
+        // next reconcile reads the ApiKeyRotation afresh.
+        Err(_) => ctx.world.distrust_rotation(&key),
     }
     result
 }
@@ -354,7 +358,15 @@ impl<'a> Reconciliation<'a> {
                 Action::Promote | Action::DropPending | Action::Revoke { .. }
             ) {
                 // Revocation and promotion are decided on what Valkey and the API server hold
-                // now, not on what the caches kept.
+                // now, not on what the caches kept; an ApiKeyRotation changed since this
+                // reconcile read it is reconciled again from its new version first.
+                let now = self.akrs.get_opt(&self.akr.name_any()).await?;
+                if !now.as_ref().is_some_and(|a| self.ctx.world.is_latest(a)) {
+                    if let Some(now) = &now {
+                        self.ctx.world.note_rotation(now);
+                    }
+                    return Ok(Requeue::requeue(Duration::from_millis(10)));
+                }
                 let pods = observation.pods.take();
                 (observation, vault, consumer_key) = self.observe(&store, true).await?;
                 observation.pods = pods;

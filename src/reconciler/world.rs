@@ -4,29 +4,33 @@
 //! The controller's metadata watches (Secrets with this operator's label, every target kind)
 //! feed stores of each object's resourceVersion. A full object read from the API (or the view a
 //! decision needs of it) is kept with the resourceVersion it had, and reused only while the watch
-//! shows that same resourceVersion: an object the watch shows at another version, or not at all
-//! (not yet listed, deleted, unlabelled), is read afresh. resourceVersions are only compared for
-//! equality, never ordered. The operator's own writes drop what they change, so it never decides
-//! on an object older than its own last write; what others change reaches it as with any
-//! informer, by the watch event that also reconciles the rotation.
+//! is in step and shows that same resourceVersion: an object the watch shows at another version,
+//! or not at all (not yet listed, deleted, unlabelled), or a watch that failed or is re-listing,
+//! means a fresh read. resourceVersions are only compared for equality, never ordered. The
+//! operator's own writes drop what they change, so it never decides on an object older than its
+//! own last write; what others change reaches it as with any informer, by the watch event that
+//! also reconciles the rotation.
 //!
-//! The ApiKeyRotation itself comes from the controller's cache unless this operator knows of a
-//! later version than the one cached (its own status write, or a read), which it then reads.
+//! The ApiKeyRotation itself comes from the controller's cache only when that is the latest
+//! version this operator knows of (its own status write, or its own read); the first reconcile
+//! of a rotation in this process reads it.
 
 use crate::crd::{ApiKeyRotation, RolloutTarget, TargetKind};
 use crate::rotation::TargetView;
+use crate::workload::argo_rollout::Rollout;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::workload::argo_rollout::Rollout;
-
-/// The resourceVersions the metadata watches have seen, per kind.
+/// The resourceVersions the metadata watches have seen, per kind, and whether each watch is in
+/// step with the API server.
 #[derive(Clone, Default)]
 pub struct Watched {
     pub secrets: Option<Store<PartialObjectMeta<Secret>>>,
@@ -34,10 +38,39 @@ pub struct Watched {
     pub stateful_sets: Option<Store<PartialObjectMeta<StatefulSet>>>,
     pub daemon_sets: Option<Store<PartialObjectMeta<DaemonSet>>>,
     pub rollouts: Option<Store<PartialObjectMeta<Rollout>>>,
+    pub health: Arc<WatchHealth>,
 }
 
+/// Which watches are in step: a store vouches for nothing from a watch error or the start of a
+/// (re-)list until that list is done, since the reflector keeps its old contents meanwhile.
+#[derive(Default)]
+pub struct WatchHealth {
+    in_step: Mutex<HashSet<Kind>>,
+}
+
+impl WatchHealth {
+    /// Follows a watch's events, after its reflector applied them.
+    pub fn follow<M>(&self, kind: Kind, event: &Result<watcher::Event<M>, watcher::Error>) {
+        let mut in_step = self.in_step.lock().unwrap();
+        match event {
+            Err(_) | Ok(watcher::Event::Init) => {
+                in_step.remove(&kind);
+            }
+            Ok(watcher::Event::InitDone) => {
+                in_step.insert(kind);
+            }
+            Ok(_) => {}
+        }
+    }
+
+    fn in_step(&self, kind: Kind) -> bool {
+        self.in_step.lock().unwrap().contains(&kind)
+    }
+}
+
+/// What a watch, and a kept read, is of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Kind {
+pub enum Kind {
     Secret,
     Target(TargetKind),
 }
@@ -55,6 +88,9 @@ pub struct World {
     watched: Watched,
     /// What was last read of each object, with the resourceVersion it had.
     objects: Mutex<HashMap<Key, (String, Cached)>>,
+    /// Bumped by every forget: a read that began before one is not kept (it may predate the
+    /// write the forget was for).
+    forgets: AtomicU64,
     /// The latest resourceVersion of each ApiKeyRotation this operator wrote or read.
     rotations: Mutex<HashMap<String, String>>,
 }
@@ -75,9 +111,13 @@ impl World {
         }
     }
 
-    /// The resourceVersion the watch of `kind` shows for `ns/name`, if it shows the object.
+    /// The resourceVersion the watch of `kind` shows for `ns/name`, if it is in step and shows
+    /// the object.
     fn watched_rv(&self, kind: Kind, ns: &str, name: &str) -> Option<String> {
         let w = &self.watched;
+        if !w.health.in_step(kind) {
+            return None;
+        }
         match kind {
             Kind::Secret => rv_of(&w.secrets, ns, name),
             Kind::Target(TargetKind::Deployment) => rv_of(&w.deployments, ns, name),
@@ -87,21 +127,33 @@ impl World {
         }
     }
 
-    /// What was kept of `ns/name`, if the watch still shows the version it was read at.
-    fn kept(&self, kind: Kind, ns: &str, name: &str) -> Option<Cached> {
-        let rv = self.watched_rv(kind, ns, name)?;
+    /// What was kept of `key`, if the watch still shows the version it was read at.
+    fn kept(&self, key: &Key) -> Option<Cached> {
+        let rv = self.watched_rv(key.0, &key.1, &key.2)?;
         let objects = self.objects.lock().unwrap();
-        let (kept_rv, cached) = objects.get(&(kind, ns.to_string(), name.to_string()))?;
+        let (kept_rv, cached) = objects.get(key)?;
         (*kept_rv == rv).then(|| cached.clone())
     }
 
-    fn keep(&self, kind: Kind, ns: &str, name: &str, rv: Option<String>, cached: Cached) {
-        let key = (kind, ns.to_string(), name.to_string());
+    /// Keeps what a read found, if the watch shows the object at that same version (else the
+    /// store could never vouch for it: unlabelled, not yet seen, or changed again since) and no
+    /// forget came since the read began (`forgets_before`).
+    fn keep(&self, key: Key, rv: Option<String>, cached: Cached, forgets_before: u64) {
+        let vouched = rv.is_some() && self.watched_rv(key.0, &key.1, &key.2) == rv;
         let mut objects = self.objects.lock().unwrap();
         match rv {
-            Some(rv) => objects.insert(key, (rv, cached)),
-            None => objects.remove(&key),
-        };
+            Some(rv) if vouched && self.forgets.load(Ordering::SeqCst) == forgets_before => {
+                objects.insert(key, (rv, cached));
+            }
+            _ => {
+                objects.remove(&key);
+            }
+        }
+    }
+
+    fn forget(&self, key: &Key) {
+        self.forgets.fetch_add(1, Ordering::SeqCst);
+        self.objects.lock().unwrap().remove(key);
     }
 
     /// The Secret `name` (None: it does not exist); `fresh` reads it from the API regardless.
@@ -112,12 +164,14 @@ impl World {
         name: &str,
         fresh: bool,
     ) -> Result<Option<Arc<Secret>>, kube::Error> {
-        if !fresh && let Some(Cached::Secret(secret)) = self.kept(Kind::Secret, ns, name) {
+        let key = (Kind::Secret, ns.to_string(), name.to_string());
+        if !fresh && let Some(Cached::Secret(secret)) = self.kept(&key) {
             return Ok(secret);
         }
+        let forgets_before = self.forgets.load(Ordering::SeqCst);
         let secret = api.get_opt(name).await?.map(Arc::new);
         let rv = secret.as_ref().and_then(|s| s.resource_version());
-        self.keep(Kind::Secret, ns, name, rv, Cached::Secret(secret.clone()));
+        self.keep(key, rv, Cached::Secret(secret.clone()), forgets_before);
         Ok(secret)
     }
 
@@ -129,53 +183,94 @@ impl World {
         target: &RolloutTarget,
         fresh: bool,
     ) -> Result<TargetView, kube::Error> {
-        let kind = Kind::Target(target.kind);
-        if !fresh && let Some(Cached::Target(view)) = self.kept(kind, ns, &target.name) {
-            return Ok(view);
-        }
-        let (view, rv) = crate::workload::read(client, ns, target).await?;
-        self.keep(kind, ns, &target.name, rv, Cached::Target(view.clone()));
-        Ok(view)
-    }
-
-    /// This operator is about to write (or wrote) the Secret `name`: the next read is fresh.
-    pub fn forget_secret(&self, ns: &str, name: &str) {
-        let key = (Kind::Secret, ns.to_string(), name.to_string());
-        self.objects.lock().unwrap().remove(&key);
-    }
-
-    /// Same for a target.
-    pub fn forget_target(&self, ns: &str, target: &RolloutTarget) {
         let key = (
             Kind::Target(target.kind),
             ns.to_string(),
             target.name.clone(),
         );
-        self.objects.lock().unwrap().remove(&key);
+        if !fresh && let Some(Cached::Target(view)) = self.kept(&key) {
+            return Ok(view);
+        }
+        let forgets_before = self.forgets.load(Ordering::SeqCst);
+        let (view, rv) = crate::workload::read(client, ns, target).await?;
+        self.keep(key, rv, Cached::Target(view.clone()), forgets_before);
+        Ok(view)
     }
 
-    /// `akr` as the controller's cache has it, unless a later version is known (then None: read
-    /// it afresh).
+    /// This operator is about to write (or wrote) the Secret `name`: the next read is fresh.
+    pub fn forget_secret(&self, ns: &str, name: &str) {
+        self.forget(&(Kind::Secret, ns.to_string(), name.to_string()));
+    }
+
+    /// Same for a target.
+    pub fn forget_target(&self, ns: &str, target: &RolloutTarget) {
+        self.forget(&(
+            Kind::Target(target.kind),
+            ns.to_string(),
+            target.name.clone(),
+        ));
+    }
+
+    /// `akr` as the controller's cache has it, if that is the latest version this operator
+    /// knows of; None (read it afresh) when a later one is known, or none yet: a cache filled
+    /// by a list may be older than the last status a previous leader wrote.
     pub fn rotation_if_current(&self, akr: &ApiKeyRotation) -> Option<ApiKeyRotation> {
         let known = self.rotations.lock().unwrap();
-        match known.get(&super::key_of(akr)) {
-            Some(rv) if akr.resource_version().as_ref() != Some(rv) => None,
-            _ => Some(akr.clone()),
-        }
+        let latest = known.get(&super::key_of(akr))?;
+        (akr.resource_version().as_ref() == Some(latest)).then(|| akr.clone())
+    }
+
+    /// Whether `akr` (just read) is the latest version this operator knows of.
+    pub fn is_latest(&self, akr: &ApiKeyRotation) -> bool {
+        let known = self.rotations.lock().unwrap();
+        known.get(&super::key_of(akr)) == akr.resource_version().as_ref()
     }
 
     /// The latest version of an ApiKeyRotation this operator knows of (read or written).
     pub fn note_rotation(&self, akr: &ApiKeyRotation) {
         if let Some(rv) = akr.resource_version() {
-            self.rotations
-                .lock()
-                .unwrap()
-                .insert(super::key_of(akr), rv);
+            (self.rotations.lock().unwrap()).insert(super::key_of(akr), rv);
         }
     }
 
-    /// The rotation `key` is gone.
-    pub fn forget_rotation(&self, key: &str) {
+    /// A write of the rotation `key` failed or may have happened unseen (the finalizer's):
+    /// its next reconcile reads it afresh.
+    pub fn distrust_rotation(&self, key: &str) {
         self.rotations.lock().unwrap().remove(key);
     }
+
+    /// The rotation `key` is gone; so is what was kept of objects no watch shows any more.
+    pub fn forget_rotation(&self, key: &str) {
+        self.rotations.lock().unwrap().remove(key);
+        let kept: Vec<Key> = self.objects.lock().unwrap().keys().cloned().collect();
+        let gone: Vec<Key> = (kept.into_iter())
+            .filter(|k| self.watched_rv(k.0, &k.1, &k.2).is_none())
+            .collect();
+        let mut objects = self.objects.lock().unwrap();
+        for k in gone {
+            objects.remove(&k);
+        }
+    }
+}
+
+/// What the watches keep of each object: its name, namespace, uid and resourceVersion, and of
+/// `keep_label` (this operator's label on Secrets, which maps a Secret to its rotation) the
+/// value. Annotations (a `last-applied-configuration` can hold a Secret's data), other labels,
+/// owners and managed fields are dropped before the store holds them.
+pub fn slim_metadata(
+    meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    keep_label: Option<&str>,
+) {
+    let labels = meta.labels.take().map(|mut labels| {
+        labels.retain(|k, _| Some(k.as_str()) == keep_label);
+        labels
+    });
+    *meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        resource_version: meta.resource_version.take(),
+        labels: labels.filter(|l| !l.is_empty()),
+        ..Default::default()
+    };
 }

@@ -16,6 +16,7 @@ use crate::crd::{
 };
 use crate::rotation::TargetView;
 use argo_rollout::Rollout;
+use futures::StreamExt as _;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
@@ -26,6 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::fmt::Debug;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RolloutState {
@@ -186,33 +188,54 @@ pub fn watch_targets(
         client: &Client,
         namespace: Option<&str>,
         rotations: Store<ApiKeyRotation>,
+        health: Arc<crate::reconciler::WatchHealth>,
     ) -> (Controller<ApiKeyRotation>, Store<PartialObjectMeta<W>>) {
         let api: Api<PartialObjectMeta<W>> = match namespace {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
         let (store, writer) = kube::runtime::reflector::store();
+        let kind = crate::reconciler::WatchKind::Target(W::KIND);
         let stream = watcher(api, watcher::Config::default().any_semantic())
-            .modify(|w| w.managed_fields_mut().clear())
+            .modify(|w| crate::reconciler::slim_metadata(&mut w.metadata, None))
             .reflect(writer)
+            .inspect(move |event| health.follow(kind, event))
             .touched_objects();
         let controller =
             controller.watches_stream(stream, move |w| targeting(&rotations, W::KIND, &w));
         (controller, store)
     }
     let controller = if argo_rollouts {
-        let (c, store) = watch::<Rollout>(controller, client, namespace, rotations.clone());
+        let (c, store) = watch::<Rollout>(
+            controller,
+            client,
+            namespace,
+            rotations.clone(),
+            watched.health.clone(),
+        );
         watched.rollouts = Some(store);
         c
     } else {
         controller
     };
-    let (controller, store) = watch::<Deployment>(controller, client, namespace, rotations.clone());
+    let health = watched.health.clone();
+    let (controller, store) = watch::<Deployment>(
+        controller,
+        client,
+        namespace,
+        rotations.clone(),
+        health.clone(),
+    );
     watched.deployments = Some(store);
-    let (controller, store) =
-        watch::<StatefulSet>(controller, client, namespace, rotations.clone());
+    let (controller, store) = watch::<StatefulSet>(
+        controller,
+        client,
+        namespace,
+        rotations.clone(),
+        health.clone(),
+    );
     watched.stateful_sets = Some(store);
-    let (controller, store) = watch::<DaemonSet>(controller, client, namespace, rotations);
+    let (controller, store) = watch::<DaemonSet>(controller, client, namespace, rotations, health);
     watched.daemon_sets = Some(store);
     controller
 }
