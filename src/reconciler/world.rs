@@ -274,3 +274,86 @@ pub fn slim_metadata(
         ..Default::default()
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::store;
+
+    fn akr(rv: &str) -> ApiKeyRotation {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "keys.siriusscan.io/v1alpha1", "kind": "ApiKeyRotation",
+            "metadata": {"name": "a", "namespace": "ns", "resourceVersion": rv},
+            "spec": {"valkey": {"url": "redis://v:6379"}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_cached_rotation_is_used_only_when_it_is_the_latest_version_known() {
+        let world = World::default();
+        assert!(
+            world.rotation_if_current(&akr("5")).is_none(),
+            "first: read it"
+        );
+        world.note_rotation(&akr("5"));
+        assert!(world.rotation_if_current(&akr("5")).is_some());
+        // Its own status write made version 6: a cache still at 5 is stale.
+        world.note_rotation(&akr("6"));
+        assert!(world.rotation_if_current(&akr("5")).is_none());
+        assert!(world.is_latest(&akr("6")) && !world.is_latest(&akr("7")));
+        world.distrust_rotation("ns/a");
+        assert!(world.rotation_if_current(&akr("6")).is_none());
+    }
+
+    fn secret_meta(rv: &str) -> PartialObjectMeta<Secret> {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s", "namespace": "ns", "resourceVersion": rv},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_kept_read_is_reused_only_while_an_in_step_watch_shows_its_version() {
+        let (reader, mut writer) = store::<PartialObjectMeta<Secret>>();
+        let watched = Watched {
+            secrets: Some(reader),
+            ..Default::default()
+        };
+        let health = watched.health.clone();
+        let world = World::new(watched);
+        let key = (Kind::Secret, "ns".to_string(), "s".to_string());
+        let cached = || Cached::Secret(None);
+        let listed = |writer: &mut kube::runtime::reflector::store::Writer<_>, rv: &str| {
+            for event in [
+                watcher::Event::Init,
+                watcher::Event::InitApply(secret_meta(rv)),
+                watcher::Event::InitDone,
+            ] {
+                writer.apply_watcher_event(&event);
+                health.follow(Kind::Secret, &Ok(event));
+            }
+        };
+        listed(&mut writer, "1");
+        world.keep(key.clone(), Some("1".into()), cached(), 0);
+        assert!(world.kept(&key).is_some());
+        // The watch fails: nothing is vouched for until its re-list is done.
+        health.follow::<PartialObjectMeta<Secret>>(
+            Kind::Secret,
+            &Err(watcher::Error::NoResourceVersion),
+        );
+        assert!(world.kept(&key).is_none());
+        listed(&mut writer, "2");
+        assert!(world.kept(&key).is_none(), "kept at 1, the watch shows 2");
+        // A read that began before a forget is not kept.
+        world.forget_secret("ns", "s");
+        world.keep(key.clone(), Some("2".into()), cached(), 0);
+        assert!(world.kept(&key).is_none());
+        world.keep(key.clone(), Some("2".into()), cached(), 1);
+        assert!(world.kept(&key).is_some());
+        // Nor one the watch does not show at that version.
+        world.keep(key.clone(), Some("3".into()), cached(), 1);
+        assert!(world.kept(&key).is_none());
+    }
+}
