@@ -172,6 +172,10 @@ async fn reconcile_once(akr: Arc<ApiKeyRotation>, ctx: &Arc<Context>) -> Result<
         }
     };
     let key = key_of(&akr);
+    // The finalizer helper writes the object itself (adding the finalizer, or removing it after
+    // the clean-up) without telling `world`: the next reconcile reads it afresh.
+    let finalizer_writes = akr.metadata.deletion_timestamp.is_some()
+        || !akr.finalizers().iter().any(|f| f == FINALIZER);
     let result = finalizer(&api, FINALIZER, Arc::new(akr), |event| async {
         match event {
             FinalizerEvent::Apply(akr) => Reconciliation::new(&akr, ctx).run().await,
@@ -184,6 +188,9 @@ async fn reconcile_once(akr: Arc<ApiKeyRotation>, ctx: &Arc<Context>) -> Result<
         finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => e.into(),
         other => Error::Corrupt(other.to_string()),
     });
+    if finalizer_writes {
+        ctx.world.distrust_rotation(&key);
+    }
     match &result {
         Ok(_) => ctx.backoffs.succeeded(&key),
         // A write may have failed half seen (the finalizer's JSON patch, a status write): the
