@@ -215,15 +215,14 @@ impl World {
     /// knows of; None (read it afresh) when a later one is known, or none yet: a cache filled
     /// by a list may be older than the last status a previous leader wrote.
     pub fn rotation_if_current(&self, akr: &ApiKeyRotation) -> Option<ApiKeyRotation> {
-        let known = self.rotations.lock().unwrap();
-        let latest = known.get(&super::key_of(akr))?;
-        (akr.resource_version().as_ref() == Some(latest)).then(|| akr.clone())
+        self.is_latest(akr).then(|| akr.clone())
     }
 
-    /// Whether `akr` (just read) is the latest version this operator knows of.
+    /// Whether `akr` is the latest version this operator knows of (false when it knows none).
     pub fn is_latest(&self, akr: &ApiKeyRotation) -> bool {
         let known = self.rotations.lock().unwrap();
-        known.get(&super::key_of(akr)) == akr.resource_version().as_ref()
+        let latest = known.get(&super::key_of(akr));
+        latest.is_some() && latest == akr.resource_version().as_ref()
     }
 
     /// The latest version of an ApiKeyRotation this operator knows of (read or written).

@@ -321,6 +321,19 @@ pub fn rotation(valkey_url: &str, extra_spec: Value) -> Value {
     })
 }
 
+/// Merge-patches the `spec.updateStrategy` of the apps/v1 workload `plural/name` (a field set to
+/// null is removed, as `kubectl patch --type merge` does).
+pub fn set_update_strategy(sim: &Sim, plural: &str, name: &str, strategy: Value) {
+    sim.merge_patch_object(
+        "apps",
+        plural,
+        NS,
+        name,
+        json!({"spec": {"updateStrategy": strategy}}),
+    )
+    .unwrap();
+}
+
 /// The three Sirius workloads as three kinds, (kind, name) in step order.
 pub const MIXED_KINDS: [(&str, &str); 3] = [
     ("Deployment", "sirius-api"),

@@ -180,14 +180,12 @@ async fn a_partition_or_on_delete_leaves_pods_on_the_old_template_while_kubectl_
     assert_ne!(status.current_revision, status.update_revision);
 
     // OnDelete: a new template replaces only the pods someone deletes.
-    sim.merge_patch_object(
-        "apps",
+    set_update_strategy(
+        &sim,
         "statefulsets",
-        NS,
         "sirius-engine",
-        json!({"spec": {"updateStrategy": {"type": "OnDelete", "rollingUpdate": null}}}),
-    )
-    .unwrap();
+        json!({"type": "OnDelete", "rollingUpdate": null}),
+    );
     stamp(&sim, "statefulsets", "sirius-engine", "k3");
     tokio::time::sleep(Duration::from_millis(500)).await; // nothing is replaced
     let pods = sim.pods();
@@ -337,14 +335,12 @@ async fn a_daemonset_runs_one_pod_per_node_and_replaces_at_most_max_unavailable_
     );
 
     // Two at a time with maxUnavailable 50%; OnDelete replaces none.
-    sim.merge_patch_object(
-        "apps",
+    set_update_strategy(
+        &sim,
         "daemonsets",
-        NS,
         "sirius-ui",
-        json!({"spec": {"updateStrategy": {"rollingUpdate": {"maxUnavailable": "50%"}}}}),
-    )
-    .unwrap();
+        json!({"rollingUpdate": {"maxUnavailable": "50%"}}),
+    );
     stamp(&sim, "daemonsets", "sirius-ui", "k3");
     let samples = sample_until::<DaemonSet>(&sim, "sirius-ui", "the 50% update", |s| {
         *s == RolloutState::Complete
@@ -359,14 +355,12 @@ async fn a_daemonset_runs_one_pod_per_node_and_replaces_at_most_max_unavailable_
         least, 2,
         "maxUnavailable 50% of 4 nodes takes two down at once"
     );
-    sim.merge_patch_object(
-        "apps",
+    set_update_strategy(
+        &sim,
         "daemonsets",
-        NS,
         "sirius-ui",
-        json!({"spec": {"updateStrategy": {"type": "OnDelete", "rollingUpdate": null}}}),
-    )
-    .unwrap();
+        json!({"type": "OnDelete", "rollingUpdate": null}),
+    );
     stamp(&sim, "daemonsets", "sirius-ui", "k4");
     tokio::time::sleep(Duration::from_millis(500)).await; // nothing is replaced
     let pods = sim.pods();

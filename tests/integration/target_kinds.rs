@@ -32,14 +32,7 @@ async fn install_with(sim: &Sim, valkey: &Valkey, engine_strategy: Value, spec: 
 }
 
 fn set_engine_strategy(sim: &Sim, strategy: Value) {
-    sim.merge_patch_object(
-        "apps",
-        "statefulsets",
-        NS,
-        "sirius-engine",
-        json!({"spec": {"updateStrategy": strategy}}),
-    )
-    .unwrap();
+    set_update_strategy(sim, "statefulsets", "sirius-engine", strategy);
 }
 
 fn vault_pending(sim: &Sim) -> Option<Value> {
@@ -180,14 +173,12 @@ async fn a_daemonset_made_on_delete_during_a_rollback_keeps_the_new_key_valid_un
         .unwrap()
         .to_string();
     // The UI's pods run the new key; made OnDelete, its stamped template replaces none of them.
-    sim.merge_patch_object(
-        "apps",
+    set_update_strategy(
+        &sim,
         "daemonsets",
-        NS,
         "sirius-ui",
-        json!({"spec": {"updateStrategy": {"type": "OnDelete", "rollingUpdate": null}}}),
-    )
-    .unwrap();
+        json!({"type": "OnDelete", "rollingUpdate": null}),
+    );
     wait_for(
         Duration::from_secs(30),
         "the pod gate to name the UI",
@@ -228,14 +219,12 @@ async fn a_daemonset_made_on_delete_during_a_rollback_keeps_the_new_key_valid_un
         "the new key stays valid while the UI's pods hold it"
     );
 
-    sim.merge_patch_object(
-        "apps",
+    set_update_strategy(
+        &sim,
         "daemonsets",
-        NS,
         "sirius-ui",
-        json!({"spec": {"updateStrategy": {"type": "RollingUpdate"}}}),
-    )
-    .unwrap();
+        json!({"type": "RollingUpdate"}),
+    );
     // Until the last UI pod left the new key, its record stays.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {

@@ -19,6 +19,16 @@ const VERBS: [&str; 8] = [
     "watch",
 ];
 
+/// Whether `path` is a discovery path (`/api`, `/apis`, a group, a group version, or an
+/// OpenAPI document): only those need the store, so other requests skip its lock here.
+pub fn is_discovery_path(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    matches!(
+        segments.as_slice(),
+        ["api"] | ["apis"] | ["apis", _] | ["api", "v1"] | ["apis", _, _] | ["openapi", "v3", ..]
+    )
+}
+
 /// The discovery document at `path`, or None when `path` is no discovery path.
 pub fn document(store: &Store, path: &str, server_address: &str) -> Option<Value> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();

@@ -177,7 +177,7 @@ pub async fn handle(
             &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-kube-sim"}),
         );
     }
-    if method == Method::GET {
+    if method == Method::GET && crate::discovery::is_discovery_path(&path) {
         let host = (headers.get(header::HOST).and_then(|v| v.to_str().ok())).unwrap_or("");
         let store = shared.store.lock().unwrap();
         let document = crate::discovery::document(&store, &path, host)
