@@ -1,8 +1,9 @@
 //! Valkey's own change feed, so data loss is repaired in milliseconds rather than at the next
 //! resync. One RESP3 connection per server and record prefix turns on client-side tracking in
 //! broadcast mode (`CLIENT TRACKING ON BCAST PREFIX apikey:`): Valkey then pushes an invalidation
-//! for every change under the prefix, and a null one for `FLUSHALL`/`FLUSHDB`. A dropped
-//! connection (a restart, perhaps without persistence) is reported on reconnect.
+//! for every change under the prefix, and a null one for `FLUSHALL`/`FLUSHDB`. Each connect is
+//! reported too: what changed before tracking began (on a reconnect, a restart perhaps without
+//! persistence) is found by the reads that follow.
 //!
 //! The feed only says where records may be gone; the reconciler, which decides what must exist,
 //! reads Valkey and writes back. Without the feed (a server without RESP3, or tracking refused by
@@ -326,9 +327,14 @@ impl Feed {
         let _following = Following::start(&self.metrics);
         tracing::debug!(url = %crate::redact::url(&self.endpoint.url), prefix = %self.prefix, "following Valkey's changes");
         *backoff = Duration::from_millis(100);
+        // Nothing was followed until now: a change since the rotations last read Valkey (a
+        // flush while this feed connected, or, on a reconnect, a restart without persistence
+        // while it was down) would otherwise wait for the resync, so they all read it again.
         if *connected_before {
-            // The server may have restarted empty while the connection was down.
             self.report(None, true);
+        } else {
+            // Not a loss seen, so not counted as one: only a gap closed.
+            self.send(None, false);
         }
         *connected_before = true;
         while let Some(push) = pushed.recv().await {
@@ -378,6 +384,10 @@ impl Feed {
     fn report(&self, missing: Option<Vec<String>>, reconnected: bool) {
         tracing::debug!(url = %crate::redact::url(&self.endpoint.url), prefix = %self.prefix, ?missing, "Valkey records may be gone");
         self.metrics.count_valkey_loss_reported();
+        self.send(missing, reconnected);
+    }
+
+    fn send(&self, missing: Option<Vec<String>>, reconnected: bool) {
         let _ = self.losses.send(Loss {
             url: self.endpoint.url.clone(),
             prefix: self.prefix.clone(),

@@ -152,6 +152,66 @@ async fn valkey_data_loss_is_repaired_from_valkeys_change_feed_without_waiting_f
     operator.abort();
 }
 
+/// A change feed sees only what changes after it starts tracking; a flush in the moment between
+/// a rotation's read of Valkey and that start would wait for the resync. So a feed that starts
+/// tells its rotations to read Valkey again, once tracking is on, without counting it as a loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_feed_that_starts_tracking_has_its_rotations_read_valkey_again() {
+    use apikey_rotator::metrics::Metrics;
+    use apikey_rotator::valkey_watch::{Loss, Watchers};
+    let valkey = Valkey::start();
+    let metrics = std::sync::Arc::new(Metrics::new());
+    let (watchers, mut losses) = Watchers::new(metrics.clone());
+    let endpoint = apikey_rotator::valkey_endpoint::Endpoint {
+        url: valkey.url(),
+        password: None,
+        insecure_skip_tls_verify: false,
+        tls: None,
+        server_name: None,
+    };
+    watchers.ensure("sirius/rotation", &endpoint, "apikey:");
+    let started = tokio::time::timeout(Duration::from_secs(10), losses.recv())
+        .await
+        .expect("a started feed asks for a fresh read")
+        .unwrap();
+    assert_eq!(
+        started,
+        Loss {
+            url: valkey.url(),
+            prefix: "apikey:".into(),
+            missing: None,
+            reconnected: false,
+        }
+    );
+    assert_eq!(
+        valkey.change_feeds().len(),
+        1,
+        "the read is asked for once tracking is on"
+    );
+    let sample = |name: &str| {
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    assert_eq!(
+        sample("apikey_rotator_valkey_losses_reported_total"),
+        Some(0.0),
+        "a start is not a loss"
+    );
+    // A later flush is one.
+    valkey.flushall();
+    let flushed = tokio::time::timeout(Duration::from_secs(10), losses.recv())
+        .await
+        .expect("the flush is reported")
+        .unwrap();
+    assert_eq!(flushed.missing, None);
+    assert_eq!(
+        sample("apikey_rotator_valkey_losses_reported_total"),
+        Some(1.0)
+    );
+}
+
 /// The Valkey password comes from `valkey.passwordSecretRef` (here an ACL user named in the URL).
 /// When it changes on the server and in the Secret, the operator and its change feed go on with
 /// the new one.
