@@ -13,11 +13,10 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-fn commandstats(valkey: &Valkey) -> BTreeMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut valkey.conn())
-        .unwrap();
+/// Calls per command, over one connection kept for the whole run (a new one would add its own
+/// `CLIENT SETINFO`s to every count).
+fn commandstats(conn: &mut redis::Connection) -> BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
     info.lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
@@ -43,6 +42,7 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
     let valkey = Valkey::start();
+    let mut stats = valkey.conn();
     let sim = start_sim_with(SimOptions {
         pod_ready_after: Duration::from_millis(50),
         termination_grace: Duration::from_millis(20),
@@ -68,8 +68,9 @@ async fn main() {
     let mut api_per_rotation = Vec::new();
     let mut wall_per_rotation = Vec::new();
     let requests_before_all = sim.request_counts();
+    let commands_before_all = commandstats(&mut stats);
     for n in 1..=rotations {
-        let before_valkey: u64 = commandstats(&valkey)
+        let before_valkey: u64 = commandstats(&mut stats)
             .iter()
             .filter(|(k, _)| k.as_str() != "info")
             .map(|(_, v)| v)
@@ -82,7 +83,7 @@ async fn main() {
         })
         .await;
         wall_per_rotation.push(started.elapsed().as_secs_f64() * 1000.0);
-        let after_valkey: u64 = commandstats(&valkey)
+        let after_valkey: u64 = commandstats(&mut stats)
             .iter()
             .filter(|(k, _)| k.as_str() != "info")
             .map(|(_, v)| v)
@@ -129,8 +130,23 @@ async fn main() {
         .map(|(what, n)| format!("{what} {n:.1}"))
         .collect();
     println!(
-        "API requests per rotation by verb and resource: {}\n",
+        "API requests per rotation by verb and resource: {}",
         breakdown.join(", ")
+    );
+    // And the Valkey commands (INFO is this benchmark's own).
+    let commands: Vec<String> = commandstats(&mut stats)
+        .into_iter()
+        .filter(|(command, _)| command != "info")
+        .map(|(command, n)| {
+            let before = commands_before_all.get(&command).copied().unwrap_or(0);
+            (command, (n - before) as f64 / rotations as f64)
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .map(|(command, n)| format!("{command} {n:.1}"))
+        .collect();
+    println!(
+        "Valkey commands per rotation by command: {}\n",
+        commands.join(", ")
     );
     let report = |name: &str, mut v: Vec<f64>, unit: &str| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());

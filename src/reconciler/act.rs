@@ -148,14 +148,12 @@ impl Reconciliation<'_> {
         if let Some(restores) = secret_restores {
             annotations[SECRET_RESTORES_ANNOTATION] = json!(restores.to_string());
         }
-        crate::workload::stamp(
-            &self.ctx.client,
-            &self.ns,
-            target,
-            annotations,
-            FIELD_MANAGER,
-        )
-        .await?;
+        let world = &self.ctx.world;
+        let mark = world.before_target_write(&self.ns, target);
+        let client = &self.ctx.client;
+        let (view, rv) =
+            crate::workload::stamp(client, &self.ns, target, annotations, FIELD_MANAGER).await?;
+        world.target_written(mark, view, rv);
         Ok(())
     }
 
@@ -298,11 +296,15 @@ impl Reconciliation<'_> {
             ),
             ..Default::default()
         };
-        tolerate_conflict(
-            self.secrets
-                .replace(&observe::vault_name(self.akr), &write_params(), &secret)
-                .await,
-        )
+        let name = observe::vault_name(self.akr);
+        let mark = self.ctx.world.before_secret_write(&self.ns, &name);
+        match self.secrets.replace(&name, &write_params(), &secret).await {
+            Ok(written) => {
+                self.ctx.world.secret_written(mark, written);
+                Ok(())
+            }
+            conflict => tolerate_conflict(conflict),
+        }
     }
 
     /// Server-side apply of the one data key we own; the Secret's other keys are untouched.
@@ -317,13 +319,15 @@ impl Reconciliation<'_> {
             },
             "data": {spec.secret.key.as_str(): ByteString(key.expose().as_bytes().to_vec())},
         });
-        self.secrets
+        let mark = (self.ctx.world).before_secret_write(&self.ns, &spec.secret.name);
+        let written = (self.secrets)
             .patch(
                 &spec.secret.name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&patch),
             )
             .await?;
+        self.ctx.world.secret_written(mark, written);
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ mod world;
 
 pub use clean_up::DEFAULT_REVOKE_ON_DELETE_TIMEOUT;
 pub use context::{Context, ContextParts};
+use world::CachedRotation;
 pub use world::{Kind as WatchKind, WatchHealth, Watched, slim_metadata};
 
 use crate::backoff::Failure;
@@ -160,9 +161,12 @@ async fn reconcile_once(akr: Arc<ApiKeyRotation>, ctx: &Arc<Context>) -> Result<
         ctx.client.clone(),
         &akr.namespace().unwrap_or_else(|| "default".into()),
     );
-    let akr = match ctx.world.rotation_if_current(&akr) {
-        Some(akr) => akr,
-        None => {
+    let akr = match ctx.world.cached_rotation(&akr) {
+        CachedRotation::Current => akr.as_ref().clone(),
+        // The watch event of this process's own later write is on its way and reconciles the
+        // rotation again; the requeue only covers its loss.
+        CachedRotation::Behind => return Ok(Requeue::requeue(Duration::from_secs(1))),
+        CachedRotation::Unknown => {
             let Some(akr) = api.get_opt(&akr.name_any()).await? else {
                 ctx.world.distrust_rotation(&key_of(&akr));
                 return Ok(Requeue::await_change());
@@ -220,6 +224,9 @@ struct Reconciliation<'a> {
     secrets: Api<Secret>,
     recorder: Recorder,
     status: ApiKeyRotationStatus,
+    /// The status as last written (or read); `status` runs ahead of it while a step's record is
+    /// held for the next write (see `record::holds_status_over`).
+    written: ApiKeyRotationStatus,
     /// The resourceVersion of a vault Secret observed without any key.
     emptied_vault: std::sync::Mutex<Option<String>>,
 }
@@ -234,6 +241,7 @@ impl<'a> Reconciliation<'a> {
             secrets: Api::namespaced(ctx.client.clone(), &ns),
             recorder: Recorder::new(ctx.client.clone(), ctx.reporter.clone()),
             status: akr.status.clone().unwrap_or_default(),
+            written: akr.status.clone().unwrap_or_default(),
             planned: crate::plan::planned(&akr.spec, &akr.status.clone().unwrap_or_default()),
             emptied_vault: Default::default(),
             ns,
@@ -352,9 +360,20 @@ impl<'a> Reconciliation<'a> {
         let endpoint = endpoint.clone();
         let prefix = &self.akr.spec.valkey.record_prefix;
         (self.ctx.valkey_watchers).ensure(&key_of(self.akr), &endpoint, prefix);
+        let result = self.steps(&store).await;
+        if result.is_err()
+            && let Err(e) = self.write_status(&store).await
+        {
+            // A step's record held for the next write is found again by the next reconcile.
+            tracing::debug!(rotation = %key_of(self.akr), error = %e, "held status not written");
+        }
+        result
+    }
+
+    /// Decides and acts, step after step, until the machine waits.
+    async fn steps(&mut self, store: &crate::keystore::KeyStore) -> Result<Requeue, Error> {
         for _ in 0..MAX_STEPS_PER_RECONCILE {
-            let (mut observation, mut vault, mut consumer_key) =
-                self.observe(&store, false).await?;
+            let (mut observation, mut vault, mut consumer_key) = self.observe(store, false).await?;
             let mut plan = rotation::decide(&observation);
             if plan.action == Action::CheckPods {
                 observation.pods = Some(self.pods_reading_the_secret().await);
@@ -372,10 +391,11 @@ impl<'a> Reconciliation<'a> {
                     if let Some(now) = &now {
                         self.ctx.world.note_rotation(now);
                     }
+                    self.write_status(store).await?;
                     return Ok(Requeue::requeue(Duration::from_millis(10)));
                 }
                 let pods = observation.pods.take();
-                (observation, vault, consumer_key) = self.observe(&store, true).await?;
+                (observation, vault, consumer_key) = self.observe(store, true).await?;
                 observation.pods = pods;
                 plan = rotation::decide(&observation);
             }
@@ -405,13 +425,16 @@ impl<'a> Reconciliation<'a> {
             self.ctx
                 .backoffs
                 .guard(&key, revision, &plan.action, || self.describe(&plan.action))?;
-            let performed =
-                (self.perform(&plan, &store, vault.as_ref(), consumer_key.as_ref())).await;
+            if !record::holds_status_over(&plan.action) {
+                self.write_status(store).await?;
+            }
+            // Forgotten first, whether the write goes through or not; one that does keeps what
+            // the API answered.
             self.forget_what_it_writes(&plan.action);
-            performed?;
+            (self.perform(&plan, store, vault.as_ref(), consumer_key.as_ref())).await?;
             self.ctx.backoffs.performed(&key, revision, &plan.action);
             self.note_own_valkey_write(&plan.action);
-            self.record(&plan, &store).await?;
+            self.record(&plan, store).await?;
             if wait.is_none() {
                 // A step went through: the back-off of earlier failures no longer applies.
                 self.ctx.backoffs.succeeded(&key_of(self.akr));
@@ -419,9 +442,11 @@ impl<'a> Reconciliation<'a> {
             if let Some(requeue_after) = wait {
                 let resync = self.ctx.resync;
                 let delay = requeue_after.map(|d| d.min(resync)).unwrap_or(resync);
+                let delay = self.progress_due_in().map_or(delay, |due| due.min(delay));
                 return Ok(Requeue::requeue(delay));
             }
         }
+        self.write_status(store).await?;
         Ok(Requeue::requeue(Duration::from_millis(10)))
     }
 }

@@ -222,8 +222,8 @@ impl Reconciliation<'_> {
         Ok((observation, vault, consumer_key))
     }
 
-    /// The objects `action` writes are read afresh next time (whether the write went through
-    /// or not).
+    /// The objects `action` writes are forgotten before it writes them: read afresh next time,
+    /// unless the write goes through and keeps what the API answered (see `World::written`).
     pub(super) fn forget_what_it_writes(&self, action: &Action) {
         let (world, ns, spec) = (&self.ctx.world, &self.ns, &self.planned.spec);
         let vault = || world.forget_secret(ns, &observe::vault_name(self.akr));

@@ -11,6 +11,45 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+/// How often a rolling target's newer progress message is written at most (see
+/// [`Reconciliation::record`]).
+pub(super) const PROGRESS_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether a plan whose status is only taken (`StatusOnly`) may have it written after `next`
+/// rather than before: after a wait, another such plan, or a forward roll. A crash before that
+/// write loses nothing the next reconcile does not find again in the world (the vault, the
+/// Secret, the templates): a forward roll's stamp is its own record, and a target found
+/// complete is found complete again. Anything else (a key minted, registered or revoked, a
+/// rollback) is written before it acts, as every step was.
+pub(super) fn holds_status_over(next: &Action) -> bool {
+    matches!(
+        next,
+        Action::StatusOnly
+            | Action::Wait { .. }
+            | Action::Roll {
+                rollback_of: None,
+                ..
+            }
+    )
+}
+
+/// A status without its rollout progress messages (each target's, and the Rotating
+/// condition's in the Roll step).
+fn without_progress(status: &ApiKeyRotationStatus) -> ApiKeyRotationStatus {
+    let mut status = status.clone();
+    if let Some(r) = status.current_rotation.as_mut() {
+        for t in &mut r.targets {
+            t.message = None;
+        }
+    }
+    for c in &mut status.conditions {
+        if c.type_ == rotation::ROTATING && c.reason == Reason::Roll.as_str() {
+            c.message.clear();
+        }
+    }
+    status
+}
+
 /// events.k8s.io/v1 refuses a note over 1 kB; long messages (many spec problems, a long
 /// Deployment condition) are cut at a character boundary.
 pub(super) fn truncate_note(message: &str) -> String {
@@ -47,7 +86,9 @@ impl Reconciliation<'_> {
         }
     }
 
-    /// Writes the plan's Event, its status (when it changed) and the state record in Valkey.
+    /// Publishes the plan's Event and takes its status; writes that status (see
+    /// [`Self::write_status`]) unless the plan only records progress (`StatusOnly`), which the
+    /// next write carries (see [`holds_status_over`]).
     pub(super) async fn record(&mut self, plan: &Plan, store: &KeyStore) -> Result<(), Error> {
         // The Event first: if the status write fails, the retry repeats the (idempotent) action
         // and its Event, so an Event can be doubled but never lost.
@@ -55,43 +96,77 @@ impl Reconciliation<'_> {
             self.publish(note).await;
         }
         if plan.status != self.status {
-            self.apply_status(&plan.status).await?;
-            self.ctx.metrics.observe_status(
-                &self.ns,
-                &self.akr.name_any(),
-                &self.status,
-                &plan.status,
-            );
-            // The state record follows the phase (and which rotation is in flight), not every step:
-            // each Valkey command counts.
-            let state_changed = plan.status.phase != self.status.phase
-                || plan.status.current_rotation.as_ref().map(|r| r.revision)
-                    != self.status.current_rotation.as_ref().map(|r| r.revision);
-            if state_changed {
-                let state = json!({
-                    "phase": plan.status.phase,
-                    "revision": plan.status.revision,
-                    "activeKeyId": plan.status.active_key_id,
-                    "rotation": plan.status.current_rotation.as_ref().map(|r| json!({
-                        "revision": r.revision, "step": r.step, "newKeyId": r.new_key_id, "startedAt": r.started_at,
-                    })),
-                    "updatedAt": self.ctx.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                });
-                store
-                    .write_state(
-                        &self.akr.spec.valkey.operator_prefix,
-                        &key_of(self.akr),
-                        &state.to_string(),
-                    )
-                    .await?;
-            }
             self.status = plan.status.clone();
             self.planned = crate::plan::planned(&self.akr.spec, &self.status);
+        }
+        match plan.action {
+            Action::StatusOnly => Ok(()),
+            Action::Wait { .. } if self.progress_only_and_written_lately() => Ok(()),
+            _ => self.write_status(store).await,
+        }
+    }
+
+    /// Whether what is unwritten is only a newer rollout progress message, and the status was
+    /// written less than [`PROGRESS_REFRESH`] ago: such messages are refreshed at that pace, not
+    /// at every status change of a rolling workload (a Deployment of 50 replicas makes a
+    /// hundred).
+    fn progress_only_and_written_lately(&self) -> bool {
+        let lately = (self.ctx.world)
+            .status_written_at(&key_of(self.akr))
+            .is_some_and(|at| at.elapsed() < PROGRESS_REFRESH);
+        lately && without_progress(&self.status) == without_progress(&self.written)
+    }
+
+    /// When a held-back progress message is due (see [`Self::record`]).
+    pub(super) fn progress_due_in(&self) -> Option<std::time::Duration> {
+        if self.status == self.written {
+            return None;
+        }
+        let at = self.ctx.world.status_written_at(&key_of(self.akr))?;
+        Some(PROGRESS_REFRESH.saturating_sub(at.elapsed()))
+    }
+
+    /// Writes the status taken since the last write, if it changed, with the metrics and the
+    /// state record in Valkey that follow it.
+    pub(super) async fn write_status(&mut self, store: &KeyStore) -> Result<(), Error> {
+        if self.status == self.written {
+            return Ok(());
+        }
+        let (before, after) = (self.written.clone(), self.status.clone());
+        self.apply_status(&after).await?;
+        self.ctx
+            .metrics
+            .observe_status(&self.ns, &self.akr.name_any(), &before, &after);
+        // The state record follows the phase (and which rotation is in flight), not every step:
+        // each Valkey command counts.
+        let state_changed = after.phase != before.phase
+            || after.current_rotation.as_ref().map(|r| r.revision)
+                != before.current_rotation.as_ref().map(|r| r.revision);
+        if state_changed {
+            let state = json!({
+                "phase": after.phase,
+                "revision": after.revision,
+                "activeKeyId": after.active_key_id,
+                "rotation": after.current_rotation.as_ref().map(|r| json!({
+                    "revision": r.revision, "step": r.step, "newKeyId": r.new_key_id, "startedAt": r.started_at,
+                })),
+                "updatedAt": self.ctx.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            });
+            store
+                .write_state(
+                    &self.akr.spec.valkey.operator_prefix,
+                    &key_of(self.akr),
+                    &state.to_string(),
+                )
+                .await?;
         }
         Ok(())
     }
 
-    pub(super) async fn apply_status(&self, status: &ApiKeyRotationStatus) -> Result<(), Error> {
+    pub(super) async fn apply_status(
+        &mut self,
+        status: &ApiKeyRotationStatus,
+    ) -> Result<(), Error> {
         let patch = json!({
             "apiVersion": ApiKeyRotation::api_version(&()),
             "kind": ApiKeyRotation::kind(&()),
@@ -106,6 +181,8 @@ impl Reconciliation<'_> {
             )
             .await?;
         self.ctx.world.note_rotation(&written);
+        self.ctx.world.note_status_written(&key_of(self.akr));
+        self.written = status.clone();
         Ok(())
     }
 

@@ -124,21 +124,22 @@ pub async fn read(
 }
 
 /// Sets `annotations` on `target`'s pod template by a forced server-side apply of this
-/// operator's field manager (a marker it leaves out is dropped), so its pods restart.
+/// operator's field manager (a marker it leaves out is dropped), so its pods restart. Returns
+/// the view of what the API answered, and its resourceVersion.
 pub async fn stamp(
     client: &Client,
     ns: &str,
     target: &RolloutTarget,
     annotations: Value,
     field_manager: &str,
-) -> Result<(), kube::Error> {
+) -> Result<(TargetView, Option<String>), kube::Error> {
     async fn apply<W: Workload>(
         client: &Client,
         ns: &str,
         name: &str,
         annotations: Value,
         field_manager: &str,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<(TargetView, Option<String>), kube::Error> {
         let patch = json!({
             "apiVersion": W::api_version(&()),
             "kind": W::kind(&()),
@@ -147,8 +148,8 @@ pub async fn stamp(
         });
         let api: Api<W> = Api::namespaced(client.clone(), ns);
         let params = PatchParams::apply(field_manager).force();
-        api.patch(name, &params, &Patch::Apply(&patch)).await?;
-        Ok(())
+        let written = api.patch(name, &params, &Patch::Apply(&patch)).await?;
+        Ok((view(Some(&written)), written.resource_version()))
     }
     let (name, fm) = (target.name.as_str(), field_manager);
     match target.kind {

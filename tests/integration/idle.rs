@@ -73,3 +73,79 @@ async fn resyncs_of_an_unchanged_rotation_send_the_api_server_nothing() {
     );
     operator.abort();
 }
+
+/// Status patches of the ApiKeyRotation (its finalizer's included).
+fn status_writes(sim: &kube_sim::Sim) -> u64 {
+    requests(sim)
+        .get(&("patch".to_string(), "apikeyrotations".to_string()))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// A rotation writes its status about once per step, not at every status change of a rolling
+/// workload: a step that only records (a target found complete) rides on the next write, and a
+/// newer rollout message is written at most every five seconds. Three targets of three
+/// replicas each make a dozen Deployment status changes apiece.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_writes_its_status_per_step_not_per_rollout_change() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    sim.create_object(consumer_secret(&known_key())).unwrap();
+    deploy_sirius(&sim, 3).await;
+    sim.create_object(rotation(&valkey.url(), json!({})))
+        .unwrap();
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(30), "Ready", || {
+        akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    let before = status_writes(&sim);
+    request_rotation(&sim, "counted");
+    wait_for(Duration::from_secs(60), "the rotation", || {
+        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    let writes = status_writes(&sim) - before;
+    // Start, mint (two: the key, then its id), register, switch, a stamp per target, validate,
+    // revoke, its re-check, finish, done: 13 steps, one write each, and a few spare.
+    assert!(
+        writes <= 16,
+        "{writes} status writes for one rotation of three 3-replica targets"
+    );
+    operator.abort();
+}
+
+/// A rollout that stops moving still shows its latest progress in the status within the
+/// refresh interval, though no watch event follows to bring it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_rollout_shows_its_progress_message_without_another_event() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    sim.create_object(consumer_secret(&known_key())).unwrap();
+    deploy_sirius(&sim, 1).await;
+    sim.create_object(rotation(&valkey.url(), json!({})))
+        .unwrap();
+    let operator = spawn_operator(&sim);
+    wait_for(Duration::from_secs(30), "Ready", || {
+        akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    sim.set_rollout_behavior(NS, "sirius-api", kube_sim::RolloutBehavior::Stall);
+    request_rotation(&sim, "stalled");
+    let rotating_message = |sim: &kube_sim::Sim| {
+        let c = condition(sim, "Rotating");
+        c["message"].as_str().unwrap_or_default().to_string()
+    };
+    wait_for(Duration::from_secs(10), "the rollout's own message", || {
+        rotating_message(&sim).starts_with("Waiting for sirius-api (1 of 3):")
+    })
+    .await;
+    let target = &akr_status(&sim)["currentRotation"]["targets"][0];
+    assert!(
+        target["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("replicas")),
+        "{target}"
+    );
+    operator.abort();
+}
