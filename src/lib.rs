@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod observe;
 pub mod operator;
 pub mod plan;
+pub mod pod_view;
 pub mod pods;
 pub mod probe;
 pub mod reconciler;

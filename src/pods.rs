@@ -7,10 +7,8 @@ use crate::crd::{
     SECRET_RESTORES_ANNOTATION,
 };
 use crate::key::KeyId;
+use crate::pod_view::{ContainerView, KeyView, PodSpecView, PodView, VolumeView};
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, EnvVar, EphemeralContainer, Pod, PodSpec, Volume,
-};
 
 /// How long after the consumers' Secret changed a pod of no target must have been created to
 /// count as started on what it holds: the kubelet resolves a Secret from its own cache (a watch
@@ -71,7 +69,7 @@ impl PodSummary {
 
 /// The summary of `pod` if it reads `secret` and is not finished (Succeeded or Failed).
 pub fn summarize(
-    pod: &Pod,
+    pod: &PodView,
     secret: &ConsumerSecret,
     targets: &[RolloutTarget],
 ) -> Option<PodSummary> {
@@ -82,94 +80,86 @@ pub fn summarize(
     if !pod.spec.as_ref().is_some_and(|s| reads_secret(s, secret)) {
         return None;
     }
-    let meta = &pod.metadata;
-    let controller = (meta.owner_references.iter().flatten()).find(|o| o.controller == Some(true));
-    let owner = controller.map(|o| (o.kind.clone(), o.name.clone()));
+    let meta = pod.metadata.as_ref();
+    let owners = meta.and_then(|m| m.owner_references.as_deref());
+    let controller = owners
+        .into_iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    let owner = controller.map(|o| {
+        let field = |f: &Option<String>| f.clone().unwrap_or_default();
+        (field(&o.kind), field(&o.name))
+    });
     // Every target kind's pods are controlled by an apps/v1 object (a Rollout's by its
     // ReplicaSets); a same-named kind of another group (OpenKruise's StatefulSet) is not ours.
-    let target = controller
-        .filter(|o| o.api_version == "apps/v1")
-        .and_then(|o| {
-            (targets.iter()).position(|t| crate::workload::owns_pod(t, &o.kind, &o.name))
+    let target = owner
+        .as_ref()
+        .filter(|_| controller.and_then(|o| o.api_version.as_deref()) == Some("apps/v1"))
+        .and_then(|(kind, name)| {
+            (targets.iter()).position(|t| crate::workload::owns_pod(t, kind, name))
         });
-    let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).cloned();
+    let annotation = |key: &str| {
+        meta.and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(key))
+            .cloned()
+    };
     Some(PodSummary {
-        name: meta.name.clone().unwrap_or_default(),
+        name: meta.and_then(|m| m.name.clone()).unwrap_or_default(),
         owner,
         target,
         key_id: annotation(ROLLOUT_ANNOTATION),
         secret_restores: annotation(SECRET_RESTORES_ANNOTATION),
         rolled_back_in: annotation(ROLLBACK_ANNOTATION),
-        created_at: meta.creation_timestamp.as_ref().map(|t| t.0),
-        terminating: meta.deletion_timestamp.is_some(),
+        created_at: meta
+            .and_then(|m| m.creation_timestamp.as_ref())
+            .map(|t| t.0),
+        terminating: meta.is_some_and(|m| m.deletion_timestamp.is_some()),
     })
 }
 
 /// Whether a container of the pod can read the API key from `secret` (env `secretKeyRef` of the
 /// key, `envFrom` of the Secret, or a `secret` or `projected` volume that includes the key).
-pub fn reads_secret(spec: &PodSpec, secret: &ConsumerSecret) -> bool {
-    let containers = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten());
-    let in_containers = containers.clone().any(|c| container_reads(c, secret));
-    let ephemeral = spec
-        .ephemeral_containers
-        .iter()
-        .flatten()
-        .any(|c| ephemeral_reads(c, secret));
-    in_containers
-        || ephemeral
-        || spec
-            .volumes
-            .iter()
-            .flatten()
-            .any(|v| volume_reads(v, secret))
-}
-
-fn container_reads(c: &Container, secret: &ConsumerSecret) -> bool {
-    env_reads(c.env.as_deref(), c.env_from.as_deref(), secret)
-}
-
-fn ephemeral_reads(c: &EphemeralContainer, secret: &ConsumerSecret) -> bool {
-    env_reads(c.env.as_deref(), c.env_from.as_deref(), secret)
+pub fn reads_secret(spec: &PodSpecView, secret: &ConsumerSecret) -> bool {
+    let mut containers = [
+        &spec.containers,
+        &spec.init_containers,
+        &spec.ephemeral_containers,
+    ]
+    .into_iter()
+    .flat_map(|c| c.iter().flatten());
+    containers.any(|c| container_reads(c, secret))
+        || (spec.volumes.iter().flatten()).any(|v| volume_reads(v, secret))
 }
 
 /// An env `secretKeyRef` to the key, or an `envFrom` of the whole Secret.
-fn env_reads(
-    env: Option<&[EnvVar]>,
-    env_from: Option<&[EnvFromSource]>,
-    secret: &ConsumerSecret,
-) -> bool {
-    let by_key = env.into_iter().flatten().any(|e| {
-        e.value_from
-            .as_ref()
+fn container_reads(c: &ContainerView, secret: &ConsumerSecret) -> bool {
+    let is = |name: &Option<String>, want: &str| name.as_deref() == Some(want);
+    let by_key = (c.env.iter().flatten()).any(|e| {
+        (e.value_from.as_ref())
             .and_then(|f| f.secret_key_ref.as_ref())
-            .is_some_and(|r| r.name == secret.name && r.key == secret.key)
+            .is_some_and(|r| is(&r.name, &secret.name) && is(&r.key, &secret.key))
     });
-    let whole = env_from
-        .into_iter()
-        .flatten()
-        .any(|e| e.secret_ref.as_ref().is_some_and(|r| r.name == secret.name));
+    let whole = (c.env_from.iter().flatten()).any(|e| {
+        e.secret_ref
+            .as_ref()
+            .is_some_and(|r| is(&r.name, &secret.name))
+    });
     by_key || whole
 }
 
 /// A volume of the Secret with no `items` holds every key; with `items`, only those listed.
-fn volume_reads(v: &Volume, secret: &ConsumerSecret) -> bool {
-    let holds = |name: Option<&str>, items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>| {
+fn volume_reads(v: &VolumeView, secret: &ConsumerSecret) -> bool {
+    let holds = |name: Option<&str>, items: Option<&Vec<KeyView>>| {
         name == Some(secret.name.as_str())
-            && items.is_none_or(|items| items.iter().any(|i| i.key == secret.key))
+            && items.is_none_or(|items| {
+                (items.iter()).any(|i| i.key.as_deref() == Some(secret.key.as_str()))
+            })
     };
-    let direct = v
-        .secret
-        .as_ref()
-        .is_some_and(|s| holds(s.secret_name.as_deref(), s.items.as_ref()));
+    let direct =
+        (v.secret.as_ref()).is_some_and(|s| holds(s.secret_name.as_deref(), s.items.as_ref()));
     let projected = v.projected.as_ref().is_some_and(|p| {
-        p.sources.iter().flatten().any(|source| {
-            source
-                .secret
-                .as_ref()
-                .is_some_and(|s| holds(Some(s.name.as_str()), s.items.as_ref()))
+        (p.sources.iter().flatten()).any(|source| {
+            (source.secret.as_ref()).is_some_and(|s| holds(s.name.as_deref(), s.items.as_ref()))
         })
     });
     direct || projected
@@ -199,7 +189,7 @@ mod tests {
             .collect()
     }
 
-    fn pod(spec: serde_json::Value, owner: Option<(&str, &str)>) -> Pod {
+    fn pod(spec: serde_json::Value, owner: Option<(&str, &str)>) -> PodView {
         let mut meta = json!({"name": "p", "creationTimestamp": "2026-12-01T10:00:00Z",
                               "annotations": {ROLLOUT_ANNOTATION: "ab"}});
         if let Some((kind, name)) = owner {
@@ -262,8 +252,14 @@ mod tests {
         assert_eq!(of(Some(("Job", "sirius-api-x"))).target, None);
         // A same-named kind of another API group is not the target's.
         let mut kruise = pod(spec.clone(), Some(("ReplicaSet", "sirius-engine-7d4b9c")));
-        kruise.metadata.owner_references.as_mut().unwrap()[0].api_version =
-            "apps.kruise.io/v1beta1".into();
+        (kruise
+            .metadata
+            .as_mut()
+            .unwrap()
+            .owner_references
+            .as_mut()
+            .unwrap())[0]
+            .api_version = Some("apps.kruise.io/v1beta1".into());
         assert_eq!(
             summarize(&kruise, &secret(), &targets()).unwrap().target,
             None

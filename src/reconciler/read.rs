@@ -10,7 +10,6 @@ use crate::observe::Vault;
 use crate::rotation::{Action, Observation, ProbeOutcome, ProbeStage, RecordView};
 use crate::{observe, rotation};
 use kube::ResourceExt;
-use kube::api::Api;
 use std::time::Duration;
 
 /// How long a Valkey record view is reused (bounds, with the resync, how long data loss can go
@@ -62,16 +61,15 @@ impl Reconciliation<'_> {
         })
     }
 
-    /// The namespace's pods that read the consumers' Secret, listed a page at a time so that
-    /// only their summaries are kept.
+    /// The namespace's pods that read the consumers' Secret, listed a page at a time and decoded
+    /// into [`crate::pod_view`]'s few fields, so that only their summaries are kept.
     pub(super) async fn pods_reading_the_secret(
         &self,
     ) -> Result<Vec<crate::pods::PodSummary>, String> {
         const PAGE: u32 = 500;
         const MAX_PAGES: usize = 200;
         let spec = &self.planned.spec;
-        let pods: Api<k8s_openapi::api::core::v1::Pod> =
-            Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let request = kube::core::Request::new(format!("/api/v1/namespaces/{}/pods", self.ns));
         let _turn = self
             .ctx
             .pod_lists
@@ -81,13 +79,17 @@ impl Reconciliation<'_> {
         let mut out = Vec::new();
         let mut params = kube::api::ListParams::default().limit(PAGE);
         for _ in 0..MAX_PAGES {
-            let page = pods.list(&params).await.map_err(|e| e.to_string())?;
+            let page: crate::pod_view::PodPage = self
+                .ctx
+                .client
+                .request(request.list(&params).map_err(|e| e.to_string())?)
+                .await
+                .map_err(|e| e.to_string())?;
             out.extend(
-                page.items
-                    .iter()
+                (page.items.iter().flatten())
                     .filter_map(|p| crate::pods::summarize(p, &spec.secret, &spec.targets)),
             );
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            match (page.metadata.and_then(|m| m.continue_)).filter(|c| !c.is_empty()) {
                 Some(token) => params = params.continue_token(&token),
                 None => return Ok(out),
             }
