@@ -11,45 +11,51 @@ pub fn conflicting_claim<'a>(
     me: &ApiKeyRotation,
     others: impl IntoIterator<Item = &'a ApiKeyRotation>,
 ) -> Option<String> {
+    // Most rotations share nothing with `me`: compare borrowed names first and work out ages (which
+    // clone) only for the few that claim the same Secret or a target. This runs on every reconcile
+    // over every rotation the operator watches.
+    let same_namespace = |o: &ApiKeyRotation| {
+        o.metadata.namespace == me.metadata.namespace
+            && o.metadata.uid != me.metadata.uid
+            && o.metadata.deletion_timestamp.is_none()
+    };
+    let shared_target = |o: &ApiKeyRotation| {
+        me.spec.targets.iter().find(|t| {
+            (o.spec.targets.iter()).any(|other| other.kind == t.kind && other.name == t.name)
+        })
+    };
+    let claimants: Vec<&ApiKeyRotation> = others
+        .into_iter()
+        .filter(|o| same_namespace(o))
+        .filter(|o| o.spec.secret.name == me.spec.secret.name || shared_target(o).is_some())
+        .collect();
+    if claimants.is_empty() {
+        return None;
+    }
     let age = |r: &ApiKeyRotation| {
         let acted = r.status.as_ref().is_some_and(|s| s.active_key_id.is_some());
         (!acted, r.creation_timestamp().map(|t| t.0), r.name_any())
     };
     let mine = age(me);
-    let mut older: Vec<&ApiKeyRotation> = others
-        .into_iter()
-        .filter(|o| {
-            o.namespace() == me.namespace()
-                && o.uid() != me.uid()
-                && o.metadata.deletion_timestamp.is_none()
-        })
-        .filter(|o| age(o) < mine)
-        .collect();
-    older.sort_by_key(|o| age(o));
-    for other in older {
-        if other.spec.secret.name == me.spec.secret.name {
-            return Some(format!(
-                "Secret {} is already rotated by ApiKeyRotation {}; this one changes nothing until that claim is gone.",
-                me.spec.secret.name,
-                other.name_any()
-            ));
-        }
-        if let Some(t) = me.spec.targets.iter().find(|t| {
-            other
-                .spec
-                .targets
-                .iter()
-                .any(|o| o.kind == t.kind && o.name == t.name)
-        }) {
-            return Some(format!(
-                "{:?} {} is already a target of ApiKeyRotation {}; this one changes nothing until that claim is gone.",
-                t.kind,
-                t.name,
-                other.name_any()
-            ));
-        }
+    let oldest = (claimants.into_iter())
+        .map(|o| (age(o), o))
+        .filter(|(age, _)| *age < mine)
+        .min_by(|a, b| a.0.cmp(&b.0))?
+        .1;
+    if oldest.spec.secret.name == me.spec.secret.name {
+        return Some(format!(
+            "Secret {} is already rotated by ApiKeyRotation {}; this one changes nothing until that claim is gone.",
+            me.spec.secret.name,
+            oldest.name_any()
+        ));
     }
-    None
+    let t = shared_target(oldest)?;
+    Some(format!(
+        "{:?} {} is already a target of ApiKeyRotation {}; this one changes nothing until that claim is gone.",
+        t.kind,
+        t.name,
+        oldest.name_any()
+    ))
 }
 
 #[cfg(test)]
