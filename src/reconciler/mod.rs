@@ -391,7 +391,9 @@ impl<'a> Reconciliation<'a> {
                     if let Some(now) = &now {
                         self.ctx.world.note_rotation(now);
                     }
-                    self.write_status(store).await?;
+                    // Nothing held is written: it was decided on the older version, and the
+                    // next reconcile decides it again on the newer one.
+                    self.status = self.written.clone();
                     return Ok(Requeue::requeue(Duration::from_millis(10)));
                 }
                 let pods = observation.pods.take();
@@ -425,7 +427,7 @@ impl<'a> Reconciliation<'a> {
             self.ctx
                 .backoffs
                 .guard(&key, revision, &plan.action, || self.describe(&plan.action))?;
-            if !record::holds_status_over(&plan.action) {
+            if !record::holds_status_over(&plan.action, &self.status, &self.written) {
                 self.write_status(store).await?;
             }
             // Forgotten first, whether the write goes through or not; one that does keeps what

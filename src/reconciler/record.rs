@@ -19,18 +19,36 @@ pub(super) const PROGRESS_REFRESH: std::time::Duration = std::time::Duration::fr
 /// rather than before: after a wait, another such plan, or a forward roll. A crash before that
 /// write loses nothing the next reconcile does not find again in the world (the vault, the
 /// Secret, the templates): a forward roll's stamp is its own record, and a target found
-/// complete is found complete again. Anything else (a key minted, registered or revoked, a
-/// rollback) is written before it acts, as every step was.
-pub(super) fn holds_status_over(next: &Action) -> bool {
-    matches!(
-        next,
-        Action::StatusOnly
-            | Action::Wait { .. }
-            | Action::Roll {
-                rollback_of: None,
-                ..
-            }
-    )
+/// complete is found complete again. Not so a switch's record (when the Secret came to hold the
+/// key, the end of a restore): it is what shows a later rewrite of the Secret, so a roll never
+/// goes before it is written. Anything else (a key minted, registered or revoked, a rollback)
+/// is written before it acts, as every step was.
+pub(super) fn holds_status_over(
+    next: &Action,
+    held: &ApiKeyRotationStatus,
+    written: &ApiKeyRotationStatus,
+) -> bool {
+    match next {
+        Action::StatusOnly | Action::Wait { .. } => true,
+        Action::Roll {
+            rollback_of: None, ..
+        } => !records_a_switch(held, written),
+        _ => false,
+    }
+}
+
+/// Whether `held` records a switch (or the end of a restore) that `written` does not.
+fn records_a_switch(held: &ApiKeyRotationStatus, written: &ApiKeyRotationStatus) -> bool {
+    let switch = |s: &ApiKeyRotationStatus| {
+        (s.current_rotation.as_ref()).map(|r| {
+            (
+                r.switched_at.clone(),
+                r.switched_back_at.clone(),
+                r.restoring_secret,
+            )
+        })
+    };
+    switch(held) != switch(written)
 }
 
 /// A status without its rollout progress messages (each target's, and the Rotating
@@ -238,5 +256,48 @@ impl Reconciliation<'_> {
         };
         self.publish(&note).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::RotationProgress;
+    use crate::key::RawKey;
+
+    fn rotating(switched_at: Option<&str>) -> ApiKeyRotationStatus {
+        let mut r = RotationProgress::started(1, "test".into(), None, [], "t0".into());
+        r.switched_at = switched_at.map(str::to_string);
+        ApiKeyRotationStatus {
+            current_rotation: Some(r),
+            ..Default::default()
+        }
+    }
+
+    fn forward_roll() -> Action {
+        Action::Roll {
+            index: 0,
+            key_id: RawKey::new("a".repeat(64)).id(),
+            rollback_of: None,
+            secret_restores: None,
+        }
+    }
+
+    #[test]
+    fn a_switch_is_written_before_the_first_roll_and_progress_may_ride_on_it() {
+        let written = rotating(None);
+        let switched = rotating(Some("2026-12-04T00:00:00.123Z"));
+        // The switch's time shows a later rewrite of the Secret: it is not held over a roll.
+        assert!(!holds_status_over(&forward_roll(), &switched, &written));
+        // Once written, a later record (a target found complete) rides on the roll.
+        let mut progressed = switched.clone();
+        progressed.current_rotation.as_mut().unwrap().target_index = 1;
+        assert!(holds_status_over(&forward_roll(), &progressed, &switched));
+        // A wait or another status-only plan holds it too; a revocation never does.
+        assert!(holds_status_over(&Action::StatusOnly, &switched, &written));
+        let revoke = Action::Revoke {
+            key_id: RawKey::new("b".repeat(64)).id(),
+        };
+        assert!(!holds_status_over(&revoke, &progressed, &switched));
     }
 }
