@@ -30,11 +30,6 @@ fn commandstats(conn: &mut redis::Connection) -> BTreeMap<String, u64> {
         .collect()
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let rotations: u64 = std::env::var("ROTATIONS")

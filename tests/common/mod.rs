@@ -589,3 +589,12 @@ pub fn watch_vault_keys(
     });
     (task, keys)
 }
+
+/// The value at fraction `p` (0..=1) of an ascending `sorted` slice, for the benchmarks' medians
+/// and p99s; NaN when there is nothing to rank.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
