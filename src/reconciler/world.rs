@@ -183,7 +183,14 @@ impl World {
             kept.written_over = None;
             return Some(kept.cached.clone());
         }
-        (kept.written_over.as_ref() == Some(&rv)).then(|| kept.cached.clone())
+        if kept.written_over.as_ref() == Some(&rv) {
+            return Some(kept.cached.clone());
+        }
+        // The watch moved to another version (someone else's change, or a re-list from a cache
+        // that lags): what was kept never vouches again, even if the watch shows the old
+        // version once more.
+        objects.remove(key);
+        None
     }
 
     fn forgets_of(&self, key: &Key) -> u64 {
@@ -592,6 +599,9 @@ mod tests {
         world.secret_written(mark, answer("5"));
         assert_eq!(kept_rv(&world).as_deref(), Some("5"));
         shows(&mut writer, "4");
+        assert_eq!(kept_rv(&world), None);
+        // Nor when a re-list from a lagging cache shows 3 again.
+        shows(&mut writer, "3");
         assert_eq!(kept_rv(&world), None);
         // A forget while the write was in flight (another reconcile wrote it too): not kept.
         let mark = world.before_secret_write("ns", "s");
