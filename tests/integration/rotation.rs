@@ -2,7 +2,9 @@
 
 use crate::common::*;
 use apikey_rotator::key::RawKey;
+use kube_sim::Sim;
 use serde_json::json;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,5 +194,83 @@ async fn a_revoked_record_that_comes_back_is_deleted_again() {
     assert!(
         !valkey.exists(&format!("apikey:{}", known_key().id())),
         "the old key stays revoked"
+    );
+}
+
+/// Every version of one kind's objects seen, with its resourceVersion.
+type Versions<K> = Arc<Mutex<Vec<(u64, K)>>>;
+
+/// What the API server held, version by version (its resourceVersions are one sequence across
+/// kinds, as etcd's revisions are).
+fn record_versions<K>(sim: &Sim) -> (tokio::task::JoinHandle<()>, Versions<K>)
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: kube::Api<K> = kube::Api::namespaced(client_for(sim), NS);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let into = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut stream = watcher(api, watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(object)) = stream.next().await {
+            let rv = object.meta().resource_version.as_deref().unwrap_or("0");
+            into.lock().unwrap().push((rv.parse().unwrap(), object));
+        }
+    });
+    (task, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_switch_time_is_in_the_status_before_the_first_target_is_stamped() {
+    // A roll whose status write is lost must not hide a later rewrite of the Secret: the time
+    // the Secret came to hold the key is written before any template is stamped.
+    use apikey_rotator::crd::{ApiKeyRotation, ROLLOUT_ANNOTATION};
+    use k8s_openapi::api::apps::v1::Deployment;
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    install_sirius(&sim, &valkey.url(), &known_key(), 1, None, json!({})).await;
+    let (rotations_task, rotations) = record_versions::<ApiKeyRotation>(&sim);
+    let (deployments_task, deployments) = record_versions::<Deployment>(&sim);
+    let operator = spawn_operator(&sim);
+    request_rotation(&sim, "first");
+    wait_revision(&sim, 1).await;
+    operator.abort();
+    rotations_task.abort();
+    deployments_task.abort();
+
+    let new_id = akr_status(&sim)["activeKeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stamped = (deployments.lock().unwrap().iter())
+        .filter(|(_, d)| d.metadata.name.as_deref() == Some("sirius-api"))
+        .filter(|(_, d)| {
+            let template = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
+            let annotations = template.and_then(|m| m.annotations.as_ref());
+            annotations.and_then(|a| a.get(ROLLOUT_ANNOTATION)) == Some(&new_id)
+        })
+        .map(|(rv, _)| *rv)
+        .min()
+        .expect("sirius-api was stamped with the new key");
+    let switch_recorded = (rotations.lock().unwrap().iter())
+        .filter(|(_, r)| {
+            let rotation = r.status.as_ref().and_then(|s| s.current_rotation.as_ref());
+            rotation.is_some_and(|c| c.switched_at.is_some())
+        })
+        .map(|(rv, _)| *rv)
+        .min()
+        .expect("the switch was recorded");
+    assert!(
+        switch_recorded < stamped,
+        "switchedAt first written at version {switch_recorded}, sirius-api stamped at {stamped}"
     );
 }
