@@ -2,7 +2,7 @@
 //! on first use), the record cache, back-off, metrics, the clock, the prober and the bound on
 //! pod lists.
 
-use super::read::CachedRecords;
+use super::records::RecordCache;
 use super::{FIELD_MANAGER, key_of};
 use crate::backoff::Backoffs;
 use crate::clock::Clock;
@@ -30,7 +30,7 @@ pub struct Context {
     /// Which endpoint each rotation (`namespace/name`) uses, so a store nobody uses is dropped.
     pub(super) store_users: std::sync::Mutex<HashMap<String, Endpoint>>,
     /// The last Valkey record view per rotation, to spare a read on every watch event.
-    pub(super) records: std::sync::Mutex<HashMap<String, CachedRecords>>,
+    pub(super) records: RecordCache,
     pub backoffs: Backoffs,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
@@ -94,7 +94,7 @@ impl Context {
             resync: parts.resync,
             stores: Default::default(),
             store_users: Default::default(),
-            records: std::sync::Mutex::new(HashMap::new()),
+            records: RecordCache::default(),
             backoffs: Backoffs::default(),
             metrics: parts.metrics,
             clock: parts.clock,
@@ -108,9 +108,10 @@ impl Context {
         }
     }
 
-    /// The next reconcile of `akr` reads Valkey instead of the cached record view.
+    /// The next reconcile of `akr` reads Valkey instead of the cached record view (and a read
+    /// under way now is not cached: it may hold what Valkey had before the loss).
     pub fn forget_records(&self, akr: &ApiKeyRotation) {
-        self.records.lock().unwrap().remove(&key_of(akr));
+        self.records.lost(&key_of(akr));
     }
 
     /// Valkey answers again (its change feed reconnected): a rotation backing off because of
@@ -170,7 +171,7 @@ impl Context {
 
     /// `rotation` is gone: its cached view, back-off, change feed and key store go with it.
     pub(super) fn forget_rotation(&self, rotation: &str) {
-        self.records.lock().unwrap().remove(rotation);
+        self.records.forget(rotation);
         self.world.forget_rotation(rotation);
         self.backoffs.forget(rotation);
         self.valkey_watchers.release(rotation);

@@ -6,6 +6,7 @@ mod clean_up;
 mod context;
 mod read;
 mod record;
+mod records;
 mod world;
 
 pub use clean_up::DEFAULT_REVOKE_ON_DELETE_TIMEOUT;

@@ -4,7 +4,7 @@
 
 use super::{Error, FIELD_MANAGER, Reconciliation, key_of};
 use crate::crd::{OUTSIDE_WINDOWS_ANNOTATION, TRIGGER_ANNOTATION};
-use crate::key::{KeyId, RawKey};
+use crate::key::RawKey;
 use crate::keystore::{Endpoint, KeyStore};
 use crate::observe::Vault;
 use crate::rotation::{Action, Observation, ProbeOutcome, ProbeStage, RecordView};
@@ -15,15 +15,6 @@ use std::time::Duration;
 /// How long a Valkey record view is reused (bounds, with the resync, how long data loss can go
 /// unnoticed). Decisions that revoke or promote always read afresh.
 const RECORDS_TTL: Duration = Duration::from_secs(5);
-
-/// What was last read from (or written to) Valkey for one rotation's keys.
-#[derive(Clone)]
-pub(super) struct CachedRecords {
-    read_at: std::time::Instant,
-    current: KeyId,
-    pending: Option<KeyId>,
-    view: RecordView,
-}
 
 impl Reconciliation<'_> {
     pub(super) async fn endpoint(&self) -> Result<Endpoint, Error> {
@@ -138,24 +129,15 @@ impl Reconciliation<'_> {
         let current = v.current_id.clone();
         let pending = v.pending.as_ref().map(|(k, _)| k.id());
         let ttl = RECORDS_TTL.min(self.ctx.resync);
-        if !fresh {
-            let cache = self.ctx.records.lock().unwrap();
-            if let Some(c) = cache.get(&key_of(self.akr)).filter(|c| {
-                c.current == current && c.pending == pending && c.read_at.elapsed() < ttl
-            }) {
-                return Ok(c.view);
-            }
+        let key = key_of(self.akr);
+        if !fresh && let Some(view) = self.ctx.records.get(&key, &current, pending.as_ref(), ttl) {
+            return Ok(view);
         }
+        let ticket = self.ctx.records.ticket(&key);
         let view = observe::record_view(store, &self.akr.spec.valkey, vault).await?;
-        self.ctx.records.lock().unwrap().insert(
-            key_of(self.akr),
-            CachedRecords {
-                read_at: std::time::Instant::now(),
-                current,
-                pending,
-                view,
-            },
-        );
+        self.ctx
+            .records
+            .insert(&key, ticket, current, pending, view);
         Ok(view)
     }
 
@@ -248,35 +230,6 @@ impl Reconciliation<'_> {
 
     /// Keeps the cached record view true to what this reconcile just wrote.
     pub(super) fn note_own_valkey_write(&self, action: &Action) {
-        let mut cache = self.ctx.records.lock().unwrap();
-        let Some(entry) = cache.get_mut(&key_of(self.akr)) else {
-            return;
-        };
-        match action {
-            Action::Register { current, pending } => {
-                entry.view.current |= *current;
-                entry.view.current_marked |= *current;
-                entry.view.pending |= *pending && entry.pending.is_some();
-            }
-            Action::Revoke { key_id } => {
-                if *key_id == entry.current {
-                    entry.view.current = false;
-                    entry.view.current_marked = false;
-                }
-                if Some(key_id) == entry.pending.as_ref() {
-                    entry.view.pending = false;
-                }
-            }
-            Action::SetBootstrapFlag => entry.view.bootstrap_flag = true,
-            Action::CreateVault { .. }
-            | Action::RestoreVault { .. }
-            | Action::MintPending { .. }
-            | Action::Promote
-            | Action::DropPending => {
-                // The keys change: the next observation reads Valkey again.
-                cache.remove(&key_of(self.akr));
-            }
-            _ => {}
-        }
+        self.ctx.records.wrote(&key_of(self.akr), action);
     }
 }
