@@ -28,6 +28,7 @@ mod redaction;
 mod rotation;
 mod schedule;
 mod stand_in;
+mod stand_in_apply;
 mod stand_in_metadata;
 mod stand_in_pods;
 mod stand_in_sets;

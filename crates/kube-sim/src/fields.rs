@@ -1,12 +1,44 @@
-//! Field ownership for server-side apply: which manager owns which leaf path of an object.
-//!
-//! Simplification against the real structured-merge-diff: lists are atomic (owned whole), which is
-//! what the operator relies on (it applies its condition list and annotations whole).
+//! Field ownership for server-side apply: which manager owns which field of an object, as
+//! kube-apiserver's structured-merge-diff tracks it. Maps are walked; a list is walked item by item
+//! when its schema says it is a `map` (items told apart by their key fields, each item and each of
+//! its fields owned apart) or a `set` (each value owned apart); any other list is atomic: one
+//! field, applied and owned whole ([`crate::list_types`]).
 
+use crate::list_types::{ListType, Schema};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
-pub type FieldPath = Vec<String>;
+/// One step of a field path, as fieldsV1 names them: `f:<field>`, `k:<key fields>` (an item of a
+/// map list) or `v:<value>` (an item of a set).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Seg {
+    Field(String),
+    /// The item's key fields as JSON, in field-name order: `{"name":"api"}`.
+    Key(String),
+    /// The item as JSON: `"keys.siriusscan.io/finalizer"`.
+    Value(String),
+}
+
+/// A path to an owned field. A path ending in [`Seg::Key`] is the item itself (fieldsV1's `.`):
+/// whoever owns it keeps the item in the list.
+pub type FieldPath = Vec<Seg>;
+
+fn field(path: &FieldPath, i: usize) -> Option<&str> {
+    match path.get(i) {
+        Some(Seg::Field(f)) => Some(f),
+        _ => None,
+    }
+}
+
+/// Whether `path` starts with the field `name` (`status`, for the status subresource).
+pub fn under(path: &FieldPath, name: &str) -> bool {
+    field(path, 0) == Some(name)
+}
+
+/// The path names an item of a map list, not a field of it.
+pub fn is_item(path: &FieldPath) -> bool {
+    matches!(path.last(), Some(Seg::Key(_)))
+}
 
 /// Metadata the server owns; never tracked as a manager's field.
 const SERVER_METADATA: &[&str] = &[
@@ -20,23 +52,44 @@ const SERVER_METADATA: &[&str] = &[
     "selfLink",
 ];
 
-/// Leaf paths present in an object (objects are walked, everything else is a leaf).
-pub fn leaf_paths(value: &Value) -> BTreeSet<FieldPath> {
+/// Owned paths present in an object of the schema `schema`: its leaves, and the items of its
+/// map and set lists.
+pub fn leaf_paths(value: &Value, schema: Schema) -> BTreeSet<FieldPath> {
     let mut out = BTreeSet::new();
-    walk(value, &mut Vec::new(), &mut out);
+    walk(value, schema, &mut Vec::new(), &mut out);
     out.retain(|p| !is_server_owned(p) && !is_identity(p));
     out
 }
 
-fn walk(value: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
+fn walk(value: &Value, schema: Schema, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
-                prefix.push(k.clone());
-                walk(v, prefix, out);
+                prefix.push(Seg::Field(k.clone()));
+                walk(v, schema.field(k), prefix, out);
                 prefix.pop();
             }
         }
+        Value::Array(items) if !items.is_empty() => match item_segs(items, schema.list_type()) {
+            Some(segs) => {
+                let keys = schema.list_type();
+                for (item, seg) in items.iter().zip(segs) {
+                    prefix.push(seg);
+                    out.insert(prefix.clone());
+                    if let (ListType::Map(keys), Value::Object(fields)) = (&keys, item) {
+                        for (k, v) in fields.iter().filter(|(k, _)| !keys.contains(&k.as_str())) {
+                            prefix.push(Seg::Field(k.clone()));
+                            walk(v, schema.items().field(k), prefix, out);
+                            prefix.pop();
+                        }
+                    }
+                    prefix.pop();
+                }
+            }
+            None => {
+                out.insert(prefix.clone());
+            }
+        },
         _ => {
             if !prefix.is_empty() {
                 out.insert(prefix.clone());
@@ -45,55 +98,123 @@ fn walk(value: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
     }
 }
 
+/// Each item's segment, when the list is a map or a set whose items can be told apart; `None`
+/// (the list is owned whole) otherwise, as for an item without its key fields.
+fn item_segs(items: &[Value], list: ListType) -> Option<Vec<Seg>> {
+    let segs: Vec<Seg> = match list {
+        ListType::Atomic => return None,
+        ListType::Set => (items.iter())
+            .map(|v| (!v.is_object() && !v.is_array()).then(|| Seg::Value(v.to_string())))
+            .collect::<Option<_>>()?,
+        ListType::Map(keys) => (items.iter())
+            .map(|item| key_of(item, &keys).map(Seg::Key))
+            .collect::<Option<_>>()?,
+    };
+    let distinct: BTreeSet<&Seg> = segs.iter().collect();
+    (distinct.len() == segs.len()).then_some(segs)
+}
+
+/// An item's key fields as JSON in field-name order, if it has them all.
+fn key_of(item: &Value, keys: &[&str]) -> Option<String> {
+    let fields = item.as_object()?;
+    let key: BTreeMap<&str, &Value> = (keys.iter())
+        .map(|k| fields.get(*k).filter(|v| !v.is_null()).map(|v| (*k, v)))
+        .collect::<Option<_>>()?;
+    serde_json::to_string(&key).ok()
+}
+
+/// Whether `item` is the set value `v` (a [`Seg::Value`]) names.
+fn is_value(item: &Value, v: &str) -> bool {
+    serde_json::from_str::<Value>(v).is_ok_and(|v| v == *item)
+}
+
+/// Whether `item` is the one `key` (a [`Seg::Key`]) names.
+fn has_key(item: &Value, key: &str) -> bool {
+    let Ok(Value::Object(wanted)) = serde_json::from_str::<Value>(key) else {
+        return false;
+    };
+    let names: Vec<&str> = wanted.keys().map(String::as_str).collect();
+    key_of(item, &names).as_deref() == Some(key)
+}
+
 fn is_server_owned(path: &FieldPath) -> bool {
-    path.len() >= 2 && path[0] == "metadata" && SERVER_METADATA.contains(&path[1].as_str())
+    field(path, 0) == Some("metadata")
+        && field(path, 1).is_some_and(|f| SERVER_METADATA.contains(&f))
 }
 
 /// apiVersion, kind, name and namespace identify the object; the apiserver does not record them
 /// as owned fields.
 fn is_identity(path: &FieldPath) -> bool {
-    (path.len() == 1 && (path[0] == "apiVersion" || path[0] == "kind"))
+    (path.len() == 1 && matches!(field(path, 0), Some("apiVersion" | "kind")))
         || (path.len() == 2
-            && path[0] == "metadata"
-            && (path[1] == "name" || path[1] == "namespace"))
+            && field(path, 0) == Some("metadata")
+            && matches!(field(path, 1), Some("name" | "namespace")))
+}
+
+fn child<'a>(value: &'a Value, seg: &Seg) -> Option<&'a Value> {
+    match seg {
+        Seg::Field(f) => value.as_object()?.get(f),
+        Seg::Key(k) => value.as_array()?.iter().find(|item| has_key(item, k)),
+        Seg::Value(v) => value.as_array()?.iter().find(|item| is_value(item, v)),
+    }
 }
 
 pub fn get<'a>(value: &'a Value, path: &FieldPath) -> Option<&'a Value> {
     let mut cur = value;
     for seg in path {
-        cur = cur.as_object()?.get(seg)?;
+        cur = child(cur, seg)?;
     }
     Some(cur)
 }
 
-/// Removes a leaf and any maps it leaves empty.
-pub fn remove(value: &mut Value, path: &[String]) {
-    if path.is_empty() {
-        return;
-    }
-    let Some(map) = value.as_object_mut() else {
+/// Removes the field, item or value at `path`, and any maps and lists it leaves empty.
+pub fn remove(value: &mut Value, path: &[Seg]) {
+    let Some((first, rest)) = path.split_first() else {
         return;
     };
-    if path.len() == 1 {
-        map.remove(&path[0]);
+    if rest.is_empty() {
+        match (value, first) {
+            (Value::Object(map), Seg::Field(f)) => {
+                map.remove(f);
+            }
+            (Value::Array(items), Seg::Key(k)) => items.retain(|item| !has_key(item, k)),
+            (Value::Array(items), Seg::Value(v)) => items.retain(|item| !is_value(item, v)),
+            _ => {}
+        }
         return;
     }
-    if let Some(child) = map.get_mut(&path[0]) {
-        remove(child, &path[1..]);
-        if child.as_object().is_some_and(Map::is_empty) {
-            map.remove(&path[0]);
+    let emptied = match (&mut *value, first) {
+        (Value::Object(map), Seg::Field(f)) => map.get_mut(f).is_some_and(|child| {
+            remove(child, rest);
+            is_empty_container(child)
+        }),
+        // An item keeps its key fields: it goes only when its own path is removed.
+        (Value::Array(items), Seg::Key(k)) => {
+            if let Some(item) = items.iter_mut().find(|item| has_key(item, k)) {
+                remove(item, rest);
+            }
+            false
         }
+        _ => false,
+    };
+    if emptied {
+        remove(value, std::slice::from_ref(first));
     }
 }
 
-/// Deep merge of an applied configuration: maps merge, everything else replaces.
-pub fn merge_applied(target: &mut Value, applied: &Value) {
+fn is_empty_container(v: &Value) -> bool {
+    v.as_object().is_some_and(Map::is_empty) || v.as_array().is_some_and(Vec::is_empty)
+}
+
+/// Merges an applied configuration into `target`: maps merge, items of map and set lists merge
+/// by key (new ones are appended), everything else replaces.
+pub fn merge_applied(target: &mut Value, applied: &Value, schema: Schema) {
     match (target, applied) {
         (Value::Object(t), Value::Object(a)) => {
             for (k, v) in a {
                 match t.get_mut(k) {
-                    Some(existing) if existing.is_object() && v.is_object() => {
-                        merge_applied(existing, v)
+                    Some(existing) if merges(existing, v, schema.field(k)) => {
+                        merge_applied(existing, v, schema.field(k))
                     }
                     _ => {
                         t.insert(k.clone(), v.clone());
@@ -101,8 +222,44 @@ pub fn merge_applied(target: &mut Value, applied: &Value) {
                 }
             }
         }
+        (Value::Array(t), Value::Array(a)) if merges_items(t, a, schema) => {
+            let list = schema.list_type();
+            for item in a {
+                let seg = &item_segs(std::slice::from_ref(item), schema.list_type())
+                    .expect("checked by merges_items")[0];
+                match t.iter_mut().find(|have| matches_seg(have, seg)) {
+                    Some(have) if matches!(list, ListType::Map(_)) => {
+                        merge_applied(have, item, schema.items())
+                    }
+                    Some(_) => {}
+                    None => t.push(item.clone()),
+                }
+            }
+        }
         (t, a) => *t = a.clone(),
     }
+}
+
+fn matches_seg(item: &Value, seg: &Seg) -> bool {
+    match seg {
+        Seg::Key(k) => has_key(item, k),
+        Seg::Value(v) => is_value(item, v),
+        Seg::Field(_) => false,
+    }
+}
+
+fn merges(existing: &Value, applied: &Value, schema: Schema) -> bool {
+    match (existing, applied) {
+        (Value::Object(_), Value::Object(_)) => true,
+        (Value::Array(t), Value::Array(a)) => merges_items(t, a, schema),
+        _ => false,
+    }
+}
+
+/// Both lists' items can be told apart by the list's type (else the applied list replaces).
+fn merges_items(target: &[Value], applied: &[Value], schema: Schema) -> bool {
+    item_segs(target, schema.list_type()).is_some()
+        && item_segs(applied, schema.list_type()).is_some()
 }
 
 /// Ownership of one object's fields, by manager; `subresource` separates status writers.
@@ -122,15 +279,20 @@ pub struct ManagerKey {
 }
 
 impl Ownership {
-    /// Paths in `applied` owned by another manager with a different current value.
+    /// Fields in `applied` owned by another manager with a different current value (an item
+    /// itself never conflicts: only its fields have values).
     pub fn conflicts(
         &self,
         me: &str,
         current: &Value,
         applied: &Value,
+        schema: Schema,
     ) -> Vec<(String, FieldPath)> {
         let mut out = Vec::new();
-        for path in leaf_paths(applied) {
+        for path in leaf_paths(applied, schema) {
+            if is_item(&path) {
+                continue;
+            }
             for (key, owned) in &self.managers {
                 if key.manager == me || !owned.contains(&path) {
                     continue;
@@ -187,6 +349,11 @@ impl Ownership {
         self.managers.values().any(|owned| owned.contains(path))
     }
 
+    /// Whether a manager owns a field inside the item or map at `path`.
+    pub fn owns_within(&self, path: &FieldPath) -> bool {
+        (self.managers.values().flatten()).any(|p| p.len() > path.len() && p.starts_with(path))
+    }
+
     /// The write of `manager` (through `subresource`) changed the object at `now`.
     pub fn touch(&mut self, manager: &str, subresource: &str, now: &str) {
         let keys: Vec<ManagerKey> = self
@@ -220,11 +387,16 @@ impl Ownership {
                 for path in owned {
                     let mut cur = &mut tree;
                     for seg in path {
-                        cur = cur
-                            .as_object_mut()
-                            .expect("fieldsV1 nodes are maps")
-                            .entry(format!("f:{seg}"))
-                            .or_insert_with(|| Value::Object(Map::new()));
+                        cur = node(cur, fields_v1_name(seg));
+                    }
+                    // An item: `.` for the item itself, and its key fields.
+                    if let Some(Seg::Key(k)) = path.last() {
+                        node(cur, ".".into());
+                        if let Ok(Value::Object(keys)) = serde_json::from_str::<Value>(k) {
+                            for name in keys.keys() {
+                                node(cur, format!("f:{name}"));
+                            }
+                        }
                     }
                 }
                 let mut entry = serde_json::json!({
@@ -245,39 +417,73 @@ impl Ownership {
     }
 }
 
-/// Leaf paths present in `old` and gone from `new`.
-pub fn removed_paths(old: &Value, new: &Value) -> BTreeSet<FieldPath> {
-    leaf_paths(old)
+/// `.spec.containers[name="api"].image`, for messages.
+pub fn dotted(path: &FieldPath) -> String {
+    path.iter()
+        .map(|seg| match seg {
+            Seg::Field(f) => format!(".{f}"),
+            Seg::Key(k) => {
+                let keys = serde_json::from_str::<Map<String, Value>>(k).unwrap_or_default();
+                let keys: Vec<String> = keys.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                format!("[{}]", keys.join(","))
+            }
+            Seg::Value(v) => format!("[{v}]"),
+        })
+        .collect()
+}
+
+fn fields_v1_name(seg: &Seg) -> String {
+    match seg {
+        Seg::Field(f) => format!("f:{f}"),
+        Seg::Key(k) => format!("k:{k}"),
+        Seg::Value(v) => format!("v:{v}"),
+    }
+}
+
+/// The child `name` of a fieldsV1 node, made if missing.
+fn node(tree: &mut Value, name: String) -> &mut Value {
+    tree.as_object_mut()
+        .expect("fieldsV1 nodes are maps")
+        .entry(name)
+        .or_insert_with(|| Value::Object(Map::new()))
+}
+
+/// Owned paths present in `old` and gone from `new`.
+pub fn removed_paths(old: &Value, new: &Value, schema: Schema) -> BTreeSet<FieldPath> {
+    leaf_paths(old, schema)
         .into_iter()
         .filter(|p| get(new, p).is_none())
         .collect()
 }
 
-/// Leaf paths whose value differs between two versions of an object (added, changed or removed).
-pub fn changed_paths(old: &Value, new: &Value) -> BTreeSet<FieldPath> {
-    let old_paths = leaf_paths(old);
-    let new_paths = leaf_paths(new);
-    new_paths
-        .iter()
-        .filter(|p| get(old, p) != get(new, p))
-        .cloned()
-        .chain(old_paths.difference(&new_paths).cloned())
-        .filter(|p| get(new, p).is_some())
-        .collect()
+/// Owned paths an update changed: fields whose value differs (added or changed) and items it
+/// added (an item whose fields changed is not itself changed).
+pub fn changed_paths(old: &Value, new: &Value, schema: Schema) -> BTreeSet<FieldPath> {
+    let old_paths = leaf_paths(old, schema);
+    let new_paths = leaf_paths(new, schema);
+    let changed = new_paths.iter().filter(|p| match get(old, p) {
+        None => true,
+        Some(_) if is_item(p) => false,
+        before => before != get(new, p),
+    });
+    // A field that became a map or a list is changed too.
+    let reshaped = (old_paths.difference(&new_paths)).filter(|p| get(new, p).is_some());
+    changed.chain(reshaped).cloned().collect()
 }
 
 /// An Update (create, replace or patch) by `manager` takes the fields it changed and drops
 /// those it removed, as kube-apiserver's field manager does.
 pub fn track_update(
     ownership: &mut Ownership,
+    schema: Schema,
     manager: &str,
     subresource: &str,
     current: &Value,
     next: &Value,
 ) {
-    let mut changed = changed_paths(current, next);
+    let mut changed = changed_paths(current, next, schema);
     if subresource == "status" {
-        changed.retain(|p| p.first().map(String::as_str) == Some("status"));
+        changed.retain(|p| under(p, "status"));
     }
     ownership.take(
         ManagerKey {
@@ -287,5 +493,5 @@ pub fn track_update(
         },
         changed,
     );
-    ownership.forget(&removed_paths(current, next));
+    ownership.forget(&removed_paths(current, next, schema));
 }

@@ -2,6 +2,7 @@
 //! streams, served on loopback to an ordinary `kube::Client`.
 
 use crate::Shared;
+use crate::list_types::Schema;
 use crate::paging::PageRequest;
 use crate::selector::Selectors;
 use crate::status::ApiError;
@@ -394,6 +395,7 @@ pub async fn handle(
             let result = store.update(&w, precondition, |current, ownership| {
                 crate::fields::track_update(
                     ownership,
+                    Schema::of(&target.rt),
                     &manager,
                     &target.subresource,
                     current,
@@ -472,6 +474,7 @@ pub async fn handle(
                         json_patch::merge(&mut next, &patch);
                         crate::fields::track_update(
                             ownership,
+                            Schema::of(&target.rt),
                             &manager,
                             &target.subresource,
                             current,
@@ -511,7 +514,14 @@ pub async fn handle(
                                 vec![("patch".into(), format!("Invalid value: {e}"))],
                             )
                         })?;
-                        crate::fields::track_update(ownership, &manager, &target.subresource, current, &next);
+                        crate::fields::track_update(
+                            ownership,
+                            Schema::of(&target.rt),
+                            &manager,
+                            &target.subresource,
+                            current,
+                            &next,
+                        );
                         Ok(next)
                     })
                 }

@@ -10,6 +10,7 @@ mod discovery;
 mod events;
 mod fields;
 mod http;
+mod list_types;
 pub mod memory_valkey;
 mod meta;
 mod namespace;
@@ -293,7 +294,14 @@ impl Sim {
             .update(&w, None, |current, ownership| {
                 let mut next = current.clone();
                 json_patch::merge(&mut next, &patch);
-                crate::fields::track_update(ownership, "kube-sim-test", "", current, &next);
+                crate::fields::track_update(
+                    ownership,
+                    crate::list_types::Schema::of(&rt),
+                    "kube-sim-test",
+                    "",
+                    current,
+                    &next,
+                );
                 Ok(next)
             })
             .map_err(|e| e.message);

@@ -2,6 +2,7 @@
 //! subresource, finalizers, field ownership and a watch log, mirroring kube-apiserver semantics.
 
 use crate::fields::{self, ManagerKey, Ownership};
+use crate::list_types::Schema;
 use crate::status::ApiError;
 use crate::types::{ResourceType, is_namespace, is_pod, is_secret};
 use serde_json::{Map, Value, json};
@@ -516,7 +517,7 @@ impl Store {
                 apply: false,
                 subresource: String::new(),
             },
-            fields::leaf_paths(&object),
+            fields::leaf_paths(&object, Schema::of(rt)),
         );
         self.store_new(rt, key, object, ownership)
     }
@@ -731,7 +732,7 @@ impl Store {
             stored.ownership = Ownership::default();
             stored
                 .ownership
-                .take(manager_key, fields::leaf_paths(&applied));
+                .take(manager_key, fields::leaf_paths(&applied, Schema::of(rt)));
             let now = now_rfc3339();
             stored.ownership.touch_all(&now);
             let managed = stored.ownership.to_managed_fields(&rt.api_version(), &now);
@@ -747,26 +748,34 @@ impl Store {
         let kind = rt.kind.clone();
         let name = w.name.to_string();
         self.update(w, precondition, move |current, ownership| {
-            let conflicts = ownership.conflicts(&manager_key.manager, current, &applied);
+            let schema = Schema::of(rt);
+            let conflicts = ownership.conflicts(&manager_key.manager, current, &applied, schema);
             if !conflicts.is_empty() && !force {
                 let fields: Vec<(String, String)> = conflicts
                     .into_iter()
-                    .map(|(m, p)| (m, format!(".{}", p.join("."))))
+                    .map(|(m, p)| (m, fields::dotted(&p)))
                     .collect();
                 return Err(ApiError::apply_conflict(&kind, &name, &fields));
             }
-            let mut applied_paths = fields::leaf_paths(&applied);
+            let mut applied_paths = fields::leaf_paths(&applied, schema);
             if subresource == "status" {
-                applied_paths.retain(|p| p.first().map(String::as_str) == Some("status"));
+                applied_paths.retain(|p| fields::under(p, "status"));
             }
+            // Shared: a field applied with the value it has, or an item that is already there.
             let shared: BTreeSet<fields::FieldPath> = (applied_paths.iter())
-                .filter(|p| fields::get(current, p) == fields::get(&applied, p))
+                .filter(|p| match fields::get(current, p) {
+                    Some(_) if fields::is_item(p) => true,
+                    have => have.is_some() && have == fields::get(&applied, p),
+                })
                 .cloned()
                 .collect();
             let previous = ownership.replace_applied(manager_key, applied_paths.clone(), &shared);
             let mut next = current.clone();
-            for dropped in previous.difference(&applied_paths) {
-                if !ownership.owned_by_anyone(dropped) {
+            // Fields before the items holding them: an item goes only once nobody owns it, nor
+            // anything in it.
+            let dropped: Vec<&fields::FieldPath> = previous.difference(&applied_paths).collect();
+            for dropped in dropped.into_iter().rev() {
+                if !ownership.owned_by_anyone(dropped) && !ownership.owns_within(dropped) {
                     fields::remove(&mut next, dropped);
                 }
             }
@@ -775,7 +784,7 @@ impl Store {
                 m.remove("resourceVersion");
                 m.remove("managedFields");
             }
-            fields::merge_applied(&mut next, &applied);
+            fields::merge_applied(&mut next, &applied, schema);
             Ok(next)
         })
     }
