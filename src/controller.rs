@@ -78,7 +78,10 @@ pub async fn run_with_metrics(
     let controller = Controller::new(rotations, watcher::Config::default().any_semantic());
     let store = controller.store();
     let (valkey_watchers, losses) = Watchers::new(metrics.clone());
-    let mut watched = reconciler::Watched::default();
+    let mut watched = reconciler::Watched {
+        referenced: Some(Arc::new(reconciler::Referenced::new(client.clone()))),
+        ..Default::default()
+    };
     let controller = crate::workload::watch_targets(
         controller,
         &client,

@@ -8,10 +8,10 @@
 
 use crate::crd::ValkeyTls;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::fmt;
+use std::sync::Arc;
 
 /// The PEM bytes handed to the redis client. Part of a key store's [`crate::keystore::Endpoint`],
 /// so a changed CA or client certificate gets a new connection.
@@ -62,18 +62,32 @@ pub enum Error {
     Kube(#[from] kube::Error),
 }
 
-/// Reads and checks the Secrets `tls` names.
-pub async fn read(secrets: &Api<Secret>, tls: &ValkeyTls) -> Result<TlsMaterial, Error> {
+/// The Secrets `tls` names.
+pub fn secret_names(tls: &ValkeyTls) -> Vec<String> {
+    let ca = tls.ca_secret_ref.as_ref().map(|r| r.name.clone());
+    let cert = tls.cert_secret_ref.as_ref().map(|r| r.name.clone());
+    ca.into_iter().chain(cert).collect()
+}
+
+/// Checks the Secrets `tls` names (`get`: the Secret of that name, or None) and takes the PEM
+/// material from them.
+pub fn read(
+    get: impl Fn(&str) -> Option<Arc<Secret>>,
+    tls: &ValkeyTls,
+) -> Result<TlsMaterial, Error> {
+    let found = |name: &str, what: &str| {
+        get(name).ok_or_else(|| Error::ValkeyTls(format!("{what} Secret {name} not found")))
+    };
     let mut material = TlsMaterial::default();
     if let Some(r) = &tls.ca_secret_ref {
-        let secret = get(secrets, &r.name, "CA").await?;
+        let secret = found(&r.name, "CA")?;
         let pem = data(&secret, &r.name, &r.key, "CA")?;
         check_ca_bundle(&pem)
             .map_err(|e| Error::ValkeyTls(format!("CA Secret {} key {}: {e}", r.name, r.key)))?;
         material.ca = Some(pem);
     }
     if let Some(r) = &tls.cert_secret_ref {
-        let secret = get(secrets, &r.name, "client certificate").await?;
+        let secret = found(&r.name, "client certificate")?;
         let cert_chain = data(&secret, &r.name, &r.cert_key, "client certificate")?;
         let key = data(&secret, &r.name, &r.key_key, "client certificate")?;
         check_cert_chain(&cert_chain).map_err(|e| {
@@ -91,13 +105,6 @@ pub async fn read(secrets: &Api<Secret>, tls: &ValkeyTls) -> Result<TlsMaterial,
         material.client = Some(ClientIdentity { cert_chain, key });
     }
     Ok(material)
-}
-
-async fn get(secrets: &Api<Secret>, name: &str, what: &str) -> Result<Secret, Error> {
-    secrets
-        .get_opt(name)
-        .await?
-        .ok_or_else(|| Error::ValkeyTls(format!("{what} Secret {name} not found")))
 }
 
 fn data(secret: &Secret, name: &str, key: &str, what: &str) -> Result<Vec<u8>, Error> {

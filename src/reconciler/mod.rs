@@ -7,10 +7,12 @@ mod context;
 mod read;
 mod record;
 mod records;
+mod referenced;
 mod world;
 
 pub use clean_up::DEFAULT_REVOKE_ON_DELETE_TIMEOUT;
 pub use context::{Context, ContextParts};
+pub use referenced::Referenced;
 use world::CachedRotation;
 pub use world::{Kind as WatchKind, WatchHealth, Watched, slim_metadata};
 

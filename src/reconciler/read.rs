@@ -19,13 +19,23 @@ const RECORDS_TTL: Duration = Duration::from_secs(5);
 impl Reconciliation<'_> {
     pub(super) async fn endpoint(&self) -> Result<Endpoint, Error> {
         let v = &self.akr.spec.valkey;
+        // The Secrets named here are watched, so that a copy read once is reused while the watch
+        // shows it unchanged.
+        let tls_names: Vec<String> = v
+            .tls
+            .iter()
+            .flat_map(crate::valkey_tls::secret_names)
+            .collect();
+        let referenced =
+            (v.password_secret_ref.iter().map(|r| r.name.clone())).chain(tls_names.iter().cloned());
+        (self.ctx.world).reads_secrets(&key_of(self.akr), &self.ns, referenced);
+        let world = &self.ctx.world;
         let password = match &v.password_secret_ref {
             None => None,
             Some(r) => {
-                let secret = self
-                    .secrets
-                    .get_opt(&r.name)
-                    .await?
+                let secret = (world
+                    .secret(&self.secrets, &self.ns, &r.name, false)
+                    .await?)
                     .ok_or_else(|| Error::Password(format!("Secret {} not found", r.name)))?;
                 crate::trust::password_secret_problem(
                     &secret,
@@ -41,7 +51,17 @@ impl Reconciliation<'_> {
         };
         let tls = match &v.tls {
             None => None,
-            Some(tls) => Some(crate::valkey_tls::read(&self.secrets, tls).await?),
+            Some(tls) => {
+                let mut found = std::collections::HashMap::new();
+                for name in tls_names {
+                    let secret = world.secret(&self.secrets, &self.ns, &name, false).await?;
+                    found.insert(name, secret);
+                }
+                Some(crate::valkey_tls::read(
+                    |name| found.get(name).cloned().flatten(),
+                    tls,
+                )?)
+            }
         };
         Ok(Endpoint {
             url: v.url.clone(),

@@ -41,6 +41,8 @@ pub struct Watched {
     pub daemon_sets: Option<Store<PartialObjectMeta<DaemonSet>>>,
     pub rollouts: Option<Store<PartialObjectMeta<Rollout>>>,
     pub health: Arc<WatchHealth>,
+    /// The Secrets rotations read but do not label (Valkey password, TLS material).
+    pub referenced: Option<Arc<super::referenced::Referenced>>,
 }
 
 /// Which watches are in step: a store vouches for nothing from a watch error or the start of a
@@ -160,11 +162,13 @@ impl World {
     /// the object.
     fn watched_rv(&self, kind: Kind, ns: &str, name: &str) -> Option<String> {
         let w = &self.watched;
-        if !w.health.in_step(kind) {
-            return None;
-        }
+        let in_step = w.health.in_step(kind);
         match kind {
-            Kind::Secret => rv_of(&w.secrets, ns, name),
+            // This operator's Secrets, else one a rotation reads (each watch vouches for what
+            // it shows).
+            Kind::Secret => (in_step.then(|| rv_of(&w.secrets, ns, name)).flatten())
+                .or_else(|| w.referenced.as_ref()?.rv(ns, name)),
+            _ if !in_step => None,
             Kind::Target(TargetKind::Deployment) => rv_of(&w.deployments, ns, name),
             Kind::Target(TargetKind::StatefulSet) => rv_of(&w.stateful_sets, ns, name),
             Kind::Target(TargetKind::DaemonSet) => rv_of(&w.daemon_sets, ns, name),
@@ -401,8 +405,19 @@ impl World {
         self.rotations.lock().unwrap().remove(key);
     }
 
+    /// The rotation `key` reads the Secrets `names` in `ns`, which it does not label: they are
+    /// watched (and those it read before and no rotation reads now are not).
+    pub fn reads_secrets(&self, key: &str, ns: &str, names: impl IntoIterator<Item = String>) {
+        if let Some(referenced) = &self.watched.referenced {
+            referenced.uses(key, ns, names);
+        }
+    }
+
     /// The rotation `key` is gone; so is what was kept of objects no watch shows any more.
     pub fn forget_rotation(&self, key: &str) {
+        if let Some(referenced) = &self.watched.referenced {
+            referenced.release(key);
+        }
         self.rotations.lock().unwrap().remove(key);
         self.status_written.lock().unwrap().remove(key);
         let mut kept: HashSet<Key> = self.objects.lock().unwrap().keys().cloned().collect();

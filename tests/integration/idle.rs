@@ -149,3 +149,62 @@ async fn a_stalled_rollout_shows_its_progress_message_without_another_event() {
     );
     operator.abort();
 }
+
+/// The Secrets a rotation reads but does not label (the Valkey password here) are watched too:
+/// a resync reuses the copy read once, and a changed password is read again once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resyncs_read_the_valkey_password_secret_only_when_it_changed() {
+    use base64::Engine;
+    let valkey = Valkey::start();
+    valkey.set_user_password("sirius", "first-password");
+    let sim = start_sim().await;
+    let password =
+        |p: &str| json!({"password": base64::engine::general_purpose::STANDARD.encode(p)});
+    sim.create_object(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "sirius-valkey-auth", "namespace": NS,
+                     "annotations": {"keys.siriusscan.io/valkey-password": "sirius"}},
+        "data": password("first-password"),
+    }))
+    .unwrap();
+    let url = format!("redis://sirius@127.0.0.1:{}/0", valkey.port);
+    let auth =
+        json!({"valkey": {"passwordSecretRef": {"name": "sirius-valkey-auth", "key": "password"}}});
+    install_sirius(&sim, &url, &known_key(), 1, Some("once"), auth).await;
+    let resync = Duration::from_millis(300);
+    let operator = spawn_operator_with_resync(&sim, resync);
+    wait_for(Duration::from_secs(60), "the rotation", || {
+        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // settling, not a wait for an event
+    let before = requests(&sim);
+    tokio::time::sleep(resync * 10).await; // ten resyncs
+    let during = since(&before, &requests(&sim));
+    assert!(
+        during.is_empty(),
+        "an idle operator with a Valkey password sent {during:?} over ten resyncs"
+    );
+
+    // Someone edits the password Secret (same password, new annotation): read once, not at
+    // every resync.
+    sim.merge_patch_object(
+        "",
+        "secrets",
+        NS,
+        "sirius-valkey-auth",
+        json!({"metadata": {"annotations": {"team": "platform"}}}),
+    )
+    .unwrap();
+    tokio::time::sleep(resync * 4).await; // a few resyncs after the edit
+    let after_edit = since(&before, &requests(&sim));
+    let secret_reads = after_edit
+        .get(&("get".to_string(), "secrets".to_string()))
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        (1..=2).contains(&secret_reads),
+        "the edited password Secret is read once (twice if a resync ran before its watch event), not at every resync: {after_edit:?}"
+    );
+    operator.abort();
+}
