@@ -153,7 +153,7 @@ impl Reconciliation<'_> {
         if !fresh && let Some(view) = self.ctx.records.get(&key, &current, pending.as_ref(), ttl) {
             return Ok(view);
         }
-        let ticket = self.ctx.records.ticket(&key);
+        let ticket = self.ctx.records.ticket();
         let view = observe::record_view(store, &self.akr.spec.valkey, vault).await?;
         self.ctx
             .records

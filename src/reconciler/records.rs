@@ -20,14 +20,15 @@ struct Entry {
     view: RecordView,
 }
 
-/// Losses reported per rotation, so that a read begun before one is known to be older.
+/// The losses reported before a read began, so that a read begun before a later one is known to
+/// be older. Counted over all rotations: a loss elsewhere only costs a read in flight its caching.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct ReadTicket(u64);
 
 #[derive(Default)]
 struct Inner {
     entries: HashMap<String, Entry>,
-    losses: HashMap<String, u64>,
+    losses: u64,
 }
 
 #[derive(Default)]
@@ -49,9 +50,8 @@ impl RecordCache {
     }
 
     /// Taken before reading Valkey; [`Self::insert`] needs it.
-    pub fn ticket(&self, rotation: &str) -> ReadTicket {
-        let inner = self.0.lock().unwrap();
-        ReadTicket(inner.losses.get(rotation).copied().unwrap_or(0))
+    pub fn ticket(&self) -> ReadTicket {
+        ReadTicket(self.0.lock().unwrap().losses)
     }
 
     /// Caches what a read begun at `ticket` found, unless a loss was reported since.
@@ -64,7 +64,7 @@ impl RecordCache {
         view: RecordView,
     ) {
         let mut inner = self.0.lock().unwrap();
-        if inner.losses.get(rotation).copied().unwrap_or(0) != ticket.0 {
+        if inner.losses != ticket.0 {
             return;
         }
         let entry = Entry {
@@ -81,14 +81,12 @@ impl RecordCache {
     pub fn lost(&self, rotation: &str) {
         let mut inner = self.0.lock().unwrap();
         inner.entries.remove(rotation);
-        *inner.losses.entry(rotation.to_string()).or_default() += 1;
+        inner.losses += 1;
     }
 
     /// The rotation is gone.
     pub fn forget(&self, rotation: &str) {
-        let mut inner = self.0.lock().unwrap();
-        inner.entries.remove(rotation);
-        inner.losses.remove(rotation);
+        self.0.lock().unwrap().entries.remove(rotation);
     }
 
     /// Keeps the cached view true to what this operator just wrote for `rotation`.
@@ -152,7 +150,7 @@ mod tests {
     fn a_read_is_reused_for_the_same_keys_only() {
         let cache = RecordCache::default();
         let (old, new) = ids();
-        let ticket = cache.ticket("ns/a");
+        let ticket = cache.ticket();
         cache.insert(
             "ns/a",
             ticket,
@@ -177,7 +175,7 @@ mod tests {
         let (old, new) = ids();
         // A reconcile reads Valkey; before its answer is cached, Valkey is flushed and the change
         // feed reports it.
-        let ticket = cache.ticket("ns/a");
+        let ticket = cache.ticket();
         cache.lost("ns/a");
         cache.insert(
             "ns/a",
@@ -188,9 +186,8 @@ mod tests {
         );
         // The reconcile the loss triggered must read Valkey, not the answer from before it.
         assert!(cache.get("ns/a", &old, Some(&new), TTL).is_none());
-        // A read begun after the loss is cached again; another rotation's loss does not matter.
-        let ticket = cache.ticket("ns/a");
-        cache.lost("ns/b");
+        // A read begun after the loss is cached again.
+        let ticket = cache.ticket();
         cache.insert(
             "ns/a",
             ticket,
@@ -205,7 +202,7 @@ mod tests {
     fn own_writes_keep_the_view_true_and_key_changes_drop_it() {
         let cache = RecordCache::default();
         let (old, new) = ids();
-        let ticket = cache.ticket("ns/a");
+        let ticket = cache.ticket();
         cache.insert(
             "ns/a",
             ticket,

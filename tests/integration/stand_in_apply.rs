@@ -293,4 +293,142 @@ async fn an_unmarked_list_is_atomic() {
             .unwrap_err(),
     );
     assert_eq!(e.code, 409, "{}", e.message);
+    // The list is one field, inside the container item.
+    assert!(
+        e.message
+            .contains(r#".spec.template.spec.containers[name="api"].args"#),
+        "{}",
+        e.message
+    );
+}
+
+/// An applier that applies an empty set owns none of it: it neither conflicts with the values
+/// others own nor takes them over.
+#[tokio::test]
+async fn an_empty_set_owns_nothing() {
+    let sim = start_sim().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client_for(&sim), NS);
+    let with = |finalizers: Value| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "c", "finalizers": finalizers}})
+    };
+    for (manager, finalizers) in [
+        ("a", json!(["a.example.com/hold"])),
+        ("b", json!(["b.example.com/hold"])),
+        ("a", json!([])),
+        ("b", json!([])),
+    ] {
+        cms.patch("c", &apply(manager), &Patch::Apply(&with(finalizers)))
+            .await
+            .unwrap_or_else(|e| panic!("{manager}: {e}"));
+    }
+    let c = cms.get("c").await.unwrap();
+    assert_eq!(
+        c.metadata.finalizers.unwrap_or_default(),
+        Vec::<String>::new()
+    );
+}
+
+/// An item goes once no manager owns the item itself, even when an update (`kubectl set image`)
+/// changed a field in it since: the field goes with it, and is nobody's any more.
+#[tokio::test]
+async fn a_dropped_item_goes_with_fields_others_updated_in_it() {
+    let sim = start_sim().await;
+    let deployments: Api<Deployment> = Api::namespaced(client_for(&sim), NS);
+    let with_proxy = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+        "spec": {"selector": {"matchLabels": {"app": "d"}}, "template": {
+            "metadata": {"labels": {"app": "d"}},
+            "spec": {"containers": [{"name": "api", "image": "sirius:1"},
+                                    {"name": "proxy", "image": "envoy:1"}]}}}
+    });
+    deployments
+        .patch("d", &apply("helm"), &Patch::Apply(&with_proxy))
+        .await
+        .unwrap();
+    // Someone else updates the proxy's image (an Update, not an apply).
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "replace", "path": "/spec/template/spec/containers/1/image", "value": "envoy:2"}
+    ]))
+    .unwrap();
+    let d = deployments
+        .patch(
+            "d",
+            &PatchParams {
+                field_manager: Some("kubectl-set".into()),
+                ..Default::default()
+            },
+            &Patch::<()>::Json(patch),
+        )
+        .await
+        .unwrap();
+    let managed = serde_json::to_value(d.metadata.managed_fields.unwrap()).unwrap();
+    let updater = (managed.as_array().unwrap().iter())
+        .find(|m| m["manager"] == "kubectl-set")
+        .unwrap();
+    let proxy = &updater["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"][r#"k:{"name":"proxy"}"#];
+    assert!(
+        proxy.get("f:image").is_some() && proxy.get(".").is_none(),
+        "the update owns the image it changed, not the item: {updater}"
+    );
+    let d = deployments
+        .patch(
+            "d",
+            &apply("helm"),
+            &Patch::Apply(&deployment_with(json!({"image": "sirius:1"}))),
+        )
+        .await
+        .unwrap();
+    let pod = d.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let names: Vec<_> = pod.containers.iter().map(|c| c.name.clone()).collect();
+    assert_eq!(names, ["api"]);
+}
+
+/// A key field left out takes its schema default before the merge (a container port's
+/// `protocol`, TCP), as kube-apiserver defaults it; one with no default is refused, in
+/// structured-merge-diff's words, rather than owning the list whole.
+#[tokio::test]
+async fn a_missing_key_field_takes_its_default_or_the_apply_is_refused() {
+    let sim = start_sim().await;
+    let deployments: Api<Deployment> = Api::namespaced(client_for(&sim), NS);
+    let port = |n: i64| json!({"ports": [{"containerPort": n}]});
+    deployments
+        .patch(
+            "d",
+            &apply("helm"),
+            &Patch::Apply(&deployment_with(
+                json!({"image": "sirius:1", "ports": [{"containerPort": 80}]}),
+            )),
+        )
+        .await
+        .unwrap();
+    let d = deployments
+        .patch(
+            "d",
+            &apply("mesh"),
+            &Patch::Apply(&container_part(port(15090))),
+        )
+        .await
+        .unwrap();
+    let pod = d.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let ports: Vec<i32> = (pod.containers[0].ports.iter().flatten())
+        .map(|p| p.container_port)
+        .collect();
+    assert_eq!(ports, [80, 15090]);
+    let unnamed = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+        "spec": {"template": {"spec": {"containers": [{"image": "x:1"}]}}}});
+    let e = api_error(
+        deployments
+            .patch("d", &apply("mesh"), &Patch::Apply(&unnamed))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 400);
+    assert!(
+        e.message.contains(
+            r#".spec.template.spec.containers: element 0: associative list with keys has an element that omits key field "name" (and doesn't have default value)"#
+        ),
+        "{}",
+        e.message
+    );
 }

@@ -53,7 +53,7 @@ const SERVER_METADATA: &[&str] = &[
 ];
 
 /// Owned paths present in an object of the schema `schema`: its leaves, and the items of its
-/// map and set lists.
+/// map and set lists (an empty map or set list owns nothing).
 pub fn leaf_paths(value: &Value, schema: Schema) -> BTreeSet<FieldPath> {
     let mut out = BTreeSet::new();
     walk(value, schema, &mut Vec::new(), &mut out);
@@ -70,25 +70,28 @@ fn walk(value: &Value, schema: Schema, prefix: &mut FieldPath, out: &mut BTreeSe
                 prefix.pop();
             }
         }
-        Value::Array(items) if !items.is_empty() => match item_segs(items, schema.list_type()) {
+        Value::Array(items) => match item_segs(items, schema) {
             Some(segs) => {
-                let keys = schema.list_type();
+                let keys = match schema.list_type() {
+                    ListType::Map(keys) => keys,
+                    _ => Vec::new(),
+                };
                 for (item, seg) in items.iter().zip(segs) {
                     prefix.push(seg);
                     out.insert(prefix.clone());
-                    if let (ListType::Map(keys), Value::Object(fields)) = (&keys, item) {
-                        for (k, v) in fields.iter().filter(|(k, _)| !keys.contains(&k.as_str())) {
-                            prefix.push(Seg::Field(k.clone()));
-                            walk(v, schema.items().field(k), prefix, out);
-                            prefix.pop();
-                        }
+                    let fields = item.as_object().into_iter().flatten();
+                    for (k, v) in fields.filter(|(k, _)| !keys.contains(&k.as_str())) {
+                        prefix.push(Seg::Field(k.clone()));
+                        walk(v, schema.items().field(k), prefix, out);
+                        prefix.pop();
                     }
                     prefix.pop();
                 }
             }
-            None => {
+            None if !prefix.is_empty() => {
                 out.insert(prefix.clone());
             }
+            None => {}
         },
         _ => {
             if !prefix.is_empty() {
@@ -98,43 +101,75 @@ fn walk(value: &Value, schema: Schema, prefix: &mut FieldPath, out: &mut BTreeSe
     }
 }
 
-/// Each item's segment, when the list is a map or a set whose items can be told apart; `None`
-/// (the list is owned whole) otherwise, as for an item without its key fields.
-fn item_segs(items: &[Value], list: ListType) -> Option<Vec<Seg>> {
-    let segs: Vec<Seg> = match list {
-        ListType::Atomic => return None,
-        ListType::Set => (items.iter())
-            .map(|v| (!v.is_object() && !v.is_array()).then(|| Seg::Value(v.to_string())))
-            .collect::<Option<_>>()?,
-        ListType::Map(keys) => (items.iter())
-            .map(|item| key_of(item, &keys).map(Seg::Key))
-            .collect::<Option<_>>()?,
-    };
+/// Each item's segment, when `schema` makes the list a map or a set whose items can be told
+/// apart; `None` (the list is owned whole) otherwise.
+fn item_segs(items: &[Value], schema: Schema) -> Option<Vec<Seg>> {
+    if schema.list_type() == ListType::Atomic {
+        return None;
+    }
+    let segs: Vec<Seg> = (items.iter())
+        .map(|item| item_seg(item, schema))
+        .collect::<Option<_>>()?;
     let distinct: BTreeSet<&Seg> = segs.iter().collect();
     (distinct.len() == segs.len()).then_some(segs)
 }
 
-/// An item's key fields as JSON in field-name order, if it has them all.
-fn key_of(item: &Value, keys: &[&str]) -> Option<String> {
-    let fields = item.as_object()?;
-    let key: BTreeMap<&str, &Value> = (keys.iter())
-        .map(|k| fields.get(*k).filter(|v| !v.is_null()).map(|v| (*k, v)))
-        .collect::<Option<_>>()?;
-    serde_json::to_string(&key).ok()
+/// The segment naming `item` in the list of schema `schema`: a set's scalar value, or a map
+/// item's key fields (a missing one takes its schema default, as kube-apiserver's defaulting
+/// gives it).
+fn item_seg(item: &Value, schema: Schema) -> Option<Seg> {
+    match schema.list_type() {
+        ListType::Atomic => None,
+        ListType::Set => {
+            (!item.is_object() && !item.is_array()).then(|| Seg::Value(item.to_string()))
+        }
+        ListType::Map(keys) => {
+            let fields = item.as_object()?;
+            let key: BTreeMap<&str, &Value> = (keys.iter())
+                .map(|k| {
+                    let given = fields.get(*k).filter(|v| !v.is_null());
+                    given
+                        .or_else(|| schema.items().field(k).default_value())
+                        .map(|v| (*k, v))
+                })
+                .collect::<Option<_>>()?;
+            serde_json::to_string(&key).ok().map(Seg::Key)
+        }
+    }
 }
 
-/// Whether `item` is the set value `v` (a [`Seg::Value`]) names.
-fn is_value(item: &Value, v: &str) -> bool {
-    serde_json::from_str::<Value>(v).is_ok_and(|v| v == *item)
-}
-
-/// Whether `item` is the one `key` (a [`Seg::Key`]) names.
-fn has_key(item: &Value, key: &str) -> bool {
-    let Ok(Value::Object(wanted)) = serde_json::from_str::<Value>(key) else {
-        return false;
-    };
-    let names: Vec<&str> = wanted.keys().map(String::as_str).collect();
-    key_of(item, &names).as_deref() == Some(key)
+/// Why an applied configuration cannot be merged: an item of a map list without one of its key
+/// fields (and no default for it), in structured-merge-diff's words.
+pub fn unkeyed_item(value: &Value, schema: Schema, path: &str) -> Option<String> {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .find_map(|(k, v)| unkeyed_item(v, schema.field(k), &format!("{path}.{k}"))),
+        Value::Array(items) => {
+            let keys = match schema.list_type() {
+                ListType::Map(keys) => keys,
+                _ => return None,
+            };
+            items.iter().enumerate().find_map(|(i, item)| {
+                let missing = keys.iter().find(|k| {
+                    item.get(**k).is_none_or(Value::is_null)
+                        && schema.items().field(k).default_value().is_none()
+                });
+                match missing {
+                    Some(k) => Some(format!(
+                        "{path}: element {i}: associative list with keys has an element that omits key field \"{k}\" (and doesn't have default value)"
+                    )),
+                    None => {
+                        let fields = item.as_object().into_iter().flatten();
+                        fields.into_iter().find_map(|(k, v)| {
+                            unkeyed_item(v, schema.items().field(k), &format!("{path}[{i}].{k}"))
+                        })
+                    }
+                }
+            })
+        }
+        _ => None,
+    }
 }
 
 fn is_server_owned(path: &FieldPath) -> bool {
@@ -151,54 +186,86 @@ fn is_identity(path: &FieldPath) -> bool {
             && matches!(field(path, 1), Some("name" | "namespace")))
 }
 
-fn child<'a>(value: &'a Value, seg: &Seg) -> Option<&'a Value> {
+/// The position of the item `seg` names in `items` (a list of schema `schema`).
+fn find_item(items: &[Value], seg: &Seg, schema: Schema) -> Option<usize> {
+    items
+        .iter()
+        .position(|item| item_seg(item, schema).as_ref() == Some(seg))
+}
+
+/// The schema below `seg` (an item's fields are its list's `items`).
+fn below<'a>(schema: Schema<'a>, seg: &Seg) -> Schema<'a> {
     match seg {
-        Seg::Field(f) => value.as_object()?.get(f),
-        Seg::Key(k) => value.as_array()?.iter().find(|item| has_key(item, k)),
-        Seg::Value(v) => value.as_array()?.iter().find(|item| is_value(item, v)),
+        Seg::Field(f) => schema.field(f),
+        Seg::Key(_) | Seg::Value(_) => schema.items(),
     }
 }
 
-pub fn get<'a>(value: &'a Value, path: &FieldPath) -> Option<&'a Value> {
+fn child<'a>(value: &'a Value, seg: &Seg, schema: Schema) -> Option<&'a Value> {
+    match seg {
+        Seg::Field(f) => value.as_object()?.get(f),
+        Seg::Key(_) | Seg::Value(_) => {
+            let items = value.as_array()?;
+            items.get(find_item(items, seg, schema)?)
+        }
+    }
+}
+
+/// The field, item or value at `path` in an object of schema `schema`.
+pub fn get<'a>(value: &'a Value, path: &FieldPath, schema: Schema) -> Option<&'a Value> {
     let mut cur = value;
+    let mut schema = schema;
     for seg in path {
-        cur = child(cur, seg)?;
+        // A field's schema is its parent's `field`; a list item is found with the list's.
+        let (next, next_schema) = match seg {
+            Seg::Field(f) => (child(cur, seg, schema)?, schema.field(f)),
+            _ => (child(cur, seg, schema)?, schema.items()),
+        };
+        cur = next;
+        schema = next_schema;
     }
     Some(cur)
 }
 
 /// Removes the field, item or value at `path`, and any maps and lists it leaves empty.
-pub fn remove(value: &mut Value, path: &[Seg]) {
+pub fn remove(value: &mut Value, path: &[Seg], schema: Schema) {
     let Some((first, rest)) = path.split_first() else {
         return;
+    };
+    let child_schema = match first {
+        Seg::Field(f) => schema.field(f),
+        _ => schema,
     };
     if rest.is_empty() {
         match (value, first) {
             (Value::Object(map), Seg::Field(f)) => {
                 map.remove(f);
             }
-            (Value::Array(items), Seg::Key(k)) => items.retain(|item| !has_key(item, k)),
-            (Value::Array(items), Seg::Value(v)) => items.retain(|item| !is_value(item, v)),
+            (Value::Array(items), seg) => {
+                if let Some(i) = find_item(items, seg, schema) {
+                    items.remove(i);
+                }
+            }
             _ => {}
         }
         return;
     }
     let emptied = match (&mut *value, first) {
         (Value::Object(map), Seg::Field(f)) => map.get_mut(f).is_some_and(|child| {
-            remove(child, rest);
+            remove(child, rest, child_schema);
             is_empty_container(child)
         }),
         // An item keeps its key fields: it goes only when its own path is removed.
-        (Value::Array(items), Seg::Key(k)) => {
-            if let Some(item) = items.iter_mut().find(|item| has_key(item, k)) {
-                remove(item, rest);
+        (Value::Array(items), seg) => {
+            if let Some(i) = find_item(items, seg, schema) {
+                remove(&mut items[i], rest, below(schema, seg));
             }
             false
         }
         _ => false,
     };
     if emptied {
-        remove(value, std::slice::from_ref(first));
+        remove(value, std::slice::from_ref(first), schema);
     }
 }
 
@@ -223,28 +290,19 @@ pub fn merge_applied(target: &mut Value, applied: &Value, schema: Schema) {
             }
         }
         (Value::Array(t), Value::Array(a)) if merges_items(t, a, schema) => {
-            let list = schema.list_type();
+            let is_map = matches!(schema.list_type(), ListType::Map(_));
             for item in a {
-                let seg = &item_segs(std::slice::from_ref(item), schema.list_type())
-                    .expect("checked by merges_items")[0];
-                match t.iter_mut().find(|have| matches_seg(have, seg)) {
-                    Some(have) if matches!(list, ListType::Map(_)) => {
-                        merge_applied(have, item, schema.items())
-                    }
+                let Some(seg) = item_seg(item, schema) else {
+                    continue;
+                };
+                match find_item(t, &seg, schema) {
+                    Some(i) if is_map => merge_applied(&mut t[i], item, schema.items()),
                     Some(_) => {}
                     None => t.push(item.clone()),
                 }
             }
         }
         (t, a) => *t = a.clone(),
-    }
-}
-
-fn matches_seg(item: &Value, seg: &Seg) -> bool {
-    match seg {
-        Seg::Key(k) => has_key(item, k),
-        Seg::Value(v) => is_value(item, v),
-        Seg::Field(_) => false,
     }
 }
 
@@ -258,8 +316,7 @@ fn merges(existing: &Value, applied: &Value, schema: Schema) -> bool {
 
 /// Both lists' items can be told apart by the list's type (else the applied list replaces).
 fn merges_items(target: &[Value], applied: &[Value], schema: Schema) -> bool {
-    item_segs(target, schema.list_type()).is_some()
-        && item_segs(applied, schema.list_type()).is_some()
+    item_segs(target, schema).is_some() && item_segs(applied, schema).is_some()
 }
 
 /// Ownership of one object's fields, by manager; `subresource` separates status writers.
@@ -279,25 +336,23 @@ pub struct ManagerKey {
 }
 
 impl Ownership {
-    /// Fields in `applied` owned by another manager with a different current value (an item
-    /// itself never conflicts: only its fields have values).
+    /// Of the fields `paths` in `applied`, those owned by another manager with a different
+    /// current value (an item itself never conflicts: only its fields have values).
     pub fn conflicts(
         &self,
         me: &str,
+        paths: &BTreeSet<FieldPath>,
         current: &Value,
         applied: &Value,
         schema: Schema,
     ) -> Vec<(String, FieldPath)> {
         let mut out = Vec::new();
-        for path in leaf_paths(applied, schema) {
-            if is_item(&path) {
-                continue;
-            }
+        for path in paths.iter().filter(|p| !is_item(p)) {
             for (key, owned) in &self.managers {
-                if key.manager == me || !owned.contains(&path) {
+                if key.manager == me || !owned.contains(path) {
                     continue;
                 }
-                if get(current, &path) != get(applied, &path) {
+                if get(current, path, schema) != get(applied, path, schema) {
                     out.push((key.manager.clone(), path.clone()));
                 }
             }
@@ -349,7 +404,7 @@ impl Ownership {
         self.managers.values().any(|owned| owned.contains(path))
     }
 
-    /// Whether a manager owns a field inside the item or map at `path`.
+    /// Whether a manager owns a field inside the map at `path`.
     pub fn owns_within(&self, path: &FieldPath) -> bool {
         (self.managers.values().flatten()).any(|p| p.len() > path.len() && p.starts_with(path))
     }
@@ -452,7 +507,7 @@ fn node(tree: &mut Value, name: String) -> &mut Value {
 pub fn removed_paths(old: &Value, new: &Value, schema: Schema) -> BTreeSet<FieldPath> {
     leaf_paths(old, schema)
         .into_iter()
-        .filter(|p| get(new, p).is_none())
+        .filter(|p| get(new, p, schema).is_none())
         .collect()
 }
 
@@ -461,13 +516,13 @@ pub fn removed_paths(old: &Value, new: &Value, schema: Schema) -> BTreeSet<Field
 pub fn changed_paths(old: &Value, new: &Value, schema: Schema) -> BTreeSet<FieldPath> {
     let old_paths = leaf_paths(old, schema);
     let new_paths = leaf_paths(new, schema);
-    let changed = new_paths.iter().filter(|p| match get(old, p) {
+    let changed = new_paths.iter().filter(|p| match get(old, p, schema) {
         None => true,
         Some(_) if is_item(p) => false,
-        before => before != get(new, p),
+        before => before != get(new, p, schema),
     });
     // A field that became a map or a list is changed too.
-    let reshaped = (old_paths.difference(&new_paths)).filter(|p| get(new, p).is_some());
+    let reshaped = (old_paths.difference(&new_paths)).filter(|p| get(new, p, schema).is_some());
     changed.chain(reshaped).cloned().collect()
 }
 

@@ -56,6 +56,11 @@ impl<'a> Schema<'a> {
         }
     }
 
+    /// The schema's `default`, if it has one.
+    pub fn default_value(self) -> Option<&'a Value> {
+        self.node?.get("default")
+    }
+
     pub fn list_type(self) -> ListType<'a> {
         let Some(node) = self.node else {
             return ListType::Atomic;
@@ -104,7 +109,9 @@ fn pod_spec() -> Value {
     let container = json!({"properties": {
         "env": map_list(&["name"], json!({})),
         "volumeMounts": map_list(&["mountPath"], json!({})),
-        "ports": map_list(&["containerPort", "protocol"], json!({})),
+        // `protocol` defaults to TCP (kube-apiserver's defaulting runs before the merge).
+        "ports": map_list(&["containerPort", "protocol"],
+            json!({"properties": {"protocol": {"default": "TCP"}}})),
     }});
     json!({"properties": {
         "containers": map_list(&["name"], container.clone()),

@@ -717,6 +717,26 @@ impl Store {
             subresource: w.subresource.to_string(),
         };
         let key = Self::key(rt, w.namespace, w.name);
+        let schema = Schema::of(rt);
+        if let Some(problem) = fields::unkeyed_item(&applied, schema, "") {
+            return Err(ApiError::bad_request(format!(
+                "failed to create typed patch object ({}, Kind={}): {problem}",
+                rt.api_version(),
+                rt.kind
+            )));
+        }
+        // What the write can change: the status through `status`, everything else otherwise.
+        let subresource = w.subresource;
+        let status_apart = rt.status_subresource;
+        let owned_here = move |p: &fields::FieldPath| {
+            if subresource == "status" {
+                fields::under(p, "status")
+            } else {
+                !(status_apart && fields::under(p, "status"))
+            }
+        };
+        let mut applied_paths = fields::leaf_paths(&applied, schema);
+        applied_paths.retain(owned_here);
         if !self.objects.contains_key(&key) {
             if w.subresource == "status" {
                 return Err(ApiError::not_found(&rt.group, &rt.plural, w.name));
@@ -730,9 +750,7 @@ impl Store {
                 .get_mut(&Self::key(rt, w.namespace, w.name))
                 .unwrap();
             stored.ownership = Ownership::default();
-            stored
-                .ownership
-                .take(manager_key, fields::leaf_paths(&applied, Schema::of(rt)));
+            stored.ownership.take(manager_key, applied_paths);
             let now = now_rfc3339();
             stored.ownership.touch_all(&now);
             let managed = stored.ownership.to_managed_fields(&rt.api_version(), &now);
@@ -744,12 +762,11 @@ impl Store {
         let precondition = applied["metadata"]["resourceVersion"]
             .as_str()
             .map(str::to_string);
-        let subresource = w.subresource;
         let kind = rt.kind.clone();
         let name = w.name.to_string();
         self.update(w, precondition, move |current, ownership| {
-            let schema = Schema::of(rt);
-            let conflicts = ownership.conflicts(&manager_key.manager, current, &applied, schema);
+            let me = &manager_key.manager;
+            let conflicts = ownership.conflicts(me, &applied_paths, current, &applied, schema);
             if !conflicts.is_empty() && !force {
                 let fields: Vec<(String, String)> = conflicts
                     .into_iter()
@@ -757,28 +774,29 @@ impl Store {
                     .collect();
                 return Err(ApiError::apply_conflict(&kind, &name, &fields));
             }
-            let mut applied_paths = fields::leaf_paths(&applied, schema);
-            if subresource == "status" {
-                applied_paths.retain(|p| fields::under(p, "status"));
-            }
             // Shared: a field applied with the value it has, or an item that is already there.
             let shared: BTreeSet<fields::FieldPath> = (applied_paths.iter())
-                .filter(|p| match fields::get(current, p) {
+                .filter(|p| match fields::get(current, p, schema) {
                     Some(_) if fields::is_item(p) => true,
-                    have => have.is_some() && have == fields::get(&applied, p),
+                    have => have.is_some() && have == fields::get(&applied, p, schema),
                 })
                 .cloned()
                 .collect();
             let previous = ownership.replace_applied(manager_key, applied_paths.clone(), &shared);
             let mut next = current.clone();
-            // Fields before the items holding them: an item goes only once nobody owns it, nor
-            // anything in it.
+            // What the applier stopped applying goes unless another manager owns it. An item
+            // of a list goes once nobody owns the item itself, with whatever is in it (others'
+            // fields included, as structured-merge-diff removes it); fields go before the items
+            // holding them.
             let dropped: Vec<&fields::FieldPath> = previous.difference(&applied_paths).collect();
             for dropped in dropped.into_iter().rev() {
-                if !ownership.owned_by_anyone(dropped) && !ownership.owns_within(dropped) {
-                    fields::remove(&mut next, dropped);
+                let kept = ownership.owned_by_anyone(dropped)
+                    || (!fields::is_item(dropped) && ownership.owns_within(dropped));
+                if !kept {
+                    fields::remove(&mut next, dropped, schema);
                 }
             }
+            ownership.forget(&fields::removed_paths(current, &next, schema));
             let mut applied = applied;
             if let Some(m) = applied["metadata"].as_object_mut() {
                 m.remove("resourceVersion");
