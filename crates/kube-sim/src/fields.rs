@@ -3,6 +3,10 @@
 //! when its schema says it is a `map` (items told apart by their key fields, each item and each of
 //! its fields owned apart) or a `set` (each value owned apart); any other list is atomic: one
 //! field, applied and owned whole ([`crate::list_types`]).
+//!
+//! Known differences from structured-merge-diff: an applied item new to a list is appended, where
+//! SMD places it in the applied order; and a strategic merge patch is applied as a JSON merge
+//! patch (lists replaced, not merged by `patchMergeKey`). The operator depends on neither.
 
 use crate::list_types::{ListType, Schema};
 use serde_json::{Map, Value};
