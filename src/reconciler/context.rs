@@ -37,9 +37,8 @@ pub struct Context {
     pub(super) prober: Prober,
     /// Valkey's change feeds, started for each server a rotation uses (none in unit tests).
     pub valkey_watchers: Watchers,
-    /// Pod lists in flight at once: each holds a page of full Pods while it summarizes them, so
-    /// the reconciles waiting at the pod gate together cannot hold more than a few pages.
-    pub(super) pod_lists: tokio::sync::Semaphore,
+    /// The pod lists the gate reads, shared by each namespace's rotations.
+    pub(super) pod_lists: super::pod_lists::PodLists,
     /// How long a `Revoke` deletion tries an unreachable Valkey before it lets go.
     pub(super) revoke_on_delete_timeout: Duration,
     /// Whether Argo Rollouts may be targets (`--argo-rollouts`).
@@ -77,8 +76,6 @@ pub struct ContextParts {
     pub watched: super::world::Watched,
 }
 
-/// At most this many pod lists at once (see [`Context`]): 4 pages of 500 Pods, some 18 MiB.
-const CONCURRENT_POD_LISTS: usize = 4;
 
 impl Context {
     /// Everything a reconcile needs, whole: what the controller wires (`parts`) and the caches
@@ -100,7 +97,7 @@ impl Context {
             clock: parts.clock,
             prober: Prober::new(),
             valkey_watchers: parts.valkey_watchers,
-            pod_lists: tokio::sync::Semaphore::new(CONCURRENT_POD_LISTS),
+            pod_lists: Default::default(),
             revoke_on_delete_timeout: parts.revoke_on_delete_timeout,
             argo_rollouts: parts.argo_rollouts,
             deletions: Default::default(),

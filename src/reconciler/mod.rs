@@ -6,6 +6,7 @@ mod clean_up;
 mod context;
 mod read;
 mod record;
+mod pod_lists;
 mod records;
 mod referenced;
 mod world;

@@ -72,44 +72,17 @@ impl Reconciliation<'_> {
         })
     }
 
-    /// The namespace's pods that read the consumers' Secret, listed a page at a time and decoded
-    /// into [`crate::pod_view`]'s few fields, so that only their summaries are kept.
+    /// The namespace's pods that read the consumers' Secret, from a pod list that began after
+    /// this call (shared with the other rotations of the namespace asking meanwhile, see
+    /// [`super::pod_lists`]).
     pub(super) async fn pods_reading_the_secret(
         &self,
     ) -> Result<Vec<crate::pods::PodSummary>, String> {
-        const PAGE: u32 = 500;
-        const MAX_PAGES: usize = 200;
         let spec = &self.planned.spec;
-        let request = kube::core::Request::new(format!("/api/v1/namespaces/{}/pods", self.ns));
-        let _turn = self
-            .ctx
-            .pod_lists
-            .acquire()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        let mut params = kube::api::ListParams::default().limit(PAGE);
-        for _ in 0..MAX_PAGES {
-            let page: crate::pod_view::PodPage = self
-                .ctx
-                .client
-                .request(request.list(&params).map_err(|e| e.to_string())?)
-                .await
-                .map_err(|e| e.to_string())?;
-            out.extend(
-                (page.items.iter().flatten())
-                    .filter_map(|p| crate::pods::summarize(p, &spec.secret, &spec.targets)),
-            );
-            match (page.metadata.and_then(|m| m.continue_)).filter(|c| !c.is_empty()) {
-                Some(token) => params = params.continue_token(&token),
-                None => return Ok(out),
-            }
-        }
-        Err(format!(
-            "more than {} pods in namespace {}",
-            PAGE as usize * MAX_PAGES,
-            self.ns
-        ))
+        let pods = self.ctx.pod_lists.list(&self.ctx.client, &self.ns).await?;
+        Ok((pods.iter())
+            .filter_map(|p| crate::pods::summarize(p, &spec.secret, &spec.targets))
+            .collect())
     }
 
     /// Asks the API with the key the stage is about (`spec.verification`).
