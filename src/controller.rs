@@ -118,6 +118,17 @@ pub async fn run_with_metrics(
     };
     let ctx = Arc::new(Context::new(client, parts));
     let hit_by_valkey_loss = rotations_hit(losses, store.clone(), ctx.clone());
+    // Before the first list, no rotation was reconciled, so nothing is known to let go (and
+    // the store's readiness is not awaited here: its one waiter is the controller).
+    let sweeper = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ctx.resync).await;
+                ctx.forget_the_gone();
+            }
+        })
+    };
     // The Secrets' and the targets' watches carry metadata only, and their stores keep only
     // names and resourceVersions (`reconciler::slim_metadata`): a cluster's workloads and
     // Secrets never sit in memory; a reconcile reads what they do not vouch for.
@@ -146,6 +157,7 @@ pub async fn run_with_metrics(
         }
         std::future::pending::<()>().await
     };
+    let _sweeper = tokio_util::task::AbortOnDropHandle::new(sweeper);
     tokio::select! {
         _ = running => {}
         _ = stopped_before_the_first_list => {

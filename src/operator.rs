@@ -40,7 +40,7 @@ pub async fn run(
                 }
             })
         })
-        .map(AbortOnDrop);
+        .map(tokio_util::task::AbortOnDropHandle::new);
     let shutdown = shutdown.shared();
 
     let version = client.apiserver_version().await?;
@@ -104,12 +104,4 @@ async fn controllers(
         controller::run_with_metrics(client.clone(), settings, metrics.clone(), shutdown.clone())
     }))
     .await;
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

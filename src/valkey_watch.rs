@@ -189,6 +189,11 @@ impl Watchers {
         feeds.running.insert(key, task);
     }
 
+    /// The rotations that use a feed.
+    pub fn rotations(&self) -> Vec<String> {
+        self.feeds.lock().unwrap().users.keys().cloned().collect()
+    }
+
     /// `rotation` is gone: its feed stops unless another rotation uses it.
     pub fn release(&self, rotation: &str) {
         let mut feeds = self.feeds.lock().unwrap();

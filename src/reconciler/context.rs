@@ -76,7 +76,6 @@ pub struct ContextParts {
     pub watched: super::world::Watched,
 }
 
-
 impl Context {
     /// Everything a reconcile needs, whole: what the controller wires (`parts`) and the caches
     /// that start empty.
@@ -163,6 +162,23 @@ impl Context {
             .any(|e| e == endpoint)
         {
             self.forget_keystore(endpoint);
+        }
+    }
+
+    /// A rotation deleted without its clean-up (its finalizer removed by hand) leaves its
+    /// change feed, Secret watches and key store behind: whatever belongs to a rotation the
+    /// controller's cache no longer holds is let go (the controller calls this every resync).
+    pub fn forget_the_gone(&self) {
+        let live: std::collections::HashSet<String> =
+            self.rotations.state().iter().map(|r| key_of(r)).collect();
+        let mut known = self.world.rotations_reading_secrets();
+        known.extend(self.valkey_watchers.rotations());
+        known.extend(self.store_users.lock().unwrap().keys().cloned());
+        known.sort();
+        known.dedup();
+        for gone in known.iter().filter(|k| !live.contains(*k)) {
+            tracing::debug!(rotation = %gone, "gone without its clean-up; letting its watches go");
+            self.forget_rotation(gone);
         }
     }
 

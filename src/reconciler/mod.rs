@@ -4,9 +4,9 @@
 mod act;
 mod clean_up;
 mod context;
+mod pod_lists;
 mod read;
 mod record;
-mod pod_lists;
 mod records;
 mod referenced;
 mod world;

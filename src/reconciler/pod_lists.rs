@@ -56,7 +56,13 @@ struct Waiting(Arc<Namespace>);
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+        // The last one out (done, or dropped while waiting) lets the list go: the next check
+        // needs a newer one anyway. A check holding the lock has just arrived and lists anew.
+        if self.0.waiting.fetch_sub(1, Ordering::SeqCst) == 1
+            && let Ok(mut latest) = self.0.latest.try_lock()
+        {
+            latest.pods = None;
+        }
     }
 }
 
@@ -93,10 +99,6 @@ impl PodLists {
                 pods
             }
         };
-        // The last waiter lets the list go (the next check needs a newer one anyway).
-        if entry.waiting.load(Ordering::SeqCst) == 1 {
-            latest.pods = None;
-        }
         drop(latest);
         drop(waiting);
         pods
@@ -113,7 +115,7 @@ async fn list_pages(client: &Client, ns: &str) -> Result<Vec<PodView>, String> {
             .request(request.list(&params).map_err(|e| e.to_string())?)
             .await
             .map_err(|e| e.to_string())?;
-        out.extend(page.items.into_iter().flatten().map(slim));
+        out.extend(page.items.into_iter().flatten().filter_map(slim));
         match (page.metadata.and_then(|m| m.continue_)).filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => return Ok(out),
@@ -125,17 +127,50 @@ async fn list_pages(client: &Client, ns: &str) -> Result<Vec<PodView>, String> {
     ))
 }
 
-/// Only this operator's annotations are read of a pod.
-fn slim(mut pod: PodView) -> PodView {
+/// What the gate reads of a pod: this operator's annotations, and the env entries, `envFrom`
+/// sources and volumes that name a Secret. A pod that has finished, or reads no Secret at all,
+/// is not kept.
+fn slim(mut pod: PodView) -> Option<PodView> {
     const READ: [&str; 3] = [
         ROLLOUT_ANNOTATION,
         SECRET_RESTORES_ANNOTATION,
         ROLLBACK_ANNOTATION,
     ];
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return None;
+    }
     if let Some(annotations) = pod.metadata.as_mut().and_then(|m| m.annotations.as_mut()) {
         annotations.retain(|k, _| READ.contains(&k.as_str()));
     }
-    pod
+    let spec = pod.spec.as_mut()?;
+    let mut reads = false;
+    for containers in [
+        &mut spec.containers,
+        &mut spec.init_containers,
+        &mut spec.ephemeral_containers,
+    ] {
+        for c in containers.iter_mut().flatten() {
+            if let Some(env) = c.env.as_mut() {
+                env.retain(|e| (e.value_from.as_ref()).is_some_and(|f| f.secret_key_ref.is_some()));
+                reads |= !env.is_empty();
+            }
+            if let Some(env_from) = c.env_from.as_mut() {
+                env_from.retain(|e| e.secret_ref.is_some());
+                reads |= !env_from.is_empty();
+            }
+        }
+    }
+    if let Some(volumes) = spec.volumes.as_mut() {
+        volumes.retain(|v| {
+            v.secret.is_some()
+                || (v.projected.as_ref()).is_some_and(|p| {
+                    (p.sources.iter().flatten()).any(|source| source.secret.is_some())
+                })
+        });
+        reads |= !volumes.is_empty();
+    }
+    reads.then_some(pod)
 }
 
 #[cfg(test)]
@@ -160,7 +195,9 @@ mod tests {
         let lists = Arc::new(PodLists::default());
         let listed = Arc::new(AtomicU32::new(0));
         let (release, released) = tokio::sync::watch::channel(false);
-        let check = |lists: Arc<PodLists>, listed: Arc<AtomicU32>, mut released: tokio::sync::watch::Receiver<bool>| async move {
+        let check = |lists: Arc<PodLists>,
+                     listed: Arc<AtomicU32>,
+                     mut released: tokio::sync::watch::Receiver<bool>| async move {
             lists
                 .list_with("ns", || async move {
                     let n = listed.fetch_add(1, Ordering::SeqCst) + 1;
@@ -192,7 +229,9 @@ mod tests {
     async fn a_failed_list_fails_its_waiters_and_the_next_check_lists_again() {
         let lists = PodLists::default();
         let failed = lists
-            .list_with("ns", || async { Err("503 Service Unavailable".to_string()) })
+            .list_with("ns", || async {
+                Err("503 Service Unavailable".to_string())
+            })
             .await;
         assert_eq!(failed.unwrap_err(), "503 Service Unavailable");
         let ok = lists.list_with("ns", || async { Ok(vec![pod("a")]) }).await;
@@ -200,11 +239,75 @@ mod tests {
     }
 
     #[test]
-    fn only_this_operators_annotations_are_kept() {
-        let pod: PodView = serde_json::from_value(serde_json::json!({"metadata": {
-            "name": "p", "annotations": {ROLLOUT_ANNOTATION: "id", "big": "x".repeat(10_000)}}}))
-        .unwrap();
-        let annotations = slim(pod).metadata.unwrap().annotations.unwrap();
+    fn a_kept_pod_holds_only_what_the_gate_reads() {
+        let env =
+            |extra: serde_json::Value| serde_json::json!([{"name": "PLAIN", "value": "1"}, extra]);
+        let pod = |spec: serde_json::Value, phase: &str| -> PodView {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "annotations": {ROLLOUT_ANNOTATION: "id", "big": "x".repeat(10_000)}},
+                "spec": spec, "status": {"phase": phase}}))
+            .unwrap()
+        };
+        let by_key = serde_json::json!({"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}});
+        let reads = pod(
+            serde_json::json!({"containers": [{"name": "c", "env": env(by_key.clone())}],
+                                           "volumes": [{"name": "tmp", "emptyDir": {}}]}),
+            "Running",
+        );
+        let kept = slim(reads).unwrap();
+        let annotations = kept.metadata.unwrap().annotations.unwrap();
         assert_eq!(annotations.keys().collect::<Vec<_>>(), [ROLLOUT_ANNOTATION]);
+        let spec = kept.spec.unwrap();
+        assert_eq!(spec.containers.unwrap()[0].env.as_ref().unwrap().len(), 1);
+        assert!(spec.volumes.unwrap().is_empty());
+        // A pod reading no Secret, or finished, is not kept.
+        let plain = serde_json::json!({"name": "P2", "value": "2"});
+        let no_secret = pod(
+            serde_json::json!({"containers": [{"name": "c", "env": env(plain)}]}),
+            "Running",
+        );
+        assert!(slim(no_secret).is_none());
+        let done = pod(
+            serde_json::json!({"containers": [{"name": "c", "env": env(by_key)}]}),
+            "Succeeded",
+        );
+        assert!(slim(done).is_none());
+        // A projected Secret volume is kept.
+        let projected = pod(
+            serde_json::json!({"containers": [{"name": "c"}], "volumes": [
+            {"name": "v", "projected": {"sources": [{"secret": {"name": "s"}}]}}]}),
+            "Pending",
+        );
+        assert!(slim(projected).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_check_dropped_while_waiting_lets_the_list_go() {
+        let lists = Arc::new(PodLists::default());
+        let (release, released) = tokio::sync::watch::channel(false);
+        let holder = {
+            let (lists, mut released) = (lists.clone(), released.clone());
+            tokio::spawn(async move {
+                lists
+                    .list_with("ns", || async move {
+                        released.wait_for(|r| *r).await.unwrap();
+                        Ok(vec![pod("a")])
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let waiter = {
+            let lists = lists.clone();
+            tokio::spawn(async move { lists.list_with("ns", || async { Ok(vec![]) }).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiter.abort();
+        let _ = waiter.await;
+        release.send(true).unwrap();
+        holder.await.unwrap().unwrap();
+        let entry = lists.namespaces.lock().unwrap().get("ns").unwrap().clone();
+        assert!(entry.latest.try_lock().unwrap().pods.is_none());
+        drop(released);
     }
 }

@@ -8,18 +8,22 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 
-type SecretKey = (String, String);
+pub type SecretKey = (String, String);
 
 /// Each watch is a connection to the API server held open: past this many distinct Secrets
 /// (rotations in many namespaces, each with its own Valkey), the others are read at each
 /// reconcile instead.
 const MAX_WATCHES: usize = 64;
+
+/// A failed watch starts over after this long, doubled at each failure in a row up to the most.
+const RESTART_MIN: std::time::Duration = std::time::Duration::from_millis(500);
+const RESTART_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What one Secret's watch has shown.
 #[derive(Default)]
@@ -81,15 +85,20 @@ impl Referenced {
 
     /// `rotation` reads exactly the Secrets `names` in `ns`: their watches start, and those it
     /// read before and no rotation reads now stop.
-    pub fn uses(&self, rotation: &str, ns: &str, names: impl IntoIterator<Item = String>) {
+    pub fn uses(
+        &self,
+        rotation: &str,
+        ns: &str,
+        names: impl IntoIterator<Item = String>,
+    ) -> Vec<SecretKey> {
         let Some(client) = &self.client else {
-            return;
+            return Vec::new();
         };
         let wanted: BTreeSet<SecretKey> = names.into_iter().map(|n| (ns.to_string(), n)).collect();
         let mut inner = self.inner.lock().unwrap();
         let watched = |inner: &Inner| wanted.iter().all(|k| inner.watches.contains_key(k));
         if inner.users.get(rotation) == Some(&wanted) && watched(&inner) {
-            return;
+            return Vec::new();
         }
         for key in &wanted {
             if !inner.watches.contains_key(key) && inner.watches.len() < MAX_WATCHES {
@@ -102,14 +111,19 @@ impl Referenced {
         } else {
             inner.users.insert(rotation.to_string(), wanted)
         };
-        inner.stop_unused(before.unwrap_or_default());
+        inner.stop_unused(before.unwrap_or_default())
     }
 
-    /// `rotation` is gone.
-    pub fn release(&self, rotation: &str) {
+    /// `rotation` is gone. Gives the Secrets no longer watched.
+    pub fn release(&self, rotation: &str) -> Vec<SecretKey> {
         let mut inner = self.inner.lock().unwrap();
         let before = inner.users.remove(rotation).unwrap_or_default();
-        inner.stop_unused(before);
+        inner.stop_unused(before)
+    }
+
+    /// The rotations that read a Secret through these watches.
+    pub fn rotations(&self) -> Vec<String> {
+        self.inner.lock().unwrap().users.keys().cloned().collect()
     }
 
     /// The resourceVersion the watch of `ns/name` shows, if it is in step and the Secret exists.
@@ -127,14 +141,17 @@ impl Referenced {
 }
 
 impl Inner {
-    fn stop_unused(&mut self, candidates: BTreeSet<SecretKey>) {
+    fn stop_unused(&mut self, candidates: BTreeSet<SecretKey>) -> Vec<SecretKey> {
+        let mut stopped = Vec::new();
         for key in candidates {
             if !self.users.values().any(|keys| keys.contains(&key))
                 && let Some(watch) = self.watches.remove(&key)
             {
                 watch.task.abort();
+                stopped.push(key);
             }
         }
+        stopped
     }
 }
 
@@ -155,10 +172,24 @@ fn start(client: Client, (ns, name): &SecretKey) -> Watch {
     let follow = seen.clone();
     let task = tokio::spawn(async move {
         use futures::StreamExt;
-        let events = watcher(api, config).default_backoff();
-        let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
-            follow.lock().unwrap().follow(event);
+        // After an error the watcher would resume without listing again, and nothing would
+        // say when it is in step: it starts over instead (a list of one Secret), backing off.
+        let mut pause = RESTART_MIN;
+        loop {
+            let mut events = std::pin::pin!(watcher(api.clone(), config.clone()));
+            while let Some(event) = events.next().await {
+                let failed = event.is_err();
+                let listed = matches!(event, Ok(watcher::Event::InitDone));
+                follow.lock().unwrap().follow(event);
+                if listed {
+                    pause = RESTART_MIN;
+                }
+                if failed {
+                    break;
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RESTART_MAX);
         }
     });
     Watch { seen, task }

@@ -409,14 +409,23 @@ impl World {
     /// watched (and those it read before and no rotation reads now are not).
     pub fn reads_secrets(&self, key: &str, ns: &str, names: impl IntoIterator<Item = String>) {
         if let Some(referenced) = &self.watched.referenced {
-            referenced.uses(key, ns, names);
+            for (ns, name) in referenced.uses(key, ns, names) {
+                self.forget(&(Kind::Secret, ns, name));
+            }
         }
+    }
+
+    /// The rotations that read Secrets they do not label.
+    pub fn rotations_reading_secrets(&self) -> Vec<String> {
+        (self.watched.referenced.as_ref()).map_or_else(Vec::new, |r| r.rotations())
     }
 
     /// The rotation `key` is gone; so is what was kept of objects no watch shows any more.
     pub fn forget_rotation(&self, key: &str) {
         if let Some(referenced) = &self.watched.referenced {
-            referenced.release(key);
+            for (ns, name) in referenced.release(key) {
+                self.forget(&(Kind::Secret, ns, name));
+            }
         }
         self.rotations.lock().unwrap().remove(key);
         self.status_written.lock().unwrap().remove(key);

@@ -195,3 +195,36 @@ async fn a_revoke_deletion_in_a_namespace_being_deleted_ends_after_its_timeout()
     assert!(valkey.exists(&record), "nothing could revoke it");
     operator.abort();
 }
+
+/// A rotation deleted after someone stripped its finalizer gets no clean-up, but what the
+/// operator held open for it does not outlive it: its Valkey change feed (and its Secret
+/// watches and key store) are let go at the next resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_deleted_without_its_clean_up_leaves_no_change_feed_behind() {
+    let valkey = Valkey::start();
+    let (sim, _) = rotated_once(&valkey, json!({})).await;
+    let operator = spawn_operator_with_resync(&sim, Duration::from_millis(300));
+    wait_rotated(&sim).await;
+    wait_for(Duration::from_secs(10), "its change feed", || {
+        !valkey.change_feeds().is_empty()
+    })
+    .await;
+    sim.merge_patch_object(
+        GROUP,
+        PLURAL,
+        NS,
+        "sirius",
+        json!({"metadata": {"finalizers": null}}),
+    )
+    .unwrap();
+    sim.delete_object(GROUP, PLURAL, NS, "sirius").unwrap();
+    wait_for(Duration::from_secs(10), "the ApiKeyRotation gone", || {
+        rotation_object(&sim).is_none()
+    })
+    .await;
+    wait_for(Duration::from_secs(5), "its change feed closed", || {
+        valkey.change_feeds().is_empty()
+    })
+    .await;
+    operator.abort();
+}

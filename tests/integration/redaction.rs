@@ -151,6 +151,14 @@ async fn no_password_reaches_logs_events_status_metrics_or_valkey() {
             .any(|(_, user)| user == "sirius")
     })
     .await;
+    // The gate's status reports it too (its Event may come first: a wait rides on the next
+    // status write).
+    wait_for(Duration::from_secs(10), "the gate's status", || {
+        serde_json::to_string(&sim.list_objects("keys.siriusscan.io", "apikeyrotations", Some(NS)))
+            .unwrap()
+            .contains("prom:***@127.0.0.1")
+    })
+    .await;
     let metrics = get(addr, "/metrics").await;
     operator.abort();
 
