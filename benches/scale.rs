@@ -76,7 +76,18 @@ fn spawn_operator_process(sim: &Sim, dir: &std::path::Path) -> Child {
         ),
     )
     .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_apikey-rotator"))
+    // SCALE_OPERATOR_WRAPPER=heaptrack profiles the operator's heap (the memory and CPU figures
+    // are then the wrapper's, not the operator's).
+    let binary = env!("CARGO_BIN_EXE_apikey-rotator");
+    let mut command = match std::env::var("SCALE_OPERATOR_WRAPPER") {
+        Ok(wrapper) if !wrapper.is_empty() => {
+            let mut c = Command::new(wrapper);
+            c.arg(binary);
+            c
+        }
+        _ => Command::new(binary),
+    };
+    command
         .args([
             "run",
             "--namespace",

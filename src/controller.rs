@@ -75,8 +75,15 @@ pub async fn run_with_metrics(
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let controller = Controller::new(rotations, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // The store keeps each ApiKeyRotation without its managedFields and
+    // last-applied-configuration: nothing reads them, and on a real API server they are often
+    // larger than the rest of the object (the status's fields, each listed per manager).
+    let (store, store_writer) = kube::runtime::reflector::store();
+    let rotation_events = watcher::watcher(rotations, watcher::Config::default().any_semantic())
+        .modify(|akr| slim_rotation(&mut akr.metadata))
+        .reflect(store_writer)
+        .applied_objects();
+    let controller = Controller::for_stream(rotation_events, store.clone());
     let (valkey_watchers, losses) = Watchers::new(metrics.clone());
     let mut watched = reconciler::Watched {
         referenced: Some(Arc::new(reconciler::Referenced::new(client.clone()))),
@@ -191,4 +198,13 @@ fn rotations_hit(
             .collect();
         futures::stream::iter(hit)
     })
+}
+
+/// What the controller's store keeps of an ApiKeyRotation's metadata: all but its managed fields
+/// and `kubectl apply`'s copy of the last applied object.
+fn slim_rotation(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
