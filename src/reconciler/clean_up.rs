@@ -16,6 +16,8 @@ impl Reconciliation<'_> {
     /// unreachable Valkey never blocks a deletion). `Revoke` deletes the records of every key it
     /// manages, then its state and history, and retries until Valkey confirms (for a bounded
     /// time while Valkey is out of reach: see [`Self::revoke_on_delete`]).
+    /// A deletion reads the Valkey password and TLS Secrets afresh: one deleted a moment ago (with
+    /// its namespace) is not used from what the watches last showed.
     pub(super) async fn clean_up(self) -> Result<Requeue, Error> {
         let spec = &self.akr.spec;
         let owner = key_of(self.akr);
@@ -23,7 +25,10 @@ impl Reconciliation<'_> {
         match spec.deletion_policy {
             DeletionPolicy::Retain => {
                 let forgotten = async {
-                    let store = self.ctx.keystore(&owner, &self.endpoint().await?).await?;
+                    let store = self
+                        .ctx
+                        .keystore(&owner, &self.endpoint(true).await?)
+                        .await?;
                     store
                         .forget_owner(&spec.valkey.operator_prefix, &owner, true)
                         .await?;
@@ -63,7 +68,7 @@ impl Reconciliation<'_> {
         let mut revoked = Vec::new();
         let mut endpoint = None;
         let result = async {
-            let reached = self.endpoint().await?;
+            let reached = self.endpoint(true).await?;
             let store = self.ctx.keystore(owner, endpoint.insert(reached)).await?;
             for id in &ids {
                 store.revoke(spec.valkey.prefixes(), id).await?;

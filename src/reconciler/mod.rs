@@ -346,7 +346,7 @@ impl<'a> Reconciliation<'a> {
     }
 
     async fn drive(&mut self) -> Result<Requeue, Error> {
-        let endpoint = self.endpoint().await?;
+        let endpoint = self.endpoint(false).await?;
         let result = self.drive_on(&endpoint).await;
         if matches!(result, Err(Error::KeyStore(KeyStoreError::Unavailable(_)))) {
             // The next attempt connects afresh.

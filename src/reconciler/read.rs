@@ -17,7 +17,9 @@ use std::time::Duration;
 const RECORDS_TTL: Duration = Duration::from_secs(5);
 
 impl Reconciliation<'_> {
-    pub(super) async fn endpoint(&self) -> Result<Endpoint, Error> {
+    /// The Valkey endpoint with its password and TLS material; `fresh` reads their Secrets from
+    /// the API rather than reusing what the watches vouch for.
+    pub(super) async fn endpoint(&self, fresh: bool) -> Result<Endpoint, Error> {
         let v = &self.akr.spec.valkey;
         // The Secrets named here are watched, so that a copy read once is reused while the watch
         // shows it unchanged.
@@ -34,7 +36,7 @@ impl Reconciliation<'_> {
             None => None,
             Some(r) => {
                 let secret = (world
-                    .secret(&self.secrets, &self.ns, &r.name, false)
+                    .secret(&self.secrets, &self.ns, &r.name, fresh)
                     .await?)
                     .ok_or_else(|| Error::Password(format!("Secret {} not found", r.name)))?;
                 crate::trust::password_secret_problem(
@@ -54,7 +56,7 @@ impl Reconciliation<'_> {
             Some(tls) => {
                 let mut found = std::collections::HashMap::new();
                 for name in tls_names {
-                    let secret = world.secret(&self.secrets, &self.ns, &name, false).await?;
+                    let secret = world.secret(&self.secrets, &self.ns, &name, fresh).await?;
                     found.insert(name, secret);
                 }
                 Some(crate::valkey_tls::read(
