@@ -102,15 +102,17 @@ pub async fn run_with_metrics(
     let (secret_store, secret_writer) = kube::runtime::reflector::store();
     watched.secrets = Some(secret_store);
     let health = watched.health.clone();
-    let secret_events = watcher::watcher(
+    let secret_events = crate::relist::relisting_watcher(
         secrets,
         watcher::Config::default()
             .labels(MANAGED_BY_LABEL)
             .any_semantic(),
     )
+    .default_backoff()
     .modify(|s| reconciler::slim_metadata(&mut s.metadata, Some(MANAGED_BY_LABEL)))
     .reflect(secret_writer)
     .inspect(move |event| health.follow(reconciler::WatchKind::Secret, event))
+    .filter(|event| std::future::ready(event.is_ok()))
     .touched_objects();
     let parts = ContextParts {
         instance: std::env::var("POD_NAME").ok(),

@@ -26,6 +26,7 @@ pub mod pods;
 pub mod probe;
 pub mod reconciler;
 pub mod redact;
+pub mod relist;
 
 pub mod rotation;
 pub mod schedule;

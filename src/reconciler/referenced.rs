@@ -21,10 +21,6 @@ pub type SecretKey = (String, String);
 /// reconcile instead.
 const MAX_WATCHES: usize = 64;
 
-/// A failed watch starts over after this long, doubled at each failure in a row up to the most.
-const RESTART_MIN: std::time::Duration = std::time::Duration::from_millis(500);
-const RESTART_MAX: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// What one Secret's watch has shown.
 #[derive(Default)]
 struct Seen {
@@ -172,24 +168,11 @@ fn start(client: Client, (ns, name): &SecretKey) -> Watch {
     let follow = seen.clone();
     let task = tokio::spawn(async move {
         use futures::StreamExt;
-        // After an error the watcher would resume without listing again, and nothing would
-        // say when it is in step: it starts over instead (a list of one Secret), backing off.
-        let mut pause = RESTART_MIN;
-        loop {
-            let mut events = std::pin::pin!(watcher(api.clone(), config.clone()));
-            while let Some(event) = events.next().await {
-                let failed = event.is_err();
-                let listed = matches!(event, Ok(watcher::Event::InitDone));
-                follow.lock().unwrap().follow(event);
-                if listed {
-                    pause = RESTART_MIN;
-                }
-                if failed {
-                    break;
-                }
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(RESTART_MAX);
+        use kube::runtime::WatchStreamExt;
+        let events = crate::relist::relisting_watcher(api, config).default_backoff();
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            follow.lock().unwrap().follow(event);
         }
     });
     Watch { seen, task }

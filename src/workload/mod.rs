@@ -197,11 +197,14 @@ pub fn watch_targets(
         };
         let (store, writer) = kube::runtime::reflector::store();
         let kind = crate::reconciler::WatchKind::Target(W::KIND);
-        let stream = watcher(api, watcher::Config::default().any_semantic())
-            .modify(|w| crate::reconciler::slim_metadata(&mut w.metadata, None))
-            .reflect(writer)
-            .inspect(move |event| health.follow(kind, event))
-            .touched_objects();
+        let stream =
+            crate::relist::relisting_watcher(api, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .modify(|w| crate::reconciler::slim_metadata(&mut w.metadata, None))
+                .reflect(writer)
+                .inspect(move |event| health.follow(kind, event))
+                .filter(|event| std::future::ready(event.is_ok()))
+                .touched_objects();
         let controller =
             controller.watches_stream(stream, move |w| targeting(&rotations, W::KIND, &w));
         (controller, store)

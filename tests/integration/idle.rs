@@ -208,3 +208,49 @@ async fn resyncs_read_the_valkey_password_secret_only_when_it_changed() {
     );
     operator.abort();
 }
+
+/// A watch that fails (the API server restarts, or ends the watch with an error) is listed
+/// again, so its store vouches again and an idle operator goes back to sending nothing; resumed
+/// without a list, it never vouched again and every resync read everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_its_watches_fail_an_idle_operator_again_sends_nothing() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    sim.create_object(consumer_secret(&known_key())).unwrap();
+    deploy_sirius(&sim, 1).await;
+    let mut manifest = rotation(&valkey.url(), json!({}));
+    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "once"});
+    sim.create_object(manifest).unwrap();
+    let resync = Duration::from_millis(300);
+    let operator = spawn_operator_with_resync(&sim, resync);
+    wait_for(Duration::from_secs(60), "the rotation", || {
+        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // settling, not a wait for an event
+    let lists = |sim: &kube_sim::Sim| {
+        let counts = requests(sim);
+        ["secrets", "deployments", "statefulsets", "daemonsets"].map(|plural| {
+            counts
+                .get(&("list".to_string(), plural.to_string()))
+                .copied()
+        })
+    };
+    let listed_before = lists(&sim);
+    sim.break_watches();
+    // Each watch lists again after the controller's back-off (which grows with each error).
+    wait_for(Duration::from_secs(60), "every watch listed again", || {
+        let now = lists(&sim);
+        (0..4).all(|i| now[i] > listed_before[i])
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // settling, not a wait for an event
+    let before = requests(&sim);
+    tokio::time::sleep(resync * 10).await; // ten resyncs
+    let during = since(&before, &requests(&sim));
+    assert!(
+        during.is_empty(),
+        "after its watches failed, an idle operator sent {during:?} over ten resyncs"
+    );
+    operator.abort();
+}

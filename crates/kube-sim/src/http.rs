@@ -681,7 +681,34 @@ async fn watch_response(
     });
     let stream = head.chain(futures::stream::select(live, bookmark_stream));
     let deadline = tokio::time::sleep(Duration::from_secs(timeout));
-    let stream = stream.take_until(deadline);
+    // `Sim::break_watches`: the watch ends with an error event (not a 410: the client resumes).
+    let mut breaks = shared.watch_breaks.subscribe();
+    breaks.mark_unchanged();
+    let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mark_broken = broken.clone();
+    let broken_off = async move {
+        if breaks.changed().await.is_ok() {
+            mark_broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            std::future::pending::<()>().await
+        }
+    };
+    let error_event = futures::stream::once(async move {
+        broken.load(std::sync::atomic::Ordering::SeqCst).then(|| {
+            let status = ApiError::injected(500).body();
+            Ok::<_, std::io::Error>(Bytes::from(format!(
+                "{}\n",
+                json!({"type": "ERROR", "object": status})
+            )))
+        })
+    })
+    .filter_map(futures::future::ready);
+    let stream = stream
+        .take_until(futures::future::select(
+            Box::pin(deadline),
+            Box::pin(broken_off),
+        ))
+        .chain(error_event);
     Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(stream))

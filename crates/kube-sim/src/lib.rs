@@ -81,6 +81,8 @@ pub(crate) struct Inner {
     user_requests: Mutex<BTreeMap<(String, String, String), u64>>,
     /// The messages of the 403s RBAC answered, in order.
     denials: Mutex<Vec<String>>,
+    /// Bumped to end every open watch with an error event (see [`Sim::break_watches`]).
+    pub watch_breaks: tokio::sync::watch::Sender<u64>,
 }
 
 pub(crate) type Shared = Arc<Inner>;
@@ -152,6 +154,7 @@ impl Sim {
             users: Mutex::new(BTreeMap::new()),
             user_requests: Mutex::new(BTreeMap::new()),
             denials: Mutex::new(Vec::new()),
+            watch_breaks: tokio::sync::watch::Sender::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -407,6 +410,12 @@ impl Sim {
     }
 
     /// Drops every injected fault not yet served.
+    /// Ends every open watch with an `ERROR` event of code 500 (as a kube-apiserver restarting or
+    /// failing mid-watch sends it): a client resumes from the last resourceVersion it saw.
+    pub fn break_watches(&self) {
+        self.shared.watch_breaks.send_modify(|n| *n += 1);
+    }
+
     pub fn clear_faults(&self) {
         self.shared.faults.lock().unwrap().clear();
     }
