@@ -108,7 +108,6 @@ pub async fn run_with_metrics(
             .labels(MANAGED_BY_LABEL)
             .any_semantic(),
     )
-    .default_backoff()
     .modify(|s| reconciler::slim_metadata(&mut s.metadata, Some(MANAGED_BY_LABEL)))
     .reflect(secret_writer)
     .inspect(move |event| health.follow(reconciler::WatchKind::Secret, event))

@@ -168,8 +168,7 @@ fn start(client: Client, (ns, name): &SecretKey) -> Watch {
     let follow = seen.clone();
     let task = tokio::spawn(async move {
         use futures::StreamExt;
-        use kube::runtime::WatchStreamExt;
-        let events = crate::relist::relisting_watcher(api, config).default_backoff();
+        let events = crate::relist::relisting_watcher(api, config);
         let mut events = std::pin::pin!(events);
         while let Some(event) = events.next().await {
             follow.lock().unwrap().follow(event);

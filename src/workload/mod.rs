@@ -199,7 +199,6 @@ pub fn watch_targets(
         let kind = crate::reconciler::WatchKind::Target(W::KIND);
         let stream =
             crate::relist::relisting_watcher(api, watcher::Config::default().any_semantic())
-                .default_backoff()
                 .modify(|w| crate::reconciler::slim_metadata(&mut w.metadata, None))
                 .reflect(writer)
                 .inspect(move |event| health.follow(kind, event))

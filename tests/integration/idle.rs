@@ -238,7 +238,7 @@ async fn after_its_watches_fail_an_idle_operator_again_sends_nothing() {
     };
     let listed_before = lists(&sim);
     sim.break_watches();
-    // Each watch lists again after the controller's back-off (which grows with each error).
+    // Each watch lists again after its own back-off (under two seconds after a first error).
     wait_for(Duration::from_secs(60), "every watch listed again", || {
         let now = lists(&sim);
         (0..4).all(|i| now[i] > listed_before[i])
@@ -253,4 +253,34 @@ async fn after_its_watches_fail_an_idle_operator_again_sends_nothing() {
         "after its watches failed, an idle operator sent {during:?} over ten resyncs"
     );
     operator.abort();
+}
+
+/// A watch the API server keeps refusing is retried ever more slowly: 0.8 s, then 1.6 s, then
+/// 3.2 s (each up to twice that, with jitter), not once a second for ever (kube-runtime's
+/// watcher yields `Init` before its first request, so a back-off reset by any success never
+/// grew).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_refused_again_and_again_backs_off_further_each_time() {
+    use futures::StreamExt;
+    let sim = start_sim().await;
+    sim.inject_faults("list", "secrets", 1_000, 500);
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client_for(&sim), NS);
+    let watch = apikey_rotator::relist::relisting_watcher(secrets, Default::default());
+    let lists = || {
+        sim.request_counts()
+            .get(&("list".to_string(), "secrets".to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    let watched = tokio::spawn(watch.for_each(|_| async {}));
+    tokio::time::sleep(Duration::from_secs(6)).await; // the span the attempts are counted over
+    watched.abort();
+    // At 0 s, >= 0.8 s, >= 2.4 s and >= 5.6 s at most; a back-off that never grows lists at
+    // least five times (every wait under 1.6 s).
+    let attempts = lists();
+    assert!(
+        (2..=4).contains(&attempts),
+        "{attempts} lists of a refused watch in 6 s"
+    );
 }

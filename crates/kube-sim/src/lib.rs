@@ -409,13 +409,13 @@ impl Sim {
         });
     }
 
-    /// Drops every injected fault not yet served.
     /// Ends every open watch with an `ERROR` event of code 500 (as a kube-apiserver restarting or
     /// failing mid-watch sends it): a client resumes from the last resourceVersion it saw.
     pub fn break_watches(&self) {
         self.shared.watch_breaks.send_modify(|n| *n += 1);
     }
 
+    /// Drops every injected fault not yet served.
     pub fn clear_faults(&self) {
         self.shared.faults.lock().unwrap().clear();
     }
