@@ -533,6 +533,52 @@ async fn watch_from_a_resource_version_sees_later_events_in_order() {
     assert_eq!(seen, ["MODIFIED a", "ADDED b", "DELETED a"]);
 }
 
+/// A watch that falls behind the event buffer ends, as kube-apiserver ends a watcher too slow
+/// for its cache: the client resumes from the last version it saw, and nothing is skipped. (It
+/// used to stay open on bookmarks alone, whose versions carried the client past what it missed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_falls_behind_the_event_buffer_ends_and_skips_nothing() {
+    let sim = start_sim().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client_for(&sim), NS);
+    let mut stream = cms
+        .watch(&WatchParams::default().timeout(60), "0")
+        .await
+        .unwrap()
+        .boxed();
+    // The client reads nothing while far more events than the buffer holds are made.
+    let filler = "x".repeat(2_000);
+    for i in 0..12_000 {
+        sim.create_object(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": format!("c{i}"), "namespace": NS}, "data": {"a": filler}}))
+            .unwrap();
+    }
+    let mut versions = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(event) = stream.next().await {
+            match event.unwrap() {
+                WatchEvent::Added(o) => versions.push(
+                    (o.metadata.resource_version.unwrap())
+                        .parse::<u64>()
+                        .unwrap(),
+                ),
+                WatchEvent::Bookmark(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch stayed open after falling behind");
+    assert!(
+        versions.len() < 12_000,
+        "it fell behind (saw {})",
+        versions.len()
+    );
+    assert!(
+        versions.windows(2).all(|w| w[1] == w[0] + 1),
+        "what it delivered has no gap"
+    );
+}
+
 #[tokio::test]
 async fn watch_from_a_compacted_resource_version_is_410_gone() {
     let sim = start_sim().await;

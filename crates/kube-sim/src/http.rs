@@ -679,7 +679,14 @@ async fn watch_response(
             Some((Ok(Bytes::from(format!("{e}\n"))), shared))
         }
     });
-    let stream = head.chain(futures::stream::select(live, bookmark_stream));
+    // The watch ends when its live events do (it lagged behind the event buffer): bookmarks
+    // alone would carry the store's latest resourceVersion past the events it missed, and the
+    // client would resume after them.
+    let live = live.map(Some).chain(futures::stream::once(async { None }));
+    let events = futures::stream::select(live, bookmark_stream.map(Some))
+        .take_while(|event| futures::future::ready(event.is_some()))
+        .filter_map(futures::future::ready);
+    let stream = head.chain(events);
     let deadline = tokio::time::sleep(Duration::from_secs(timeout));
     // `Sim::break_watches`: the watch ends with an error event (not a 410: the client resumes).
     let mut breaks = shared.watch_breaks.subscribe();
