@@ -9,8 +9,11 @@ use kube_sim::Sim;
 use serde_json::{Value, json};
 use std::time::Duration;
 
+/// With revocations enough that no test's timing can use them up: one test waits for an API that
+/// keeps the old key and then fixes it, and under load the 5 by default (one per 1 s re-check)
+/// ran out before the test saw the first report, which left the rotation waiting 300 s.
 fn verification(api: &SiriusApi) -> Value {
-    json!({"verification": {"url": api.host_url(), "timeoutSeconds": 2}})
+    json!({"verification": {"url": api.host_url(), "timeoutSeconds": 2, "maxRevocations": 100}})
 }
 
 /// Sirius (its Secret, Deployments and a sirius-api that authenticates on the test Valkey), an
