@@ -27,6 +27,33 @@ fn since(
         .collect()
 }
 
+/// The operator, once the rotation requested in the manifest finished and is Ready.
+async fn operator_after_one_rotation(
+    sim: &kube_sim::Sim,
+    resync: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let operator = spawn_operator_with_resync(sim, resync);
+    wait_for(Duration::from_secs(60), "the rotation", || {
+        akr_status(sim)["revision"] == json!(1) && akr_status(sim)["phase"] == "Ready"
+    })
+    .await;
+    operator
+}
+
+/// The requests before ten resyncs, and those sent during them.
+async fn over_ten_resyncs(
+    sim: &kube_sim::Sim,
+    resync: Duration,
+) -> (
+    BTreeMap<(String, String), u64>,
+    BTreeMap<(String, String), u64>,
+) {
+    let before = requests(sim);
+    tokio::time::sleep(resync * 10).await; // ten resyncs
+    let during = since(&before, &requests(sim));
+    (before, during)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resyncs_of_an_unchanged_rotation_send_the_api_server_nothing() {
     let valkey = Valkey::start();
@@ -37,16 +64,10 @@ async fn resyncs_of_an_unchanged_rotation_send_the_api_server_nothing() {
     manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "once"});
     sim.create_object(manifest).unwrap();
     let resync = Duration::from_millis(300);
-    let operator = spawn_operator_with_resync(&sim, resync);
-    wait_for(Duration::from_secs(60), "the rotation", || {
-        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
-    })
-    .await;
+    let operator = operator_after_one_rotation(&sim, resync).await;
     // The last writes land and the watches catch up with them.
     tokio::time::sleep(Duration::from_secs(2)).await; // settling, not a wait for an event
-    let before = requests(&sim);
-    tokio::time::sleep(resync * 10).await; // ten resyncs
-    let during = since(&before, &requests(&sim));
+    let (before, during) = over_ten_resyncs(&sim, resync).await;
     assert!(
         during.is_empty(),
         "an idle operator sent {during:?} over ten resyncs"
@@ -172,15 +193,9 @@ async fn resyncs_read_the_valkey_password_secret_only_when_it_changed() {
         json!({"valkey": {"passwordSecretRef": {"name": "sirius-valkey-auth", "key": "password"}}});
     install_sirius(&sim, &url, &known_key(), 1, Some("once"), auth).await;
     let resync = Duration::from_millis(300);
-    let operator = spawn_operator_with_resync(&sim, resync);
-    wait_for(Duration::from_secs(60), "the rotation", || {
-        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
-    })
-    .await;
+    let operator = operator_after_one_rotation(&sim, resync).await;
     tokio::time::sleep(Duration::from_secs(2)).await; // settling, not a wait for an event
-    let before = requests(&sim);
-    tokio::time::sleep(resync * 10).await; // ten resyncs
-    let during = since(&before, &requests(&sim));
+    let (before, during) = over_ten_resyncs(&sim, resync).await;
     assert!(
         during.is_empty(),
         "an idle operator with a Valkey password sent {during:?} over ten resyncs"
@@ -222,11 +237,7 @@ async fn after_its_watches_fail_an_idle_operator_again_sends_nothing() {
     manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "once"});
     sim.create_object(manifest).unwrap();
     let resync = Duration::from_millis(300);
-    let operator = spawn_operator_with_resync(&sim, resync);
-    wait_for(Duration::from_secs(60), "the rotation", || {
-        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
-    })
-    .await;
+    let operator = operator_after_one_rotation(&sim, resync).await;
     tokio::time::sleep(Duration::from_secs(2)).await; // settling, not a wait for an event
     let lists = |sim: &kube_sim::Sim| {
         let counts = requests(sim);
@@ -245,9 +256,7 @@ async fn after_its_watches_fail_an_idle_operator_again_sends_nothing() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await; // settling, not a wait for an event
-    let before = requests(&sim);
-    tokio::time::sleep(resync * 10).await; // ten resyncs
-    let during = since(&before, &requests(&sim));
+    let (_, during) = over_ten_resyncs(&sim, resync).await;
     assert!(
         during.is_empty(),
         "after its watches failed, an idle operator sent {during:?} over ten resyncs"
