@@ -44,6 +44,18 @@ fn env_names(d: &Deployment) -> Vec<String> {
         .collect()
 }
 
+/// The `managedFields` entry of `manager`, as JSON.
+fn managed_fields_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    manager: &str,
+) -> Value {
+    let entries = serde_json::to_value(meta.managed_fields.as_ref().unwrap()).unwrap();
+    (entries.as_array().unwrap().iter())
+        .find(|m| m["manager"] == manager)
+        .unwrap_or_else(|| panic!("no managedFields entry of {manager}: {entries}"))
+        .clone()
+}
+
 fn apply(manager: &str) -> PatchParams {
     PatchParams::apply(manager)
 }
@@ -185,17 +197,11 @@ async fn finalizers_are_a_set_each_value_owned_by_its_applier() {
         .await
         .unwrap();
     assert_eq!(
-        c.metadata.finalizers.unwrap(),
+        c.metadata.finalizers.clone().unwrap(),
         ["a.example.com/hold", "b.example.com/hold"]
     );
     // fieldsV1 names each value: `f:finalizers` holds `v:"a.example.com/hold"`.
-    let managed = serde_json::to_value(c.metadata.managed_fields.unwrap()).unwrap();
-    let a = managed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["manager"] == "a")
-        .unwrap();
+    let a = managed_fields_of(&c.metadata, "a");
     assert!(
         a["fieldsV1"]["f:metadata"]["f:finalizers"]
             .get(r#"v:"a.example.com/hold""#)
@@ -256,10 +262,7 @@ async fn a_custom_resources_map_list_follows_its_schema() {
         .collect();
     assert_eq!(types, ["Ready", "Audited"]);
     // fieldsV1 names the item by its key, with `.` for the item and its key field.
-    let managed = serde_json::to_value(after.metadata.managed_fields.unwrap()).unwrap();
-    let operator = (managed.as_array().unwrap().iter())
-        .find(|m| m["manager"] == "operator")
-        .unwrap();
+    let operator = managed_fields_of(&after.metadata, "operator");
     let item = &operator["fieldsV1"]["f:status"]["f:conditions"][r#"k:{"type":"Ready"}"#];
     assert!(
         item.get(".").is_some() && item.get("f:type").is_some() && item.get("f:reason").is_some(),
@@ -362,10 +365,7 @@ async fn a_dropped_item_goes_with_fields_others_updated_in_it() {
         )
         .await
         .unwrap();
-    let managed = serde_json::to_value(d.metadata.managed_fields.unwrap()).unwrap();
-    let updater = (managed.as_array().unwrap().iter())
-        .find(|m| m["manager"] == "kubectl-set")
-        .unwrap();
+    let updater = managed_fields_of(&d.metadata, "kubectl-set");
     let proxy = &updater["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"][r#"k:{"name":"proxy"}"#];
     assert!(
         proxy.get("f:image").is_some() && proxy.get(".").is_none(),
