@@ -5,7 +5,7 @@
 use crate::clock::Clock;
 use crate::crd::{ApiKeyRotation, MANAGED_BY_LABEL};
 use crate::metrics::Metrics;
-use crate::reconciler::{self, Context, ContextParts};
+use crate::reconciler::{self, Context, ContextParts, KeepLabels};
 use crate::valkey_watch::{Loss, Watchers};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
@@ -108,7 +108,7 @@ pub async fn run_with_metrics(
             .labels(MANAGED_BY_LABEL)
             .any_semantic(),
     )
-    .modify(|s| reconciler::slim_metadata(&mut s.metadata, Some(MANAGED_BY_LABEL)))
+    .modify(|s| reconciler::slim_metadata(&mut s.metadata, KeepLabels::Only(MANAGED_BY_LABEL)))
     .reflect(secret_writer)
     .inspect(move |event| health.follow(reconciler::WatchKind::Secret, event))
     .filter(|event| std::future::ready(event.is_ok()))
@@ -138,8 +138,9 @@ pub async fn run_with_metrics(
         })
     };
     // The Secrets' and the targets' watches carry metadata only, and their stores keep only
-    // names and resourceVersions (`reconciler::slim_metadata`): a cluster's workloads and
-    // Secrets never sit in memory; a reconcile reads what they do not vouch for.
+    // names, resourceVersions and the labels selectors match (`reconciler::slim_metadata`): a
+    // cluster's workloads and Secrets never sit in memory; a reconcile reads what they do not
+    // vouch for.
     let running = controller
         .watches_stream(secret_events, |secret: PartialObjectMeta<Secret>| {
             let owner = secret.labels().get(MANAGED_BY_LABEL).cloned();

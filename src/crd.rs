@@ -69,10 +69,12 @@ pub struct ApiKeyRotationSpec {
     /// Where Sirius keeps its key records.
     pub valkey: ValkeyConnection,
 
-    /// Workloads restarted in this order, each only after the previous finished its rollout.
+    /// Workloads restarted in this order, each entry only after the previous one finished its
+    /// rollout. An entry names one workload or selects several by label; the workloads one entry
+    /// selects roll at once, and the entry completes when all of them have.
     #[serde(default = "default_targets")]
     #[schemars(length(min = 1, max = 16))]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub targets: Vec<RolloutTarget>,
 
     /// How long a target may take to finish its rollout before the rotation fails (seconds).
@@ -448,19 +450,26 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutTarget {
     /// Kind of workload: `Deployment` (the default), `StatefulSet` or `DaemonSet` (`apps/v1`), or
     /// `Rollout` (Argo Rollouts, `argoproj.io/v1alpha1`).
     #[serde(default)]
     pub kind: TargetKind,
-    /// Name of the workload in this namespace.
+    /// Name of the workload in this namespace. Exactly one of `name` and `selector` is set.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        transform = without_default
     )]
     pub name: String,
+    /// Selects the workloads of `kind` in this namespace by label, instead of `name`. The
+    /// workloads it matches when a rotation starts are that rotation's plan (a workload that
+    /// starts matching later waits for the next rotation); they roll at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
     /// Overrides `spec.progressDeadlineSeconds` for this target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 10, max = 86400))]
@@ -600,15 +609,46 @@ fn default_pod_gate_timeout() -> u32 {
 fn default_targets() -> Vec<RolloutTarget> {
     ["sirius-api", "sirius-ui", "sirius-engine"]
         .into_iter()
-        .map(|name| RolloutTarget {
-            kind: TargetKind::Deployment,
-            name: name.into(),
-            progress_deadline_seconds: None,
-        })
+        .map(|name| RolloutTarget::named(TargetKind::Deployment, name))
         .collect()
 }
 
+/// A label selector as `kubectl get -l` takes it (`app=api,tier in (a,b)`): how the status shows
+/// it and how a rotation's plan compares it with the spec. An invalid one shows its parse error.
+pub fn selector_text(selector: &LabelSelector) -> String {
+    match kube::core::Selector::try_from(selector.clone()) {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("(invalid selector: {e})"),
+    }
+}
+
+/// An absent `name` must stay absent: a schema default of "" would fail the name's own pattern.
+fn without_default(schema: &mut schemars::Schema) {
+    schema.remove("default");
+}
+
+/// The label selector of the [`RolloutTarget`]s that select their workloads.
+pub type LabelSelector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
 impl RolloutTarget {
+    /// A target that names its workload.
+    pub fn named(kind: TargetKind, name: &str) -> Self {
+        Self {
+            kind,
+            name: name.to_string(),
+            selector: None,
+            progress_deadline_seconds: None,
+        }
+    }
+
+    /// How the target is written in messages: `Deployment api`, or `Deployment app=api`.
+    pub fn describe(&self) -> String {
+        match &self.selector {
+            Some(selector) => format!("{} {}", self.kind, selector_text(selector)),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
+
     pub fn deadline_seconds(&self, spec: &ApiKeyRotationSpec) -> u32 {
         self.progress_deadline_seconds
             .unwrap_or(spec.progress_deadline_seconds)
@@ -773,6 +813,10 @@ pub struct TargetProgress {
     #[serde(default)]
     pub kind: TargetKind,
     pub name: String,
+    /// The label selector of the `spec.targets` entry that chose this workload, as `kubectl get
+    /// -l` takes it (absent: the entry named it). The workloads of one entry roll at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     pub state: TargetState,
     /// This target's pods that may still hold the old key, at the last check before revoking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -794,6 +838,7 @@ impl TargetProgress {
         Self {
             kind,
             name: name.to_string(),
+            selector: None,
             pods_on_old_key: None,
             state: TargetState::Pending,
             rolled_at: None,

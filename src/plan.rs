@@ -3,80 +3,182 @@
 //! apply to the next rotation, so a target removed mid-rotation is still finished (its pods still
 //! hold the old key) and a target added mid-rotation waits for the next one.
 
-use crate::crd::{ApiKeyRotationSpec, ApiKeyRotationStatus, RolloutTarget};
+use crate::crd::{ApiKeyRotationSpec, ApiKeyRotationStatus, RolloutTarget, selector_text};
+
+/// The most workloads one rotation plans (its status lists each): a selector that matches more
+/// does not start a rotation.
+pub const MAX_PLANNED_TARGETS: usize = 64;
 
 /// The spec a reconcile works with, and how it differs from the one the user wrote.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Planned {
-    /// The user's spec with the rotation's targets and Secret in place of the edited ones.
+    /// The user's spec with the rotation's targets and Secret in place of the edited ones. Its
+    /// targets each name one workload: an entry's selector is replaced by what it selected.
     pub spec: ApiKeyRotationSpec,
     /// The fields whose edit waits for the next rotation (`spec.targets`, `spec.secret`).
     pub deferred: Vec<&'static str>,
     /// Per planned target: it is no longer in `spec.targets` (removed by the user mid-rotation).
     pub removed: Vec<bool>,
+    /// Per planned target: the selector of the entry that chose it (None: the entry named it).
+    /// Consecutive targets with the same kind and selector are one entry's and roll at once.
+    pub selected_by: Vec<Option<String>>,
+    /// Why the spec's selectors cannot make a plan now (none when a rotation is in flight): an
+    /// entry that selects nothing, or more than [`MAX_PLANNED_TARGETS`] in all.
+    pub unselected: Vec<String>,
 }
 
-/// The plan of the rotation in `status`, or the spec itself when no rotation runs (or one
-/// recorded before plans were kept: its targets are its plan, its Secret the spec's).
-pub fn planned(spec: &ApiKeyRotationSpec, status: &ApiKeyRotationStatus) -> Planned {
-    let mut planned = spec.clone();
-    let mut deferred = Vec::new();
-    let mut removed = vec![false; spec.targets.len()];
-    let Some(r) = status.current_rotation.as_ref() else {
-        return Planned {
-            spec: planned,
-            deferred,
-            removed,
-        };
-    };
-    if !r.targets.is_empty() {
-        planned.targets = r
-            .targets
-            .iter()
-            .map(|t| {
-                let now = spec
-                    .targets
-                    .iter()
-                    .find(|s| s.kind == t.kind && s.name == t.name);
-                RolloutTarget {
-                    kind: t.kind,
-                    name: t.name.clone(),
-                    // A deadline edit is harmless to take at once; a removed target keeps the
-                    // rotation's default.
-                    progress_deadline_seconds: now.and_then(|s| s.progress_deadline_seconds),
-                }
-            })
-            .collect();
-        removed = planned
-            .targets
-            .iter()
-            .map(|p| {
-                !spec
-                    .targets
-                    .iter()
-                    .any(|s| s.kind == p.kind && s.name == p.name)
-            })
-            .collect();
-        let same_order = planned.targets.len() == spec.targets.len()
-            && planned
-                .targets
-                .iter()
-                .zip(&spec.targets)
-                .all(|(p, s)| p.kind == s.kind && p.name == s.name);
-        if !same_order {
-            deferred.push("spec.targets");
-        }
+impl Planned {
+    /// Whether planned targets `a` and `b` belong to the same entry of `spec.targets` (and roll
+    /// at once): the same selector's consecutive run of targets of one kind.
+    pub fn same_entry(&self, a: usize, b: usize) -> bool {
+        same_entry(&self.spec.targets, &self.selected_by, a, b)
     }
-    if let Some(secret) = &r.secret
+}
+
+/// See [`Planned::same_entry`].
+pub fn same_entry(
+    targets: &[RolloutTarget],
+    selected_by: &[Option<String>],
+    a: usize,
+    b: usize,
+) -> bool {
+    if a == b {
+        return true;
+    }
+    let key = |i: usize| Some((targets.get(i)?.kind, selected_by.get(i)?.as_ref()?));
+    let Some(k) = key(a) else {
+        return false;
+    };
+    (a.min(b)..=a.max(b)).all(|i| key(i) == Some(k))
+}
+
+/// What each entry of `spec.targets` selects, by index: the names of the workloads its selector
+/// matches (None for an entry that names its workload, or a selector not looked up).
+pub type Selected = [Option<Vec<String>>];
+
+/// The plan of the rotation in `status`, or the spec itself with its selectors resolved by
+/// `selected` when no rotation runs (or one recorded before plans were kept: its targets are its
+/// plan, its Secret the spec's).
+pub fn planned(
+    spec: &ApiKeyRotationSpec,
+    status: &ApiKeyRotationStatus,
+    selected: &Selected,
+) -> Planned {
+    let rotation = status.current_rotation.as_ref();
+    let mut planned = match rotation.filter(|r| !r.targets.is_empty()) {
+        Some(r) => in_flight(spec, r),
+        None => resolved(spec, selected),
+    };
+    if let Some(r) = rotation
+        && let Some(secret) = &r.secret
         && *secret != spec.secret
     {
-        planned.secret = secret.clone();
-        deferred.push("spec.secret");
+        planned.spec.secret = secret.clone();
+        planned.deferred.push("spec.secret");
+    }
+    planned
+}
+
+/// The spec with each selector replaced by the workloads it selects now.
+fn resolved(spec: &ApiKeyRotationSpec, selected: &Selected) -> Planned {
+    let mut targets = Vec::new();
+    let mut selected_by = Vec::new();
+    let mut unselected = Vec::new();
+    for (i, entry) in spec.targets.iter().enumerate() {
+        let Some(selector) = &entry.selector else {
+            targets.push(entry.clone());
+            selected_by.push(None);
+            continue;
+        };
+        let text = selector_text(selector);
+        let names = selected.get(i).and_then(|n| n.as_deref()).unwrap_or(&[]);
+        if names.is_empty() {
+            unselected.push(format!(
+                "spec.targets[{i}]: the selector {text} matches no {} in this namespace",
+                entry.kind
+            ));
+        }
+        for name in names {
+            targets.push(RolloutTarget {
+                name: name.clone(),
+                selector: None,
+                ..entry.clone()
+            });
+            selected_by.push(Some(text.clone()));
+        }
+    }
+    if targets.len() > MAX_PLANNED_TARGETS {
+        unselected.push(format!(
+            "spec.targets selects {} workloads, at most {MAX_PLANNED_TARGETS} can be planned; narrow the selectors",
+            targets.len()
+        ));
     }
     Planned {
-        spec: planned,
-        deferred,
+        removed: vec![false; targets.len()],
+        spec: ApiKeyRotationSpec {
+            targets,
+            ..spec.clone()
+        },
+        deferred: Vec::new(),
+        selected_by,
+        unselected,
+    }
+}
+
+/// The targets the rotation in flight started with, and how the spec was edited since.
+fn in_flight(spec: &ApiKeyRotationSpec, r: &crate::crd::RotationProgress) -> Planned {
+    // The entry of the spec that names (or selects) a planned target now, if any.
+    let entry_of = |t: &crate::crd::TargetProgress| {
+        spec.targets.iter().find(|s| {
+            s.kind == t.kind
+                && match (&s.selector, &t.selector) {
+                    (Some(now), Some(then)) => selector_text(now) == *then,
+                    (None, None) => s.name == t.name,
+                    _ => false,
+                }
+        })
+    };
+    let targets: Vec<RolloutTarget> = (r.targets.iter())
+        .map(|t| RolloutTarget {
+            // A deadline edit is harmless to take at once; a removed target keeps the
+            // rotation's default.
+            progress_deadline_seconds: entry_of(t).and_then(|s| s.progress_deadline_seconds),
+            ..RolloutTarget::named(t.kind, &t.name)
+        })
+        .collect();
+    let removed = r.targets.iter().map(|t| entry_of(t).is_none()).collect();
+    // The rotation's entries, in order: a named target, or one selector's run of targets.
+    let mut entries: Vec<(crate::crd::TargetKind, &str)> = Vec::new();
+    for t in &r.targets {
+        let entry = (t.kind, t.selector.as_deref().unwrap_or(&t.name));
+        if t.selector.is_none() || entries.last() != Some(&entry) {
+            entries.push(entry);
+        }
+    }
+    let now: Vec<(crate::crd::TargetKind, String)> = (spec.targets.iter())
+        .map(|s| match &s.selector {
+            Some(selector) => (s.kind, selector_text(selector)),
+            None => (s.kind, s.name.clone()),
+        })
+        .collect();
+    let same_order = entries.len() == now.len()
+        && entries
+            .iter()
+            .zip(&now)
+            .all(|(a, b)| a.0 == b.0 && a.1 == b.1);
+    Planned {
+        spec: ApiKeyRotationSpec {
+            targets,
+            ..spec.clone()
+        },
+        deferred: if same_order {
+            Vec::new()
+        } else {
+            vec!["spec.targets"]
+        },
         removed,
+        selected_by: r.targets.iter().map(|t| t.selector.clone()).collect(),
+        unselected: Vec::new(),
     }
 }
 
@@ -91,11 +193,7 @@ mod tests {
                 .unwrap();
         spec.targets = targets
             .iter()
-            .map(|n| RolloutTarget {
-                kind: TargetKind::Deployment,
-                name: n.to_string(),
-                progress_deadline_seconds: None,
-            })
+            .map(|n| RolloutTarget::named(TargetKind::Deployment, n))
             .collect();
         spec
     }
@@ -115,7 +213,7 @@ mod tests {
 
     #[test]
     fn without_a_rotation_the_spec_is_the_plan() {
-        let p = planned(&spec(&["a", "b"]), &ApiKeyRotationStatus::default());
+        let p = planned(&spec(&["a", "b"]), &ApiKeyRotationStatus::default(), &[]);
         assert_eq!(p.spec, spec(&["a", "b"]));
         assert!(p.deferred.is_empty());
         assert_eq!(p.removed, [false, false]);
@@ -125,7 +223,7 @@ mod tests {
     fn a_rotation_keeps_the_targets_and_secret_it_started_with() {
         let mut edited = spec(&["b", "c"]);
         edited.secret.name = "elsewhere".into();
-        let p = planned(&edited, &rotating(&["a", "b"], Some("sirius-api-key")));
+        let p = planned(&edited, &rotating(&["a", "b"], Some("sirius-api-key")), &[]);
         let names: Vec<_> = p.spec.targets.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(p.removed, [true, false]);
@@ -135,11 +233,12 @@ mod tests {
 
     #[test]
     fn a_reordering_is_an_edit_and_an_unchanged_spec_is_none() {
-        let p = planned(&spec(&["b", "a"]), &rotating(&["a", "b"], None));
+        let p = planned(&spec(&["b", "a"]), &rotating(&["a", "b"], None), &[]);
         assert_eq!(p.deferred, ["spec.targets"]);
         let p = planned(
             &spec(&["a", "b"]),
             &rotating(&["a", "b"], Some("sirius-api-key")),
+            &[],
         );
         assert!(p.deferred.is_empty(), "{:?}", p.deferred);
     }

@@ -181,11 +181,7 @@ mod tests {
     fn targets() -> Vec<RolloutTarget> {
         ["sirius-api", "sirius-engine"]
             .iter()
-            .map(|n| RolloutTarget {
-                kind: TargetKind::Deployment,
-                name: n.to_string(),
-                progress_deadline_seconds: None,
-            })
+            .map(|n| RolloutTarget::named(TargetKind::Deployment, n))
             .collect()
     }
 

@@ -27,16 +27,21 @@ fn targets(spec: &ApiKeyRotationSpec, out: &mut Vec<String>) {
     }
     let mut seen = BTreeSet::new();
     for (i, t) in spec.targets.iter().enumerate() {
-        if !seen.insert((t.kind, t.name.as_str())) {
-            out.push(format!(
-                "spec.targets[{i}]: duplicate target {:?} {}",
-                t.kind, t.name
-            ));
-        }
-        if !is_dns_subdomain(&t.name) {
-            out.push(format!(
+        match &t.selector {
+            Some(_) if !t.name.is_empty() => out.push(format!(
+                "spec.targets[{i}]: both name and selector are set; set exactly one"
+            )),
+            Some(selector) => out.extend(selector_problems(i, selector)),
+            None if !is_dns_subdomain(&t.name) => out.push(format!(
                 "spec.targets[{i}].name: {:?} is not a valid Kubernetes name",
                 t.name
+            )),
+            None => {}
+        }
+        if !seen.insert((t.kind, t.describe())) {
+            out.push(format!(
+                "spec.targets[{i}]: duplicate target {}",
+                t.describe()
             ));
         }
         if let Some(d) = t.progress_deadline_seconds
@@ -47,6 +52,87 @@ fn targets(spec: &ApiKeyRotationSpec, out: &mut Vec<String>) {
             ));
         }
     }
+}
+
+/// What kube-apiserver refuses in a label selector (apimachinery's `ValidateLabelSelector`), and
+/// an empty one, which would select every workload of its kind in the namespace.
+fn selector_problems(i: usize, selector: &crate::crd::LabelSelector) -> Vec<String> {
+    let at = format!("spec.targets[{i}].selector");
+    let mut out = Vec::new();
+    let labels = selector.match_labels.iter().flatten();
+    for (key, value) in labels {
+        out.extend(label_key_problem(key).map(|why| format!("{at}.matchLabels: {why}")));
+        out.extend(
+            label_value_problem(value).map(|why| format!("{at}.matchLabels[{key:?}]: {why}")),
+        );
+    }
+    let expressions = selector.match_expressions.iter().flatten();
+    for (j, e) in expressions.enumerate() {
+        let here = format!("{at}.matchExpressions[{j}]");
+        out.extend(label_key_problem(&e.key).map(|why| format!("{here}.key: {why}")));
+        let values = e.values.as_deref().unwrap_or(&[]);
+        match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => out.push(format!(
+                "{here}.values: must be specified when operator is {}",
+                e.operator
+            )),
+            "In" | "NotIn" => {
+                for v in values {
+                    out.extend(label_value_problem(v).map(|why| format!("{here}.values: {why}")));
+                }
+            }
+            "Exists" | "DoesNotExist" if !values.is_empty() => out.push(format!(
+                "{here}.values: may not be specified when operator is {}",
+                e.operator
+            )),
+            "Exists" | "DoesNotExist" => {}
+            other => out.push(format!(
+                "{here}.operator: {other:?} is not one of In, NotIn, Exists, DoesNotExist"
+            )),
+        }
+    }
+    let requirements = selector.match_labels.as_ref().map_or(0, |l| l.len())
+        + selector.match_expressions.as_ref().map_or(0, |e| e.len());
+    if requirements == 0 {
+        out.push(format!(
+            "{at}: an empty selector would select every workload of its kind in the namespace; name the workload or give labels"
+        ));
+    }
+    out
+}
+
+/// A label key: an optional DNS subdomain prefix and `/`, then a name of at most 63 characters.
+fn label_key_problem(key: &str) -> Option<String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if prefix.is_some_and(|p| !is_dns_subdomain(p)) || !is_label_name(name) || name.is_empty() {
+        return Some(format!(
+            "{key:?} is not a valid label key (an optional DNS subdomain and '/', then at most 63 of A-Z a-z 0-9 - _ ., starting and ending alphanumeric)"
+        ));
+    }
+    None
+}
+
+/// A label value: empty, or as a label key's name.
+fn label_value_problem(value: &str) -> Option<String> {
+    (!is_label_name(value)).then(|| {
+        format!(
+            "{value:?} is not a valid label value (at most 63 of A-Z a-z 0-9 - _ ., starting and ending alphanumeric)"
+        )
+    })
+}
+
+/// Empty, or at most 63 of `[A-Za-z0-9_.-]`, alphanumeric at both ends.
+fn is_label_name(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    s.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && bytes.first().is_none_or(u8::is_ascii_alphanumeric)
+        && bytes.last().is_none_or(u8::is_ascii_alphanumeric)
 }
 
 fn secret_and_key(spec: &ApiKeyRotationSpec, out: &mut Vec<String>) {
@@ -209,12 +295,37 @@ fn is_dns_subdomain(s: &str) -> bool {
 mod tests {
     use super::*;
     use crate::crd::{RolloutTarget, TargetKind};
+    use serde_json::json;
 
     fn spec() -> ApiKeyRotationSpec {
         serde_json::from_value(
             serde_json::json!({"valkey": {"url": "redis://sirius-valkey:6379/0"}}),
         )
         .unwrap()
+    }
+
+    fn selector(labels: serde_json::Value) -> crate::crd::LabelSelector {
+        serde_json::from_value(json!({ "matchLabels": labels })).unwrap()
+    }
+
+    fn selected(selector: serde_json::Value) -> RolloutTarget {
+        RolloutTarget {
+            selector: Some(serde_json::from_value(selector).unwrap()),
+            ..RolloutTarget::named(TargetKind::Deployment, "")
+        }
+    }
+
+    #[test]
+    fn a_selector_of_labels_and_expressions_is_valid() {
+        let mut s = spec();
+        s.targets[1] = selected(json!({
+            "matchLabels": {"app.kubernetes.io/part-of": "sirius", "tier": ""},
+            "matchExpressions": [
+                {"key": "example.com/role", "operator": "In", "values": ["ui", "engine"]},
+                {"key": "canary", "operator": "DoesNotExist"},
+            ],
+        }));
+        assert_eq!(problems(&s), Vec::<String>::new());
     }
 
     #[test]
@@ -244,6 +355,52 @@ mod tests {
             (
                 Box::new(|s| s.targets[0].name = "Bad_Name".into()),
                 "spec.targets[0].name",
+            ),
+            (
+                Box::new(|s| s.targets[0].selector = Some(selector(json!({"app": "api"})))),
+                "spec.targets[0]: both name and selector are set",
+            ),
+            (
+                Box::new(|s| s.targets[1] = selected(json!({"matchLabels": {}}))),
+                "spec.targets[1].selector: an empty selector",
+            ),
+            (
+                Box::new(|s| s.targets[1] = selected(json!({"matchLabels": {"-bad": "x"}}))),
+                "spec.targets[1].selector.matchLabels: \"-bad\" is not a valid label key",
+            ),
+            (
+                Box::new(|s| s.targets[1] = selected(json!({"matchLabels": {"app": "ü"}}))),
+                "spec.targets[1].selector.matchLabels[\"app\"]: \"ü\" is not a valid label value",
+            ),
+            (
+                Box::new(|s| {
+                    s.targets[1] =
+                        selected(json!({"matchExpressions": [{"key": "app", "operator": "In"}]}))
+                }),
+                "spec.targets[1].selector.matchExpressions[0].values: must be specified",
+            ),
+            (
+                Box::new(|s| {
+                    s.targets[1] = selected(
+                        json!({"matchExpressions": [{"key": "app", "operator": "Exists", "values": ["a"]}]}),
+                    )
+                }),
+                "spec.targets[1].selector.matchExpressions[0].values: may not be specified",
+            ),
+            (
+                Box::new(|s| {
+                    s.targets[1] = selected(
+                        json!({"matchExpressions": [{"key": "app", "operator": "Gt", "values": ["1"]}]}),
+                    )
+                }),
+                "spec.targets[1].selector.matchExpressions[0].operator: \"Gt\"",
+            ),
+            (
+                Box::new(|s| {
+                    s.targets[1] = selected(json!({"matchLabels": {"tier": "web", "app": "x"}}));
+                    s.targets[2] = selected(json!({"matchLabels": {"app": "x", "tier": "web"}}));
+                }),
+                "spec.targets[2]: duplicate target Deployment app=x,tier=web",
             ),
             (Box::new(|s| s.key.random_bytes = 8), "spec.key.randomBytes"),
             (Box::new(|s| s.key.label = String::new()), "spec.key.label"),
@@ -326,9 +483,8 @@ mod tests {
         }
         let mut s = spec();
         s.targets.push(RolloutTarget {
-            kind: TargetKind::Deployment,
-            name: "x".into(),
             progress_deadline_seconds: Some(1),
+            ..RolloutTarget::named(TargetKind::Deployment, "x")
         });
         assert!(
             problems(&s)

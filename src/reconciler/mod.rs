@@ -15,7 +15,7 @@ pub use clean_up::DEFAULT_REVOKE_ON_DELETE_TIMEOUT;
 pub use context::{Context, ContextParts};
 pub use referenced::Referenced;
 use world::CachedRotation;
-pub use world::{Kind as WatchKind, WatchHealth, Watched, slim_metadata};
+pub use world::{KeepLabels, Kind as WatchKind, WatchHealth, Watched, slim_metadata};
 
 use crate::backoff::Failure;
 use crate::crd::{ApiKeyRotation, ApiKeyRotationStatus, FINALIZER, MANAGED_BY_LABEL};
@@ -233,6 +233,9 @@ struct Reconciliation<'a> {
     written: ApiKeyRotationStatus,
     /// The resourceVersion of a vault Secret observed without any key.
     emptied_vault: std::sync::Mutex<Option<String>>,
+    /// What each selector of `spec.targets` selects now (looked up only while no rotation is in
+    /// flight: a rotation's plan keeps what it selected when it started).
+    selected: Vec<Option<Vec<String>>>,
 }
 
 impl<'a> Reconciliation<'a> {
@@ -246,8 +249,9 @@ impl<'a> Reconciliation<'a> {
             recorder: Recorder::new(ctx.client.clone(), ctx.reporter.clone()),
             status: akr.status.clone().unwrap_or_default(),
             written: akr.status.clone().unwrap_or_default(),
-            planned: crate::plan::planned(&akr.spec, &akr.status.clone().unwrap_or_default()),
+            planned: crate::plan::planned(&akr.spec, &akr.status.clone().unwrap_or_default(), &[]),
             emptied_vault: Default::default(),
+            selected: Vec::new(),
             ns,
         }
     }
@@ -288,10 +292,23 @@ impl<'a> Reconciliation<'a> {
             .await?;
             return Ok(Requeue::await_change());
         }
+        self.select().await?;
         let all = self.ctx.rotations.state();
-        if let Some(message) =
-            crate::claims::conflicting_claim(self.akr, all.iter().map(|r| r.as_ref()))
-        {
+        // Another rotation's selector claims what the watch shows it selecting (a watch not in
+        // step yet shows nothing; its plan claims what it selected once it starts).
+        let selected = |other: &ApiKeyRotation, t: &crate::crd::RolloutTarget| {
+            let ns = other.namespace().unwrap_or_default();
+            (t.selector.clone())
+                .and_then(|s| kube::core::Selector::try_from(s).ok())
+                .and_then(|s| self.ctx.world.selected(t.kind, &ns, &s))
+                .unwrap_or_default()
+        };
+        if let Some(message) = crate::claims::conflicting_claim(
+            self.akr,
+            &self.planned.spec.targets,
+            all.iter().map(|r| r.as_ref()),
+            selected,
+        ) {
             self.report_failure(Reason::ClaimConflict, &message).await?;
             return Ok(Requeue::requeue(self.ctx.resync));
         }

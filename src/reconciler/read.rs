@@ -17,6 +17,47 @@ use std::time::Duration;
 const RECORDS_TTL: Duration = Duration::from_secs(5);
 
 impl Reconciliation<'_> {
+    /// Resolves the spec's selectors when a rotation could start (none is in flight), from the
+    /// target watches while they are in step, else by listing; the plan follows.
+    pub(super) async fn select(&mut self) -> Result<(), Error> {
+        let in_flight =
+            (self.status.current_rotation.as_ref()).is_some_and(|r| !r.targets.is_empty());
+        if in_flight || self.akr.spec.targets.iter().all(|t| t.selector.is_none()) {
+            return Ok(());
+        }
+        let mut selected = Vec::with_capacity(self.akr.spec.targets.len());
+        for t in &self.akr.spec.targets {
+            let Some(selector) = &t.selector else {
+                selected.push(None);
+                continue;
+            };
+            // The spec checks refused a selector that does not parse.
+            let Ok(selector) = kube::core::Selector::try_from(selector.clone()) else {
+                selected.push(Some(Vec::new()));
+                continue;
+            };
+            let names = match self.ctx.world.selected(t.kind, &self.ns, &selector) {
+                Some(names) => names,
+                None => {
+                    let limit = crate::plan::MAX_PLANNED_TARGETS;
+                    let client = &self.ctx.client;
+                    crate::workload::list_selected(client, &self.ns, t.kind, &selector, limit)
+                        .await?
+                }
+            };
+            selected.push(Some(names));
+        }
+        self.selected = selected;
+        self.replan();
+        Ok(())
+    }
+
+    /// The plan follows the status (and the selection).
+    pub(super) fn replan(&mut self) {
+        let status = &self.status;
+        self.planned = crate::plan::planned(&self.akr.spec, status, &self.selected);
+    }
+
     /// The Valkey endpoint with its password and TLS material; `fresh` reads their Secrets from
     /// the API rather than reusing what the watches vouch for.
     pub(super) async fn endpoint(&self, fresh: bool) -> Result<Endpoint, Error> {
@@ -195,6 +236,8 @@ impl Reconciliation<'_> {
             plan: rotation::PlanNotes {
                 deferred: self.planned.deferred.clone(),
                 removed: self.planned.removed.clone(),
+                selected_by: self.planned.selected_by.clone(),
+                unselected: self.planned.unselected.clone(),
             },
             pods: None,
         };

@@ -115,7 +115,7 @@ impl Reconciliation<'_> {
         }
         if plan.status != self.status {
             self.status = plan.status.clone();
-            self.planned = crate::plan::planned(&self.akr.spec, &self.status);
+            self.replan();
         }
         match plan.action {
             Action::StatusOnly => Ok(()),
@@ -248,8 +248,8 @@ impl Reconciliation<'_> {
         status.phase = Some(Phase::Degraded);
         status.observed_generation = generation;
         self.apply_status(&status).await?;
-        self.planned = crate::plan::planned(&self.akr.spec, &status);
         self.status = status;
+        self.replan();
         let note = EventNote {
             reason,
             message: message.to_string(),

@@ -67,7 +67,7 @@ impl WatchHealth {
         }
     }
 
-    fn in_step(&self, kind: Kind) -> bool {
+    pub(super) fn in_step(&self, kind: Kind) -> bool {
         self.in_step.lock().unwrap().contains(&kind)
     }
 }
@@ -173,6 +173,43 @@ impl World {
             Kind::Target(TargetKind::StatefulSet) => rv_of(&w.stateful_sets, ns, name),
             Kind::Target(TargetKind::DaemonSet) => rv_of(&w.daemon_sets, ns, name),
             Kind::Target(TargetKind::Rollout) => rv_of(&w.rollouts, ns, name),
+        }
+    }
+
+    /// The names of the workloads of `kind` in `ns` whose labels `selector` matches, sorted, by
+    /// the watch of that kind; None while that watch is not in step (then they are listed).
+    pub fn selected(
+        &self,
+        kind: TargetKind,
+        ns: &str,
+        selector: &kube::core::Selector,
+    ) -> Option<Vec<String>> {
+        fn matching<M: kube::Resource<DynamicType = ()> + Clone + 'static>(
+            store: &Option<Store<M>>,
+            ns: &str,
+            selector: &kube::core::Selector,
+        ) -> Option<Vec<String>> {
+            use kube::core::SelectorExt as _;
+            let state = store.as_ref()?.state();
+            let mut names: Vec<String> = (state.iter())
+                .filter(|w| w.meta().namespace.as_deref() == Some(ns))
+                .filter(|w| {
+                    selector.matches(w.meta().labels.as_ref().unwrap_or(&Default::default()))
+                })
+                .map(|w| w.name_any())
+                .collect();
+            names.sort();
+            Some(names)
+        }
+        let w = &self.watched;
+        if !w.health.in_step(Kind::Target(kind)) {
+            return None;
+        }
+        match kind {
+            TargetKind::Deployment => matching(&w.deployments, ns, selector),
+            TargetKind::StatefulSet => matching(&w.stateful_sets, ns, selector),
+            TargetKind::DaemonSet => matching(&w.daemon_sets, ns, selector),
+            TargetKind::Rollout => matching(&w.rollouts, ns, selector),
         }
     }
 
@@ -469,16 +506,26 @@ pub fn slim_secret(mut secret: Secret) -> Secret {
     secret
 }
 
-/// What the watches keep of each object: its name, namespace, uid and resourceVersion, and of
-/// `keep_label` (this operator's label on Secrets, which maps a Secret to its rotation) the
-/// value. Annotations (a `last-applied-configuration` can hold a Secret's data), other labels,
+/// Which labels a watch keeps.
+#[derive(Clone, Copy)]
+pub enum KeepLabels<'a> {
+    /// Only this one (this operator's label on Secrets, which maps a Secret to its rotation).
+    Only(&'a str),
+    /// All (a workload's, which target selectors match).
+    All,
+}
+
+/// What the watches keep of each object: its name, namespace, uid, resourceVersion and the
+/// labels `keep` says. Annotations (a `last-applied-configuration` can hold a Secret's data),
 /// owners and managed fields are dropped before the store holds them.
 pub fn slim_metadata(
     meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    keep_label: Option<&str>,
+    keep: KeepLabels,
 ) {
     let labels = meta.labels.take().map(|mut labels| {
-        labels.retain(|k, _| Some(k.as_str()) == keep_label);
+        if let KeepLabels::Only(key) = keep {
+            labels.retain(|k, _| k == key);
+        }
         labels
     });
     *meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {

@@ -92,11 +92,7 @@ pub(crate) fn failed_after_last_target(
             .targets
             .get(last)
             .cloned()
-            .unwrap_or_else(|| crate::crd::RolloutTarget {
-                kind: Default::default(),
-                name: String::new(),
-                progress_deadline_seconds: None,
-            });
+            .unwrap_or_else(|| crate::crd::RolloutTarget::named(Default::default(), ""));
     let progress = x.progress_of(&target);
     failed(x, progress, last, reason, message)
 }

@@ -254,6 +254,9 @@ fn start_when_due(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> P
         b.status.next_rotation_time = opens.map(ts);
         return wait_for_window(o, &mut b, false, message, opens);
     }
+    if let Some(plan) = refuse_unselected_targets(o, &mut b, revision) {
+        return plan;
+    }
     if let Some(plan) = refuse_targets_that_cannot_roll(o, &mut b, revision) {
         return plan;
     }
@@ -277,6 +280,36 @@ fn start_when_due(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> P
         Action::StatusOnly,
         EventNote::new(Reason::RotationStarted, message),
     )
+}
+
+/// A rotation does not start (nothing is minted) while a selector selects nothing (a typo in a
+/// label would otherwise leave its workloads on the old key until the pod gate catches them) or
+/// more than a plan holds: the trigger stays pending until the selectors or the labels change.
+fn refuse_unselected_targets(
+    o: &Observation,
+    b: &mut StatusBuilder,
+    revision: u64,
+) -> Option<Plan> {
+    if o.plan.unselected.is_empty() {
+        return None;
+    }
+    let reason = if o.spec.targets.len() > crate::plan::MAX_PLANNED_TARGETS {
+        Reason::TooManyTargets
+    } else {
+        Reason::TargetNotFound
+    };
+    let message = format!(
+        "Rotation {revision} does not start: {}.",
+        o.plan.unselected.join("; ")
+    );
+    let event = b.degrade(reason, &message);
+    b.status.phase = Some(Phase::Degraded);
+    Some(b.plan_copy(
+        Action::Wait {
+            requeue_after: Some(std::time::Duration::from_secs(60)),
+        },
+        event,
+    ))
 }
 
 /// A rotation does not start (nothing is minted) while a target's pods would keep the old key
@@ -390,7 +423,7 @@ pub(super) fn new_rotation(
     new_key: Option<KeyId>,
     old: &KeyId,
 ) -> RotationProgress {
-    RotationProgress {
+    let mut r = RotationProgress {
         new_key_id: new_key.map(|k| k.0),
         secret: Some(o.spec.secret.clone()),
         ..RotationProgress::started(
@@ -400,5 +433,10 @@ pub(super) fn new_rotation(
             &o.spec.targets,
             ts(o.now),
         )
+    };
+    // The plan records which selector chose each workload: those of one entry roll at once.
+    for (t, by) in r.targets.iter_mut().zip(&o.plan.selected_by) {
+        t.selector = by.clone();
     }
+    r
 }

@@ -101,13 +101,22 @@ pub struct Observation {
     pub pods: Option<Result<Vec<PodSummary>, String>>,
 }
 
-/// The spec fields whose edit waits for the next rotation, and which of the rotation's targets
-/// the user removed from `spec.targets`.
+/// The spec fields whose edit waits for the next rotation, which of the rotation's targets the
+/// user removed from `spec.targets`, which a selector chose, and why the selectors cannot make a
+/// plan (see [`crate::plan::Planned`]).
 #[derive(Clone, Debug, Default, PartialEq)]
-
 pub struct PlanNotes {
     pub deferred: Vec<&'static str>,
     pub removed: Vec<bool>,
+    pub selected_by: Vec<Option<String>>,
+    pub unselected: Vec<String>,
+}
+
+impl PlanNotes {
+    /// Whether planned targets `a` and `b` roll at once (see [`crate::plan::Planned::same_entry`]).
+    pub fn same_entry(&self, targets: &[crate::crd::RolloutTarget], a: usize, b: usize) -> bool {
+        crate::plan::same_entry(targets, &self.selected_by, a, b)
+    }
 }
 
 /// The metrics gate query's value, or why there is none.

@@ -60,6 +60,7 @@ pub enum Reason {
     TargetNotFound,
     TargetPaused,
     TargetCannotRoll,
+    TooManyTargets,
     RolloutFailed,
     VerificationFailed,
     MetricsGateFailed,
@@ -107,6 +108,7 @@ impl Reason {
                 | TargetNotFound
                 | TargetPaused
                 | TargetCannotRoll
+                | TooManyTargets
                 | RolloutFailed
                 | VerificationFailed
                 | MetricsGateFailed

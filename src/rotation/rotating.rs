@@ -79,7 +79,10 @@ impl<'a> Rotating<'a> {
         let r = &mut self.r;
         r.secret_restores += 1;
         for t in r.targets.iter_mut() {
-            *t = TargetProgress::pending(t.kind, &t.name);
+            *t = TargetProgress {
+                selector: t.selector.take(),
+                ..TargetProgress::pending(t.kind, &t.name)
+            };
         }
         r.target_index = 0;
         r.validation_started_at = None;

@@ -667,6 +667,7 @@ fn a_spec_edit_mid_rotation_waits_for_the_next_one_and_a_removed_deleted_target_
     o.plan = PlanNotes {
         deferred: vec!["spec.targets"],
         removed: vec![false, false, true],
+        ..Default::default()
     };
     let plan = decide(&o);
     assert_eq!(
@@ -1119,11 +1120,7 @@ fn conditions_keep_their_transition_time_while_unchanged() {
 }
 
 fn target(name: &str) -> RolloutTarget {
-    RolloutTarget {
-        kind: TargetKind::Deployment,
-        name: name.into(),
-        progress_deadline_seconds: None,
-    }
+    RolloutTarget::named(TargetKind::Deployment, name)
 }
 
 const PARTITIONED: &str = "its spec.updateStrategy.rollingUpdate.partition is 1, so its pods with an ordinal below 1 would keep the old template and key; set the partition to 0";
@@ -1268,4 +1265,241 @@ fn the_pod_gate_says_when_a_target_does_not_replace_its_pods_by_itself() {
         "{text}"
     );
     assert!(text.contains("partition is 1"), "{text}");
+}
+
+/// Mid-rotation at the Roll step with `targets` planned, those of `selected_by[i]: Some(..)`
+/// chosen by that selector; nothing stamped yet.
+fn rolling(targets: &[&str], selected_by: &[Option<&str>]) -> Observation {
+    let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+    let (old, new) = (KeyId("a".repeat(64)), KeyId("b".repeat(64)));
+    o.spec.targets = targets.iter().map(|t| target(t)).collect();
+    o.targets = targets.iter().map(|_| found(None, None, None)).collect();
+    o.plan.selected_by = selected_by.iter().map(|s| s.map(str::to_string)).collect();
+    o.plan.removed = vec![false; targets.len()];
+    o.vault = Some(VaultView {
+        current: old.clone(),
+        pending: Some((new.clone(), 1)),
+        current_raw_lost: false,
+    });
+    o.consumer = ConsumerView::Holds(Some(new.clone()));
+    o.records = RecordView {
+        current: true,
+        pending: true,
+        current_marked: true,
+        ..Default::default()
+    };
+    let mut r = new_rotation(&o, 1, "Manual:x".into(), Some(new), &old);
+    r.step = Step::Roll;
+    r.switched_at = Some("2026-11-25T11:00:00.000Z".into());
+    o.status.current_rotation = Some(r);
+    o
+}
+
+/// Decides once and applies what the plan asks of the targets (a stamp starts its rollout);
+/// returns the plan.
+fn roll_once(o: &mut Observation) -> Plan {
+    let plan = decide(o);
+    if let Action::Roll { index, key_id, .. } = &plan.action {
+        o.targets[*index] = TargetView::Found {
+            paused: false,
+            annotation: Some(key_id.0.clone()),
+            rolled_back_in: None,
+            secret_restores: None,
+            cannot_roll: None,
+            rollout: RolloutState::Progressing("1 of 2 updated replicas are available".into()),
+        };
+    }
+    o.status = plan.status.clone();
+    plan
+}
+
+/// Marks target `i`'s rollout complete.
+fn completes(o: &mut Observation, i: usize) {
+    if let TargetView::Found { rollout, .. } = &mut o.targets[i] {
+        *rollout = RolloutState::Complete;
+    }
+}
+
+fn rolled(plan: &Plan) -> Option<usize> {
+    match plan.action {
+        Action::Roll { index, .. } => Some(index),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_workloads_a_selector_chose_roll_at_once_and_the_next_entry_waits_for_all_of_them() {
+    let w = Some("tier=worker");
+    let mut o = rolling(&["api", "w1", "w2", "w3", "engine"], &[None, w, w, w, None]);
+    assert_eq!(rolled(&roll_once(&mut o)), Some(0));
+    // A named target is an entry of its own: the next waits for it.
+    assert!(matches!(roll_once(&mut o).action, Action::Wait { .. }));
+    completes(&mut o, 0);
+    let recorded = roll_once(&mut o);
+    assert_eq!(recorded.event.unwrap().reason, Reason::TargetRolledOut);
+    // The selector's three are stamped one after another, none waiting for another's rollout.
+    assert_eq!(rolled(&roll_once(&mut o)), Some(1));
+    assert_eq!(rolled(&roll_once(&mut o)), Some(2));
+    assert_eq!(rolled(&roll_once(&mut o)), Some(3));
+    let waiting = roll_once(&mut o);
+    assert!(matches!(waiting.action, Action::Wait { .. }));
+    let rotating = waiting
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ROTATING);
+    let message = &rotating.unwrap().message;
+    assert!(
+        message.contains("Waiting for 3 workloads of one entry (2 to 4 of 5)")
+            && message.contains("w1: 1 of 2 updated replicas are available"),
+        "{message}"
+    );
+    // Two of them done: the last entry still waits for the third.
+    completes(&mut o, 1);
+    completes(&mut o, 3);
+    for _ in 0..2 {
+        assert_eq!(
+            roll_once(&mut o).event.unwrap().reason,
+            Reason::TargetRolledOut
+        );
+    }
+    let plan = roll_once(&mut o);
+    assert!(
+        matches!(plan.action, Action::Wait { .. }),
+        "{:?}",
+        plan.action
+    );
+    completes(&mut o, 2);
+    roll_once(&mut o);
+    assert_eq!(rolled(&roll_once(&mut o)), Some(4));
+    let r = o.status.current_rotation.as_ref().unwrap();
+    assert_eq!(r.targets[2].selector.as_deref(), Some("tier=worker"));
+    assert_eq!(r.targets[4].selector, None);
+}
+
+#[test]
+fn two_selector_entries_of_one_kind_roll_one_after_the_other() {
+    let (a, b) = (Some("tier=a"), Some("tier=b"));
+    let mut o = rolling(&["a1", "a2", "b1"], &[a, a, b]);
+    assert_eq!(rolled(&roll_once(&mut o)), Some(0));
+    assert_eq!(rolled(&roll_once(&mut o)), Some(1));
+    assert!(matches!(roll_once(&mut o).action, Action::Wait { .. }));
+    completes(&mut o, 0);
+    completes(&mut o, 1);
+    roll_once(&mut o);
+    roll_once(&mut o);
+    assert_eq!(rolled(&roll_once(&mut o)), Some(2));
+}
+
+#[test]
+fn a_workload_a_selector_chose_that_is_deleted_mid_rotation_has_nothing_left_to_roll() {
+    let w = Some("tier=worker");
+    let mut o = rolling(&["w1", "w2"], &[w, w]);
+    assert_eq!(rolled(&roll_once(&mut o)), Some(0));
+    o.targets[1] = TargetView::Missing;
+    let plan = roll_once(&mut o);
+    let event = plan.event.unwrap();
+    assert_eq!(event.reason, Reason::TargetRemoved);
+    assert!(
+        event.message.contains("w2 was deleted during the rotation"),
+        "{}",
+        event.message
+    );
+    // A named target that goes missing is waited for.
+    let mut o = rolling(&["api"], &[None]);
+    o.targets[0] = TargetView::Missing;
+    let plan = roll_once(&mut o);
+    assert_eq!(plan.event.unwrap().reason, Reason::TargetNotFound);
+}
+
+#[test]
+fn a_rollback_rolls_the_workloads_of_one_entry_back_at_once_in_reverse_entry_order() {
+    let w = Some("tier=worker");
+    let mut o = rolling(&["api", "w1", "w2"], &[None, w, w]);
+    let old = o.vault.as_ref().unwrap().current.clone();
+    let r = o.status.current_rotation.as_mut().unwrap();
+    r.rolling_back = Some("Rollout of w2 failed".into());
+    r.switched_back_at = Some("2026-11-25T11:30:00.000Z".into());
+    o.consumer = ConsumerView::Holds(Some(old.clone()));
+    for t in o.targets.iter_mut() {
+        *t = found(Some(&"b".repeat(64)), None, None);
+    }
+    let back = |o: &mut Observation| {
+        let plan = decide(o);
+        if let Action::Roll { index, key_id, .. } = &plan.action {
+            assert_eq!(*key_id, old);
+            o.targets[*index] = TargetView::Found {
+                paused: false,
+                annotation: Some(key_id.0.clone()),
+                rolled_back_in: Some("1".into()),
+                secret_restores: None,
+                cannot_roll: None,
+                rollout: RolloutState::Progressing("rolling".into()),
+            };
+        }
+        o.status = plan.status.clone();
+        plan
+    };
+    let mut order = Vec::new();
+    for _ in 0..10 {
+        let plan = back(&mut o);
+        match plan.action {
+            Action::Roll { index, .. } => order.push(index),
+            Action::Wait { .. } => break,
+            Action::StatusOnly => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        order,
+        [2, 1],
+        "both workloads of the entry, before any waiting"
+    );
+    completes(&mut o, 1);
+    completes(&mut o, 2);
+    let mut next = None;
+    for _ in 0..5 {
+        if let Some(i) = rolled(&back(&mut o)) {
+            next = Some(i);
+            break;
+        }
+    }
+    assert_eq!(next, Some(0));
+}
+
+#[test]
+fn a_rotation_does_not_start_while_a_selector_selects_nothing_or_too_much() {
+    let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+    o.trigger = Some("go".into());
+    o.plan.unselected = vec![
+        "spec.targets[1]: the selector tier=worker matches no Deployment in this namespace".into(),
+    ];
+    let plan = decide(&o);
+    assert!(plan.status.current_rotation.is_none(), "nothing started");
+    assert_eq!(plan.status.last_trigger, None, "the request stays pending");
+    let event = plan.event.unwrap();
+    assert_eq!(event.reason, Reason::TargetNotFound);
+    assert!(
+        event.message.contains("matches no Deployment"),
+        "{}",
+        event.message
+    );
+    let names: Vec<String> = (0..=crate::plan::MAX_PLANNED_TARGETS)
+        .map(|i| format!("w{i}"))
+        .collect();
+    o.spec.targets = names.iter().map(|n| target(n)).collect();
+    o.targets = names.iter().map(|_| found(None, None, None)).collect();
+    o.plan.unselected = vec!["spec.targets selects 65 workloads".into()];
+    let plan = decide(&o);
+    assert!(plan.status.current_rotation.is_none());
+    assert_eq!(plan.event.unwrap().reason, Reason::TooManyTargets);
+    // Once the selectors select, the same request starts the rotation, recording what chose each.
+    let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+    o.trigger = Some("go".into());
+    o.plan.selected_by = vec![None, Some("tier=worker".into()), Some("tier=worker".into())];
+    let plan = decide(&o);
+    let r = plan.status.current_rotation.unwrap();
+    assert_eq!(r.trigger, "Manual:go");
+    let by: Vec<_> = r.targets.iter().map(|t| t.selector.as_deref()).collect();
+    assert_eq!(by, [None, Some("tier=worker"), Some("tier=worker")]);
 }

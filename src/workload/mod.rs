@@ -14,6 +14,7 @@ use crate::crd::{
     ApiKeyRotation, ROLLBACK_ANNOTATION, ROLLOUT_ANNOTATION, RolloutTarget,
     SECRET_RESTORES_ANNOTATION, TargetKind,
 };
+use crate::reconciler::KeepLabels;
 use crate::rotation::TargetView;
 use argo_rollout::Rollout;
 use futures::StreamExt as _;
@@ -123,6 +124,40 @@ pub async fn read(
     }
 }
 
+/// The names of the workloads of `kind` in `ns` that `selector` matches, sorted, listed from the
+/// API (metadata only). At most `limit` + 1 are read: one more than a plan may hold says there
+/// are too many.
+pub async fn list_selected(
+    client: &Client,
+    ns: &str,
+    kind: TargetKind,
+    selector: &kube::core::Selector,
+    limit: usize,
+) -> Result<Vec<String>, kube::Error> {
+    async fn list<W: Workload>(
+        client: &Client,
+        ns: &str,
+        selector: &kube::core::Selector,
+        limit: usize,
+    ) -> Result<Vec<String>, kube::Error> {
+        let api: Api<PartialObjectMeta<W>> = Api::namespaced(client.clone(), ns);
+        let params = kube::api::ListParams::default()
+            .labels_from(selector)
+            .limit(limit as u32 + 1);
+        let mut names: Vec<String> = (api.list_metadata(&params).await?.items.iter())
+            .map(|w| w.name_any())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+    match kind {
+        TargetKind::Deployment => list::<Deployment>(client, ns, selector, limit).await,
+        TargetKind::StatefulSet => list::<StatefulSet>(client, ns, selector, limit).await,
+        TargetKind::DaemonSet => list::<DaemonSet>(client, ns, selector, limit).await,
+        TargetKind::Rollout => list::<Rollout>(client, ns, selector, limit).await,
+    }
+}
+
 /// Sets `annotations` on `target`'s pod template by a forced server-side apply of this
 /// operator's field manager (a marker it leaves out is dropped), so its pods restart. Returns
 /// the view of what the API answered, and its resourceVersion.
@@ -199,7 +234,7 @@ pub fn watch_targets(
         let kind = crate::reconciler::WatchKind::Target(W::KIND);
         let stream =
             crate::relist::relisting_watcher(api, watcher::Config::default().any_semantic())
-                .modify(|w| crate::reconciler::slim_metadata(&mut w.metadata, None))
+                .modify(|w| crate::reconciler::slim_metadata(&mut w.metadata, KeepLabels::All))
                 .reflect(writer)
                 .inspect(move |event| health.follow(kind, event))
                 .filter(|event| std::future::ready(event.is_ok()))
@@ -243,23 +278,33 @@ pub fn watch_targets(
     controller
 }
 
-/// The rotations in `w`'s namespace whose spec targets, or whose rotation in flight planned
-/// (its plan keeps a target the spec no longer names), the workload `w` of `kind`.
+/// The rotations in `w`'s namespace whose spec targets (by name or selector), or whose rotation
+/// in flight planned (its plan keeps a target the spec no longer names), the workload `w` of
+/// `kind`.
 fn targeting<W: Workload>(
     rotations: &Store<ApiKeyRotation>,
     kind: TargetKind,
     w: &PartialObjectMeta<W>,
 ) -> Vec<ObjectRef<ApiKeyRotation>> {
+    use kube::core::SelectorExt as _;
     let (ns, name) = (w.namespace(), w.name_any());
+    let labels = w.metadata.labels.clone().unwrap_or_default();
+    let selects = |t: &RolloutTarget| match &t.selector {
+        Some(selector) => {
+            kube::core::Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(&labels))
+        }
+        None => t.name == name,
+    };
     rotations
         .state()
         .into_iter()
         .filter(|akr| {
-            let planned = (akr.status.iter())
+            let mut planned = (akr.status.iter())
                 .flat_map(|s| s.current_rotation.iter())
                 .flat_map(|r| r.targets.iter().map(|t| (t.kind, t.name.as_str())));
-            let named = akr.spec.targets.iter().map(|t| (t.kind, t.name.as_str()));
-            akr.namespace() == ns && named.chain(planned).any(|t| t == (kind, name.as_str()))
+            let mut named = akr.spec.targets.iter().filter(|t| t.kind == kind);
+            akr.namespace() == ns
+                && (named.any(selects) || planned.any(|t| t == (kind, name.as_str())))
         })
         .map(|akr| ObjectRef::from_obj(&*akr))
         .collect()

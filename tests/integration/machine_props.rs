@@ -358,6 +358,7 @@ fn observation() -> impl Strategy<Value = Observation> {
                     plan: PlanNotes {
                         deferred: if removed[4] { vec!["spec.targets"] } else { vec![] },
                         removed: removed[..targets].to_vec(),
+                        ..Default::default()
                     },
                     pods,
                 }

@@ -27,6 +27,7 @@ mod pod_gate;
 mod redaction;
 mod rotation;
 mod schedule;
+mod selectors;
 mod stand_in;
 mod stand_in_apply;
 mod stand_in_metadata;

@@ -1,6 +1,7 @@
-//! Roll: each target's pod template stamped with the new key's id, in order, each only after the
-//! previous one finished its rollout by `kubectl rollout status`'s rules (and, with
-//! `spec.verification`, the API accepted the new key).
+//! Roll: each target's pod template stamped with the new key's id, in order, each entry of
+//! `spec.targets` only after the previous one finished its rollout by `kubectl rollout status`'s
+//! rules (and, with `spec.verification`, the API accepted the new key). The workloads one entry
+//! selects by label are stamped one after another without waiting, and waited for together.
 
 use crate::crd::{RolloutTarget, Step, TargetState};
 use crate::key::KeyId;
@@ -19,25 +20,110 @@ use jiff::SignedDuration;
 /// Done when every target completed its rollout on the new key in this rotation.
 pub(crate) fn roll(x: &mut Rotating) -> Option<Plan> {
     let new = x.new_key()?;
-    for (i, target) in x.o.spec.targets.iter().enumerate() {
+    let o = x.o;
+    // The rollouts under way of the first entry not complete yet.
+    let mut waiting: Vec<Waiting> = Vec::new();
+    for (i, target) in o.spec.targets.iter().enumerate() {
+        if let Some(first) = waiting.first()
+            && !o.plan.same_entry(&o.spec.targets, first.index, i)
+        {
+            break;
+        }
         let progress = x.progress_of(target);
-        x.r.target_index = i as u32;
+        if waiting.is_empty() {
+            x.r.target_index = i as u32;
+        }
         // A target that completed in this rotation stays complete: its later scale-ups,
         // restarts, evictions or other rollouts are not this rotation's to judge.
         if x.r.targets[progress].state == TargetState::Complete {
             continue;
         }
-        if let Some(plan) = roll_target(x, i, progress, &new) {
-            return Some(plan);
+        match roll_target(x, i, progress, &new) {
+            Next::Plan(plan) => return Some(*plan),
+            Next::Wait(w) => waiting.push(w),
+            Next::Done => {}
         }
     }
-    None
+    wait_for(x, waiting)
 }
 
-/// Target `i` (at `progress` in the status): stamped, waited for, or found complete (None).
-fn roll_target(x: &mut Rotating, i: usize, progress: usize, new: &KeyId) -> Option<Plan> {
+/// What one target asks for.
+enum Next {
+    Plan(Box<Plan>),
+    /// Its rollout runs, within its deadline: its entry's other workloads may still be stamped.
+    Wait(Waiting),
+    Done,
+}
+
+impl From<Option<Plan>> for Next {
+    fn from(plan: Option<Plan>) -> Self {
+        plan.map_or(Next::Done, |p| Next::Plan(Box::new(p)))
+    }
+}
+
+/// A rollout under way: target `index`, what it waits for, and its deadline.
+struct Waiting {
+    index: usize,
+    message: String,
+    limit: jiff::Timestamp,
+}
+
+/// Waits for the rollouts under way (all of one entry), up to the earliest deadline.
+fn wait_for(x: &mut Rotating, waiting: Vec<Waiting>) -> Option<Plan> {
+    let first = waiting.first()?;
+    let (o, now) = (x.o, x.o.now);
+    let count = o.spec.targets.len();
+    let limit = waiting.iter().map(|w| w.limit).min().unwrap_or(first.limit);
+    let name = |w: &Waiting| o.spec.targets[w.index].name.as_str();
+    let message = match waiting.as_slice() {
+        [w] => format!(
+            "Waiting for {} ({} of {count}): {}",
+            name(w),
+            w.index + 1,
+            w.message
+        ),
+        several => {
+            let shown: Vec<String> = (several.iter().take(3))
+                .map(|w| format!("{}: {}", name(w), w.message))
+                .collect();
+            let more = several.len().saturating_sub(3);
+            format!(
+                "Waiting for {} workloads of one entry ({} to {} of {count}): {}{}",
+                several.len(),
+                first.index + 1,
+                several[several.len() - 1].index + 1,
+                shown.join("; "),
+                if more > 0 {
+                    format!("; and {more} more")
+                } else {
+                    String::new()
+                }
+            )
+        }
+    };
+    x.r.step = Step::Roll;
+    x.b.rotating(Reason::Roll, message);
+    x.wait(Some(until(now, limit)), None)
+}
+
+/// Target `i` (at `progress` in the status): stamped, waited for, or found complete.
+fn roll_target(x: &mut Rotating, i: usize, progress: usize, new: &KeyId) -> Next {
     let (o, target) = (x.o, &x.o.spec.targets[i]);
     match &o.targets[i] {
+        // Chosen by a selector and deleted since: nothing of it is left to roll (its pods are
+        // gone; the pod gate sees any that still run).
+        TargetView::Missing if o.plan.selected_by.get(i).is_some_and(Option::is_some) => {
+            let t = &mut x.r.targets[progress];
+            t.state = TargetState::Complete;
+            t.completed_at = Some(ts(o.now));
+            t.message = Some("deleted during the rotation".into());
+            let message = format!(
+                "{} {} was deleted during the rotation; it has nothing left to roll.",
+                target.kind, target.name
+            );
+            x.record(EventNote::new(Reason::TargetRemoved, message))
+                .into()
+        }
         // Removed from spec.targets and deleted: its pods are gone (the pod gate sees any that
         // still run); nothing is left to roll.
         TargetView::Missing if o.plan.removed.get(i) == Some(&true) => {
@@ -50,13 +136,14 @@ fn roll_target(x: &mut Rotating, i: usize, progress: usize, new: &KeyId) -> Opti
                 target.kind, target.name
             );
             x.record(EventNote::new(Reason::TargetRemoved, message))
+                .into()
         }
         TargetView::Missing => {
             let message = format!(
                 "{} {} does not exist; the rotation waits for it.",
                 target.kind, target.name
             );
-            halted(x, i, Reason::TargetNotFound, message)
+            halted(x, i, Reason::TargetNotFound, message).into()
         }
         // Its pods would keep the old key whatever its template says (OnDelete, a partition):
         // held here, before or after its stamp, until its spec lets it roll.
@@ -68,7 +155,7 @@ fn roll_target(x: &mut Rotating, i: usize, progress: usize, new: &KeyId) -> Opti
                 "{} {} cannot roll its pods: {why}",
                 target.kind, target.name
             );
-            halted(x, i, Reason::TargetCannotRoll, message)
+            halted(x, i, Reason::TargetCannotRoll, message).into()
         }
         TargetView::Found {
             annotation,
@@ -83,14 +170,14 @@ fn roll_target(x: &mut Rotating, i: usize, progress: usize, new: &KeyId) -> Opti
                     "{} {} is paused; resume it to continue the rotation.",
                     target.kind, target.name
                 );
-                return halted(x, i, Reason::TargetPaused, message);
+                return halted(x, i, Reason::TargetPaused, message).into();
             }
-            stamp(x, i, progress, new)
+            stamp(x, i, progress, new).into()
         }
         TargetView::Found { rollout, .. } => match rollout {
-            RolloutState::Complete => rolled_out(x, i, progress),
+            RolloutState::Complete => rolled_out(x, i, progress).into(),
             RolloutState::Failed(message) => {
-                failed(x, progress, i, Reason::RolloutFailed, message.clone())
+                failed(x, progress, i, Reason::RolloutFailed, message.clone()).into()
             }
             RolloutState::Progressing(message) => progressing(x, i, progress, target, message),
         },
@@ -182,7 +269,7 @@ fn progressing(
     progress: usize,
     target: &RolloutTarget,
     message: &str,
-) -> Option<Plan> {
+) -> Next {
     let now = x.o.now;
     let deadline = target.deadline_seconds(&x.o.spec);
     // The deadline runs from when this rotation patched the target; a rollout found without
@@ -195,17 +282,13 @@ fn progressing(
             "{} {} did not finish its rollout within {deadline}s: {message}",
             target.kind, target.name
         );
-        return failed(x, progress, i, Reason::RolloutFailed, message);
+        return failed(x, progress, i, Reason::RolloutFailed, message).into();
     }
-    x.r.step = Step::Roll;
     x.r.targets[progress].state = TargetState::Rolling;
     x.r.targets[progress].message = Some(message.to_string());
-    let count = x.o.spec.targets.len();
-    let waiting = format!(
-        "Waiting for {} ({} of {count}): {message}",
-        target.name,
-        i + 1
-    );
-    x.b.rotating(Reason::Roll, waiting);
-    x.wait(Some(until(now, limit)), None)
+    Next::Wait(Waiting {
+        index: i,
+        message: message.to_string(),
+        limit,
+    })
 }

@@ -1,5 +1,6 @@
-//! Roll back: every target restarts on the old key, in reverse order, each after the later ones
-//! completed; also those never rolled, since any pod that restarted by itself after the switch
+//! Roll back: every target restarts on the old key, in reverse order, each entry of
+//! `spec.targets` after the later ones completed (the workloads one entry selected roll back at
+//! once); also those never rolled, since any pod that restarted by itself after the switch
 //! read the new key, which is about to be removed.
 
 use crate::crd::TargetState;
@@ -17,7 +18,15 @@ pub(crate) fn roll_back(x: &mut Rotating) -> Option<Plan> {
     let old = x.vault.current.clone();
     let restores = x.restores_marker();
     let marker = x.r.revision.to_string();
+    // The first rollout under way (in reverse order): waited for once the rest of its entry was
+    // stamped.
+    let mut waiting: Option<(usize, String)> = None;
     for (i, target) in o.spec.targets.iter().enumerate().rev() {
+        if let Some((w, _)) = &waiting
+            && !o.plan.same_entry(&o.spec.targets, *w, i)
+        {
+            break;
+        }
         let TargetView::Found {
             annotation,
             rolled_back_in,
@@ -80,12 +89,14 @@ pub(crate) fn roll_back(x: &mut Rotating) -> Option<Plan> {
                 }
             }
             RolloutState::Failed(message) | RolloutState::Progressing(message) => {
-                x.r.target_index = i as u32;
-                let message = format!("Waiting for {} to roll back: {message}", target.name);
-                x.b.rotating(Reason::RollingBack, message);
-                return x.wait(Some(Duration::from_secs(60)), None);
+                waiting.get_or_insert((i, message.clone()));
             }
         }
     }
-    None
+    let (i, message) = waiting?;
+    x.r.target_index = i as u32;
+    let name = &o.spec.targets[i].name;
+    let message = format!("Waiting for {name} to roll back: {message}");
+    x.b.rotating(Reason::RollingBack, message);
+    x.wait(Some(Duration::from_secs(60)), None)
 }
