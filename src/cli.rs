@@ -83,14 +83,16 @@ pub fn render_table(rotations: &[ApiKeyRotation]) -> String {
             })
             .unwrap_or_else(|| "-".into());
         // A rotation in flight shows the targets it started with (its plan).
-        let names: Vec<(TargetKind, &str)> = match current.filter(|c| !c.targets.is_empty()) {
-            Some(c) => c
-                .targets
-                .iter()
-                .map(|t| (t.kind, t.name.as_str()))
+        // Idle, a selector entry shows its selector (`deploy/[tier=web]`).
+        let names: Vec<(TargetKind, String)> = match current.filter(|c| !c.targets.is_empty()) {
+            Some(c) => (c.targets.iter())
+                .map(|t| (t.kind, t.name.clone()))
                 .collect(),
             None => (r.spec.targets.iter())
-                .map(|t| (t.kind, t.name.as_str()))
+                .map(|t| match &t.selector {
+                    Some(s) => (t.kind, format!("[{}]", crate::crd::selector_text(s))),
+                    None => (t.kind, t.name.clone()),
+                })
                 .collect(),
         };
         let targets = target_states(names, current, status.revision);
@@ -144,7 +146,7 @@ pub fn render_table(rotations: &[ApiKeyRotation]) -> String {
 /// Each target as `kind/name=state` (kubectl's short kind: `deploy`, `sts`, `ds`), with how many
 /// of its pods still hold the old key while the revocation waits for them.
 fn target_states(
-    names: Vec<(TargetKind, &str)>,
+    names: Vec<(TargetKind, String)>,
     current: Option<&crate::crd::RotationProgress>,
     revision: u64,
 ) -> String {

@@ -25,6 +25,9 @@ pub struct Planned {
     /// Why the spec's selectors cannot make a plan now (none when a rotation is in flight): an
     /// entry that selects nothing, or more than [`MAX_PLANNED_TARGETS`] in all.
     pub unselected: Vec<String>,
+    /// A selector of the spec was not looked up (this reconcile found a rotation in flight): no
+    /// rotation may start on this plan; the next reconcile looks them up.
+    pub unresolved: bool,
 }
 
 impl Planned {
@@ -84,6 +87,7 @@ fn resolved(spec: &ApiKeyRotationSpec, selected: &Selected) -> Planned {
     let mut targets = Vec::new();
     let mut selected_by = Vec::new();
     let mut unselected = Vec::new();
+    let mut unresolved = false;
     for (i, entry) in spec.targets.iter().enumerate() {
         let Some(selector) = &entry.selector else {
             targets.push(entry.clone());
@@ -91,7 +95,16 @@ fn resolved(spec: &ApiKeyRotationSpec, selected: &Selected) -> Planned {
             continue;
         };
         let text = selector_text(selector);
-        let names = selected.get(i).and_then(|n| n.as_deref()).unwrap_or(&[]);
+        let Some(names) = selected.get(i).and_then(|n| n.as_deref()) else {
+            unresolved = true;
+            continue;
+        };
+        // A workload another entry already planned rolls with that entry.
+        let names: Vec<&String> = (names.iter())
+            .filter(|n| {
+                !(targets.iter()).any(|t: &RolloutTarget| t.kind == entry.kind && t.name == **n)
+            })
+            .collect();
         if names.is_empty() {
             unselected.push(format!(
                 "spec.targets[{i}]: the selector {text} matches no {} in this namespace",
@@ -100,7 +113,7 @@ fn resolved(spec: &ApiKeyRotationSpec, selected: &Selected) -> Planned {
         }
         for name in names {
             targets.push(RolloutTarget {
-                name: name.clone(),
+                name: name.to_string(),
                 selector: None,
                 ..entry.clone()
             });
@@ -122,6 +135,7 @@ fn resolved(spec: &ApiKeyRotationSpec, selected: &Selected) -> Planned {
         deferred: Vec::new(),
         selected_by,
         unselected,
+        unresolved,
     }
 }
 
@@ -147,25 +161,27 @@ fn in_flight(spec: &ApiKeyRotationSpec, r: &crate::crd::RotationProgress) -> Pla
         })
         .collect();
     let removed = r.targets.iter().map(|t| entry_of(t).is_none()).collect();
-    // The rotation's entries, in order: a named target, or one selector's run of targets.
-    let mut entries: Vec<(crate::crd::TargetKind, &str)> = Vec::new();
+    // The rotation's entries, in order: a named target, or one selector's run of targets, as
+    // (kind, selected, name or selector): a selector's text can read as a name (`app` exists).
+    let mut entries: Vec<(crate::crd::TargetKind, bool, &str)> = Vec::new();
     for t in &r.targets {
-        let entry = (t.kind, t.selector.as_deref().unwrap_or(&t.name));
+        let entry = (
+            t.kind,
+            t.selector.is_some(),
+            t.selector.as_deref().unwrap_or(&t.name),
+        );
         if t.selector.is_none() || entries.last() != Some(&entry) {
             entries.push(entry);
         }
     }
-    let now: Vec<(crate::crd::TargetKind, String)> = (spec.targets.iter())
+    let now: Vec<(crate::crd::TargetKind, bool, String)> = (spec.targets.iter())
         .map(|s| match &s.selector {
-            Some(selector) => (s.kind, selector_text(selector)),
-            None => (s.kind, s.name.clone()),
+            Some(selector) => (s.kind, true, selector_text(selector)),
+            None => (s.kind, false, s.name.clone()),
         })
         .collect();
     let same_order = entries.len() == now.len()
-        && entries
-            .iter()
-            .zip(&now)
-            .all(|(a, b)| a.0 == b.0 && a.1 == b.1);
+        && (entries.iter().zip(&now)).all(|(a, b)| a.0 == b.0 && a.1 == b.1 && a.2 == b.2);
     Planned {
         spec: ApiKeyRotationSpec {
             targets,
@@ -179,6 +195,7 @@ fn in_flight(spec: &ApiKeyRotationSpec, r: &crate::crd::RotationProgress) -> Pla
         removed,
         selected_by: r.targets.iter().map(|t| t.selector.clone()).collect(),
         unselected: Vec::new(),
+        unresolved: false,
     }
 }
 
@@ -241,5 +258,100 @@ mod tests {
             &[],
         );
         assert!(p.deferred.is_empty(), "{:?}", p.deferred);
+    }
+
+    fn selecting(kind: TargetKind, labels: serde_json::Value) -> RolloutTarget {
+        RolloutTarget {
+            selector: Some(
+                serde_json::from_value(serde_json::json!({"matchLabels": labels})).unwrap(),
+            ),
+            ..RolloutTarget::named(kind, "")
+        }
+    }
+
+    #[test]
+    fn selectors_are_replaced_by_what_they_select_and_a_rotation_keeps_that() {
+        let mut s = spec(&["api"]);
+        s.targets.push(selecting(
+            TargetKind::Deployment,
+            serde_json::json!({"tier": "web"}),
+        ));
+        s.targets.push(selecting(
+            TargetKind::Deployment,
+            serde_json::json!({"tier": "x"}),
+        ));
+        let selected = [
+            None,
+            Some(vec!["ui".to_string(), "api".into(), "web2".into()]),
+            Some(vec![]),
+        ];
+        let p = planned(&s, &ApiKeyRotationStatus::default(), &selected);
+        let names: Vec<_> = p.spec.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["api", "ui", "web2"],
+            "api is planned once, by its own entry"
+        );
+        assert_eq!(
+            p.selected_by,
+            [None, Some("tier=web".into()), Some("tier=web".into())]
+        );
+        assert!(p.same_entry(1, 2) && !p.same_entry(0, 1));
+        assert_eq!(p.unselected.len(), 1);
+        assert!(
+            p.unselected[0].contains("spec.targets[2]: the selector tier=x matches no Deployment")
+        );
+        assert!(!p.unresolved);
+        assert!(planned(&s, &ApiKeyRotationStatus::default(), &[]).unresolved);
+        // Started: the plan comes back from the status, whatever the selectors select now.
+        let mut r = RotationProgress::started(1, "t".into(), None, &p.spec.targets, "".into());
+        for (t, by) in r.targets.iter_mut().zip(&p.selected_by) {
+            t.selector = by.clone();
+        }
+        let status = ApiKeyRotationStatus {
+            current_rotation: Some(r),
+            ..Default::default()
+        };
+        s.targets.pop();
+        let now = planned(&s, &status, &[]);
+        assert_eq!(now.spec.targets, p.spec.targets);
+        assert_eq!(now.selected_by, p.selected_by);
+        assert!(now.deferred.is_empty(), "{:?}", now.deferred);
+        assert_eq!(now.removed, [false, false, false]);
+        // The selector edited: the edit waits, and its workloads are no longer in the spec.
+        s.targets[1] = selecting(TargetKind::Deployment, serde_json::json!({"tier": "web2"}));
+        let edited = planned(&s, &status, &[]);
+        assert_eq!(edited.deferred, ["spec.targets"]);
+        assert_eq!(edited.removed, [false, true, true]);
+    }
+
+    #[test]
+    fn a_selector_whose_text_reads_as_a_name_is_not_that_name() {
+        // `app` exists reads `app`, as a Deployment named app would.
+        let exists: crate::crd::LabelSelector = serde_json::from_value(
+            serde_json::json!({"matchExpressions": [{"key": "app", "operator": "Exists"}]}),
+        )
+        .unwrap();
+        let mut s = spec(&["app"]);
+        s.targets.push(RolloutTarget {
+            selector: Some(exists),
+            ..RolloutTarget::named(TargetKind::Deployment, "")
+        });
+        let selected = [None, Some(vec!["other".to_string()])];
+        let p = planned(&s, &ApiKeyRotationStatus::default(), &selected);
+        assert!(!p.same_entry(0, 1));
+        let mut r = RotationProgress::started(1, "t".into(), None, &p.spec.targets, "".into());
+        r.targets[1].selector = Some("app".into());
+        let status = ApiKeyRotationStatus {
+            current_rotation: Some(r),
+            ..Default::default()
+        };
+        let again = planned(&s, &status, &[]);
+        assert!(
+            again.deferred.is_empty(),
+            "{:?} {:?}",
+            again.deferred,
+            s.targets
+        );
     }
 }

@@ -38,7 +38,7 @@ fn targets(spec: &ApiKeyRotationSpec, out: &mut Vec<String>) {
             )),
             None => {}
         }
-        if !seen.insert((t.kind, t.describe())) {
+        if !seen.insert((t.kind, t.selector.is_some(), t.describe())) {
             out.push(format!(
                 "spec.targets[{i}]: duplicate target {}",
                 t.describe()

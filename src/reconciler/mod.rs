@@ -274,8 +274,8 @@ impl<'a> Reconciliation<'a> {
                 (spec.targets.iter()).find(|t| t.kind == crate::crd::TargetKind::Rollout)
         {
             problems.push(format!(
-                "spec.targets: Rollout {} is an Argo Rollout, and this operator was started without --argo-rollouts (chart: argoRollouts.enabled=true, which also grants it the rollouts)",
-                t.name
+                "spec.targets: {} is an Argo Rollout, and this operator was started without --argo-rollouts (chart: argoRollouts.enabled=true, which also grants it the rollouts)",
+                t.describe()
             ));
         }
         if spec.secret.name == observe::vault_name(self.akr) {
@@ -294,6 +294,19 @@ impl<'a> Reconciliation<'a> {
         }
         self.select().await?;
         let all = self.ctx.rotations.state();
+        // What another rotation's selector claims is known only from an in-step watch: until
+        // then, act on nothing (a claim missed would let two rotations stamp one workload).
+        let ns = self.akr.namespace();
+        if let Some(kind) = (all.iter())
+            .filter(|o| o.namespace() == ns && o.metadata.uid != self.akr.metadata.uid)
+            .flat_map(|o| o.spec.targets.iter())
+            .filter(|t| t.selector.is_some())
+            .map(|t| t.kind)
+            .find(|kind| !self.ctx.world.target_watch_in_step(*kind))
+        {
+            tracing::debug!(rotation = %key_of(self.akr), %kind, "waiting for the watch to list before judging claims");
+            return Ok(Requeue::requeue(Duration::from_secs(1)));
+        }
         // Another rotation's selector claims what the watch shows it selecting (a watch not in
         // step yet shows nothing; its plan claims what it selected once it starts).
         let selected = |other: &ApiKeyRotation, t: &crate::crd::RolloutTarget| {

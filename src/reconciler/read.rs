@@ -238,6 +238,7 @@ impl Reconciliation<'_> {
                 removed: self.planned.removed.clone(),
                 selected_by: self.planned.selected_by.clone(),
                 unselected: self.planned.unselected.clone(),
+                unresolved: self.planned.unresolved,
             },
             pods: None,
         };

@@ -176,6 +176,11 @@ impl World {
         }
     }
 
+    /// Whether the watch of target `kind` is in step (its store shows every workload's labels).
+    pub fn target_watch_in_step(&self, kind: TargetKind) -> bool {
+        self.watched.health.in_step(Kind::Target(kind))
+    }
+
     /// The names of the workloads of `kind` in `ns` whose labels `selector` matches, sorted, by
     /// the watch of that kind; None while that watch is not in step (then they are listed).
     pub fn selected(

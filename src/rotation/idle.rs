@@ -26,6 +26,9 @@ pub(super) fn idle(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> 
 /// A pending key without a rotation in status: the status was lost; resume that rotation.
 fn resume_lost_rotation(o: &Observation, vault: &VaultView, b: &mut StatusBuilder) -> Option<Plan> {
     let (pending, revision) = vault.pending.as_ref()?;
+    if let Some(plan) = refuse_unselected_targets(o, b, *revision) {
+        return Some(plan);
+    }
     b.status.current_rotation = Some(new_rotation(
         o,
         *revision,
@@ -290,6 +293,15 @@ fn refuse_unselected_targets(
     b: &mut StatusBuilder,
     revision: u64,
 ) -> Option<Plan> {
+    if o.plan.unresolved {
+        // Not looked up in this reconcile: the next one does, before anything starts.
+        return Some(b.plan_copy(
+            Action::Wait {
+                requeue_after: Some(std::time::Duration::from_secs(1)),
+            },
+            None,
+        ));
+    }
     if o.plan.unselected.is_empty() {
         return None;
     }
@@ -358,6 +370,9 @@ pub(super) fn revoked_in_sirius(o: &Observation) -> bool {
 /// at once, maintenance windows or not, so consumers move to a new key.
 fn revoked_externally(o: &Observation, vault: &VaultView, b: &mut StatusBuilder) -> Plan {
     let revision = o.status.revision + 1;
+    if let Some(plan) = refuse_unselected_targets(o, b, revision) {
+        return plan;
+    }
     let trigger = Reason::KeyRevokedExternally.to_string();
     b.status.current_rotation = Some(RotationProgress {
         outside_windows: true,

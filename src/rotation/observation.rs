@@ -110,6 +110,8 @@ pub struct PlanNotes {
     pub removed: Vec<bool>,
     pub selected_by: Vec<Option<String>>,
     pub unselected: Vec<String>,
+    /// The selectors were not looked up: no rotation starts on this plan (decide again soon).
+    pub unresolved: bool,
 }
 
 impl PlanNotes {

@@ -1503,3 +1503,38 @@ fn a_rotation_does_not_start_while_a_selector_selects_nothing_or_too_much() {
     let by: Vec<_> = r.targets.iter().map(|t| t.selector.as_deref()).collect();
     assert_eq!(by, [None, Some("tier=worker"), Some("tier=worker")]);
 }
+
+#[test]
+fn no_start_path_plans_on_selectors_that_were_not_looked_up_or_select_nothing() {
+    // A normal start, on selectors not looked up in this reconcile: a quiet short wait.
+    let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+    o.trigger = Some("go".into());
+    o.plan.unresolved = true;
+    let plan = decide(&o);
+    assert!(plan.status.current_rotation.is_none());
+    assert_eq!(plan.event, None, "nothing to report");
+    assert_eq!(
+        plan.action,
+        Action::Wait {
+            requeue_after: Some(Duration::from_secs(1))
+        }
+    );
+    // A rotation resumed from the vault's pending key (its status was lost), and one started
+    // because Sirius revoked the active key: neither plans without its selectors.
+    let selects_nothing = |o: &mut Observation| {
+        o.plan.unselected =
+            vec!["spec.targets[1]: the selector tier=x matches no Deployment".into()];
+    };
+    let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+    o.vault.as_mut().unwrap().pending = Some((KeyId("b".repeat(64)), 1));
+    selects_nothing(&mut o);
+    let plan = decide(&o);
+    assert!(plan.status.current_rotation.is_none(), "not resumed");
+    assert_eq!(plan.event.unwrap().reason, Reason::TargetNotFound);
+    let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+    o.records.current = false;
+    selects_nothing(&mut o);
+    let plan = decide(&o);
+    assert!(plan.status.current_rotation.is_none(), "not started");
+    assert_eq!(plan.event.unwrap().reason, Reason::TargetNotFound);
+}
