@@ -353,7 +353,10 @@ pub fn sirius_workload(kind: &str, name: &str, replicas: i64) -> Value {
         }
         "Rollout" => {
             w["apiVersion"] = json!("argoproj.io/v1alpha1");
-            w["spec"]["strategy"] = json!({"canary": {}});
+            // Half the pods on the new template, a second's pause, then the rest: what a
+            // canary without traffic routing does, and Argo skips for the first update.
+            w["spec"]["strategy"] =
+                json!({"canary": {"steps": [{"setWeight": 50}, {"pause": {"duration": 1}}]}});
         }
         _ => {}
     }

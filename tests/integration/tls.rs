@@ -194,8 +194,9 @@ async fn a_rotation_runs_over_tls_with_the_ca_from_a_secret_and_the_change_feed_
     })
     .await;
     let lost = std::time::Instant::now();
+    // No check that the record is gone: the change feed can have it written back before the
+    // test looks (CI saw it).
     valkey.flushall();
-    assert!(!valkey.exists(&record));
     wait_for(Duration::from_secs(3), "the record written back", || {
         valkey.exists(&record)
     })

@@ -165,6 +165,8 @@ struct DeploymentState {
     /// (complete, every pod ready, none terminating): such a Deployment is skipped until it
     /// or one of its pods changes, so thousands of quiet ones cost nothing per tick.
     settled_at_rv: Option<String>,
+    /// A canary Rollout's steps, pause and abort (see [`argo`]).
+    canary: argo::CanaryProgress,
 }
 
 impl DeploymentState {
@@ -197,6 +199,8 @@ pub struct DeploySim {
     set_of: HashMap<(String, String), sets::SetKey>,
     /// The nodes a DaemonSet runs a pod on.
     nodes: Vec<String>,
+    /// The Argo Rollouts whose `analysis` steps fail.
+    failing_analysis: std::collections::HashSet<(String, String)>,
 }
 
 fn epoch_ms() -> i64 {
@@ -221,6 +225,17 @@ impl DeploySim {
             sets: HashMap::new(),
             set_of: HashMap::new(),
             nodes: vec![NODE_NAME.to_string()],
+            failing_analysis: Default::default(),
+        }
+    }
+
+    /// Whether the `analysis` steps of Rollout `ns/name` pass (they do unless told otherwise).
+    pub fn set_analysis_passes(&mut self, ns: &str, name: &str, passes: bool) {
+        let key = (ns.to_string(), name.to_string());
+        if passes {
+            self.failing_analysis.remove(&key);
+        } else {
+            self.failing_analysis.insert(key);
         }
     }
 
@@ -655,8 +670,30 @@ impl DeploySim {
         if argo {
             argo::deployment_reason(&mut old_progressing);
         }
+        // A canary Rollout's steps: how many pods may run the new template, and, once aborted,
+        // the stable revision its pods return to.
+        let steps = if argo {
+            argo::steps(d).to_vec()
+        } else {
+            Vec::new()
+        };
+        state.canary.follow(current_revision);
+        let stable_revision = (old_status["stableRS"].as_str())
+            .and_then(|h| state.hashes.iter().position(|x| x == h))
+            .map(|i| i as u64 + 1);
+        if stable_revision.is_none() || stable_revision == Some(current_revision) {
+            // Argo promotes a Rollout without a stable ReplicaSet (its first update) fully, and
+            // skips the steps of a return to the stable template (`SkipSteps`).
+            state.canary.skip(&steps);
+        }
+        let step_paused_before = state.canary.is_paused();
+        let serving_revision = match (&state.canary.aborted, stable_revision) {
+            (Some(_), Some(stable)) => stable,
+            _ => current_revision,
+        };
         // `checkPausedConditions`: resuming starts the progress deadline anew.
-        let resumed = !paused && old_progressing["reason"] == "DeploymentPaused";
+        let resumed =
+            !paused && !step_paused_before && old_progressing["reason"] == "DeploymentPaused";
         if resumed {
             state.last_progress = Some(now);
         }
@@ -707,20 +744,26 @@ impl DeploySim {
 
         let mut progressed = false;
         let updated: Vec<usize> = (0..state.pods.len())
-            .filter(|&i| active(&state.pods[i]) && state.pods[i].revision == current_revision)
+            .filter(|&i| active(&state.pods[i]) && state.pods[i].revision == serving_revision)
             .collect();
         let old: Vec<usize> = (0..state.pods.len())
-            .filter(|&i| active(&state.pods[i]) && state.pods[i].revision != current_revision)
+            .filter(|&i| active(&state.pods[i]) && state.pods[i].revision != serving_revision)
             .collect();
+        let allowed = if steps.is_empty() || state.canary.aborted.is_some() {
+            desired
+        } else {
+            state.canary.allowed(&steps, desired)
+        };
         let ready_total = state.pods.iter().filter(|p| is_ready(p)).count();
         let active_total = updated.len() + old.len();
 
         if !paused {
             let mut victim = None;
-            if updated.len() < desired && active_total < desired + 1 {
+            if updated.len() < allowed && active_total < desired + 1 {
                 // Surge one new pod (the ReplicaSet controller creates it from the template); it
                 // reads the Secrets as they are now.
-                let rs_name = state.rs_name(&name, current_revision);
+                let template = state.templates[(serving_revision - 1) as usize].clone();
+                let rs_name = state.rs_name(&name, serving_revision);
                 let rs_uid = replica_set_uid(&state.uid, &rs_name);
                 let object = loop {
                     state.pod_counter += 1;
@@ -731,7 +774,7 @@ impl DeploySim {
                         &rs_name,
                         &rs_uid,
                         &template,
-                        &state.hashes[(current_revision - 1) as usize],
+                        &state.hashes[(serving_revision - 1) as usize],
                         if argo {
                             "rollouts-pod-template-hash"
                         } else {
@@ -755,7 +798,7 @@ impl DeploySim {
                         .as_str()
                         .unwrap_or("")
                         .to_string();
-                    let mut pod = Pod::new(pod_name.clone(), current_revision);
+                    let mut pod = Pod::new(pod_name.clone(), serving_revision);
                     pod.start(
                         read_pod_secrets(store, &ns, &template),
                         |s| behavior.lets_ready(s),
@@ -797,12 +840,31 @@ impl DeploySim {
         let replicas = active_pods.len();
         let updated_replicas = active_pods
             .iter()
-            .filter(|p| p.revision == current_revision)
+            .filter(|p| p.revision == serving_revision)
             .count();
         let ready = active_pods.iter().filter(|p| is_ready(p)).count();
+        if !steps.is_empty() {
+            let updated_ready = (active_pods.iter())
+                .filter(|p| p.revision == current_revision && is_ready(p))
+                .count();
+            let pods = argo::Pods {
+                desired,
+                updated_ready,
+                old_active: replicas - updated_replicas,
+                analysis_passes: !self.failing_analysis.contains(&key),
+            };
+            state.canary.advance(&steps, &old_status, paused, pods, now);
+        }
+        // A pause step holds the progress deadline, as `spec.paused` does (Argo's
+        // `checkPausedConditions`).
+        let step_paused = state.canary.is_paused();
+        if step_paused {
+            state.last_progress = Some(now);
+        }
         let complete = updated_replicas >= desired
             && replicas <= updated_replicas
-            && ready >= updated_replicas;
+            && ready >= updated_replicas
+            && state.canary.done(&steps);
         let stalled = !complete
             && state
                 .last_progress
@@ -812,14 +874,15 @@ impl DeploySim {
             .unwrap_or_default();
         let timed_out = old_progressing["reason"] == "ProgressDeadlineExceeded";
         let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-        let (progressing_status, progressing_reason, progressing_message) = if paused && timed_out {
+        let held = paused || step_paused;
+        let (progressing_status, progressing_reason, progressing_message) = if held && timed_out {
             // A reported lack of progress is not overwritten by the paused condition.
             (
                 "False",
                 "ProgressDeadlineExceeded",
                 text(&old_progressing["message"]),
             )
-        } else if paused {
+        } else if held {
             (
                 "Unknown",
                 "DeploymentPaused",
@@ -907,6 +970,14 @@ impl DeploySim {
         if argo {
             let hash = new_revision.map(|r| state.hashes[(r - 1) as usize].clone());
             status = argo::status(&status, d, &old_status, hash, complete && !paused);
+            if !steps.is_empty() {
+                let on_new = (active_pods.iter())
+                    .filter(|p| p.revision == current_revision)
+                    .count();
+                state
+                    .canary
+                    .decorate(&mut status, &old_status, paused, on_new);
+            }
         }
         if status != old_status {
             store.controller_write_status(rt, &ns, &name, status);

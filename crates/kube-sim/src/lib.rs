@@ -271,6 +271,19 @@ impl Sim {
         result
     }
 
+    /// Merge-patches an object's status subresource as another client would (`kubectl argo
+    /// rollouts abort` and `promote` write a Rollout's status).
+    pub fn merge_patch_status(
+        &self,
+        group: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        patch: Value,
+    ) -> Result<Value, String> {
+        self.patch_as_test(group, plural, ns, name, "status", patch)
+    }
+
     /// Replaces `path` inside an object as another client would (merge patch semantics).
     pub fn merge_patch_object(
         &self,
@@ -278,6 +291,18 @@ impl Sim {
         plural: &str,
         ns: &str,
         name: &str,
+        patch: Value,
+    ) -> Result<Value, String> {
+        self.patch_as_test(group, plural, ns, name, "", patch)
+    }
+
+    fn patch_as_test(
+        &self,
+        group: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        subresource: &str,
         patch: Value,
     ) -> Result<Value, String> {
         let mut store = self.shared.store.lock().unwrap();
@@ -290,7 +315,7 @@ impl Sim {
             rt: &rt,
             namespace: ns,
             name,
-            subresource: "",
+            subresource,
             manager: "kube-sim-test",
         };
         let result = store
@@ -301,7 +326,7 @@ impl Sim {
                     ownership,
                     crate::list_types::Schema::of(&rt),
                     "kube-sim-test",
-                    "",
+                    subresource,
                     current,
                     &next,
                 );
@@ -344,6 +369,13 @@ impl Sim {
             .lock()
             .unwrap()
             .set_behavior(ns, deployment, behavior);
+    }
+
+    /// Whether the `analysis` steps of the Argo Rollout `ns/name` pass (by default they do); a
+    /// failing one aborts the update, as Argo does.
+    pub fn set_analysis_passes(&self, ns: &str, name: &str, passes: bool) {
+        let mut deploy = self.shared.deploy.lock().unwrap();
+        deploy.set_analysis_passes(ns, name, passes);
     }
 
     pub fn set_pod_ready_after(&self, ns: &str, deployment: &str, delay: Duration) {
