@@ -213,3 +213,46 @@ pub async fn rotate(
         .await?;
     Ok(token)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_selector_entry_shows_its_selector_and_a_rotation_what_it_selected() {
+        let mut r: ApiKeyRotation = serde_json::from_value(json!({
+            "apiVersion": "keys.siriusscan.io/v1alpha1", "kind": "ApiKeyRotation",
+            "metadata": {"name": "s", "namespace": "ns"},
+            "spec": {"valkey": {"url": "redis://v:6379"}, "targets": [
+                {"name": "sirius-api"},
+                {"kind": "StatefulSet", "selector": {"matchLabels": {"tier": "backend"}}},
+            ]},
+        }))
+        .unwrap();
+        let table = render_table(std::slice::from_ref(&r));
+        assert!(
+            table.contains("deploy/sirius-api=-,sts/[tier=backend]=-"),
+            "{table}"
+        );
+        let mut rotating = crate::crd::RotationProgress::started(
+            1,
+            "Manual:x".into(),
+            None,
+            &[
+                crate::crd::RolloutTarget::named(TargetKind::Deployment, "sirius-api"),
+                crate::crd::RolloutTarget::named(TargetKind::StatefulSet, "engine"),
+            ],
+            "t".into(),
+        );
+        rotating.targets[1].selector = Some("tier=backend".into());
+        r.status = Some(crate::crd::ApiKeyRotationStatus {
+            current_rotation: Some(rotating),
+            ..Default::default()
+        });
+        let table = render_table(&[r]);
+        assert!(
+            table.contains("deploy/sirius-api=pending,sts/engine=pending"),
+            "{table}"
+        );
+    }
+}

@@ -9,6 +9,7 @@ mod read;
 mod record;
 mod records;
 mod referenced;
+mod refusal;
 mod world;
 
 pub use clean_up::DEFAULT_REVOKE_ON_DELETE_TIMEOUT;
@@ -18,10 +19,10 @@ use world::CachedRotation;
 pub use world::{KeepLabels, Kind as WatchKind, WatchHealth, Watched, slim_metadata};
 
 use crate::backoff::Failure;
-use crate::crd::{ApiKeyRotation, ApiKeyRotationStatus, FINALIZER, MANAGED_BY_LABEL};
+use crate::crd::{ApiKeyRotation, ApiKeyRotationStatus, FINALIZER};
 use crate::keystore::{Endpoint, KeyStoreError};
 use crate::rotation::{Action, Reason};
-use crate::{backoff, observe, rotation, spec_check};
+use crate::{backoff, rotation};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -257,103 +258,8 @@ impl<'a> Reconciliation<'a> {
     }
 
     async fn run(mut self) -> Result<Requeue, Error> {
-        let spec = &self.akr.spec;
-        let mut problems = spec_check::problems(spec);
-        let name = self.akr.name_any();
-        if name.len() > crate::crd::MAX_NAME_LENGTH {
-            // The CRD refuses such a name; an object admitted before that bound existed gets here.
-            problems.push(format!(
-                "metadata.name: {} characters, at most {} (it becomes the value of the label {} on the Secrets this operator writes); recreate the ApiKeyRotation under a shorter name",
-                name.len(),
-                crate::crd::MAX_NAME_LENGTH,
-                MANAGED_BY_LABEL
-            ));
-        }
-        if !self.ctx.argo_rollouts
-            && let Some(t) =
-                (spec.targets.iter()).find(|t| t.kind == crate::crd::TargetKind::Rollout)
-        {
-            problems.push(format!(
-                "spec.targets: {} is an Argo Rollout, and this operator was started without --argo-rollouts (chart: argoRollouts.enabled=true, which also grants it the rollouts)",
-                t.describe()
-            ));
-        }
-        if spec.secret.name == observe::vault_name(self.akr) {
-            problems.push(format!(
-                "spec.secret.name: {:?} is this rotation's own vault Secret",
-                spec.secret.name
-            ));
-        }
-        if !problems.is_empty() {
-            self.report_failure(
-                Reason::InvalidSpec,
-                &format!("Invalid spec, nothing was changed: {}", problems.join("; ")),
-            )
-            .await?;
-            return Ok(Requeue::await_change());
-        }
-        self.select().await?;
-        let all = self.ctx.rotations.state();
-        // What another rotation's selector claims is known only from an in-step watch: until
-        // then, act on nothing (a claim missed would let two rotations stamp one workload).
-        let ns = self.akr.namespace();
-        if let Some(kind) = (all.iter())
-            .filter(|o| o.namespace() == ns && o.metadata.uid != self.akr.metadata.uid)
-            .flat_map(|o| o.spec.targets.iter())
-            .filter(|t| t.selector.is_some())
-            .map(|t| t.kind)
-            .find(|kind| !self.ctx.world.target_watch_in_step(*kind))
-        {
-            tracing::debug!(rotation = %key_of(self.akr), %kind, "waiting for the watch to list before judging claims");
-            return Ok(Requeue::requeue(Duration::from_secs(1)));
-        }
-        // Another rotation's selector claims what the watch shows it selecting (a watch not in
-        // step yet shows nothing; its plan claims what it selected once it starts).
-        let selected = |other: &ApiKeyRotation, t: &crate::crd::RolloutTarget| {
-            let ns = other.namespace().unwrap_or_default();
-            (t.selector.clone())
-                .and_then(|s| kube::core::Selector::try_from(s).ok())
-                .and_then(|s| self.ctx.world.selected(t.kind, &ns, &s))
-                .unwrap_or_default()
-        };
-        if let Some(message) = crate::claims::conflicting_claim(
-            self.akr,
-            &self.planned.spec.targets,
-            all.iter().map(|r| r.as_ref()),
-            selected,
-        ) {
-            self.report_failure(Reason::ClaimConflict, &message).await?;
-            return Ok(Requeue::requeue(self.ctx.resync));
-        }
-        let planned = self.planned.spec.clone();
-        let consumer = (self.ctx.world)
-            .secret(&self.secrets, &self.ns, &planned.secret.name, false)
-            .await?;
-        if let Some(secret) = &consumer
-            && let Some(message) = crate::trust::consumer_secret_problem(
-                secret,
-                &self.akr.name_any(),
-                self.ctx.rotations.state(),
-            )
-            .or_else(|| {
-                crate::trust::adoptable_key_problem(
-                    secret,
-                    &self.akr.name_any(),
-                    &planned.secret.key,
-                    &planned.key.prefix,
-                )
-            })
-        {
-            self.report_failure(Reason::ClaimConflict, &message).await?;
-            return Ok(Requeue::requeue(self.ctx.resync));
-        }
-        if let Some(secret) = &consumer
-            && let Some(message) = crate::handover::managed_elsewhere(secret, &planned.secret.key)
-        {
-            self.report_failure(Reason::SecretManagedElsewhere, &message)
-                .await?;
-            // The Secret is not labelled yet, so its watch does not see the hand-over: look again.
-            return Ok(Requeue::requeue(self.ctx.resync.min(HANDOVER_RECHECK)));
+        if let Some(requeue) = self.refusal().await? {
+            return Ok(requeue);
         }
         let outcome = self.drive().await;
         let failures_so_far = self.ctx.backoffs.failures(&key_of(self.akr));

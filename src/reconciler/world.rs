@@ -176,9 +176,18 @@ impl World {
         }
     }
 
-    /// Whether the watch of target `kind` is in step (its store shows every workload's labels).
+    /// Whether the watch of target `kind` is in step (its store shows every workload's labels),
+    /// or there is none to wait for (Argo Rollouts without `--argo-rollouts`: such targets are
+    /// refused as an invalid spec).
     pub fn target_watch_in_step(&self, kind: TargetKind) -> bool {
-        self.watched.health.in_step(Kind::Target(kind))
+        let w = &self.watched;
+        let running = match kind {
+            TargetKind::Deployment => w.deployments.is_some(),
+            TargetKind::StatefulSet => w.stateful_sets.is_some(),
+            TargetKind::DaemonSet => w.daemon_sets.is_some(),
+            TargetKind::Rollout => w.rollouts.is_some(),
+        };
+        !running || w.health.in_step(Kind::Target(kind))
     }
 
     /// The names of the workloads of `kind` in `ns` whose labels `selector` matches, sorted, by
@@ -583,6 +592,56 @@ mod tests {
             "metadata": {"name": "s", "namespace": "ns", "resourceVersion": rv},
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_selector_is_matched_against_the_watch_only_once_it_listed_and_only_in_its_namespace() {
+        use k8s_openapi::api::apps::v1::Deployment;
+        let (reader, mut writer) = store::<PartialObjectMeta<Deployment>>();
+        let watched = Watched {
+            deployments: Some(reader),
+            ..Default::default()
+        };
+        let health = watched.health.clone();
+        let world = World::new(watched);
+        let deployment = |ns: &str, name: &str, tier: &str| -> PartialObjectMeta<Deployment> {
+            let mut meta: PartialObjectMeta<Deployment> = serde_json::from_value(serde_json::json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": name, "namespace": ns, "resourceVersion": "1",
+                             "labels": {"tier": tier, "app.kubernetes.io/name": name},
+                             "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+            }))
+            .unwrap();
+            slim_metadata(&mut meta.metadata, KeepLabels::All);
+            meta
+        };
+        let web: kube::core::Selector = [("tier", "web")].into_iter().collect();
+        let kind = TargetKind::Deployment;
+        assert!(!world.target_watch_in_step(kind));
+        assert_eq!(
+            world.selected(kind, "ns", &web),
+            None,
+            "not listed yet: list instead"
+        );
+        let events = [
+            watcher::Event::Init,
+            watcher::Event::InitApply(deployment("ns", "ui", "web")),
+            watcher::Event::InitApply(deployment("ns", "engine", "backend")),
+            watcher::Event::InitApply(deployment("ns", "api", "web")),
+            watcher::Event::InitApply(deployment("other", "ui", "web")),
+            watcher::Event::InitDone,
+        ];
+        for event in events {
+            writer.apply_watcher_event(&event);
+            health.follow(Kind::Target(kind), &Ok(event));
+        }
+        assert!(world.target_watch_in_step(kind));
+        assert_eq!(
+            world.selected(kind, "ns", &web),
+            Some(vec!["api".to_string(), "ui".to_string()])
+        );
+        // No watch of Argo Rollouts runs without --argo-rollouts: nothing to wait for.
+        assert!(world.target_watch_in_step(TargetKind::Rollout));
     }
 
     #[test]

@@ -293,3 +293,44 @@ async fn a_watch_refused_again_and_again_backs_off_further_each_time() {
         "{attempts} lists of a refused watch in 6 s"
     );
 }
+
+/// A rotation whose targets are chosen by label: its resyncs match the selectors against what
+/// the workload watches hold, and send nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resyncs_of_a_rotation_with_a_selector_send_the_api_server_nothing() {
+    let valkey = Valkey::start();
+    let sim = start_sim().await;
+    sim.create_object(consumer_secret(&known_key())).unwrap();
+    deploy_sirius(&sim, 1).await;
+    for name in ["sirius-ui", "sirius-engine"] {
+        sim.merge_patch_object(
+            "apps",
+            "deployments",
+            NS,
+            name,
+            json!({"metadata": {"labels": {"tier": "backend"}}}),
+        )
+        .unwrap();
+    }
+    let targets = json!({"targets": [
+        {"name": "sirius-api"},
+        {"kind": "Deployment", "selector": {"matchLabels": {"tier": "backend"}}},
+    ]});
+    let mut manifest = rotation(&valkey.url(), targets);
+    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "once"});
+    sim.create_object(manifest).unwrap();
+    let resync = Duration::from_millis(300);
+    let operator = operator_after_one_rotation(&sim, resync).await;
+    assert_ne!(
+        template_key(&sim, "sirius-engine"),
+        serde_json::Value::Null,
+        "selected and rolled"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await; // settling, not a wait for an event
+    let (_, during) = over_ten_resyncs(&sim, resync).await;
+    assert!(
+        during.is_empty(),
+        "an idle operator sent {during:?} over ten resyncs"
+    );
+    operator.abort();
+}
