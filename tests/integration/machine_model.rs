@@ -6,7 +6,8 @@ use apikey_rotator::crd::{ApiKeyRotationSpec, ApiKeyRotationStatus};
 use apikey_rotator::key::KeyId;
 use apikey_rotator::pods::PodSummary;
 use apikey_rotator::rotation::{
-    Action, ConsumerView, Observation, Plan, ProbeStage, RecordView, TargetView, VaultView, decide,
+    Action, ConsumerView, Observation, Plan, PlanNotes, ProbeStage, RecordView, TargetView,
+    VaultView, decide,
 };
 use apikey_rotator::workload::RolloutState;
 use jiff::{SignedDuration, Timestamp};
@@ -95,6 +96,10 @@ struct World {
     consumer_changed: Option<Timestamp>,
     /// The operator's clock runs this far ahead of the API server's (behind when negative).
     clock_skew: SignedDuration,
+    /// The last two targets were chosen by one selector: they roll at once.
+    grouped: bool,
+    /// How often the second selected target was stamped while the first still rolled.
+    rolling_together: Option<usize>,
 }
 
 impl World {
@@ -152,6 +157,8 @@ impl World {
             other_pods: false,
             consumer_changed: None,
             clock_skew: SignedDuration::ZERO,
+            grouped: false,
+            rolling_together: None,
         }
     }
 
@@ -230,7 +237,12 @@ impl World {
             name: "ns/model".into(),
             probe: None,
             gate: None,
-            plan: Default::default(),
+            plan: PlanNotes {
+                selected_by: (0..self.targets.len())
+                    .map(|i| (self.grouped && i > 0).then(|| "tier=backend".to_string()))
+                    .collect(),
+                ..Default::default()
+            },
             pods: None,
             generation: Some(1),
             spec: self.spec.clone(),
@@ -523,17 +535,30 @@ impl World {
                         );
                     }
                 } else {
-                    for earlier in &self.targets[..*index] {
+                    for (i, earlier) in self.targets[..*index].iter().enumerate() {
                         assert_eq!(
                             earlier.annotation.as_ref(),
                             Some(&key_id.0),
                             "target {index} rolled before an earlier one"
                         );
+                        // One selector's targets roll at once: only earlier entries completed.
+                        if self.grouped && i > 0 {
+                            continue;
+                        }
                         assert!(
                             earlier.running == BTreeSet::from([self.key_of_id(key_id)]),
                             "target {index} rolled before an earlier one completed"
                         );
                     }
+                }
+                let new_key = BTreeSet::from([self.key_of_id(key_id)]);
+                let first_still_rolls = self.targets[1].running != new_key;
+                if let Some(n) = self.rolling_together.as_mut()
+                    && *index == 2
+                    && !rolling_back
+                    && first_still_rolls
+                {
+                    *n += 1;
                 }
                 let duration = 1 + (self.rng.next() % 20) as i64;
                 let failing = !rolling_back && !self.no_roll_failures && self.rng.chance(10);
@@ -848,6 +873,24 @@ fn thousands_of_runs_with_crashes_never_break_safety_and_always_finish() {
             "seed {seed}: only the active key's record is left"
         );
     }
+}
+
+#[test]
+fn targets_one_selector_chose_roll_at_once_and_crashes_never_break_safety() {
+    let mut together = 0;
+    for seed in 0..800 {
+        let adopt = seed % 2 == 0;
+        let mut w = World::with_policy(seed, adopt, ["Halt", "Rollback"][(seed % 2) as usize]);
+        w.grouped = true;
+        w.rolling_together = Some(0);
+        let w = run_world(w, seed, 30, 3);
+        together += w.rolling_together.unwrap_or(0);
+        assert_eq!(w.records.len(), 1, "seed {seed}: one valid key left");
+    }
+    assert!(
+        together > 100,
+        "the two selected targets rolled at once only {together} times"
+    );
 }
 
 #[test]
