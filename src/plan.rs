@@ -99,18 +99,18 @@ fn resolved(spec: &ApiKeyRotationSpec, selected: &Selected) -> Planned {
             unresolved = true;
             continue;
         };
-        // A workload another entry already planned rolls with that entry.
-        let names: Vec<&String> = (names.iter())
-            .filter(|n| {
-                !(targets.iter()).any(|t: &RolloutTarget| t.kind == entry.kind && t.name == **n)
-            })
-            .collect();
         if names.is_empty() {
             unselected.push(format!(
                 "spec.targets[{i}]: the selector {text} matches no {} in this namespace",
                 entry.kind
             ));
         }
+        // A workload an earlier entry already planned rolls with that entry.
+        let names: Vec<&String> = (names.iter())
+            .filter(|n| {
+                !(targets.iter()).any(|t: &RolloutTarget| t.kind == entry.kind && t.name == **n)
+            })
+            .collect();
         for name in names {
             targets.push(RolloutTarget {
                 name: name.to_string(),
@@ -303,6 +303,16 @@ mod tests {
         );
         assert!(!p.unresolved);
         assert!(planned(&s, &ApiKeyRotationStatus::default(), &[]).unresolved);
+        // A selector that matches only what an earlier entry names selects something.
+        let only_api = [
+            None,
+            Some(vec!["api".to_string()]),
+            Some(vec!["x1".to_string()]),
+        ];
+        let p2 = planned(&s, &ApiKeyRotationStatus::default(), &only_api);
+        assert!(p2.unselected.is_empty(), "{:?}", p2.unselected);
+        let names: Vec<_> = p2.spec.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["api", "x1"]);
         // Started: the plan comes back from the status, whatever the selectors select now.
         let mut r = RotationProgress::started(1, "t".into(), None, &p.spec.targets, "".into());
         for (t, by) in r.targets.iter_mut().zip(&p.selected_by) {
