@@ -72,9 +72,9 @@ fn still_accepted_after(attempts: u32) -> Plan {
     decide(&o)
 }
 
-/// A rotation whose validation window is over: only the pod gate stands before revoking.
-fn at_the_pod_gate() -> Observation {
-    let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+/// The vault holds a new key (revision 1) besides the old one, both registered, and the consumers'
+/// Secret holds the new one. Returns (old, new).
+fn switched_to_a_new_key(o: &mut Observation) -> (KeyId, KeyId) {
     let (old, new) = (KeyId("a".repeat(64)), KeyId("b".repeat(64)));
     o.vault = Some(VaultView {
         current: old.clone(),
@@ -88,6 +88,13 @@ fn at_the_pod_gate() -> Observation {
         current_marked: true,
         ..Default::default()
     };
+    (old, new)
+}
+
+/// A rotation whose validation window is over: only the pod gate stands before revoking.
+fn at_the_pod_gate() -> Observation {
+    let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
+    let (old, new) = switched_to_a_new_key(&mut o);
     o.targets = o
         .spec
         .targets
@@ -1271,23 +1278,11 @@ fn the_pod_gate_says_when_a_target_does_not_replace_its_pods_by_itself() {
 /// chosen by that selector; nothing stamped yet.
 fn rolling(targets: &[&str], selected_by: &[Option<&str>]) -> Observation {
     let mut o = idle_observation(None, "2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z");
-    let (old, new) = (KeyId("a".repeat(64)), KeyId("b".repeat(64)));
     o.spec.targets = targets.iter().map(|t| target(t)).collect();
     o.targets = targets.iter().map(|_| found(None, None, None)).collect();
     o.plan.selected_by = selected_by.iter().map(|s| s.map(str::to_string)).collect();
     o.plan.removed = vec![false; targets.len()];
-    o.vault = Some(VaultView {
-        current: old.clone(),
-        pending: Some((new.clone(), 1)),
-        current_raw_lost: false,
-    });
-    o.consumer = ConsumerView::Holds(Some(new.clone()));
-    o.records = RecordView {
-        current: true,
-        pending: true,
-        current_marked: true,
-        ..Default::default()
-    };
+    let (old, new) = switched_to_a_new_key(&mut o);
     let mut r = new_rotation(&o, 1, "Manual:x".into(), Some(new), &old);
     r.step = Step::Roll;
     r.switched_at = Some("2026-11-25T11:00:00.000Z".into());

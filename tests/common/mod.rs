@@ -371,20 +371,24 @@ pub fn targets_json(kinds: &[(&str, &str)]) -> Value {
     json!({ "targets": targets })
 }
 
+/// Waits until `count` rollouts (first rollouts, when the workloads were just created) completed.
+pub async fn wait_initial_rollouts(sim: &Sim, count: usize) {
+    wait_for(Duration::from_secs(10), "initial rollouts", || {
+        (sim.rollouts().iter())
+            .filter(|r| r.completed_at_ms.is_some())
+            .count()
+            >= count
+    })
+    .await;
+}
+
 /// Creates the workloads `kinds` and waits until their first rollout completed.
 pub async fn deploy_sirius_as(sim: &Sim, replicas: i64, kinds: &[(&str, &str)]) {
     for (kind, name) in kinds {
         sim.create_object(sirius_workload(kind, name, replicas))
             .unwrap();
     }
-    wait_for(Duration::from_secs(10), "initial rollouts", || {
-        sim.rollouts()
-            .iter()
-            .filter(|r| r.completed_at_ms.is_some())
-            .count()
-            >= kinds.len()
-    })
-    .await;
+    wait_initial_rollouts(sim, kinds.len()).await;
 }
 
 /// [`install_sirius`] with the workloads `kinds` as the targets.
@@ -417,14 +421,7 @@ pub async fn deploy_sirius_with_deadline(sim: &Sim, replicas: i64, deadline_seco
         }
         sim.create_object(d).unwrap();
     }
-    wait_for(Duration::from_secs(10), "initial rollouts", || {
-        sim.rollouts()
-            .iter()
-            .filter(|r| r.completed_at_ms.is_some())
-            .count()
-            >= 3
-    })
-    .await;
+    wait_initial_rollouts(sim, 3).await;
 }
 
 /// The usual set-up: the consumers' Secret holding `old`, the three Deployments rolled out, and an

@@ -10,26 +10,39 @@ use kube_sim::{RolloutBehavior, Sim};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// The Secret, the API as a Rollout (after `edit`) and the UI and engine as Deployments, and a
-/// triggered rotation of them.
-async fn install(sim: &Sim, valkey: &Valkey, mut edit: impl FnMut(&mut Value)) {
+/// The targets: the API as a Rollout, the UI and engine as Deployments.
+const KINDS: [(&str, &str); 3] = [
+    ("Rollout", "sirius-api"),
+    ("Deployment", "sirius-ui"),
+    ("Deployment", "sirius-engine"),
+];
+
+/// Argo's CRD, the Secret and the [`KINDS`] of workloads, the Rollout after `edit`.
+fn create_workloads(sim: &Sim, mut edit: impl FnMut(&mut Value)) {
     install_argo_rollouts_crd(sim);
     sim.create_object(consumer_secret(&known_key())).unwrap();
-    let kinds = [
-        ("Rollout", "sirius-api"),
-        ("Deployment", "sirius-ui"),
-        ("Deployment", "sirius-engine"),
-    ];
-    for (kind, name) in kinds {
+    for (kind, name) in KINDS {
         let mut w = sirius_workload(kind, name, 2);
         if kind == "Rollout" {
             edit(&mut w);
         }
         sim.create_object(w).unwrap();
     }
-    let mut manifest = rotation(&valkey.url(), targets_json(&kinds));
+}
+
+/// A triggered rotation of the [`KINDS`], with `spec`.
+fn trigger_rotation(sim: &Sim, valkey: &Valkey, spec: Value) {
+    let mut with_targets = targets_json(&KINDS);
+    json_patch::merge(&mut with_targets, &spec);
+    let mut manifest = rotation(&valkey.url(), with_targets);
     manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
     sim.create_object(manifest).unwrap();
+}
+
+/// The workloads (the Rollout after `edit`) and a triggered rotation of them.
+async fn install(sim: &Sim, valkey: &Valkey, edit: impl FnMut(&mut Value)) {
+    create_workloads(sim, edit);
+    trigger_rotation(sim, valkey, json!({}));
 }
 
 async fn rollout(sim: &Sim) -> Rollout {
@@ -446,32 +459,17 @@ async fn the_stand_ins_failed_analysis_aborts_the_update() {
     .await;
 }
 
-/// The API as a canary Rollout with `steps`, the UI and engine as Deployments, and a triggered
-/// rotation with `spec`.
+/// The API as a canary Rollout with `steps`, the UI and engine as Deployments, their first
+/// updates done, and a triggered rotation with `spec`.
 async fn install_canary(sim: &Sim, valkey: &Valkey, steps: Value, spec: Value) {
-    install_argo_rollouts_crd(sim);
-    sim.create_object(consumer_secret(&known_key())).unwrap();
-    let kinds = [
-        ("Rollout", "sirius-api"),
-        ("Deployment", "sirius-ui"),
-        ("Deployment", "sirius-engine"),
-    ];
-    for (kind, name) in kinds {
-        let mut w = sirius_workload(kind, name, 2);
-        if kind == "Rollout" {
-            w["spec"]["strategy"] = json!({"canary": {"steps": steps.clone()}});
-        }
-        sim.create_object(w).unwrap();
-    }
+    create_workloads(sim, |w| {
+        w["spec"]["strategy"] = json!({"canary": {"steps": steps.clone()}});
+    });
     wait_for(Duration::from_secs(20), "the first updates", || {
         rollout_json(sim)["status"]["phase"] == "Healthy"
     })
     .await;
-    let mut with_targets = targets_json(&kinds);
-    json_patch::merge(&mut with_targets, &spec);
-    let mut manifest = rotation(&valkey.url(), with_targets);
-    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
-    sim.create_object(manifest).unwrap();
+    trigger_rotation(sim, valkey, spec);
 }
 
 fn rotating_message(sim: &Sim) -> String {

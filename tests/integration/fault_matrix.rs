@@ -148,14 +148,7 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
         }
         sim.create_object(w).unwrap();
     }
-    wait_for(Duration::from_secs(10), "initial rollouts", || {
-        sim.rollouts()
-            .iter()
-            .filter(|r| r.completed_at_ms.is_some())
-            .count()
-            >= TARGETS.len()
-    })
-    .await;
+    wait_initial_rollouts(&sim, TARGETS.len()).await;
     let (vault_watch, vault_keys) = watch_vault_keys(&sim);
     let url = if fault == Fault::ValkeyRefusesAuth {
         set_operator_password(&valkey, OPERATOR_PASSWORD);

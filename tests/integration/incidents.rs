@@ -427,14 +427,7 @@ async fn missing_and_paused_targets_hold_the_rotation_with_a_clear_reason() {
     for name in ["sirius-api", "sirius-ui"] {
         sim.create_object(sirius_deployment(name, 1)).unwrap();
     }
-    wait_for(Duration::from_secs(10), "initial rollouts", || {
-        sim.rollouts()
-            .iter()
-            .filter(|r| r.completed_at_ms.is_some())
-            .count()
-            >= 2
-    })
-    .await;
+    wait_initial_rollouts(&sim, 2).await;
     sim.merge_patch_object(
         "apps",
         "deployments",

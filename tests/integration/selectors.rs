@@ -75,13 +75,7 @@ async fn install(sim: &Sim, valkey: &Valkey, old: &RawKey, spec: Value) {
         sim.create_object(labelled(name, json!({"tier": "backend"})))
             .unwrap();
     }
-    wait_for(Duration::from_secs(10), "initial rollouts", || {
-        (sim.rollouts().iter())
-            .filter(|r| r.completed_at_ms.is_some())
-            .count()
-            >= 4
-    })
-    .await;
+    wait_initial_rollouts(sim, 4).await;
     let mut with_targets = targets();
     json_patch::merge(&mut with_targets, &spec);
     let mut manifest = rotation(&valkey.url(), with_targets);
@@ -217,13 +211,7 @@ async fn a_workload_that_starts_matching_mid_rotation_waits_for_the_next_one_beh
         .unwrap();
     sim.create_object(labelled("sirius-worker", json!({})))
         .unwrap();
-    wait_for(Duration::from_secs(10), "initial rollouts", || {
-        (sim.rollouts().iter())
-            .filter(|r| r.completed_at_ms.is_some())
-            .count()
-            >= 3
-    })
-    .await;
+    wait_initial_rollouts(&sim, 3).await;
     sim.set_rollout_behavior(NS, "sirius-api", kube_sim::RolloutBehavior::Stall);
     let mut manifest = rotation(&valkey.url(), targets());
     manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});

@@ -327,14 +327,7 @@ async fn rolled_back_in_reverse_order(kinds: &[(&str, &str)]) -> (Arc<Sim>, Arc<
         }
         sim.create_object(w).unwrap();
     }
-    wait_for(Duration::from_secs(10), "initial rollouts", || {
-        sim.rollouts()
-            .iter()
-            .filter(|r| r.completed_at_ms.is_some())
-            .count()
-            >= kinds.len()
-    })
-    .await;
+    wait_initial_rollouts(&sim, kinds.len()).await;
     sim.set_rollout_behavior(
         NS,
         "sirius-engine",
