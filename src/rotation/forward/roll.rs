@@ -110,29 +110,15 @@ fn wait_for(x: &mut Rotating, waiting: Vec<Waiting>) -> Option<Plan> {
 fn roll_target(x: &mut Rotating, i: usize, progress: usize, new: &KeyId) -> Next {
     let (o, target) = (x.o, &x.o.spec.targets[i]);
     match &o.targets[i] {
-        // Chosen by a selector and deleted since: nothing of it is left to roll (its pods are
-        // gone; the pod gate sees any that still run).
-        TargetView::Missing if o.plan.selected_by.get(i).is_some_and(Option::is_some) => {
+        // Chosen by a selector, or removed from spec.targets, and deleted since: nothing of it is
+        // left to roll (its pods are gone; the pod gate sees any that still run).
+        TargetView::Missing if let Some((shown, what)) = left_nothing_to_roll(o, i) => {
             let t = &mut x.r.targets[progress];
             t.state = TargetState::Complete;
             t.completed_at = Some(ts(o.now));
-            t.message = Some("deleted during the rotation".into());
+            t.message = Some(shown.into());
             let message = format!(
-                "{} {} was deleted during the rotation; it has nothing left to roll.",
-                target.kind, target.name
-            );
-            x.record(EventNote::new(Reason::TargetRemoved, message))
-                .into()
-        }
-        // Removed from spec.targets and deleted: its pods are gone (the pod gate sees any that
-        // still run); nothing is left to roll.
-        TargetView::Missing if o.plan.removed.get(i) == Some(&true) => {
-            let t = &mut x.r.targets[progress];
-            t.state = TargetState::Complete;
-            t.completed_at = Some(ts(o.now));
-            t.message = Some("removed from spec.targets and deleted".into());
-            let message = format!(
-                "{} {} was removed from spec.targets and deleted during the rotation; it has nothing left to roll.",
+                "{} {} was {what}; it has nothing left to roll.",
                 target.kind, target.name
             );
             x.record(EventNote::new(Reason::TargetRemoved, message))
@@ -181,6 +167,26 @@ fn roll_target(x: &mut Rotating, i: usize, progress: usize, new: &KeyId) -> Next
             }
             RolloutState::Progressing(message) => progressing(x, i, progress, target, message),
         },
+    }
+}
+
+/// Why a missing target `i` needs no roll, as its status and its Event say it: a selector chose
+/// it (it went with its workload), or the user removed it from `spec.targets`; None when the
+/// rotation waits for it.
+fn left_nothing_to_roll(
+    o: &crate::rotation::Observation,
+    i: usize,
+) -> Option<(&'static str, &'static str)> {
+    if o.plan.selected_by.get(i).is_some_and(Option::is_some) {
+        let deleted = "deleted during the rotation";
+        Some((deleted, deleted))
+    } else if o.plan.removed.get(i) == Some(&true) {
+        Some((
+            "removed from spec.targets and deleted",
+            "removed from spec.targets and deleted during the rotation",
+        ))
+    } else {
+        None
     }
 }
 
