@@ -97,22 +97,9 @@ pub async fn run_with_metrics(
         settings.argo_rollouts,
         &mut watched,
     );
-    // This operator's Secrets (vault, consumers'), by label: a change reconciles their rotation,
-    // and their resourceVersions tell a reconcile whether what it read is still current.
     let (secret_store, secret_writer) = kube::runtime::reflector::store();
     watched.secrets = Some(secret_store);
-    let health = watched.health.clone();
-    let secret_events = crate::relist::relisting_watcher(
-        secrets,
-        watcher::Config::default()
-            .labels(MANAGED_BY_LABEL)
-            .any_semantic(),
-    )
-    .modify(|s| reconciler::slim_metadata(&mut s.metadata, KeepLabels::Only(MANAGED_BY_LABEL)))
-    .reflect(secret_writer)
-    .inspect(move |event| health.follow(reconciler::WatchKind::Secret, event))
-    .filter(|event| std::future::ready(event.is_ok()))
-    .touched_objects();
+    let secret_events = managed_secret_events(secrets, secret_writer, watched.health.clone());
     let parts = ContextParts {
         instance: std::env::var("POD_NAME").ok(),
         resync: settings.resync,
@@ -126,17 +113,8 @@ pub async fn run_with_metrics(
     };
     let ctx = Arc::new(Context::new(client, parts));
     let hit_by_valkey_loss = rotations_hit(losses, store.clone(), ctx.clone());
-    // Before the first list, no rotation was reconciled, so nothing is known to let go (and
-    // the store's readiness is not awaited here: its one waiter is the controller).
-    let sweeper = {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(ctx.resync).await;
-                ctx.forget_the_gone();
-            }
-        })
-    };
+    let _sweeper =
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sweep_the_gone(ctx.clone())));
     // The Secrets' and the targets' watches carry metadata only, and their stores keep only
     // names, resourceVersions and the labels selectors match (`reconciler::slim_metadata`): a
     // cluster's workloads and Secrets never sit in memory; a reconcile reads what they do not
@@ -157,22 +135,57 @@ pub async fn run_with_metrics(
                 Err(e) => tracing::debug!(error = %e, "reconcile error"),
             }
         });
-    // Reconciles start only once the first list filled the store, so a shutdown before that has
-    // nothing to wait for; kube-runtime's graceful shutdown would wait for the store forever.
-    let stopped_before_the_first_list = async move {
-        shutdown.await;
-        if store.wait_until_ready().now_or_never().is_none() {
-            return;
-        }
-        std::future::pending::<()>().await
-    };
-    let _sweeper = tokio_util::task::AbortOnDropHandle::new(sweeper);
     tokio::select! {
         _ = running => {}
-        _ = stopped_before_the_first_list => {
+        _ = stopped_before_the_first_list(shutdown, store) => {
             tracing::info!("stopped before the first list; nothing was in flight");
         }
     }
+}
+
+/// This operator's Secrets (vault, consumers'), by label: a change reconciles their rotation, and
+/// their resourceVersions tell a reconcile whether what it read is still current.
+fn managed_secret_events(
+    secrets: Api<PartialObjectMeta<Secret>>,
+    writer: kube::runtime::reflector::store::Writer<PartialObjectMeta<Secret>>,
+    health: Arc<reconciler::WatchHealth>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static
+{
+    crate::relist::relisting_watcher(
+        secrets,
+        watcher::Config::default()
+            .labels(MANAGED_BY_LABEL)
+            .any_semantic(),
+    )
+    .modify(|s| reconciler::slim_metadata(&mut s.metadata, KeepLabels::Only(MANAGED_BY_LABEL)))
+    .reflect(writer)
+    .inspect(move |event| health.follow(reconciler::WatchKind::Secret, event))
+    .filter(|event| std::future::ready(event.is_ok()))
+    .touched_objects()
+}
+
+/// Lets go, every resync, of what rotations deleted without their clean-up left behind. Before
+/// the first list no rotation was reconciled, so nothing is known to let go (and the store's
+/// readiness is not awaited here: its one waiter is the controller).
+async fn sweep_the_gone(ctx: Arc<Context>) {
+    loop {
+        tokio::time::sleep(ctx.resync).await;
+        ctx.forget_the_gone();
+    }
+}
+
+/// Resolves on `shutdown` when no list filled the store yet. Reconciles start only once the first
+/// list filled it, so there is nothing to wait for, and kube-runtime's graceful shutdown would
+/// wait for the store forever.
+async fn stopped_before_the_first_list(
+    shutdown: impl std::future::Future<Output = ()>,
+    store: Store<ApiKeyRotation>,
+) {
+    shutdown.await;
+    if store.wait_until_ready().now_or_never().is_none() {
+        return;
+    }
+    std::future::pending::<()>().await
 }
 
 /// The rotations a Valkey loss may have hit, each with its cached record view dropped so that its

@@ -343,9 +343,21 @@ mod tests {
         assert_eq!(s.secret.key, "SIRIUS_API_KEY");
     }
 
+    type Mutation = Box<dyn Fn(&mut ApiKeyRotationSpec)>;
+
+    /// Each mutation of a good spec is refused with a problem that names `expected`.
+    fn each_is_named(cases: Vec<(Mutation, &str)>) {
+        for (mutate, expected) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            let p = problems(&s);
+            assert!(p.iter().any(|m| m.contains(expected)), "{expected}: {p:?}");
+        }
+    }
+
+    /// The targets: names, selectors (as `ValidateLabelSelector` refuses them), duplicates.
     #[test]
-    fn each_bad_field_is_named() {
-        type Mutation = Box<dyn Fn(&mut ApiKeyRotationSpec)>;
+    fn each_bad_target_is_named() {
         let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|s| s.targets.clear()), "spec.targets"),
             (
@@ -402,6 +414,24 @@ mod tests {
                 }),
                 "spec.targets[2]: duplicate target Deployment app=x,tier=web",
             ),
+        ];
+        each_is_named(cases);
+        let mut s = spec();
+        s.targets.push(RolloutTarget {
+            progress_deadline_seconds: Some(1),
+            ..RolloutTarget::named(TargetKind::Deployment, "x")
+        });
+        assert!(
+            problems(&s)
+                .iter()
+                .any(|m| m.contains("spec.targets[3].progressDeadlineSeconds"))
+        );
+    }
+
+    /// The key's shape and where Valkey is.
+    #[test]
+    fn each_bad_key_or_valkey_field_is_named() {
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|s| s.key.random_bytes = 8), "spec.key.randomBytes"),
             (Box::new(|s| s.key.label = String::new()), "spec.key.label"),
             (
@@ -420,6 +450,14 @@ mod tests {
                 Box::new(|s| s.valkey.operator_prefix = "apikey:rotator:".into()),
                 "overlaps",
             ),
+        ];
+        each_is_named(cases);
+    }
+
+    /// Windows, intervals and schedules; the checks' URLs; the consumers' Secret.
+    #[test]
+    fn each_bad_timing_check_or_secret_is_named() {
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 Box::new(|s| s.validation_window_seconds = 700_000),
                 "spec.validationWindowSeconds",
@@ -475,21 +513,6 @@ mod tests {
                 "spec.secret.name",
             ),
         ];
-        for (mutate, expected) in cases {
-            let mut s = spec();
-            mutate(&mut s);
-            let p = problems(&s);
-            assert!(p.iter().any(|m| m.contains(expected)), "{expected}: {p:?}");
-        }
-        let mut s = spec();
-        s.targets.push(RolloutTarget {
-            progress_deadline_seconds: Some(1),
-            ..RolloutTarget::named(TargetKind::Deployment, "x")
-        });
-        assert!(
-            problems(&s)
-                .iter()
-                .any(|m| m.contains("spec.targets[3].progressDeadlineSeconds"))
-        );
+        each_is_named(cases);
     }
 }

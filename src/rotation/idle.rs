@@ -193,25 +193,7 @@ fn start_when_due(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> P
     let calendar = Calendar::from_spec(&o.spec).unwrap_or_default();
     let (next, next_start) = next_rotation(o, &calendar, active_since);
     b.status.next_rotation_time = next_start.map(ts);
-    b.status.current_rotation = None;
-    b.condition(ROTATING, false, Reason::Idle, "No rotation in flight.");
-    b.condition(
-        READY,
-        true,
-        Reason::KeyActive,
-        format!("Key {} is registered and delivered.", vault.current.short()),
-    );
-    let rolled_back = o.status.conditions.iter().any(|c| {
-        c.type_ == DEGRADED && c.status == "True" && c.reason == Reason::RolledBack.as_str()
-    });
-    if !rolled_back {
-        b.healthy();
-    }
-    b.status.phase = Some(if rolled_back {
-        Phase::Degraded
-    } else {
-        Phase::Ready
-    });
+    let rolled_back = show_ready(o, vault, &mut b);
     if o.spec.suspend {
         b.status.phase = Some(Phase::Suspended);
         return b.plan(
@@ -221,27 +203,13 @@ fn start_when_due(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> P
             None,
         );
     }
-    let manual = o
-        .trigger
-        .as_ref()
-        .filter(|t| !t.is_empty() && o.status.last_trigger.as_ref() != Some(t));
-    let trigger = match (manual, next) {
-        (Some(token), _) => format!("Manual:{token}"),
-        (None, Some(at)) if at <= now && !rolled_back => {
-            if o.spec.rotation_interval_seconds.is_some() {
-                "Interval".to_string()
-            } else {
-                "Schedule".to_string()
-            }
-        }
-        _ => {
-            return b.plan(
-                Action::Wait {
-                    requeue_after: next_start.map(|at| until(now, at)),
-                },
-                None,
-            );
-        }
+    let Some((trigger, manual)) = due_trigger(o, next, rolled_back) else {
+        return b.plan(
+            Action::Wait {
+                requeue_after: next_start.map(|at| until(now, at)),
+            },
+            None,
+        );
     };
     let outside_windows = manual.is_some() && o.outside_windows.as_ref() == manual;
     let revision = o.status.revision + 1;
@@ -283,6 +251,56 @@ fn start_when_due(o: &Observation, vault: &VaultView, mut b: StatusBuilder) -> P
         Action::StatusOnly,
         EventNote::new(Reason::RotationStarted, message),
     )
+}
+
+/// No rotation in flight: Ready with the active key, or Degraded after a rollback (which stays
+/// until a person requests the next rotation). Returns whether it is the rollback.
+fn show_ready(o: &Observation, vault: &VaultView, b: &mut StatusBuilder) -> bool {
+    b.status.current_rotation = None;
+    b.condition(ROTATING, false, Reason::Idle, "No rotation in flight.");
+    b.condition(
+        READY,
+        true,
+        Reason::KeyActive,
+        format!("Key {} is registered and delivered.", vault.current.short()),
+    );
+    let rolled_back = o.status.conditions.iter().any(|c| {
+        c.type_ == DEGRADED && c.status == "True" && c.reason == Reason::RolledBack.as_str()
+    });
+    if !rolled_back {
+        b.healthy();
+    }
+    b.status.phase = Some(if rolled_back {
+        Phase::Degraded
+    } else {
+        Phase::Ready
+    });
+    rolled_back
+}
+
+/// What starts a rotation now, with the manual token if it is one: a trigger token not acted on
+/// yet, or the interval or schedule once due (but not after a rollback).
+fn due_trigger(
+    o: &Observation,
+    next: Option<Timestamp>,
+    rolled_back: bool,
+) -> Option<(String, Option<&String>)> {
+    let manual = o
+        .trigger
+        .as_ref()
+        .filter(|t| !t.is_empty() && o.status.last_trigger.as_ref() != Some(t));
+    match (manual, next) {
+        (Some(token), _) => Some((format!("Manual:{token}"), manual)),
+        (None, Some(at)) if at <= o.now && !rolled_back => {
+            let trigger = if o.spec.rotation_interval_seconds.is_some() {
+                "Interval"
+            } else {
+                "Schedule"
+            };
+            Some((trigger.to_string(), None))
+        }
+        _ => None,
+    }
 }
 
 /// A rotation does not start (nothing is minted) while a selector selects nothing (a typo in a
