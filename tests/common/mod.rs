@@ -2,14 +2,17 @@
 //! real controller against both, and the Sirius fixtures.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod process;
 pub mod prometheus;
 pub mod sirius;
 pub mod sirius_api;
 
 use apikey_rotator::crd::{ApiKeyRotation, crd_yaml};
+pub use apikey_rotator::crd::{Phase, Step};
 use apikey_rotator::key::RawKey;
 pub use apikey_rotator::rotation::Reason;
+pub use cluster::*;
 use kube::Client;
 use kube_sim::{Sim, SimOptions};
 use serde_json::{Value, json};

@@ -27,7 +27,7 @@ async fn ready(
     let operator = spawn_operator_with_resync(&sim, resync);
     let record = format!("apikey:{}", old.id());
     wait_for(Duration::from_secs(10), "Ready", || {
-        akr_status(&sim)["phase"] == "Ready" && valkey.exists(&record)
+        status(&sim).phase == Some(Phase::Ready) && valkey.exists(&record)
     })
     .await;
     (sim, old, operator)
@@ -350,7 +350,7 @@ async fn a_key_revoked_in_sirius_itself_is_honoured_and_replaced_at_once() {
     valkey.del(&record);
     let mut came_back = false;
     tokio::time::timeout(Duration::from_secs(45), async {
-        while !(akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready") {
+        while !(is_ready(&sim, 1)) {
             came_back |= valkey.exists(&record);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

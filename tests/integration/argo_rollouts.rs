@@ -145,7 +145,7 @@ async fn a_rollout_that_references_a_deployment_is_refused_before_any_key_is_min
             .unwrap()
             .contains("workloadRef")
     );
-    assert!(akr_status(&sim)["currentRotation"].is_null());
+    assert!(in_flight(&sim).is_none());
     operator.abort();
 }
 
@@ -172,10 +172,7 @@ async fn a_degraded_rollout_fails_the_rotation_with_argos_message_and_the_old_ke
     assert_eq!(rollout(&sim).await.phase().0, Phase::Degraded);
     // The rotation resumes by itself once the Rollout is Healthy again.
     sim.set_rollout_behavior(NS, "sirius-api", RolloutBehavior::Normal);
-    wait_for(Duration::from_secs(60), "rotation 1", || {
-        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
-    })
-    .await;
+    wait_for(Duration::from_secs(60), "rotation 1", || is_ready(&sim, 1)).await;
     operator.abort();
     assert!(!valkey.exists(&format!("apikey:{}", known_key().id())));
 }
@@ -512,10 +509,7 @@ async fn a_canarys_pause_step_holds_the_rotation_until_it_is_promoted_and_the_ol
     );
     assert!(valkey.exists(&format!("apikey:{}", known_key().id())));
     promote(&sim);
-    wait_for(Duration::from_secs(60), "rotation 1", || {
-        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
-    })
-    .await;
+    wait_for(Duration::from_secs(60), "rotation 1", || is_ready(&sim, 1)).await;
     operator.abort();
     assert!(!valkey.exists(&format!("apikey:{}", known_key().id())));
 }

@@ -175,8 +175,7 @@ async fn rotate_under_chart_rbac(
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let completed = loop {
-        let done =
-            akr_status(&sim)["revision"] == json!(1) && has_event(&sim, Reason::RotationSucceeded);
+        let done = status(&sim).revision == 1 && has_event(&sim, Reason::RotationSucceeded);
         if done {
             break true;
         }

@@ -17,7 +17,7 @@ async fn rotate_requests_one_rotation_and_status_shows_finished_and_in_flight_ro
     let operator = spawn_operator(&sim);
     let client = client_for(&sim);
     wait_for(Duration::from_secs(10), "Ready", || {
-        akr_status(&sim)["phase"] == "Ready"
+        status(&sim).phase == Some(Phase::Ready)
     })
     .await;
 
@@ -37,7 +37,7 @@ async fn rotate_requests_one_rotation_and_status_shows_finished_and_in_flight_ro
         .await
         .unwrap();
     wait_for(Duration::from_secs(30), "rotation 1", || {
-        akr_status(&sim)["revision"] == json!(1)
+        status(&sim).revision == 1
     })
     .await;
     assert_eq!(akr_status(&sim)["lastTrigger"], json!(token));

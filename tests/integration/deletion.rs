@@ -22,7 +22,7 @@ async fn rotated_once(valkey: &Valkey, extra: Value) -> (kube_sim::Sim, RawKey) 
 
 async fn wait_rotated(sim: &kube_sim::Sim) -> String {
     wait_for(Duration::from_secs(30), "rotation 1", || {
-        akr_status(sim)["revision"] == json!(1)
+        status(sim).revision == 1
     })
     .await;
     assert_eq!(
@@ -92,7 +92,7 @@ async fn retain_mid_rotation_leaves_both_keys_valid() {
     sim.create_object(manifest).unwrap();
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(30), "rolling the engine", || {
-        akr_status(&sim)["currentRotation"]["targetIndex"] == json!(2)
+        in_flight(&sim).is_some_and(|r| r.target_index == 2)
     })
     .await;
     let new_id = akr_status(&sim)["currentRotation"]["newKeyId"]
@@ -176,7 +176,7 @@ async fn a_revoke_deletion_in_a_namespace_being_deleted_ends_after_its_timeout()
     let operator = spawn_operator_with_settings(&sim, settings);
     let record = format!("apikey:{}", old.id());
     wait_for(Duration::from_secs(20), "Ready", || {
-        akr_status(&sim)["phase"] == "Ready" && valkey.exists(&record)
+        status(&sim).phase == Some(Phase::Ready) && valkey.exists(&record)
     })
     .await;
 

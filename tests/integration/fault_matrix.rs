@@ -366,7 +366,7 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
     }
 
     let finished = tokio::time::timeout(Duration::from_secs(90), async {
-        while !(akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready") {
+        while !(is_ready(&sim, 1)) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })

@@ -33,10 +33,7 @@ async fn operator_after_one_rotation(
     resync: Duration,
 ) -> tokio::task::JoinHandle<()> {
     let operator = spawn_operator_with_resync(sim, resync);
-    wait_for(Duration::from_secs(60), "the rotation", || {
-        akr_status(sim)["revision"] == json!(1) && akr_status(sim)["phase"] == "Ready"
-    })
-    .await;
+    wait_for(Duration::from_secs(60), "the rotation", || is_ready(sim, 1)).await;
     operator
 }
 
@@ -117,13 +114,13 @@ async fn a_rotation_writes_its_status_per_step_not_per_rollout_change() {
         .unwrap();
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(30), "Ready", || {
-        akr_status(&sim)["phase"] == "Ready"
+        status(&sim).phase == Some(Phase::Ready)
     })
     .await;
     let before = status_writes(&sim);
     request_rotation(&sim, "counted");
     wait_for(Duration::from_secs(60), "the rotation", || {
-        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
+        is_ready(&sim, 1)
     })
     .await;
     let writes = status_writes(&sim) - before;
@@ -148,7 +145,7 @@ async fn a_stalled_rollout_shows_its_progress_message_without_another_event() {
         .unwrap();
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(30), "Ready", || {
-        akr_status(&sim)["phase"] == "Ready"
+        status(&sim).phase == Some(Phase::Ready)
     })
     .await;
     sim.set_rollout_behavior(NS, "sirius-api", kube_sim::RolloutBehavior::Stall);

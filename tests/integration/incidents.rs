@@ -31,8 +31,7 @@ async fn valkey_data_loss_between_rotations_is_repaired_within_a_resync() {
     // Sirius v1.0 sets its bootstrap flag; the operator notes that it is in use.
     valkey.set("apikey:bootstrap_complete", "true");
     wait_for(Duration::from_secs(10), "Ready with the flag noted", || {
-        akr_status(&sim)["phase"] == "Ready"
-            && akr_status(&sim)["bootstrapFlagInUse"] == json!(true)
+        status(&sim).phase == Some(Phase::Ready) && status(&sim).bootstrap_flag_in_use
     })
     .await;
     valkey.flushall();
@@ -100,8 +99,7 @@ async fn valkey_data_loss_is_repaired_from_valkeys_change_feed_without_waiting_f
     valkey.set("apikey:bootstrap_complete", "true");
     let operator = spawn_operator_with_resync(&sim, Duration::from_secs(3600));
     wait_for(Duration::from_secs(10), "Ready with the flag noted", || {
-        akr_status(&sim)["phase"] == "Ready"
-            && akr_status(&sim)["bootstrapFlagInUse"] == json!(true)
+        status(&sim).phase == Some(Phase::Ready) && status(&sim).bootstrap_flag_in_use
     })
     .await;
     wait_for(Duration::from_secs(5), "the operator's change feed", || {
@@ -146,7 +144,7 @@ async fn valkey_data_loss_is_repaired_from_valkeys_change_feed_without_waiting_f
     .await;
     // The restart may have been reported as an outage meanwhile; it heals without a resync too.
     wait_for(Duration::from_secs(10), "Ready", || {
-        akr_status(&sim)["phase"] == "Ready"
+        status(&sim).phase == Some(Phase::Ready)
     })
     .await;
     operator.abort();
@@ -242,7 +240,7 @@ async fn a_valkey_password_from_a_secret_is_used_and_a_changed_one_is_picked_up(
     wait_for(
         Duration::from_secs(10),
         "Ready, with the record written as sirius",
-        || akr_status(&sim)["phase"] == "Ready" && valkey.exists(&record),
+        || status(&sim).phase == Some(Phase::Ready) && valkey.exists(&record),
     )
     .await;
     let mut feeds = vec![];
@@ -315,7 +313,7 @@ async fn valkey_down_blocks_every_step_that_needs_it_and_the_rotation_resumes_af
     wait_for(
         Duration::from_secs(60),
         "the rotation after Valkey returned",
-        || akr_status(&sim)["revision"] == json!(1),
+        || status(&sim).revision == 1,
     )
     .await;
     operator.abort();
@@ -330,7 +328,7 @@ async fn a_deleted_or_edited_consumer_secret_is_restored_to_the_active_key() {
     let (sim, old) = ready_setup(&valkey.url(), None, json!({})).await;
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(10), "Ready", || {
-        akr_status(&sim)["phase"] == "Ready"
+        status(&sim).phase == Some(Phase::Ready)
     })
     .await;
 
@@ -410,7 +408,7 @@ async fn a_failed_rollout_halts_with_the_old_key_valid_and_resumes_when_it_recov
     // Someone fixes the Deployment: the rotation picks up where it stopped.
     sim.set_rollout_behavior(NS, "sirius-ui", RolloutBehavior::Normal);
     wait_for(Duration::from_secs(30), "the rotation to finish", || {
-        akr_status(&sim)["revision"] == json!(1)
+        status(&sim).revision == 1
     })
     .await;
     operator.abort();
@@ -475,7 +473,7 @@ async fn missing_and_paused_targets_hold_the_rotation_with_a_clear_reason() {
     sim.create_object(sirius_deployment("sirius-engine", 1))
         .unwrap();
     wait_for(Duration::from_secs(30), "the rotation to finish", || {
-        akr_status(&sim)["revision"] == json!(1)
+        status(&sim).revision == 1
     })
     .await;
     operator.abort();
@@ -496,7 +494,7 @@ async fn conflict_storms_and_server_errors_are_retried_quickly() {
     wait_for(
         Duration::from_secs(30),
         "the rotation despite the faults",
-        || akr_status(&sim)["revision"] == json!(1),
+        || status(&sim).revision == 1,
     )
     .await;
     operator.abort();
@@ -519,7 +517,7 @@ async fn a_second_rotation_claiming_the_same_secret_is_refused_and_changes_nothi
     let (sim, old) = ready_setup(&valkey.url(), None, json!({})).await;
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(10), "Ready", || {
-        akr_status(&sim)["phase"] == "Ready"
+        status(&sim).phase == Some(Phase::Ready)
     })
     .await;
     let mut second = rotation(
@@ -570,7 +568,7 @@ async fn with_secret_drift_policy_report_an_edited_secret_is_reported_not_restor
     let (sim, old) = ready_setup(&valkey.url(), None, json!({"secretDriftPolicy": "Report"})).await;
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(10), "Ready", || {
-        akr_status(&sim)["phase"] == "Ready"
+        status(&sim).phase == Some(Phase::Ready)
     })
     .await;
     let foreign = RawKey::new("foreign-key-value");
@@ -613,7 +611,7 @@ async fn with_secret_drift_policy_report_an_edited_secret_is_reported_not_restor
     )
     .unwrap();
     wait_for(Duration::from_secs(10), "drift cleared", || {
-        degraded_reason(&sim).is_none() && akr_status(&sim)["phase"] == "Ready"
+        degraded_reason(&sim).is_none() && status(&sim).phase == Some(Phase::Ready)
     })
     .await;
     operator.abort();
@@ -634,11 +632,11 @@ async fn a_target_scaled_to_zero_completes_at_once_and_the_rotation_goes_on() {
     sim.create_object(manifest).unwrap();
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(30), "the rotation", || {
-        akr_status(&sim)["revision"] == json!(1)
+        status(&sim).revision == 1
     })
     .await;
     operator.abort();
-    assert_eq!(akr_status(&sim)["currentRotation"], Value::Null);
+    assert_eq!(in_flight(&sim), None);
     let ui = sim
         .get_object("apps", "deployments", NS, "sirius-ui")
         .unwrap();

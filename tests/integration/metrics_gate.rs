@@ -90,7 +90,7 @@ async fn a_rising_401_rate_fails_the_rotation_and_keeps_the_old_key() {
 
     // The 401s start once every target runs the new key.
     wait_for(Duration::from_secs(30), "the validation window", || {
-        akr_status(&sim)["currentRotation"]["step"] == "Validate"
+        in_flight(&sim).is_some_and(|r| r.step == Step::Validate)
     })
     .await;
     exporter.set_401_rate(20);

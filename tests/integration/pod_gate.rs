@@ -38,7 +38,7 @@ async fn ready_with_clock(
     let checker = InvariantChecker::start(sim.clone(), valkey.clone(), MODEL);
     let operator = spawn_operator_with(&sim, apikey_rotator::reconciler::DEFAULT_RESYNC, clock);
     wait_for(Duration::from_secs(20), "phase Ready", || {
-        akr_status(&sim)["phase"] == "Ready"
+        status(&sim).phase == Some(Phase::Ready)
     })
     .await;
     Setup {
@@ -70,7 +70,7 @@ fn pods_holding(sim: &kube_sim::Sim, key: &RawKey) -> Vec<String> {
 async fn finishes_without_a_refusal(s: Setup) -> Vec<String> {
     let mut held_at_revocation = None;
     tokio::time::timeout(Duration::from_secs(60), async {
-        while !(akr_status(&s.sim)["revision"] == json!(1)
+        while !(status(&s.sim).revision == 1
             && event_reasons(&s.sim)
                 .iter()
                 .any(|r| r == "RotationSucceeded"))
@@ -369,7 +369,7 @@ async fn a_secret_reverted_and_put_back_while_the_operator_was_down_rolls_every_
         reasons.iter().any(|r| r == "SecretRewritten"),
         "{reasons:?}"
     );
-    assert_eq!(akr_status(&sim)["currentRotation"], json!(null));
+    assert_eq!(in_flight(&sim), None);
 }
 
 /// The namespace's pods come a page of 500 at a time, as kube-apiserver serves a list with a

@@ -16,7 +16,7 @@ async fn rotation_completes_in_order_and_revokes_the_old_key() {
     let operator = spawn_operator(&sim);
 
     wait_for(Duration::from_secs(30), "rotation 1 to finish", || {
-        akr_status(&sim)["revision"] == json!(1) && has_event(&sim, Reason::RotationSucceeded)
+        status(&sim).revision == 1 && has_event(&sim, Reason::RotationSucceeded)
     })
     .await;
     operator.abort();
@@ -111,7 +111,7 @@ async fn no_raw_key_reaches_logs_events_status_or_valkey() {
     install_sirius(&sim, &valkey.url(), &old, 1, Some("leak-check"), json!({})).await;
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(30), "rotation 1 to finish", || {
-        akr_status(&sim)["revision"] == json!(1) && has_event(&sim, Reason::RotationSucceeded)
+        status(&sim).revision == 1 && has_event(&sim, Reason::RotationSucceeded)
     })
     .await;
     operator.abort();
@@ -179,7 +179,7 @@ async fn a_revoked_record_that_comes_back_is_deleted_again() {
     };
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(30), "rotation 1 to finish", || {
-        akr_status(&sim)["revision"] == json!(1)
+        status(&sim).revision == 1
     })
     .await;
     operator.abort();

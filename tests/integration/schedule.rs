@@ -192,7 +192,7 @@ async fn repeated_triggers_and_spec_edits_never_overlap_rotations() {
     install_sirius(&sim, &valkey.url(), &old, 2, Some("t0"), json!({})).await;
     let operator = spawn_operator_on(&sim, &Clock::default());
     wait_for(Duration::from_secs(10), "rotation 1 to start", || {
-        !akr_status(&sim)["currentRotation"].is_null()
+        in_flight(&sim).is_some()
     })
     .await;
     for (i, token) in ["t1", "t2", "t3", "t4", "t5"].into_iter().enumerate() {

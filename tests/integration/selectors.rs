@@ -96,7 +96,7 @@ async fn three_selected_roll_at_once(model: AuthModel) {
     install(&sim, &valkey, &old, json!({})).await;
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(60), "rotation 1 to finish", || {
-        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
+        is_ready(&sim, 1)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await; // retired pods finish terminating
@@ -189,7 +189,7 @@ async fn a_selector_that_matches_nothing_holds_the_rotation_before_any_key_is_mi
     // A workload given the label starts the same request's rotation, through the watch.
     label(&sim, "sirius-worker", json!({"tier": "backnd"}));
     wait_for(Duration::from_secs(30), "rotation 1 to finish", || {
-        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
+        is_ready(&sim, 1)
     })
     .await;
     operator.abort();
@@ -252,13 +252,13 @@ async fn a_workload_that_starts_matching_mid_rotation_waits_for_the_next_one_beh
     )
     .unwrap();
     wait_for(Duration::from_secs(30), "rotation 1 to finish", || {
-        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
+        is_ready(&sim, 1)
     })
     .await;
     // The next rotation plans it.
     request_rotation(&sim, "again");
     wait_for(Duration::from_secs(60), "rotation 2 to finish", || {
-        akr_status(&sim)["revision"] == json!(2) && akr_status(&sim)["phase"] == "Ready"
+        is_ready(&sim, 2)
     })
     .await;
     operator.abort();
@@ -273,7 +273,7 @@ async fn a_claim_through_a_selector_is_refused() {
     install(&sim, &valkey, &known_key(), json!({})).await;
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(60), "rotation 1 to finish", || {
-        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
+        is_ready(&sim, 1)
     })
     .await;
     // A second rotation of another Secret names a workload the first one's selector chose.
@@ -338,7 +338,7 @@ async fn a_bad_selector_is_an_invalid_spec_and_changes_nothing() {
     ] {
         assert!(note.contains(expected), "{note}");
     }
-    assert!(akr_status(&sim)["activeKeyId"].is_null());
+    assert!(status(&sim).active_key_id.is_none());
     assert_eq!(template_key(&sim, "sirius-api"), Value::Null);
     operator.abort();
 }

@@ -42,7 +42,7 @@ fn vault_pending(sim: &Sim) -> Option<Value> {
 
 async fn wait_rotated(sim: &Sim) {
     wait_for(Duration::from_secs(60), "rotation 1 to finish", || {
-        akr_status(sim)["revision"] == json!(1) && akr_status(sim)["phase"] == "Ready"
+        is_ready(sim, 1)
     })
     .await;
 }
@@ -165,7 +165,7 @@ async fn a_daemonset_made_on_delete_during_a_rollback_keeps_the_new_key_valid_un
     install_with(&sim, &valkey, Value::Null, spec).await;
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(40), "the rollback", || {
-        akr_status(&sim)["currentRotation"]["rollingBack"].is_string()
+        in_flight(&sim).is_some_and(|r| r.rolling_back.is_some())
     })
     .await;
     let new = akr_status(&sim)["currentRotation"]["newKeyId"]
@@ -237,7 +237,7 @@ async fn a_daemonset_made_on_delete_during_a_rollback_keeps_the_new_key_valid_un
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     wait_for(Duration::from_secs(60), "the rollback to finish", || {
-        akr_status(&sim)["currentRotation"].is_null()
+        in_flight(&sim).is_none()
     })
     .await;
     operator.abort();

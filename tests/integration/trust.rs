@@ -100,7 +100,7 @@ async fn a_password_secret_without_its_owners_opt_in_is_never_sent() {
     .unwrap();
     let record = format!("apikey:{}", old.id());
     wait_for(Duration::from_secs(30), "Ready through the proxy", || {
-        akr_status(&sim)["phase"] == "Ready" && valkey.exists(&record)
+        status(&sim).phase == Some(Phase::Ready) && valkey.exists(&record)
     })
     .await;
     operator.abort();
@@ -140,7 +140,7 @@ async fn a_token_or_another_rotations_vault_is_not_adopted_as_the_consumers_secr
     }
     let operator = spawn_operator(&sim);
     wait_for(Duration::from_secs(15), "the first rotation Ready", || {
-        akr_status(&sim)["phase"] == "Ready"
+        status(&sim).phase == Some(Phase::Ready)
     })
     .await;
     let vault_before = without_volatile(

@@ -62,7 +62,7 @@ async fn scenario_as(model: AuthModel, kinds: &[(&str, &str)]) -> Scenario {
 
 async fn wait_finished(sim: &Sim) {
     wait_for(Duration::from_secs(90), "rotation 1 to finish", || {
-        akr_status(sim)["revision"] == json!(1)
+        status(sim).revision == 1
     })
     .await;
     // Let the retired pods finish terminating while the checker still samples.
@@ -202,7 +202,7 @@ async fn crash_everywhere(model: AuthModel) {
     let mut last_writes = mutating_requests(&s.sim);
     let mut since_kill = tokio::time::Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while akr_status(&s.sim)["revision"] != json!(1) {
+    while status(&s.sim).revision != 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the rotation did not finish under crashes: {}",
@@ -289,10 +289,7 @@ async fn rollback_returns_everything_to_the_old_key_in_reverse_order_without_a_4
         json!({"metadata": {"annotations": {"keys.siriusscan.io/rotate": "again"}}}),
     )
     .unwrap();
-    wait_for(Duration::from_secs(60), "rotation 2", || {
-        akr_status(&sim)["revision"] == json!(2) && akr_status(&sim)["phase"] == "Ready"
-    })
-    .await;
+    wait_for(Duration::from_secs(60), "rotation 2", || is_ready(&sim, 2)).await;
     operator.abort();
     assert_ne!(
         secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
@@ -431,10 +428,7 @@ async fn rollback_also_restarts_pods_that_picked_up_the_new_key_by_themselves() 
     manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "first"});
     sim.create_object(manifest).unwrap();
     let operator = spawn_operator(&sim);
-    wait_for(Duration::from_secs(60), "rotation 1", || {
-        akr_status(&sim)["revision"] == json!(1) && akr_status(&sim)["phase"] == "Ready"
-    })
-    .await;
+    wait_for(Duration::from_secs(60), "rotation 1", || is_ready(&sim, 1)).await;
     let active = RawKey::new(secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
     let checker = InvariantChecker::start(sim.clone(), valkey.clone(), model);
     sim.set_rollout_behavior(
