@@ -128,83 +128,88 @@ impl Metrics {
             steps_seen: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
+        metrics.register(&mut registry);
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Every metric, by its exported name and help text.
+    fn register(&self, registry: &mut Registry) {
         registry.register(
             "reconcile_duration_seconds",
             "Time one reconcile of an ApiKeyRotation took",
-            metrics.reconcile_duration.clone(),
+            self.reconcile_duration.clone(),
         );
         registry.register(
             "reconcile_errors",
             "Reconciles that ended in an error, by reason (the Degraded condition's reason)",
-            metrics.reconcile_errors.clone(),
+            self.reconcile_errors.clone(),
         );
         registry.register(
             "kubernetes_api_errors",
             "Kubernetes API requests that failed, by HTTP code (or 'connection')",
-            metrics.kubernetes_api_errors.clone(),
+            self.kubernetes_api_errors.clone(),
         );
         registry.register(
             "valkey_errors",
             "Reconciles stopped because Valkey was unreachable or refused the operator",
-            metrics.valkey_errors.clone(),
+            self.valkey_errors.clone(),
         );
         registry.register(
             "valkey_change_feeds",
             "Valkey change feeds following their server (0 for a server while it reconnects or \
              cannot give one; its data loss is then found at the resync)",
-            metrics.valkey_change_feeds.clone(),
+            self.valkey_change_feeds.clone(),
         );
         registry.register(
             "valkey_losses_reported",
             "Possible Valkey data losses a change feed reported (a flush, a missing record, a \
              reconnect)",
-            metrics.valkey_losses_reported.clone(),
+            self.valkey_losses_reported.clone(),
         );
         registry.register(
             "rotations",
             "Rotations that ended, by result: succeeded (old key revoked) or rolled_back",
-            metrics.rotations.clone(),
+            self.rotations.clone(),
         );
         registry.register(
             "rollout_failures",
             "Target rollouts that failed during a rotation",
-            metrics.rollout_failures.clone(),
+            self.rollout_failures.clone(),
         );
         registry.register(
             "rotation_duration_seconds",
             "Time from a rotation's start to its end, by result",
-            metrics.rotation_duration.clone(),
+            self.rotation_duration.clone(),
         );
         registry.register(
             "step_duration_seconds",
             "Time a rotation spent in each step (Mint, Register, Switch, Roll, Validate, Revoke)",
-            metrics.step_duration.clone(),
+            self.step_duration.clone(),
         );
         registry.register(
             "targets_rolled",
             "Target rollouts that finished during rotations",
-            metrics.targets_rolled.clone(),
+            self.targets_rolled.clone(),
         );
         registry.register(
             "phase",
             "1 for each ApiKeyRotation's current phase, 0 for the others",
-            metrics.phase.clone(),
+            self.phase.clone(),
         );
         registry.register(
             "pods_on_old_key",
             "Pods that read a rotation's consumers' Secret and may still hold the key it is about to \
              revoke, at its last pod-gate check (0 when no revocation waits)",
-            metrics.pods_on_old_key.clone(),
+            self.pods_on_old_key.clone(),
         );
         registry.register(
             "leader",
             "1 while this instance holds the leader Lease (or runs without leader election)",
-            metrics.leader.clone(),
+            self.leader.clone(),
         );
-        Self {
-            registry,
-            ..metrics
-        }
     }
 
     /// The name of every metric exported (as in its `# TYPE` line), for checks that the
@@ -297,6 +302,20 @@ impl Metrics {
         before: &ApiKeyRotationStatus,
         after: &ApiKeyRotationStatus,
     ) {
+        self.observe_gauges(namespace, name, before, after);
+        self.observe_step_time(namespace, name, before, after);
+        self.observe_targets(before, after);
+        self.observe_end(before, after);
+    }
+
+    /// The phase and the pods still on the old key, as they are now.
+    fn observe_gauges(
+        &self,
+        namespace: &str,
+        name: &str,
+        before: &ApiKeyRotationStatus,
+        after: &ApiKeyRotationStatus,
+    ) {
         if before.phase != after.phase {
             for phase in PHASES {
                 self.phase
@@ -320,6 +339,16 @@ impl Metrics {
                 name: name.into(),
             })
             .set(i64::from(waiting));
+    }
+
+    /// How long the step just left took (a step is timed from when this process first saw it).
+    fn observe_step_time(
+        &self,
+        namespace: &str,
+        name: &str,
+        before: &ApiKeyRotationStatus,
+        after: &ApiKeyRotationStatus,
+    ) {
         let key = (namespace.to_string(), name.to_string());
         let mut seen = self.steps_seen.lock().unwrap();
         let now = Instant::now();
@@ -352,8 +381,10 @@ impl Metrics {
                 seen.remove(&key);
             }
         }
-        drop(seen);
+    }
 
+    /// Targets that completed or failed since the last write of the same rotation.
+    fn observe_targets(&self, before: &ApiKeyRotationStatus, after: &ApiKeyRotationStatus) {
         let targets = |s: &ApiKeyRotationStatus, state: TargetState| {
             s.current_rotation.as_ref().map_or(0, |r| {
                 r.targets.iter().filter(|t| t.state == state).count() as u64
@@ -369,7 +400,10 @@ impl Metrics {
             self.rollout_failures
                 .inc_by(failed.saturating_sub(targets(before, TargetState::Failed)));
         }
+    }
 
+    /// A rotation that ended with this write: its result and duration.
+    fn observe_end(&self, before: &ApiKeyRotationStatus, after: &ApiKeyRotationStatus) {
         if let (Some(ended), None) = (&before.current_rotation, &after.current_rotation) {
             // A rollback also takes up its revision, so the flag tells the two apart.
             let result = if ended.rolling_back.is_some() {

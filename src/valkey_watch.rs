@@ -283,12 +283,21 @@ async fn follow(feed: Feed, feeds: Weak<Mutex<Feeds>>) {
 }
 
 impl Feed {
-    async fn session(&self, connected_before: &mut bool, backoff: &mut Duration) -> Ended {
+    /// A RESP3 connection that receives the invalidations of every key under the prefix.
+    async fn connect_and_track(
+        &self,
+    ) -> Result<
+        (
+            redis::aio::MultiplexedConnection,
+            mpsc::UnboundedReceiver<redis::PushInfo>,
+        ),
+        Ended,
+    > {
         let client = match valkey_endpoint::client(&self.endpoint, redis::ProtocolVersion::RESP3) {
             Ok(client) => client,
-            Err(e) => return Ended::Unsupported(e.to_string()),
+            Err(e) => return Err(Ended::Unsupported(e.to_string())),
         };
-        let (pushes, mut pushed) = mpsc::unbounded_channel();
+        let (pushes, pushed) = mpsc::unbounded_channel();
         let mut config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(Duration::from_secs(3)))
@@ -301,7 +310,7 @@ impl Feed {
             .await
         {
             Ok(conn) => conn,
-            Err(e) if password_refused(&e) => return Ended::PasswordRefused,
+            Err(e) if password_refused(&e) => return Err(Ended::PasswordRefused),
             // The server answered, but not to HELLO 3 (Redis before 6, or a stand-in without
             // RESP3).
             Err(e)
@@ -310,9 +319,9 @@ impl Feed {
                     redis::ErrorKind::RESP3NotSupported | redis::ErrorKind::Server(_)
                 ) =>
             {
-                return Ended::Unsupported(e.to_string());
+                return Err(Ended::Unsupported(e.to_string()));
             }
-            Err(e) => return Ended::Disconnected(e.to_string()),
+            Err(e) => return Err(Ended::Disconnected(e.to_string())),
         };
         let tracking = redis::cmd("CLIENT")
             .arg("TRACKING")
@@ -325,10 +334,18 @@ impl Feed {
         match tracking {
             Ok(()) => {}
             Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
-                return Ended::Disconnected(e.to_string());
+                return Err(Ended::Disconnected(e.to_string()));
             }
-            Err(e) => return Ended::Unsupported(e.to_string()),
+            Err(e) => return Err(Ended::Unsupported(e.to_string())),
         }
+        Ok((conn, pushed))
+    }
+
+    async fn session(&self, connected_before: &mut bool, backoff: &mut Duration) -> Ended {
+        let (mut conn, mut pushed) = match self.connect_and_track().await {
+            Ok(tracked) => tracked,
+            Err(ended) => return ended,
+        };
         let _following = Following::start(&self.metrics);
         tracing::debug!(url = %crate::redact::url(&self.endpoint.url), prefix = %self.prefix, "following Valkey's changes");
         *backoff = Duration::from_millis(100);
@@ -346,44 +363,56 @@ impl Feed {
             match push.kind {
                 PushKind::Disconnection => return Ended::Disconnected("connection closed".into()),
                 PushKind::Invalidate => {
-                    let Some(changed) = invalidated_keys(&push.data) else {
-                        self.report(None, false);
-                        continue;
-                    };
-                    let watched: Vec<String> = changed
-                        .into_iter()
-                        .filter(|key| is_watched_record(&self.prefix, key) && !self.own.take(key))
-                        .collect();
-                    if watched.is_empty() {
-                        continue;
-                    }
-                    // Mostly Sirius rewriting `last_used_at`; only a missing record matters.
-                    let mut pipe = redis::pipe();
-                    for key in &watched {
-                        pipe.exists(key);
-                    }
-                    match pipe.query_async::<Vec<bool>>(&mut conn).await {
-                        Ok(exists) => {
-                            let missing: Vec<String> = watched
-                                .iter()
-                                .zip(exists)
-                                .filter(|(_, exists)| !exists)
-                                .map(|(key, _)| key[self.prefix.len()..].to_string())
-                                .collect();
-                            if !missing.is_empty() {
-                                self.report(Some(missing), false);
-                            }
-                        }
-                        Err(e) => {
-                            self.report(None, false);
-                            return Ended::Disconnected(e.to_string());
-                        }
+                    if let Err(ended) = self.invalidated(&mut conn, &push.data).await {
+                        return ended;
                     }
                 }
                 _ => {}
             }
         }
         Ended::Disconnected("push channel closed".into())
+    }
+
+    /// Keys changed: reports the watched records among them that are gone (mostly the change is
+    /// Sirius rewriting `last_used_at`; only a missing record matters).
+    async fn invalidated(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        data: &[redis::Value],
+    ) -> Result<(), Ended> {
+        let Some(changed) = invalidated_keys(data) else {
+            self.report(None, false);
+            return Ok(());
+        };
+        let watched: Vec<String> = changed
+            .into_iter()
+            .filter(|key| is_watched_record(&self.prefix, key) && !self.own.take(key))
+            .collect();
+        if watched.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for key in &watched {
+            pipe.exists(key);
+        }
+        match pipe.query_async::<Vec<bool>>(conn).await {
+            Ok(exists) => {
+                let missing: Vec<String> = watched
+                    .iter()
+                    .zip(exists)
+                    .filter(|(_, exists)| !exists)
+                    .map(|(key, _)| key[self.prefix.len()..].to_string())
+                    .collect();
+                if !missing.is_empty() {
+                    self.report(Some(missing), false);
+                }
+            }
+            Err(e) => {
+                self.report(None, false);
+                return Err(Ended::Disconnected(e.to_string()));
+            }
+        }
+        Ok(())
     }
 
     fn report(&self, missing: Option<Vec<String>>, reconnected: bool) {
