@@ -3,7 +3,7 @@
 //! (`flush_valkey`, `kill_operator`), so that a test reads like the step it checks.
 
 use super::*;
-use apikey_rotator::crd::{ApiKeyRotationStatus, Phase, RotationProgress, Step};
+use apikey_rotator::crd::{ApiKeyRotationStatus, Condition, Phase, RotationProgress, Step};
 use apikey_rotator::key::KeyId;
 use kube_sim::{Sim, SimOptions};
 use tokio::task::JoinHandle;
@@ -137,11 +137,34 @@ pub fn record_key(id: &KeyId) -> String {
 /// The ApiKeyRotation's status, typed (empty before the operator wrote one, or with the object
 /// gone).
 pub fn status(sim: &Sim) -> ApiKeyRotationStatus {
-    let raw = akr_status(sim);
+    status_of(sim, "sirius")
+}
+
+/// The status of the ApiKeyRotation `name` (in [`NS`]), typed.
+pub fn status_of(sim: &Sim, name: &str) -> ApiKeyRotationStatus {
+    let raw = (sim.get_object("keys.siriusscan.io", "apikeyrotations", NS, name))
+        .map(|o| o["status"].clone())
+        .unwrap_or(Value::Null);
     if raw.is_null() {
         return ApiKeyRotationStatus::default();
     }
     serde_json::from_value(raw.clone()).unwrap_or_else(|e| panic!("status {raw}: {e}"))
+}
+
+/// The ApiKeyRotation's condition of this type, if there is one.
+pub fn find_condition(sim: &Sim, type_: &str) -> Option<Condition> {
+    (status(sim).conditions.into_iter()).find(|c| c.type_ == type_)
+}
+
+/// Waits until the pods a rotation retired finished terminating (a checker samples them until
+/// they are gone).
+pub async fn wait_retired_pods_gone(sim: &Sim) {
+    wait_for(
+        Duration::from_secs(10),
+        "the retired pods to finish terminating",
+        || sim.pods().iter().all(|p| !p.terminating),
+    )
+    .await;
 }
 
 /// The rotation in flight, if one is.

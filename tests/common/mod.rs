@@ -1,6 +1,7 @@
 //! Shared harness: a real valkey-server on a free loopback port, the kube-sim API stand-in, the
 //! real controller against both, and the Sirius fixtures.
-#![allow(dead_code)]
+// The benches include this harness too and use less of it than the tests.
+#![allow(dead_code, unused_imports)]
 
 pub mod cluster;
 pub mod process;

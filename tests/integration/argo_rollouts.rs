@@ -110,21 +110,19 @@ async fn the_stand_ins_rollout_reports_argos_status_and_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_target_needs_the_argo_rollouts_flag_and_nothing_is_minted_without_it() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
-    install(&sim, &valkey, |_| {}).await;
-    let operator = spawn_operator(&sim);
-    wait_degraded(&sim, "InvalidSpec").await;
-    let message = condition(&sim, "Degraded")["message"].clone();
+    let mut cluster = Cluster::start().await;
+    install(&cluster.sim, &cluster.valkey, |_| {}).await;
+    cluster.run_operator();
+    cluster.wait_degraded(Reason::InvalidSpec).await;
+    let degraded = find_condition(&cluster.sim, "Degraded").unwrap();
+    assert!(degraded.message.contains("--argo-rollouts"), "{degraded:?}");
     assert!(
-        message.as_str().unwrap().contains("--argo-rollouts"),
-        "{message}"
-    );
-    assert!(
-        sim.get_object("", "secrets", NS, "sirius-apikey-vault")
+        cluster
+            .sim
+            .get_object("", "secrets", NS, "sirius-apikey-vault")
             .is_none()
     );
-    operator.abort();
+    cluster.kill_operator();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,21 +158,20 @@ async fn a_degraded_rollout_fails_the_rotation_with_argos_message_and_the_old_ke
     sim.set_rollout_behavior(NS, "sirius-api", RolloutBehavior::Stall);
     let operator = spawn_operator_with_argo(&sim);
     wait_degraded(&sim, "RolloutFailed").await;
-    let message = condition(&sim, "Degraded")["message"].clone();
+    let degraded = find_condition(&sim, "Degraded").unwrap();
     assert!(
-        message
-            .as_str()
-            .unwrap()
+        degraded
+            .message
             .contains("is Degraded: ProgressDeadlineExceeded"),
-        "{message}"
+        "{degraded:?}"
     );
-    assert!(valkey.exists(&format!("apikey:{}", known_key().id())));
+    assert!(valkey.exists(&record_key(&known_key().id())));
     assert_eq!(rollout(&sim).await.phase().0, Phase::Degraded);
     // The rotation resumes by itself once the Rollout is Healthy again.
     sim.set_rollout_behavior(NS, "sirius-api", RolloutBehavior::Normal);
     wait_for(Duration::from_secs(60), "rotation 1", || is_ready(&sim, 1)).await;
     operator.abort();
-    assert!(!valkey.exists(&format!("apikey:{}", known_key().id())));
+    assert!(!valkey.exists(&record_key(&known_key().id())));
 }
 
 /// The stand-in's Rollout `sirius-api`, as JSON.
@@ -383,7 +380,19 @@ async fn the_stand_ins_pause_step_holds_the_progress_deadline_and_spec_paused_ho
             && phases.lock().unwrap().iter().any(|p| p == "Paused")
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await; // the watch delivers the last writes
+    wait_for(
+        Duration::from_secs(10),
+        "the watch to deliver the last writes",
+        || {
+            // The Healthy after the pause (the phases seen come in the order they were written).
+            phases
+                .lock()
+                .unwrap()
+                .last()
+                .is_some_and(|p| p == "Healthy")
+        },
+    )
+    .await;
     watch.abort();
     let phases = phases.lock().unwrap().clone();
     assert!(!phases.iter().any(|p| p == "Degraded"), "{phases:?}");
@@ -470,10 +479,9 @@ async fn install_canary(sim: &Sim, valkey: &Valkey, steps: Value, spec: Value) {
 }
 
 fn rotating_message(sim: &Sim) -> String {
-    condition(sim, "Rotating")["message"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
+    find_condition(sim, "Rotating")
+        .map(|c| c.message)
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -507,11 +515,11 @@ async fn a_canarys_pause_step_holds_the_rotation_until_it_is_promoted_and_the_ol
         Value::Null,
         "the next target waits"
     );
-    assert!(valkey.exists(&format!("apikey:{}", known_key().id())));
+    assert!(valkey.exists(&record_key(&known_key().id())));
     promote(&sim);
     wait_for(Duration::from_secs(60), "rotation 1", || is_ready(&sim, 1)).await;
     operator.abort();
-    assert!(!valkey.exists(&format!("apikey:{}", known_key().id())));
+    assert!(!valkey.exists(&record_key(&known_key().id())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -550,6 +558,6 @@ async fn an_aborted_canary_rolls_the_rotation_back_and_the_old_key_is_never_revo
         stamped["keys.siriusscan.io/key-id"],
         json!(known_key().id().0)
     );
-    assert!(valkey.exists(&format!("apikey:{}", known_key().id())));
+    assert!(valkey.exists(&record_key(&known_key().id())));
     assert_eq!(rollout_json(&sim)["status"]["phase"], "Healthy");
 }

@@ -2,22 +2,19 @@
 
 use crate::common::*;
 use apikey_rotator::cli::{self, Output, Scope};
+use apikey_rotator::crd::TargetState;
 use kube_sim::RolloutBehavior;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_requests_one_rotation_and_status_shows_finished_and_in_flight_rotations() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
-    sim.create_object(consumer_secret(&known_key())).unwrap();
-    deploy_sirius(&sim, 1).await;
-    sim.create_object(rotation(&valkey.url(), json!({})))
-        .unwrap();
-    let operator = spawn_operator(&sim);
-    let client = client_for(&sim);
+    let mut cluster = Cluster::start().await;
+    cluster.install(1, None, json!({})).await;
+    cluster.run_operator();
+    let client = client_for(&cluster.sim);
     wait_for(Duration::from_secs(10), "Ready", || {
-        status(&sim).phase == Some(Phase::Ready)
+        cluster.status().phase == Some(Phase::Ready)
     })
     .await;
 
@@ -37,10 +34,13 @@ async fn rotate_requests_one_rotation_and_status_shows_finished_and_in_flight_ro
         .await
         .unwrap();
     wait_for(Duration::from_secs(30), "rotation 1", || {
-        status(&sim).revision == 1
+        cluster.status().revision == 1
     })
     .await;
-    assert_eq!(akr_status(&sim)["lastTrigger"], json!(token));
+    assert_eq!(
+        cluster.status().last_trigger.as_deref(),
+        Some(token.as_str())
+    );
     let finished = cli::status(client.clone(), &Scope::All, Output::Table)
         .await
         .unwrap();
@@ -50,10 +50,7 @@ async fn rotate_requests_one_rotation_and_status_shows_finished_and_in_flight_ro
         row.contains("deploy/sirius-api=done,deploy/sirius-ui=done,deploy/sirius-engine=done"),
         "{finished}"
     );
-    let active = akr_status(&sim)["activeKeyIdShort"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let active = cluster.status().active_key_id_short.unwrap();
     assert!(row.contains(&active), "{finished}");
 
     // The same token again is refused; a new one starts rotation 2, held at sirius-engine.
@@ -62,14 +59,22 @@ async fn rotate_requests_one_rotation_and_status_shows_finished_and_in_flight_ro
             .await
             .is_err()
     );
-    sim.set_rollout_behavior(NS, "sirius-engine", RolloutBehavior::Stall);
+    cluster
+        .sim
+        .set_rollout_behavior(NS, "sirius-engine", RolloutBehavior::Stall);
     cli::rotate(client.clone(), NS, "sirius", Some("second".into()), false)
         .await
         .unwrap();
     wait_for(
         Duration::from_secs(30),
         "rotation 2 waiting on sirius-engine",
-        || akr_status(&sim)["currentRotation"]["targets"][2]["state"] == "Rolling",
+        || {
+            cluster.in_flight().is_some_and(|r| {
+                r.targets
+                    .get(2)
+                    .is_some_and(|t| t.state == TargetState::Rolling)
+            })
+        },
     )
     .await;
     let in_flight = cli::status(client.clone(), &Scope::Namespace(NS.into()), Output::Table)
@@ -89,7 +94,7 @@ async fn rotate_requests_one_rotation_and_status_shows_finished_and_in_flight_ro
     let json_out = cli::status(client, &Scope::Namespace(NS.into()), Output::Json)
         .await
         .unwrap();
-    operator.abort();
+    cluster.kill_operator();
     let parsed: Value = serde_json::from_str(&json_out).unwrap();
     assert_eq!(parsed[0]["name"], "sirius");
     assert_eq!(parsed[0]["revision"], 1);

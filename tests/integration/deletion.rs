@@ -13,11 +13,11 @@ fn rotation_object(sim: &kube_sim::Sim) -> Option<Value> {
     sim.get_object(GROUP, PLURAL, NS, "sirius")
 }
 
-async fn rotated_once(valkey: &Valkey, extra: Value) -> (kube_sim::Sim, RawKey) {
-    let sim = start_sim().await;
-    let old = known_key();
-    install_sirius(&sim, &valkey.url(), &old, 1, Some("one"), extra).await;
-    (sim, old)
+/// Sirius installed with a rotation requested (`extra` in the spec); no operator yet.
+async fn rotated_once(extra: Value) -> Cluster {
+    let cluster = Cluster::start().await;
+    cluster.install(1, Some("one"), extra).await;
+    cluster
 }
 
 async fn wait_rotated(sim: &kube_sim::Sim) -> String {
@@ -30,24 +30,24 @@ async fn wait_rotated(sim: &kube_sim::Sim) -> String {
         json!(["keys.siriusscan.io/cleanup"]),
         "the operator adds its finalizer"
     );
-    akr_status(sim)["activeKeyId"].as_str().unwrap().to_string()
+    status(sim).active_key_id.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retain_keeps_the_secret_and_the_active_key_valid() {
-    let valkey = Valkey::start();
-    let (sim, _) = rotated_once(&valkey, json!({})).await;
-    let operator = spawn_operator(&sim);
-    let active = wait_rotated(&sim).await;
-    let secret_before = secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap();
+    let mut cluster = rotated_once(json!({})).await;
+    cluster.run_operator();
+    let (sim, valkey) = (&cluster.sim, &cluster.valkey);
+    let active = wait_rotated(sim).await;
+    let secret_before = secret_value(sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap();
 
     sim.delete_object(GROUP, PLURAL, NS, "sirius").unwrap();
     wait_for(Duration::from_secs(10), "the ApiKeyRotation gone", || {
-        rotation_object(&sim).is_none()
+        rotation_object(sim).is_none()
     })
     .await;
     assert_eq!(
-        secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
+        secret_value(sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
         Some(secret_before.as_str()),
         "the consumers' Secret is untouched"
     );
@@ -61,11 +61,7 @@ async fn retain_keeps_the_secret_and_the_active_key_valid() {
         valkey.exists("apikey-rotator:history:sirius/sirius"),
         "history is kept for audit"
     );
-    assert!(
-        event_reasons(&sim)
-            .iter()
-            .any(|r| r == "DeletionRetainedKeys")
-    );
+    assert!(cluster.has_event(Reason::DeletionRetainedKeys));
     wait_for(
         Duration::from_secs(5),
         "the vault garbage-collected",
@@ -75,7 +71,7 @@ async fn retain_keeps_the_secret_and_the_active_key_valid() {
         },
     )
     .await;
-    operator.abort();
+    cluster.kill_operator();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,10 +91,7 @@ async fn retain_mid_rotation_leaves_both_keys_valid() {
         in_flight(&sim).is_some_and(|r| r.target_index == 2)
     })
     .await;
-    let new_id = akr_status(&sim)["currentRotation"]["newKeyId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let new_id = in_flight(&sim).unwrap().new_key_id.unwrap();
     sim.delete_object(GROUP, PLURAL, NS, "sirius").unwrap();
     wait_for(Duration::from_secs(10), "the ApiKeyRotation gone", || {
         rotation_object(&sim).is_none()
@@ -114,34 +107,33 @@ async fn retain_mid_rotation_leaves_both_keys_valid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_deletes_the_records_and_waits_for_valkey() {
-    let mut valkey = Valkey::start();
-    let (sim, _) = rotated_once(&valkey, json!({"deletionPolicy": "Revoke"})).await;
-    let operator = spawn_operator(&sim);
-    let active = wait_rotated(&sim).await;
+    let mut cluster = rotated_once(json!({"deletionPolicy": "Revoke"})).await;
+    cluster.run_operator();
+    let active = wait_rotated(&cluster.sim).await;
 
     // With Valkey down the deletion waits: nothing can be confirmed revoked.
-    valkey.stop();
-    sim.delete_object(GROUP, PLURAL, NS, "sirius").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let pending = rotation_object(&sim).expect("kept while Valkey is down");
+    cluster.valkey.stop();
+    cluster
+        .sim
+        .delete_object(GROUP, PLURAL, NS, "sirius")
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await; // the deletion waits meanwhile
+    let pending = rotation_object(&cluster.sim).expect("kept while Valkey is down");
     assert!(pending["metadata"]["deletionTimestamp"].is_string());
 
-    valkey.restart();
+    cluster.valkey.restart();
+    let (sim, valkey) = (&cluster.sim, &cluster.valkey);
     let record = format!("apikey:{active}");
     valkey.set(&record, "{}");
     valkey.set("apikey-rotator:history:sirius/sirius", "x");
     wait_for(Duration::from_secs(30), "the ApiKeyRotation gone", || {
-        rotation_object(&sim).is_none()
+        rotation_object(sim).is_none()
     })
     .await;
     assert!(!valkey.exists(&record), "the active key is revoked");
     assert!(!valkey.exists("apikey-rotator:history:sirius/sirius"));
-    assert!(
-        event_reasons(&sim)
-            .iter()
-            .any(|r| r == "DeletionRevokedKeys")
-    );
-    operator.abort();
+    assert!(cluster.has_event(Reason::DeletionRevokedKeys));
+    cluster.kill_operator();
 }
 
 /// A namespace deleted with everything in it, Valkey's password Secret first: a `Revoke`
@@ -183,7 +175,7 @@ async fn a_revoke_deletion_in_a_namespace_being_deleted_ends_after_its_timeout()
     sim.delete_object("", "secrets", NS, "valkey-auth").unwrap();
     sim.delete_object("", "namespaces", "", NS).unwrap();
     let namespace = || sim.get_object("", "namespaces", "", NS);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // still within its 3 s timeout
     assert!(
         namespace().is_some() && rotation_object(&sim).is_some(),
         "within its timeout the deletion keeps trying Valkey"
@@ -201,10 +193,10 @@ async fn a_revoke_deletion_in_a_namespace_being_deleted_ends_after_its_timeout()
 /// watches and key store) are let go at the next resync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_deleted_without_its_clean_up_leaves_no_change_feed_behind() {
-    let valkey = Valkey::start();
-    let (sim, _) = rotated_once(&valkey, json!({})).await;
-    let operator = spawn_operator_with_resync(&sim, Duration::from_millis(300));
-    wait_rotated(&sim).await;
+    let mut cluster = rotated_once(json!({})).await;
+    cluster.run_operator_with_resync(Duration::from_millis(300));
+    let (sim, valkey) = (&cluster.sim, &cluster.valkey);
+    wait_rotated(sim).await;
     wait_for(Duration::from_secs(10), "its change feed", || {
         !valkey.change_feeds().is_empty()
     })
@@ -219,12 +211,12 @@ async fn a_rotation_deleted_without_its_clean_up_leaves_no_change_feed_behind() 
     .unwrap();
     sim.delete_object(GROUP, PLURAL, NS, "sirius").unwrap();
     wait_for(Duration::from_secs(10), "the ApiKeyRotation gone", || {
-        rotation_object(&sim).is_none()
+        rotation_object(sim).is_none()
     })
     .await;
     wait_for(Duration::from_secs(5), "its change feed closed", || {
         valkey.change_feeds().is_empty()
     })
     .await;
-    operator.abort();
+    cluster.kill_operator();
 }

@@ -11,9 +11,10 @@ use crate::common::sirius::{
     record_ids,
 };
 use crate::common::*;
+use apikey_rotator::crd::RotationProgress;
 use apikey_rotator::key::RawKey;
 use kube_sim::{RolloutBehavior, Sim};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,30 +80,22 @@ const STEPS: [At; 8] = [
 ];
 
 impl At {
-    fn reached(self, status: &Value) -> bool {
-        let r = &status["currentRotation"];
-        let step = r["step"].as_str().unwrap_or("");
-        let index = r["targetIndex"].as_u64().unwrap_or(0);
-        let order = |s: &str| match s {
-            "Mint" => 0,
-            "Register" => 1,
-            "Switch" => 2,
-            "Roll" => 3,
-            "Validate" => 4,
-            "Revoke" => 5,
-            _ => 6,
+    /// Whether the rotation in flight is at or past this step (and target).
+    fn reached(self, rotation: Option<&RotationProgress>) -> bool {
+        let Some(r) = rotation else {
+            return false;
         };
         let (want, want_index) = match self {
-            At::Mint => ("Mint", 0),
-            At::Register => ("Register", 0),
-            At::Switch => ("Switch", 0),
-            At::Roll(i) => ("Roll", i),
-            At::Validate => ("Validate", 0),
-            At::Revoke => ("Revoke", 0),
+            At::Mint => (Step::Mint, 0),
+            At::Register => (Step::Register, 0),
+            At::Switch => (Step::Switch, 0),
+            At::Roll(i) => (Step::Roll, i),
+            At::Validate => (Step::Validate, 0),
+            At::Revoke => (Step::Revoke, 0),
         };
-        // The first observation at or past the step (short steps can be passed between polls).
-        !step.is_empty()
-            && (order(step) > order(want) || (order(step) == order(want) && index >= want_index))
+        // The first observation at or past the step (short steps can be passed between polls);
+        // the steps are ordered as they run.
+        r.step > want || (r.step == want && u64::from(r.target_index) >= want_index)
     }
 }
 
@@ -114,10 +107,8 @@ fn new_events(sim: &Sim, before: usize, reason: &str) -> bool {
 }
 
 fn degraded(sim: &Sim, reason: &str) -> bool {
-    akr_status(sim)["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == "Degraded" && c["status"] == "True" && c["reason"] == reason)
-    })
+    (status(sim).conditions.iter())
+        .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == reason)
 }
 
 /// One cell; returns a line for the report.
@@ -174,10 +165,10 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
     let mut operator = spawn_operator_with_resync(&sim, resync);
 
     wait_for(Duration::from_secs(60), &format!("step {at:?}"), || {
-        at.reached(&akr_status(&sim))
+        at.reached(in_flight(&sim).as_ref())
     })
     .await;
-    let injected_at = akr_status(&sim)["currentRotation"].clone();
+    let injected_at = in_flight(&sim);
     let events_before = events(&sim).len();
     let mut note = String::new();
     match fault {
@@ -196,14 +187,10 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
                 }
             })
             .await;
-            let revision_during = akr_status(&sim)["revision"].clone();
+            let revision_during = status(&sim).revision;
             valkey.resume();
             assert!(shown.is_ok(), "{fault:?} at {at:?}: no ValkeyUnavailable");
-            assert_eq!(
-                revision_during,
-                json!(0),
-                "nothing finished while Valkey was down"
-            );
+            assert_eq!(revision_during, 0, "nothing finished while Valkey was down");
         }
         Fault::ValkeyFlushed => {
             checker
@@ -324,17 +311,13 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
             // Refused, the rotation costs the API server (almost) nothing.
             let requests = || sim.request_counts().values().sum::<u64>();
             let before = requests();
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::time::sleep(Duration::from_secs(3)).await; // the span the requests are counted over
             let during = requests() - before;
             assert!(
                 during < 10,
                 "{fault:?} at {at:?}: {during} API requests in 3 s while refused"
             );
-            assert_eq!(
-                akr_status(&sim)["revision"],
-                json!(0),
-                "nothing finished while refused"
-            );
+            assert_eq!(status(&sim).revision, 0, "nothing finished while refused");
             set_operator_password(&valkey, OPERATOR_PASSWORD);
             note = format!(", {during} API requests in 3 s while refused");
         }
@@ -378,7 +361,12 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
         event_reasons(&sim)
     );
     // Let the retired pods finish terminating while the checker still samples.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for(
+        Duration::from_secs(30),
+        "the retired pods to terminate",
+        || sim.pods().iter().all(|p| !p.terminating),
+    )
+    .await;
     operator.abort();
     vault_watch.abort();
     let (violations, samples, keys_seen) = checker.stop();
@@ -454,8 +442,12 @@ async fn cell(fault: Fault, at: At, model: AuthModel) -> String {
     }
     format!(
         "{fault:?} at {at:?} (injected at step {} target {}): passed, {samples} samples, 0 refused{note}",
-        injected_at["step"].as_str().unwrap_or("-"),
-        injected_at["targetIndex"]
+        injected_at
+            .as_ref()
+            .map_or("-".to_string(), |r| format!("{:?}", r.step)),
+        injected_at
+            .as_ref()
+            .map_or("null".to_string(), |r| r.target_index.to_string())
     )
 }
 

@@ -27,14 +27,14 @@ fn since(
         .collect()
 }
 
-/// The operator, once the rotation requested in the manifest finished and is Ready.
-async fn operator_after_one_rotation(
-    sim: &kube_sim::Sim,
-    resync: Duration,
-) -> tokio::task::JoinHandle<()> {
-    let operator = spawn_operator_with_resync(sim, resync);
-    wait_for(Duration::from_secs(60), "the rotation", || is_ready(sim, 1)).await;
-    operator
+/// Runs the operator and waits until the rotation requested in the manifest finished and is
+/// Ready.
+async fn operator_after_one_rotation(cluster: &mut Cluster, resync: Duration) {
+    cluster.run_operator_with_resync(resync);
+    wait_for(Duration::from_secs(60), "the rotation", || {
+        is_ready(&cluster.sim, 1)
+    })
+    .await;
 }
 
 /// The requests before ten resyncs, and those sent during them.
@@ -53,18 +53,14 @@ async fn over_ten_resyncs(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resyncs_of_an_unchanged_rotation_send_the_api_server_nothing() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
-    sim.create_object(consumer_secret(&known_key())).unwrap();
-    deploy_sirius(&sim, 1).await;
-    let mut manifest = rotation(&valkey.url(), json!({}));
-    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "once"});
-    sim.create_object(manifest).unwrap();
+    let mut cluster = Cluster::start().await;
+    cluster.install(1, Some("once"), json!({})).await;
     let resync = Duration::from_millis(300);
-    let operator = operator_after_one_rotation(&sim, resync).await;
+    operator_after_one_rotation(&mut cluster, resync).await;
+    let sim = &cluster.sim;
     // The last writes land and the watches catch up with them.
     tokio::time::sleep(Duration::from_secs(2)).await; // settling, not a wait for an event
-    let (before, during) = over_ten_resyncs(&sim, resync).await;
+    let (before, during) = over_ten_resyncs(sim, resync).await;
     assert!(
         during.is_empty(),
         "an idle operator sent {during:?} over ten resyncs"
@@ -80,7 +76,7 @@ async fn resyncs_of_an_unchanged_rotation_send_the_api_server_nothing() {
     )
     .unwrap();
     tokio::time::sleep(resync * 4).await; // a few resyncs after the edit
-    let after_edit = since(&before, &requests(&sim));
+    let after_edit = since(&before, &requests(sim));
     let engine_reads = after_edit
         .get(&("get".to_string(), "deployments".to_string()))
         .copied()
@@ -89,7 +85,6 @@ async fn resyncs_of_an_unchanged_rotation_send_the_api_server_nothing() {
         (1..=2).contains(&engine_reads),
         "the annotated Deployment is read once (twice if a resync ran before its watch event), not at every resync: {after_edit:?}"
     );
-    operator.abort();
 }
 
 /// Status patches of the ApiKeyRotation (its finalizer's included).
@@ -106,66 +101,54 @@ fn status_writes(sim: &kube_sim::Sim) -> u64 {
 /// replicas each make a dozen Deployment status changes apiece.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_writes_its_status_per_step_not_per_rollout_change() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
-    sim.create_object(consumer_secret(&known_key())).unwrap();
-    deploy_sirius(&sim, 3).await;
-    sim.create_object(rotation(&valkey.url(), json!({})))
-        .unwrap();
-    let operator = spawn_operator(&sim);
-    wait_for(Duration::from_secs(30), "Ready", || {
-        status(&sim).phase == Some(Phase::Ready)
-    })
-    .await;
-    let before = status_writes(&sim);
-    request_rotation(&sim, "counted");
+    let mut cluster = Cluster::start().await;
+    cluster.install(3, None, json!({})).await;
+    cluster.run_operator();
+    cluster.wait_phase(Phase::Ready).await;
+    let before = status_writes(&cluster.sim);
+    cluster.request_rotation("counted");
     wait_for(Duration::from_secs(60), "the rotation", || {
-        is_ready(&sim, 1)
+        is_ready(&cluster.sim, 1)
     })
     .await;
-    let writes = status_writes(&sim) - before;
+    let writes = status_writes(&cluster.sim) - before;
     // Start, mint (two: the key, then its id), register, switch, a stamp per target, validate,
     // revoke, its re-check, finish, done: 13 steps, one write each, and a few spare.
     assert!(
         writes <= 16,
         "{writes} status writes for one rotation of three 3-replica targets"
     );
-    operator.abort();
 }
 
 /// A rollout that stops moving still shows its latest progress in the status within the
 /// refresh interval, though no watch event follows to bring it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_rollout_shows_its_progress_message_without_another_event() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
-    sim.create_object(consumer_secret(&known_key())).unwrap();
-    deploy_sirius(&sim, 1).await;
-    sim.create_object(rotation(&valkey.url(), json!({})))
-        .unwrap();
-    let operator = spawn_operator(&sim);
-    wait_for(Duration::from_secs(30), "Ready", || {
-        status(&sim).phase == Some(Phase::Ready)
-    })
-    .await;
-    sim.set_rollout_behavior(NS, "sirius-api", kube_sim::RolloutBehavior::Stall);
-    request_rotation(&sim, "stalled");
-    let rotating_message = |sim: &kube_sim::Sim| {
-        let c = condition(sim, "Rotating");
-        c["message"].as_str().unwrap_or_default().to_string()
+    let mut cluster = Cluster::start().await;
+    cluster.install(1, None, json!({})).await;
+    cluster.run_operator();
+    cluster.wait_phase(Phase::Ready).await;
+    cluster
+        .sim
+        .set_rollout_behavior(NS, "sirius-api", kube_sim::RolloutBehavior::Stall);
+    cluster.request_rotation("stalled");
+    let rotating_message = || {
+        let status = cluster.status();
+        let rotating = status.conditions.iter().find(|c| c.type_ == "Rotating");
+        rotating.map(|c| c.message.clone()).unwrap_or_default()
     };
     wait_for(Duration::from_secs(10), "the rollout's own message", || {
-        rotating_message(&sim).starts_with("Waiting for sirius-api (1 of 3):")
+        rotating_message().starts_with("Waiting for sirius-api (1 of 3):")
     })
     .await;
-    let target = &akr_status(&sim)["currentRotation"]["targets"][0];
+    let target = cluster.in_flight().and_then(|r| r.targets.first().cloned());
     assert!(
-        target["message"]
-            .as_str()
+        target
+            .as_ref()
+            .and_then(|t| t.message.as_deref())
             .is_some_and(|m| m.contains("replicas")),
-        "{target}"
+        "{target:?}"
     );
-    operator.abort();
 }
 
 /// The Secrets a rotation reads but does not label (the Valkey password here) are watched too:
@@ -173,9 +156,9 @@ async fn a_stalled_rollout_shows_its_progress_message_without_another_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resyncs_read_the_valkey_password_secret_only_when_it_changed() {
     use base64::Engine;
-    let valkey = Valkey::start();
-    valkey.set_user_password("sirius", "first-password");
-    let sim = start_sim().await;
+    let mut cluster = Cluster::start().await;
+    cluster.valkey.set_user_password("sirius", "first-password");
+    let sim = &cluster.sim;
     let password =
         |p: &str| json!({"password": base64::engine::general_purpose::STANDARD.encode(p)});
     sim.create_object(json!({
@@ -185,14 +168,16 @@ async fn resyncs_read_the_valkey_password_secret_only_when_it_changed() {
         "data": password("first-password"),
     }))
     .unwrap();
-    let url = format!("redis://sirius@127.0.0.1:{}/0", valkey.port);
+    let url = format!("redis://sirius@127.0.0.1:{}/0", cluster.valkey.port);
     let auth =
         json!({"valkey": {"passwordSecretRef": {"name": "sirius-valkey-auth", "key": "password"}}});
-    install_sirius(&sim, &url, &known_key(), 1, Some("once"), auth).await;
+    install_sirius(sim, &url, &known_key(), 1, Some("once"), auth).await;
     let resync = Duration::from_millis(300);
-    let operator = operator_after_one_rotation(&sim, resync).await;
+    operator_after_one_rotation(&mut cluster, resync).await;
+    let sim = &cluster.sim;
+    // The last writes land and the watches catch up with them.
     tokio::time::sleep(Duration::from_secs(2)).await; // settling, not a wait for an event
-    let (before, during) = over_ten_resyncs(&sim, resync).await;
+    let (before, during) = over_ten_resyncs(sim, resync).await;
     assert!(
         during.is_empty(),
         "an idle operator with a Valkey password sent {during:?} over ten resyncs"
@@ -209,7 +194,7 @@ async fn resyncs_read_the_valkey_password_secret_only_when_it_changed() {
     )
     .unwrap();
     tokio::time::sleep(resync * 4).await; // a few resyncs after the edit
-    let after_edit = since(&before, &requests(&sim));
+    let after_edit = since(&before, &requests(sim));
     let secret_reads = after_edit
         .get(&("get".to_string(), "secrets".to_string()))
         .copied()
@@ -218,7 +203,6 @@ async fn resyncs_read_the_valkey_password_secret_only_when_it_changed() {
         (1..=2).contains(&secret_reads),
         "the edited password Secret is read once (twice if a resync ran before its watch event), not at every resync: {after_edit:?}"
     );
-    operator.abort();
 }
 
 /// A watch that fails (the API server restarts, or ends the watch with an error) is listed
@@ -226,15 +210,12 @@ async fn resyncs_read_the_valkey_password_secret_only_when_it_changed() {
 /// without a list, it never vouched again and every resync read everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_its_watches_fail_an_idle_operator_again_sends_nothing() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
-    sim.create_object(consumer_secret(&known_key())).unwrap();
-    deploy_sirius(&sim, 1).await;
-    let mut manifest = rotation(&valkey.url(), json!({}));
-    manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "once"});
-    sim.create_object(manifest).unwrap();
+    let mut cluster = Cluster::start().await;
+    cluster.install(1, Some("once"), json!({})).await;
     let resync = Duration::from_millis(300);
-    let operator = operator_after_one_rotation(&sim, resync).await;
+    operator_after_one_rotation(&mut cluster, resync).await;
+    let sim = &cluster.sim;
+    // The last writes land and the watches catch up with them.
     tokio::time::sleep(Duration::from_secs(2)).await; // settling, not a wait for an event
     let lists = |sim: &kube_sim::Sim| {
         let counts = requests(sim);
@@ -244,21 +225,21 @@ async fn after_its_watches_fail_an_idle_operator_again_sends_nothing() {
                 .copied()
         })
     };
-    let listed_before = lists(&sim);
+    let listed_before = lists(sim);
     sim.break_watches();
     // Each watch lists again after its own back-off (under two seconds after a first error).
     wait_for(Duration::from_secs(60), "every watch listed again", || {
-        let now = lists(&sim);
+        let now = lists(sim);
         (0..4).all(|i| now[i] > listed_before[i])
     })
     .await;
+    // The relisted watches resume and catch up.
     tokio::time::sleep(Duration::from_secs(1)).await; // settling, not a wait for an event
-    let (_, during) = over_ten_resyncs(&sim, resync).await;
+    let (_, during) = over_ten_resyncs(sim, resync).await;
     assert!(
         during.is_empty(),
         "after its watches failed, an idle operator sent {during:?} over ten resyncs"
     );
-    operator.abort();
 }
 
 /// A watch the API server keeps refusing is retried ever more slowly: 0.8 s, then 1.6 s, then
@@ -295,10 +276,10 @@ async fn a_watch_refused_again_and_again_backs_off_further_each_time() {
 /// the workload watches hold, and send nothing either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resyncs_of_a_rotation_with_a_selector_send_the_api_server_nothing() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
+    let mut cluster = Cluster::start().await;
+    let sim = &cluster.sim;
     sim.create_object(consumer_secret(&known_key())).unwrap();
-    deploy_sirius(&sim, 1).await;
+    deploy_sirius(sim, 1).await;
     for name in ["sirius-ui", "sirius-engine"] {
         sim.merge_patch_object(
             "apps",
@@ -313,21 +294,22 @@ async fn resyncs_of_a_rotation_with_a_selector_send_the_api_server_nothing() {
         {"name": "sirius-api"},
         {"kind": "Deployment", "selector": {"matchLabels": {"tier": "backend"}}},
     ]});
-    let mut manifest = rotation(&valkey.url(), targets);
+    let mut manifest = rotation(&cluster.valkey.url(), targets);
     manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "once"});
     sim.create_object(manifest).unwrap();
     let resync = Duration::from_millis(300);
-    let operator = operator_after_one_rotation(&sim, resync).await;
+    operator_after_one_rotation(&mut cluster, resync).await;
+    let sim = &cluster.sim;
     assert_ne!(
-        template_key(&sim, "sirius-engine"),
+        template_key(sim, "sirius-engine"),
         serde_json::Value::Null,
         "selected and rolled"
     );
+    // The last writes land and the watches catch up with them.
     tokio::time::sleep(Duration::from_secs(2)).await; // settling, not a wait for an event
-    let (_, during) = over_ten_resyncs(&sim, resync).await;
+    let (_, during) = over_ten_resyncs(sim, resync).await;
     assert!(
         during.is_empty(),
         "an idle operator sent {during:?} over ten resyncs"
     );
-    operator.abort();
 }

@@ -6,6 +6,13 @@ use crate::common::*;
 use serde_json::json;
 use std::time::Duration;
 
+/// The message of the `Degraded` condition (there must be one).
+fn degraded_message(sim: &kube_sim::Sim) -> String {
+    let status = status(sim);
+    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded");
+    degraded.expect("a Degraded condition").message.clone()
+}
+
 fn vault_exists(sim: &kube_sim::Sim, name: &str) -> bool {
     sim.get_object("", "secrets", NS, &format!("{name}-apikey-vault"))
         .is_some()
@@ -42,8 +49,7 @@ async fn a_helm_managed_secret_is_reported_before_any_key_is_minted_and_handed_o
         .unwrap();
     let operator = spawn_operator(&sim);
     wait_degraded(&sim, "SecretManagedElsewhere").await;
-    let message = condition(&sim, "Degraded")["message"].clone();
-    let message = message.as_str().unwrap();
+    let message = degraded_message(&sim);
     assert!(message.contains("written by Helm"), "{message}");
     assert!(
         message.contains("helm.sh/resource-policy: keep"),
@@ -56,7 +62,7 @@ async fn a_helm_managed_secret_is_reported_before_any_key_is_minted_and_handed_o
         "{message}"
     );
     // Nothing was minted or written.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // nothing happens until handed over
     assert!(!vault_exists(&sim, "sirius"));
     assert!(valkey.keys().is_empty(), "{:?}", valkey.keys());
     let event = event(&sim, "SecretManagedElsewhere");
@@ -70,13 +76,12 @@ async fn a_helm_managed_secret_is_reported_before_any_key_is_minted_and_handed_o
         json!({"metadata": {"annotations": {"keys.siriusscan.io/handed-over": "true"}}}),
     )
     .unwrap();
-    let ready = tokio::time::timeout(Duration::from_secs(20), async {
-        while status(&sim).phase != Some(Phase::Ready) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "phase Ready once handed over",
+        || status(&sim).phase == Some(Phase::Ready),
+    )
     .await;
-    assert!(ready.is_ok(), "{}", akr_status(&sim));
     operator.abort();
     assert!(valkey.exists(&format!("apikey:{}", old.id())));
 }
@@ -100,12 +105,9 @@ async fn an_immutable_consumers_secret_is_adopted_but_a_rotation_into_it_is_refu
     .await;
     request_rotation(&sim, "go");
     wait_degraded(&sim, "SecretImmutable").await;
-    let message = condition(&sim, "Degraded")["message"].clone();
-    assert!(
-        message.as_str().unwrap().contains("immutable: true"),
-        "{message}"
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let message = degraded_message(&sim);
+    assert!(message.contains("immutable: true"), "{message}");
+    tokio::time::sleep(Duration::from_secs(2)).await; // refused, nothing more happens
     operator.abort();
     // The old key is still delivered and valid; any key minted is in the vault and valid too.
     assert_eq!(
@@ -113,12 +115,12 @@ async fn an_immutable_consumers_secret_is_adopted_but_a_rotation_into_it_is_refu
         Some(old.expose())
     );
     assert!(valkey.exists(&format!("apikey:{}", old.id())));
-    assert_eq!(akr_status(&sim)["revision"], json!(0));
+    assert_eq!(status(&sim).revision, 0);
     // Refused before it started: no rotation in flight, no key minted into the vault.
     assert_eq!(in_flight(&sim), None);
     let vault = sim
         .get_object("", "secrets", NS, "sirius-apikey-vault")
         .unwrap();
     assert_eq!(vault["data"].get("pending"), None, "{vault}");
-    assert!(message.as_str().unwrap().contains("nothing was minted"));
+    assert!(message.contains("nothing was minted"));
 }

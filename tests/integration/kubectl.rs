@@ -210,11 +210,8 @@ async fn a_rotation_applied_started_watched_and_inspected_only_through_kubectl()
     );
     let table = kubectl_ok(&kubeconfig, &["get", "akr"]).await;
     let (_, cells) = row(&table, "sirius");
-    let active = sim
-        .get_object("keys.siriusscan.io", "apikeyrotations", NS, "sirius")
-        .unwrap()["status"]["activeKeyIdShort"]
-        .clone();
-    assert_eq!(json!(cells[2]), active);
+    let active = status(&sim).active_key_id_short;
+    assert_eq!(Some(cells[2]), active.as_deref());
     assert_ne!(cells[2], &known_key().id().as_str()[..12]);
 
     // The operator's own view, through the same kubeconfig.

@@ -6,7 +6,7 @@ use crate::common::process::*;
 use crate::common::*;
 use apikey_rotator::key::RawKey;
 use kube_sim::{Sim, SimOptions};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 const LEASE: &str = "apikey-rotator-leader";
@@ -69,9 +69,8 @@ async fn start_rotation(r: &TwoReplicas) -> RawKey {
     old
 }
 
-fn new_key_id(sim: &Sim) -> Option<Value> {
-    let id = akr_status(sim)["currentRotation"]["newKeyId"].clone();
-    (!id.is_null()).then_some(id)
+fn new_key_id(sim: &Sim) -> Option<String> {
+    in_flight(sim).and_then(|r| r.new_key_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,10 +88,7 @@ async fn only_the_leader_acts_and_a_killed_leader_hands_over_mid_rotation() {
     wait_for(
         Duration::from_secs(30),
         "the rotation to reach sirius-ui",
-        || {
-            let s = akr_status(&r.sim);
-            s["currentRotation"]["step"] == "Roll" && s["currentRotation"]["targetIndex"] == 1
-        },
+        || in_flight(&r.sim).is_some_and(|c| c.step == Step::Roll && c.target_index == 1),
     )
     .await;
     let minted = new_key_id(&r.sim).expect("the new key is minted before the rollouts");
@@ -125,9 +121,9 @@ async fn only_the_leader_acts_and_a_killed_leader_hands_over_mid_rotation() {
     eprintln!("handover after the kill: {handover:?}");
 
     wait_revision(&r.sim, 1).await;
-    let status = akr_status(&r.sim);
     assert_eq!(
-        status["activeKeyId"], minted,
+        status(&r.sim).active_key_id,
+        Some(minted),
         "the new leader finished the rotation with the key minted before the kill"
     );
     assert!(!acting_requests(&r.sim, standby_token).is_empty());

@@ -57,10 +57,9 @@ fn phase(name: &str, phase: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_during_and_after_rotations() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
-    let old = known_key();
-    install_sirius(&sim, &valkey.url(), &old, 2, Some("first"), json!({})).await;
+    let cluster = Cluster::start().await;
+    let (sim, valkey) = (&cluster.sim, &cluster.valkey);
+    let old = cluster.install(2, Some("first"), json!({})).await;
     // Two failed Deployment patches: reconcile errors and API errors by code. (kube's client
     // retries 503s by itself, so a 500.)
     sim.inject_faults("patch", "deployments", 2, 500);
@@ -78,7 +77,7 @@ async fn metrics_move_during_and_after_rotations() {
         endpoints: Some(listener),
     };
     let operator = tokio::spawn(operator::run(
-        client_for(&sim),
+        client_for(sim),
         options,
         std::future::pending(),
     ));
@@ -112,7 +111,7 @@ async fn metrics_move_during_and_after_rotations() {
     }
     assert!(seen_rotating, "the phase gauge never showed Rotating");
 
-    wait_revision(&sim, 1).await;
+    wait_revision(sim, 1).await;
     // The status is visible a moment before the operator counts its write.
     let (code, text) = scrape_once_counted(addr, 1.0).await;
     assert_eq!(code, 200);
@@ -143,11 +142,11 @@ async fn metrics_move_during_and_after_rotations() {
     assert_eq!(value("apikey_rotator_valkey_change_feeds"), 1.0, "{text}");
 
     // A second rotation adds to the counters; Valkey down shows as Valkey errors.
-    request_rotation(&sim, "second");
-    wait_revision(&sim, 2).await;
+    cluster.request_rotation("second");
+    wait_revision(sim, 2).await;
     scrape_once_counted(addr, 2.0).await;
     valkey.pause();
-    request_rotation(&sim, "third");
+    cluster.request_rotation("third");
     let mut valkey_errors = 0.0;
     for _ in 0..300 {
         let (_, text) = get(addr, "/metrics").await;
@@ -173,7 +172,7 @@ async fn metrics_move_during_and_after_rotations() {
     );
 
     // The change feed reports a flush.
-    valkey.flushall();
+    cluster.flush_valkey();
     let mut reported = 0.0;
     for _ in 0..100 {
         let (_, text) = get(addr, "/metrics").await;
@@ -188,7 +187,7 @@ async fn metrics_move_during_and_after_rotations() {
     // No key, old or new, is ever exposed.
     for key in [
         old.expose().to_string(),
-        secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap(),
+        secret_value(sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap(),
     ] {
         assert!(!text.contains(&key));
     }

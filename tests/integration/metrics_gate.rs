@@ -6,7 +6,6 @@ use crate::common::prometheus::{Exporter, Prometheus};
 use crate::common::*;
 use apikey_rotator::key::RawKey;
 use serde_json::{Value, json};
-use std::time::Duration;
 
 const QUERY: &str = r#"sum(rate(sirius_api_http_requests_total{code="401"}[5s]))"#;
 
@@ -22,35 +21,21 @@ fn gate(prometheus: &Prometheus) -> Value {
 struct Gated {
     exporter: Exporter,
     prometheus: Prometheus,
-    valkey: Valkey,
-    sim: kube_sim::Sim,
+    cluster: Cluster,
     old: RawKey,
-    operator: tokio::task::JoinHandle<()>,
 }
 
 async fn gated() -> Gated {
     let exporter = Exporter::start().await;
     let prometheus = Prometheus::start(exporter.addr).await;
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
-    let old = known_key();
-    install_sirius(
-        &sim,
-        &valkey.url(),
-        &old,
-        1,
-        Some("first"),
-        gate(&prometheus),
-    )
-    .await;
-    let operator = spawn_operator(&sim);
+    let mut cluster = Cluster::start().await;
+    let old = cluster.install(1, Some("first"), gate(&prometheus)).await;
+    cluster.run_operator();
     Gated {
         exporter,
         prometheus,
-        valkey,
-        sim,
+        cluster,
         old,
-        operator,
     }
 }
 
@@ -60,16 +45,14 @@ async fn a_flat_401_rate_lets_the_rotation_finish() {
     let Gated {
         exporter: _exporter,
         prometheus,
-        valkey,
-        sim,
+        mut cluster,
         old,
-        operator,
     } = gated().await;
 
-    wait_revision(&sim, 1).await;
-    operator.abort();
-    assert!(!valkey.exists(&format!("apikey:{}", old.id())));
-    let passed = event(&sim, "MetricsGatePassed");
+    wait_revision(&cluster.sim, 1).await;
+    cluster.kill_operator();
+    assert!(!cluster.accepts(&old));
+    let passed = event(&cluster.sim, "MetricsGatePassed");
     assert!(
         passed["note"].as_str().unwrap().contains("last 0"),
         "{passed}"
@@ -82,32 +65,27 @@ async fn a_rising_401_rate_fails_the_rotation_and_keeps_the_old_key() {
     let Gated {
         exporter,
         prometheus,
-        valkey,
-        sim,
+        mut cluster,
         old,
-        operator,
     } = gated().await;
 
     // The 401s start once every target runs the new key.
-    wait_for(Duration::from_secs(30), "the validation window", || {
-        in_flight(&sim).is_some_and(|r| r.step == Step::Validate)
-    })
-    .await;
+    cluster.wait_step(Step::Validate).await;
     exporter.set_401_rate(20);
 
-    wait_degraded(&sim, "MetricsGateFailed").await;
-    let status = akr_status(&sim);
-    assert_eq!(status["phase"], "Degraded");
-    assert_eq!(status["revision"], 0);
+    cluster.wait_degraded(Reason::MetricsGateFailed).await;
+    let status = cluster.status();
+    assert_eq!(status.phase, Some(Phase::Degraded));
+    assert_eq!(status.revision, 0);
     // Nothing revoked: both keys are still valid.
-    assert!(valkey.exists(&format!("apikey:{}", old.id())));
-    let new_id = status["currentRotation"]["newKeyId"].as_str().unwrap();
-    assert!(valkey.exists(&format!("apikey:{new_id}")));
-    let failed = event(&sim, "MetricsGateFailed");
+    assert!(cluster.accepts(&old));
+    let new_id = status.current_rotation.unwrap().new_key_id.unwrap();
+    assert!(cluster.valkey.exists(&format!("apikey:{new_id}")));
+    let failed = event(&cluster.sim, "MetricsGateFailed");
     assert!(
         failed["note"].as_str().unwrap().contains("over 0.5"),
         "{failed}"
     );
     assert!(prometheus.query(QUERY).await.unwrap() > 0.5);
-    operator.abort();
+    cluster.kill_operator();
 }

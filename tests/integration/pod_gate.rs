@@ -4,6 +4,7 @@
 
 use crate::common::sirius::{AuthModel, InvariantChecker, checked_sim_options, installed_key};
 use crate::common::*;
+use apikey_rotator::crd::Condition;
 use apikey_rotator::key::RawKey;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -51,7 +52,21 @@ async fn ready_with_clock(
 }
 
 fn old_record_exists(s: &Setup) -> bool {
-    s.valkey.exists(&format!("apikey:{}", s.old.id()))
+    s.valkey.exists(&record_key(&s.old.id()))
+}
+
+/// The `Rotating` condition, if there is one.
+fn rotating(sim: &kube_sim::Sim) -> Option<Condition> {
+    find_condition(sim, "Rotating")
+}
+
+/// Waits until the revocation is held for pods that may still hold the old key (`Rotating` says
+/// `WaitingForPods`).
+async fn wait_held_for_pods(sim: &kube_sim::Sim) {
+    wait_for(Duration::from_secs(30), "WaitingForPods", || {
+        rotating(sim).is_some_and(|c| c.reason == Reason::WaitingForPods)
+    })
+    .await;
 }
 
 /// Pods (in the namespace) that hold `key` from the consumers' Secret.
@@ -67,14 +82,10 @@ fn pods_holding(sim: &kube_sim::Sim, key: &RawKey) -> Vec<String> {
 }
 
 /// The old key is revoked while no pod holds it, and the checker saw no refusal.
-async fn finishes_without_a_refusal(s: Setup) -> Vec<String> {
+async fn finishes_without_a_refusal(s: Setup) {
     let mut held_at_revocation = None;
     tokio::time::timeout(Duration::from_secs(60), async {
-        while !(status(&s.sim).revision == 1
-            && event_reasons(&s.sim)
-                .iter()
-                .any(|r| r == "RotationSucceeded"))
-        {
+        while !(status(&s.sim).revision == 1 && has_event(&s.sim, Reason::RotationSucceeded)) {
             let holding = pods_holding(&s.sim, &s.old);
             if !old_record_exists(&s) && held_at_revocation.is_none() {
                 held_at_revocation = Some(holding);
@@ -93,7 +104,6 @@ async fn finishes_without_a_refusal(s: Setup) -> Vec<String> {
         Some(vec![]),
         "pods held the old key when it was revoked"
     );
-    event_reasons(&s.sim)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,8 +114,7 @@ async fn a_target_removed_from_the_spec_mid_rotation_is_still_finished_before_re
     .await;
     request_rotation(&s.sim, "go");
     wait_for(Duration::from_secs(30), "the engine rolling", || {
-        let r = &akr_status(&s.sim)["currentRotation"];
-        r["step"] == "Roll" && r["targetIndex"] == json!(2)
+        in_flight(&s.sim).is_some_and(|r| r.step == Step::Roll && r.target_index == 2)
     })
     .await;
     // The user gives up on the engine.
@@ -119,15 +128,16 @@ async fn a_target_removed_from_the_spec_mid_rotation_is_still_finished_before_re
         )
         .unwrap();
     let sim = s.sim.clone();
-    let reasons = finishes_without_a_refusal(s).await;
+    finishes_without_a_refusal(s).await;
     if std::env::var("POD_GATE_TRACE").is_ok() {
         for e in events(&sim) {
             eprintln!("{} {} {}", e["eventTime"], e["reason"], e["note"]);
         }
     }
     assert!(
-        reasons.iter().any(|r| r == "SpecChangePending"),
-        "{reasons:?}"
+        has_event(&sim, Reason::SpecChangePending),
+        "{:?}",
+        event_reasons(&sim)
     );
     let new = RawKey::new(secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
     assert_eq!(template_key(&sim, "sirius-engine"), json!(new.id().0));
@@ -147,25 +157,19 @@ async fn a_workload_that_reads_the_secret_but_is_no_target_holds_revocation_unti
     })
     .await;
     request_rotation(&s.sim, "go");
-    wait_for(Duration::from_secs(30), "WaitingForPods", || {
-        condition(&s.sim, "Rotating")["reason"] == "WaitingForPods"
-    })
-    .await;
+    wait_held_for_pods(&s.sim).await;
     let untracked = event(&s.sim, "UntrackedConsumer");
     let message = untracked["note"].as_str().unwrap_or_default().to_string();
     assert!(
         message.contains("sirius-worker-") && message.contains("(ReplicaSet/sirius-worker-"),
         "{untracked}"
     );
-    let waiting = condition(&s.sim, "Rotating")["message"].clone();
-    assert!(
-        waiting.as_str().unwrap().contains("sirius-worker-"),
-        "{waiting}"
-    );
+    let waiting = rotating(&s.sim).unwrap();
+    assert!(waiting.message.contains("sirius-worker-"), "{waiting:?}");
     // Held for longer than the validation window (1 s).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // nothing is revoked while held
     assert!(old_record_exists(&s), "revoked under the worker");
-    assert!(akr_status(&s.sim)["currentRotation"]["podsOnOldKey"].as_u64() >= Some(1));
+    assert!(in_flight(&s.sim).and_then(|r| r.pods_on_old_key) >= Some(1));
     // kubectl rollout restart deploy/sirius-worker
     s.sim
         .merge_patch_object(
@@ -234,15 +238,9 @@ async fn a_pod_terminating_longer_than_the_window_delays_revocation_until_it_is_
     )
     .await;
     request_rotation(&s.sim, "go");
-    wait_for(Duration::from_secs(30), "WaitingForPods", || {
-        condition(&s.sim, "Rotating")["reason"] == "WaitingForPods"
-    })
-    .await;
-    let waiting = condition(&s.sim, "Rotating")["message"].clone();
-    assert!(
-        waiting.as_str().unwrap().contains("sirius-engine-"),
-        "{waiting}"
-    );
+    wait_held_for_pods(&s.sim).await;
+    let waiting = rotating(&s.sim).unwrap();
+    assert!(waiting.message.contains("sirius-engine-"), "{waiting:?}");
     assert!(
         s.sim
             .pods()
@@ -274,10 +272,7 @@ fn debug_shell(sim: &kube_sim::Sim) {
 async fn a_bare_pod_reading_the_secret_is_named_and_waited_for_until_it_is_deleted() {
     let s = ready(json!({}), debug_shell).await;
     request_rotation(&s.sim, "go");
-    wait_for(Duration::from_secs(30), "WaitingForPods", || {
-        condition(&s.sim, "Rotating")["reason"] == "WaitingForPods"
-    })
-    .await;
+    wait_held_for_pods(&s.sim).await;
     let untracked = event(&s.sim, "UntrackedConsumer");
     assert!(
         untracked["note"]
@@ -298,21 +293,18 @@ async fn an_operator_clock_an_hour_behind_the_api_servers_never_takes_an_old_pod
     clock.set(jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1));
     let s = ready_with_clock(json!({}), debug_shell, clock).await;
     request_rotation(&s.sim, "go");
-    wait_for(Duration::from_secs(30), "WaitingForPods", || {
-        condition(&s.sim, "Rotating")["reason"] == "WaitingForPods"
-    })
-    .await;
+    wait_held_for_pods(&s.sim).await;
     // Well past the validation window of the test set-up: still waiting for the bare pod.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // nothing is revoked while it runs
     assert_eq!(
-        condition(&s.sim, "Rotating")["reason"],
-        "WaitingForPods",
+        rotating(&s.sim).map(|c| c.reason).as_deref(),
+        Some(Reason::WaitingForPods.as_str()),
         "{}",
         akr_status(&s.sim)
     );
     assert!(old_record_exists(&s));
-    let switched = akr_status(&s.sim)["currentRotation"]["switchedAt"].clone();
-    let switched: jiff::Timestamp = switched.as_str().unwrap().parse().unwrap();
+    let switched = in_flight(&s.sim).unwrap().switched_at.unwrap();
+    let switched: jiff::Timestamp = switched.parse().unwrap();
     assert!(
         switched > jiff::Timestamp::now() - jiff::SignedDuration::from_mins(5),
         "the switch was timed by the operator's clock: {switched}"
@@ -339,14 +331,12 @@ fn put_key(sim: &kube_sim::Sim, key: &RawKey) {
 async fn a_secret_reverted_and_put_back_while_the_operator_was_down_rolls_every_target_again() {
     let mut s = ready(json!({}), debug_shell).await;
     request_rotation(&s.sim, "go");
-    wait_for(Duration::from_secs(30), "WaitingForPods", || {
-        condition(&s.sim, "Rotating")["reason"] == "WaitingForPods"
-    })
-    .await;
+    wait_held_for_pods(&s.sim).await;
     s.operator.abort();
     let new = RawKey::new(secret_value(&s.sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
     // While it is down, someone puts the old key back, the API's containers restart on it, and
-    // the new key is put back: the Secret looks as the operator left it.
+    // the new key is put back: the Secret looks as the operator left it. They come in a later
+    // second than the switch (the Secret's write times have second precision).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     put_key(&s.sim, &s.old);
     s.sim.restart_pods(NS, "sirius-api");
@@ -364,10 +354,11 @@ async fn a_secret_reverted_and_put_back_while_the_operator_was_down_rolls_every_
     s.sim.delete_object("", "pods", NS, "debug-shell").unwrap();
     s.operator = spawn_operator(&s.sim);
     let sim = s.sim.clone();
-    let reasons = finishes_without_a_refusal(s).await;
+    finishes_without_a_refusal(s).await;
     assert!(
-        reasons.iter().any(|r| r == "SecretRewritten"),
-        "{reasons:?}"
+        has_event(&sim, Reason::SecretRewritten),
+        "{:?}",
+        event_reasons(&sim)
     );
     assert_eq!(in_flight(&sim), None);
 }
@@ -390,10 +381,7 @@ async fn a_pod_on_the_second_page_of_the_namespaces_pods_still_holds_revocation(
     };
     let s = ready(json!({}), before).await;
     request_rotation(&s.sim, "go");
-    wait_for(Duration::from_secs(30), "WaitingForPods", || {
-        condition(&s.sim, "Rotating")["reason"] == "WaitingForPods"
-    })
-    .await;
+    wait_held_for_pods(&s.sim).await;
     let untracked = event(&s.sim, "UntrackedConsumer");
     let note = untracked["note"].as_str().unwrap();
     assert!(note.contains("zz-debug-shell (no owner)"), "{note}");

@@ -137,12 +137,7 @@ async fn no_password_reaches_logs_events_status_metrics_or_valkey() {
     ));
 
     wait_degraded(&sim, "VerificationFailed").await;
-    wait_for(Duration::from_secs(30), "the gate unavailable", || {
-        event_reasons(&sim)
-            .iter()
-            .any(|r| r == "MetricsGateUnavailable")
-    })
-    .await;
+    wait_event(&sim, Reason::MetricsGateUnavailable).await;
     // A change feed followed the server (its log lines name the URL).
     wait_for(Duration::from_secs(10), "a change feed as sirius", || {
         valkey

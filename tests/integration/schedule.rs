@@ -4,13 +4,24 @@
 use crate::common::*;
 use apikey_rotator::clock::Clock;
 use apikey_rotator::controller::Settings;
-use apikey_rotator::key::RawKey;
+use apikey_rotator::crd::{Condition, TargetState};
+use apikey_rotator::key::{KeyId, RawKey};
 use kube_sim::{Sim, SimOptions};
 use serde_json::{Value, json};
 use std::time::Duration;
 
 fn t(s: &str) -> jiff::Timestamp {
     s.parse().unwrap()
+}
+
+/// The `Rotating` condition, if there is one.
+fn rotating(sim: &Sim) -> Option<Condition> {
+    find_condition(sim, "Rotating")
+}
+
+/// The rotation (or the request for one) waits for a maintenance window.
+fn waiting_for_window(sim: &Sim) -> bool {
+    rotating(sim).is_some_and(|c| c.reason == Reason::WaitingForWindow)
 }
 
 /// The controller in this process, on `clock`, re-checking quiet rotations every second.
@@ -50,14 +61,16 @@ async fn a_window_closing_mid_rotation_lets_the_rollout_finish_and_the_rest_wait
         Duration::from_secs(30),
         "sirius-ui to wait for the next window",
         || {
-            let status = akr_status(&sim);
-            condition(&sim, "Rotating")["reason"] == "WaitingForWindow"
-                && status["currentRotation"]["targets"][0]["state"] == "Complete"
+            waiting_for_window(&sim)
+                && in_flight(&sim).is_some_and(|r| {
+                    r.targets
+                        .first()
+                        .is_some_and(|api| api.state == TargetState::Complete)
+                })
         },
     )
     .await;
-    let status = akr_status(&sim);
-    let new_id = status["currentRotation"]["newKeyId"].clone();
+    let new_id = in_flight(&sim).unwrap().new_key_id.unwrap();
     assert_eq!(
         template_key(&sim, "sirius-api"),
         new_id,
@@ -69,45 +82,45 @@ async fn a_window_closing_mid_rotation_lets_the_rollout_finish_and_the_rest_wait
         "ui was not started"
     );
     assert_eq!(template_key(&sim, "sirius-engine"), Value::Null);
+    let waiting = rotating(&sim).unwrap();
     assert!(
-        condition(&sim, "Rotating")["message"]
-            .as_str()
-            .unwrap()
-            .contains("2026-11-29T07:00:00Z"),
-        "{}",
-        condition(&sim, "Rotating")
+        waiting.message.contains("2026-11-29T07:00:00Z"),
+        "{waiting:?}"
     );
     // Both keys stay valid while the rotation waits.
-    assert!(valkey.exists(&format!("apikey:{}", old.id())));
-    assert!(valkey.exists(&format!("apikey:{}", new_id.as_str().unwrap())));
+    assert!(valkey.exists(&record_key(&old.id())));
+    assert!(valkey.exists(&record_key(&KeyId(new_id.clone()))));
     assert!(has_event(&sim, Reason::WaitingForWindow));
     // Still waiting a few resyncs later.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // ui is not started outside the window
     assert_eq!(template_key(&sim, "sirius-ui"), Value::Null);
 
     // The next window opens: the rest of the rotation goes through.
     clock.set(t("2026-11-29T07:00:00Z"));
     wait_revision(&sim, 1).await;
     assert_eq!(template_key(&sim, "sirius-engine"), new_id);
-    assert!(!valkey.exists(&format!("apikey:{}", old.id())));
+    assert!(!valkey.exists(&record_key(&old.id())));
 
     // After that window, a new request waits for the next one.
     clock.set(t("2026-11-29T08:30:00Z"));
     request_rotation(&sim, "second");
     wait_for(Duration::from_secs(10), "the request to wait", || {
-        condition(&sim, "Rotating")["reason"] == "WaitingForWindow"
+        waiting_for_window(&sim)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let status = akr_status(&sim);
-    assert!(status["currentRotation"].is_null(), "{status}");
-    assert_eq!(status["nextRotationTime"], "2026-11-30T07:00:00Z");
-    assert_eq!(status["revision"], 1);
+    tokio::time::sleep(Duration::from_secs(2)).await; // no rotation starts outside the window
+    let waiting = status(&sim);
+    assert!(waiting.current_rotation.is_none(), "{waiting:?}");
+    assert_eq!(
+        waiting.next_rotation_time.as_deref(),
+        Some("2026-11-30T07:00:00Z")
+    );
+    assert_eq!(waiting.revision, 1);
     clock.set(t("2026-11-30T07:00:00Z"));
     wait_revision(&sim, 2).await;
     assert_eq!(
-        akr_status(&sim)["lastTrigger"],
-        "second",
+        status(&sim).last_trigger.as_deref(),
+        Some("second"),
         "the pending request was the one served"
     );
     operator.abort();
@@ -126,28 +139,24 @@ async fn a_schedule_across_dst_changes_rotates_once_at_the_right_instant() {
     let operator = spawn_operator_on(&sim, &clock);
 
     wait_for(Duration::from_secs(10), "the next rotation time", || {
-        akr_status(&sim)["nextRotationTime"] == "2027-03-28T01:00:00Z"
+        status(&sim).next_rotation_time.as_deref() == Some("2027-03-28T01:00:00Z")
     })
     .await;
     // 02:30 does not exist that day: the rotation runs right after the gap, at 03:00 CEST.
     wait_revision(&sim, 1).await;
-    let started = events(&sim)
-        .into_iter()
-        .find(|e| e["reason"] == "RotationStarted")
-        .unwrap();
+    let started = event(&sim, "RotationStarted");
     assert!(
         started["note"].as_str().unwrap().contains("(Schedule)"),
         "{started}"
     );
-    let status = akr_status(&sim);
-    let last: jiff::Timestamp = status["lastRotationTime"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let rotated = status(&sim);
+    let last: jiff::Timestamp = rotated.last_rotation_time.unwrap().parse().unwrap();
     assert!(last >= t("2027-03-28T01:00:00Z") && last < t("2027-03-28T01:01:00Z"));
     // Back to 02:30 CEST the next day.
-    assert_eq!(status["nextRotationTime"], "2027-03-29T00:30:00Z");
+    assert_eq!(
+        rotated.next_rotation_time.as_deref(),
+        Some("2027-03-29T00:30:00Z")
+    );
 
     // On 2026-10-25 Berlin repeats 02:00-03:00: 02:30 comes twice, the rotation runs once.
     // (A second installation: on this clock the first one's last rotation is in the future.)
@@ -167,13 +176,13 @@ async fn a_schedule_across_dst_changes_rotates_once_at_the_right_instant() {
     let operator = spawn_operator_on(&sim2, &clock);
     wait_revision(&sim2, 1).await; // at 02:30 CEST = 00:30 UTC
     assert_eq!(
-        akr_status(&sim2)["nextRotationTime"],
-        "2026-10-26T01:30:00Z"
+        status(&sim2).next_rotation_time.as_deref(),
+        Some("2026-10-26T01:30:00Z")
     );
     // The repeated 02:30 (CET, 01:30 UTC) passes without a second rotation.
     clock.set(t("2026-10-25T01:29:58Z"));
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(akr_status(&sim2)["revision"], 1);
+    tokio::time::sleep(Duration::from_secs(5)).await; // past the repeated 02:30: no rotation
+    assert_eq!(status(&sim2).revision, 1);
     operator.abort();
     drop((valkey, sim));
 }
@@ -206,15 +215,15 @@ async fn repeated_triggers_and_spec_edits_never_overlap_rotations() {
             json!({"spec": {"validationWindowSeconds": 1 + i}}),
         )
         .unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        let revision = akr_status(&sim)["currentRotation"]["revision"].clone();
-        assert!(revision == 1 || revision.is_null(), "{revision}");
+        tokio::time::sleep(Duration::from_millis(150)).await; // no second rotation starts
+        let revision = in_flight(&sim).map(|r| r.revision);
+        assert!(matches!(revision, Some(1) | None), "{revision:?}");
     }
     wait_revision(&sim, 2).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let status = akr_status(&sim);
-    assert_eq!(status["revision"], 2, "{status}");
-    assert_eq!(status["lastTrigger"], "t5");
+    tokio::time::sleep(Duration::from_secs(3)).await; // and no third one follows
+    let done = status(&sim);
+    assert_eq!(done.revision, 2, "{done:?}");
+    assert_eq!(done.last_trigger.as_deref(), Some("t5"));
     let started: Vec<String> = events(&sim)
         .into_iter()
         .filter(|e| e["reason"] == "RotationStarted")
@@ -241,7 +250,7 @@ async fn a_rotation_requested_outside_windows_runs_to_the_end_at_once() {
     wait_for(
         Duration::from_secs(10),
         "the routine request to wait",
-        || condition(&sim, "Rotating")["reason"] == "WaitingForWindow",
+        || waiting_for_window(&sim),
     )
     .await;
 
@@ -250,17 +259,14 @@ async fn a_rotation_requested_outside_windows_runs_to_the_end_at_once() {
         .unwrap();
     wait_revision(&sim, 1).await;
     operator.abort();
-    let status = akr_status(&sim);
-    assert_eq!(status["lastTrigger"], "leaked");
+    let done = status(&sim);
+    assert_eq!(done.last_trigger.as_deref(), Some("leaked"));
     let new = RawKey::new(secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
-    assert_eq!(status["activeKeyId"], new.id().as_str());
+    assert_eq!(done.active_key_id.as_deref(), Some(new.id().as_str()));
     for target in ["sirius-api", "sirius-ui", "sirius-engine"] {
         assert_eq!(template_key(&sim, target), new.id().as_str(), "{target}");
     }
-    assert!(
-        !valkey.exists(&format!("apikey:{}", old.id())),
-        "old key revoked"
-    );
+    assert!(!valkey.exists(&record_key(&old.id())), "old key revoked");
     assert!(
         event(&sim, "RotationStarted")["note"]
             .as_str()

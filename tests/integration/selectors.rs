@@ -99,7 +99,7 @@ async fn three_selected_roll_at_once(model: AuthModel) {
         is_ready(&sim, 1)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // retired pods finish terminating
+    wait_retired_pods_gone(&sim).await;
     operator.abort();
     let api = rotation_rollout(&sim, "sirius-api");
     let backends: Vec<_> = BACKENDS.iter().map(|n| rotation_rollout(&sim, n)).collect();
@@ -158,11 +158,10 @@ async fn three_workloads_one_selector_chose_roll_at_once_with_no_401_under_v1_1_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_selector_that_matches_nothing_holds_the_rotation_before_any_key_is_minted() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
+    let mut cluster = Cluster::start().await;
     install(
-        &sim,
-        &valkey,
+        &cluster.sim,
+        &cluster.valkey,
         &known_key(),
         // The backends the typo leaves out read the Secret too; the pod gate would (rightly)
         // hold the revocation for them, which is not what this test is about.
@@ -172,9 +171,10 @@ async fn a_selector_that_matches_nothing_holds_the_rotation_before_any_key_is_mi
         ]}),
     )
     .await;
-    let operator = spawn_operator(&sim);
-    wait_event(&sim, Reason::TargetNotFound).await;
-    let note = event(&sim, "TargetNotFound")["note"].clone();
+    cluster.run_operator();
+    cluster.wait_event(Reason::TargetNotFound).await;
+    let sim = &cluster.sim;
+    let note = event(sim, "TargetNotFound")["note"].clone();
     assert!(
         note.as_str().unwrap().contains(
             "spec.targets[1]: the selector tier=backnd matches no Deployment in this namespace"
@@ -182,26 +182,24 @@ async fn a_selector_that_matches_nothing_holds_the_rotation_before_any_key_is_mi
         "{note}"
     );
     tokio::time::sleep(Duration::from_secs(1)).await; // nothing happens while held
-    let status = akr_status(&sim);
-    assert!(status["currentRotation"].is_null(), "{status}");
-    assert_eq!(template_key(&sim, "sirius-api"), Value::Null);
-    assert!(!has_event(&sim, Reason::RotationStarted));
+    let held = cluster.status();
+    assert!(held.current_rotation.is_none(), "{held:?}");
+    assert_eq!(template_key(sim, "sirius-api"), Value::Null);
+    assert!(!cluster.has_event(Reason::RotationStarted));
     // A workload given the label starts the same request's rotation, through the watch.
-    label(&sim, "sirius-worker", json!({"tier": "backnd"}));
-    wait_for(Duration::from_secs(30), "rotation 1 to finish", || {
-        is_ready(&sim, 1)
-    })
-    .await;
-    operator.abort();
-    let names: Vec<String> = planned(&valkey, 1).into_iter().map(|(n, _)| n).collect();
+    label(sim, "sirius-worker", json!({"tier": "backnd"}));
+    cluster.wait_ready(1).await;
+    cluster.kill_operator();
+    let (sim, valkey) = (&cluster.sim, &cluster.valkey);
+    let names: Vec<String> = planned(valkey, 1).into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["sirius-api", "sirius-worker"]);
-    assert_eq!(template_key(&sim, "sirius-ui"), Value::Null, "not selected");
+    assert_eq!(template_key(sim, "sirius-ui"), Value::Null, "not selected");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workload_that_starts_matching_mid_rotation_waits_for_the_next_one_behind_the_pod_gate() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
+    let mut cluster = Cluster::start().await;
+    let sim = &cluster.sim;
     let old = known_key();
     // One backend at first; the API's rollout stalls until the test lets it go.
     sim.create_object(consumer_secret(&old)).unwrap();
@@ -211,34 +209,35 @@ async fn a_workload_that_starts_matching_mid_rotation_waits_for_the_next_one_beh
         .unwrap();
     sim.create_object(labelled("sirius-worker", json!({})))
         .unwrap();
-    wait_initial_rollouts(&sim, 3).await;
+    wait_initial_rollouts(sim, 3).await;
     sim.set_rollout_behavior(NS, "sirius-api", kube_sim::RolloutBehavior::Stall);
-    let mut manifest = rotation(&valkey.url(), targets());
+    let mut manifest = rotation(&cluster.valkey.url(), targets());
     manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
     sim.create_object(manifest).unwrap();
-    let operator = spawn_operator(&sim);
+    cluster.run_operator();
+    let (sim, valkey) = (&cluster.sim, &cluster.valkey);
     wait_for(Duration::from_secs(30), "the API to be stamped", || {
-        template_key(&sim, "sirius-api") != Value::Null
+        template_key(sim, "sirius-api") != Value::Null
     })
     .await;
     // The worker starts matching while the rotation runs: it is not in this rotation's plan.
-    label(&sim, "sirius-worker", json!({"tier": "backend"}));
+    label(sim, "sirius-worker", json!({"tier": "backend"}));
     sim.set_rollout_behavior(NS, "sirius-api", kube_sim::RolloutBehavior::Normal);
     // Its pods read the Secret and still hold the old key: the pod gate holds the revocation.
-    wait_event(&sim, Reason::UntrackedConsumer).await;
-    let note = event(&sim, "UntrackedConsumer")["note"].clone();
+    cluster.wait_event(Reason::UntrackedConsumer).await;
+    let note = event(sim, "UntrackedConsumer")["note"].clone();
     assert!(note.as_str().unwrap().contains("sirius-worker"), "{note}");
     assert_eq!(
-        template_key(&sim, "sirius-worker"),
+        template_key(sim, "sirius-worker"),
         Value::Null,
         "not stamped"
     );
     assert!(
-        crate::common::sirius::record_ids(&valkey).contains(&old.id().0),
+        crate::common::sirius::record_ids(valkey).contains(&old.id().0),
         "the old key stays valid while the worker's pods may hold it"
     );
-    let in_flight = &akr_status(&sim)["currentRotation"]["targets"];
-    assert_eq!(in_flight.as_array().unwrap().len(), 2, "{in_flight}");
+    let plan = cluster.in_flight().unwrap().targets;
+    assert_eq!(plan.len(), 2, "{plan:?}");
     // Its owner restarts it (kubectl rollout restart): the rotation finishes. Pods created in the
     // second of the switch cannot be told from pods that read the old key (creation times have
     // second precision), so the restart comes two seconds after it.
@@ -251,74 +250,61 @@ async fn a_workload_that_starts_matching_mid_rotation_waits_for_the_next_one_beh
         json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": "now"}}}}}),
     )
     .unwrap();
-    wait_for(Duration::from_secs(30), "rotation 1 to finish", || {
-        is_ready(&sim, 1)
-    })
-    .await;
+    cluster.wait_ready(1).await;
     // The next rotation plans it.
-    request_rotation(&sim, "again");
+    cluster.request_rotation("again");
     wait_for(Duration::from_secs(60), "rotation 2 to finish", || {
-        is_ready(&sim, 2)
+        is_ready(sim, 2)
     })
     .await;
-    operator.abort();
-    let names: Vec<String> = planned(&valkey, 2).into_iter().map(|(n, _)| n).collect();
+    cluster.kill_operator();
+    let valkey = &cluster.valkey;
+    let names: Vec<String> = planned(valkey, 2).into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["sirius-api", "sirius-ui", "sirius-worker"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_through_a_selector_is_refused() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
-    install(&sim, &valkey, &known_key(), json!({})).await;
-    let operator = spawn_operator(&sim);
+    let mut cluster = Cluster::start().await;
+    install(&cluster.sim, &cluster.valkey, &known_key(), json!({})).await;
+    cluster.run_operator();
+    let sim = &cluster.sim;
     wait_for(Duration::from_secs(60), "rotation 1 to finish", || {
-        is_ready(&sim, 1)
+        is_ready(sim, 1)
     })
     .await;
     // A second rotation of another Secret names a workload the first one's selector chose.
     let mut other = rotation(
-        &valkey.url(),
+        &cluster.valkey.url(),
         json!({"secret": {"name": "other-key"}, "targets": [{"kind": "Deployment", "name": "sirius-engine"}]}),
     );
     other["metadata"]["name"] = json!("other");
     sim.create_object(other).unwrap();
     wait_for(Duration::from_secs(30), "the claim conflict", || {
-        let other = sim
-            .get_object("keys.siriusscan.io", "apikeyrotations", NS, "other")
-            .unwrap();
-        (other["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten())
-        .any(|c| c["type"] == "Degraded" && c["reason"] == "ClaimConflict")
+        (status_of(sim, "other").conditions.iter())
+            .any(|c| c.type_ == "Degraded" && c.reason == Reason::ClaimConflict)
     })
     .await;
-    let other = sim
-        .get_object("keys.siriusscan.io", "apikeyrotations", NS, "other")
+    let other = status_of(sim, "other");
+    let degraded = (other.conditions.iter())
+        .find(|c| c.type_ == "Degraded")
         .unwrap();
-    let degraded = (other["status"]["conditions"].as_array().unwrap().iter())
-        .find(|c| c["type"] == "Degraded")
-        .unwrap()
-        .clone();
     assert!(
-        degraded["message"]
-            .as_str()
-            .unwrap()
+        degraded
+            .message
             .contains("Deployment sirius-engine is already a target of ApiKeyRotation sirius"),
-        "{degraded}"
+        "{degraded:?}"
     );
-    assert!(other["status"]["activeKeyId"].is_null(), "it did nothing");
-    operator.abort();
+    assert!(other.active_key_id.is_none(), "it did nothing");
+    cluster.kill_operator();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_selector_is_an_invalid_spec_and_changes_nothing() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
+    let mut cluster = Cluster::start().await;
     install(
-        &sim,
-        &valkey,
+        &cluster.sim,
+        &cluster.valkey,
         &known_key(),
         json!({"targets": [
             {"kind": "Deployment", "name": "sirius-api", "selector": {"matchLabels": {"tier": "front"}}},
@@ -326,9 +312,9 @@ async fn a_bad_selector_is_an_invalid_spec_and_changes_nothing() {
         ]}),
     )
     .await;
-    let operator = spawn_operator(&sim);
-    wait_event(&sim, Reason::InvalidSpec).await;
-    let note = event(&sim, "InvalidSpec")["note"]
+    cluster.run_operator();
+    cluster.wait_event(Reason::InvalidSpec).await;
+    let note = event(&cluster.sim, "InvalidSpec")["note"]
         .as_str()
         .unwrap()
         .to_string();
@@ -338,7 +324,7 @@ async fn a_bad_selector_is_an_invalid_spec_and_changes_nothing() {
     ] {
         assert!(note.contains(expected), "{note}");
     }
-    assert!(status(&sim).active_key_id.is_none());
-    assert_eq!(template_key(&sim, "sirius-api"), Value::Null);
-    operator.abort();
+    assert!(cluster.status().active_key_id.is_none());
+    assert_eq!(template_key(&cluster.sim, "sirius-api"), Value::Null);
+    cluster.kill_operator();
 }

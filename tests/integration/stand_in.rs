@@ -838,7 +838,7 @@ async fn paused_deployments_do_not_roll() {
         .patch("sirius-ui", &PatchParams::default(), &Patch::Merge(json!({"spec": {"paused": true, "template": {"metadata": {"annotations": {"x": "1"}}}}})))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // nothing rolls while paused
     assert!(sim.pods().iter().all(|p| p.revision == 1));
     let d = deployments.get("sirius-ui").await.unwrap();
     let reason = d

@@ -919,7 +919,7 @@ async fn stand_in_namespace_deletion_can_follow_kube_controller_managers_order_a
             && sim.list_objects("", "configmaps", Some("slow")).is_empty()
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // the namespace stays meanwhile
     let ns = sim
         .get_object("", "namespaces", "", "slow")
         .expect("the namespace waits for its pod");
@@ -977,7 +977,7 @@ async fn stand_in_a_paused_deployment_gets_no_new_replica_set_and_reports_no_upd
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // nothing rolls while paused
     let d = get();
     assert_eq!(
         d["status"]["observedGeneration"],
@@ -1039,7 +1039,7 @@ async fn stand_in_a_paused_deployment_gets_no_new_replica_set_and_reports_no_upd
     let mut d = sirius_deployment("sirius-engine", 1);
     d["spec"]["paused"] = json!(true);
     sim.create_object(d).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // no pod is created while paused
     assert!(!sim.pods().iter().any(|p| p.deployment == "sirius-engine"));
     assert!(sim.list_objects("", "pods", Some(NS)).iter().all(|p| {
         !p["metadata"]["name"]
@@ -1119,7 +1119,7 @@ async fn managed_fields_stamp_only_the_manager_whose_write_changed_the_object() 
         "the creator's time is kept"
     );
     assert!(times["other"] > times["creator"], "{times:?}");
-    // A write that changes nothing stamps nobody.
+    // A write that changes nothing stamps nobody (a second passes, so a stamp would show).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let again = call(
         &sim,

@@ -306,7 +306,7 @@ async fn termination_grace_period_seconds_keeps_a_retired_pod_terminating_that_l
         "deletionTimestamp {at} is {ahead}s ahead"
     );
     // It keeps running (with its key) while it terminates, then is gone.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // within its 2 s of grace
     let v = view(&sim, &old).expect("still terminating after 1.5 s");
     assert!(v.terminating);
     assert_eq!(
@@ -464,7 +464,7 @@ async fn a_bare_pod_created_through_the_api_reads_its_secrets_and_terminates_whe
     let deleted = deleted.left().expect("a graceful delete returns the pod");
     assert_eq!(deleted.metadata.deletion_grace_period_seconds, Some(1));
     assert!(deleted.metadata.deletion_timestamp.is_some());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // within its 1 s of grace
     assert!(view(&sim, "tool").is_some_and(|v| v.terminating));
     assert!(
         pods.get("tool")
@@ -504,7 +504,7 @@ async fn a_bare_pod_created_through_the_api_reads_its_secrets_and_terminates_whe
 async fn a_pod_whose_secret_is_missing_stays_pending_until_it_exists() {
     let sim = start_sim().await;
     sim.create_object(bare_pod("tool", None)).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // no start without its Secret
     let pod = sim.get_object("", "pods", NS, "tool").unwrap();
     assert_eq!(pod["status"]["phase"], "Pending");
     assert_eq!(condition(&pod, "Ready")["status"], "False");
@@ -563,7 +563,7 @@ async fn a_jobs_pod_that_succeeded_keeps_its_object_but_no_longer_runs() {
         view(&sim, "backup-x7k2p").is_none(),
         "a finished pod holds no key"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // it is not restarted meanwhile
     assert_eq!(
         sim.get_object("", "pods", NS, "backup-x7k2p").unwrap()["status"]["phase"],
         "Succeeded",

@@ -4,17 +4,19 @@
 //! never revokes under them; it goes on by itself once their spec lets them roll.
 
 use crate::common::*;
+use apikey_rotator::key::KeyId;
 use kube_sim::Sim;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 /// The consumers' Secret, the three Sirius workloads as [`MIXED_KINDS`] (the engine a StatefulSet
 /// with `engine_strategy`, the UI a DaemonSet on two nodes) and a triggered rotation of them.
-async fn install(sim: &Sim, valkey: &Valkey, engine_strategy: Value) {
-    install_with(sim, valkey, engine_strategy, json!({})).await;
+async fn install(cluster: &Cluster, engine_strategy: Value) {
+    install_with(cluster, engine_strategy, json!({})).await;
 }
 
-async fn install_with(sim: &Sim, valkey: &Valkey, engine_strategy: Value, spec: Value) {
+async fn install_with(cluster: &Cluster, engine_strategy: Value, spec: Value) {
+    let sim = &cluster.sim;
     sim.create_object(consumer_secret(&known_key())).unwrap();
     sim.set_nodes(&["node-a", "node-b"]);
     for (kind, name) in MIXED_KINDS {
@@ -26,7 +28,7 @@ async fn install_with(sim: &Sim, valkey: &Valkey, engine_strategy: Value, spec: 
     }
     let mut spec_with_targets = targets_json(&MIXED_KINDS);
     json_patch::merge(&mut spec_with_targets, &spec);
-    let mut manifest = rotation(&valkey.url(), spec_with_targets);
+    let mut manifest = rotation(&cluster.valkey.url(), spec_with_targets);
     manifest["metadata"]["annotations"] = json!({"keys.siriusscan.io/rotate": "now"});
     sim.create_object(manifest).unwrap();
 }
@@ -49,12 +51,12 @@ async fn wait_rotated(sim: &Sim) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_on_delete_statefulset_is_refused_before_any_key_is_minted_and_rolls_once_it_can() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
-    install(&sim, &valkey, json!({"type": "OnDelete"})).await;
-    let operator = spawn_operator(&sim);
-    wait_degraded(&sim, "TargetCannotRoll").await;
-    let message = event(&sim, "TargetCannotRoll")["note"].clone();
+    let mut cluster = Cluster::start().await;
+    install(&cluster, json!({"type": "OnDelete"})).await;
+    cluster.run_operator();
+    cluster.wait_degraded(Reason::TargetCannotRoll).await;
+    let sim = &cluster.sim;
+    let message = event(sim, "TargetCannotRoll")["note"].clone();
     assert!(
         message
             .as_str()
@@ -65,16 +67,16 @@ async fn an_on_delete_statefulset_is_refused_before_any_key_is_minted_and_rolls_
     );
     // Held with nothing started: no key minted, no target stamped, the trigger still pending.
     tokio::time::sleep(Duration::from_secs(1)).await; // nothing happens while refused
-    let status = akr_status(&sim);
-    assert!(status["currentRotation"].is_null(), "{status}");
-    assert_eq!(status["phase"], "Degraded");
-    assert_eq!(vault_pending(&sim), None);
-    assert_eq!(template_key(&sim, "sirius-api"), Value::Null);
-    assert!(!has_event(&sim, Reason::RotationStarted));
+    let held = cluster.status();
+    assert!(held.current_rotation.is_none(), "{held:?}");
+    assert_eq!(held.phase, Some(Phase::Degraded));
+    assert_eq!(vault_pending(sim), None);
+    assert_eq!(template_key(sim, "sirius-api"), Value::Null);
+    assert!(!cluster.has_event(Reason::RotationStarted));
 
     // An explicit type keeps `rollingUpdate` absent (kube-apiserver defaults it only for an unset
     // type), so the engine is complete by kubectl's revision rule.
-    set_engine_strategy(&sim, json!({"type": "RollingUpdate"}));
+    set_engine_strategy(sim, json!({"type": "RollingUpdate"}));
     let engine = sim
         .get_object("apps", "statefulsets", NS, "sirius-engine")
         .unwrap();
@@ -82,9 +84,10 @@ async fn an_on_delete_statefulset_is_refused_before_any_key_is_minted_and_rolls_
         engine["spec"]["updateStrategy"],
         json!({"type": "RollingUpdate"})
     );
-    wait_rotated(&sim).await;
-    operator.abort();
-    let new = secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap();
+    wait_rotated(sim).await;
+    cluster.kill_operator();
+    let sim = &cluster.sim;
+    let new = secret_value(sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap();
     assert_ne!(new, known_key().expose());
     assert!(
         sim.pods()
@@ -92,32 +95,39 @@ async fn an_on_delete_statefulset_is_refused_before_any_key_is_minted_and_rolls_
             .filter(|p| p.namespace == NS)
             .all(|p| p.secrets.get("sirius-api-key/SIRIUS_API_KEY") == Some(&Some(new.clone())))
     );
-    assert!(!valkey.exists(&format!("apikey:{}", known_key().id())));
+    assert!(!cluster.accepts(&known_key()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_set_mid_rotation_holds_it_at_that_target_and_the_old_key_stays_valid() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
+    let mut cluster = Cluster::start().await;
     // The API's new pods are slow, so the rotation is still at its first target when the
     // engine's partition is set.
-    sim.set_pod_ready_after(NS, "sirius-api", Duration::from_millis(1500));
-    install(&sim, &valkey, Value::Null).await;
-    let operator = spawn_operator(&sim);
+    cluster
+        .sim
+        .set_pod_ready_after(NS, "sirius-api", Duration::from_millis(1500));
+    install(&cluster, Value::Null).await;
+    cluster.run_operator();
     wait_for(Duration::from_secs(30), "the roll of sirius-api", || {
-        let r = &akr_status(&sim)["currentRotation"];
-        r["step"] == "Roll" && r["targetIndex"] == 0
+        cluster
+            .in_flight()
+            .is_some_and(|r| r.step == Step::Roll && r.target_index == 0)
     })
     .await;
+    let sim = &cluster.sim;
     set_engine_strategy(
-        &sim,
+        sim,
         json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 1}}),
     );
-    wait_degraded(&sim, "TargetCannotRoll").await;
-    let status = akr_status(&sim);
-    assert_eq!(status["currentRotation"]["targetIndex"], 2, "{status}");
+    cluster.wait_degraded(Reason::TargetCannotRoll).await;
+    let held = cluster.status();
+    assert_eq!(
+        held.current_rotation.as_ref().map(|r| r.target_index),
+        Some(2),
+        "{held:?}"
+    );
     assert!(
-        event(&sim, "TargetCannotRoll")["note"]
+        event(sim, "TargetCannotRoll")["note"]
             .as_str()
             .unwrap()
             .contains("partition is 1")
@@ -131,17 +141,18 @@ async fn a_partition_set_mid_rotation_holds_it_at_that_target_and_the_old_key_st
         engine["spec"]["template"]["metadata"]["annotations"]["keys.siriusscan.io/key-id"]
             .is_null()
     );
-    assert!(valkey.exists(&format!("apikey:{}", known_key().id())));
-    assert_eq!(akr_status(&sim)["currentRotation"]["targetIndex"], 2);
+    assert!(cluster.accepts(&known_key()));
+    assert_eq!(cluster.in_flight().map(|r| r.target_index), Some(2));
 
     set_engine_strategy(
-        &sim,
+        sim,
         json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
     );
-    wait_rotated(&sim).await;
-    operator.abort();
-    assert!(!valkey.exists(&format!("apikey:{}", known_key().id())));
-    let engine = sim
+    wait_rotated(sim).await;
+    cluster.kill_operator();
+    assert!(!cluster.accepts(&known_key()));
+    let engine = cluster
+        .sim
         .get_object("apps", "statefulsets", NS, "sirius-engine")
         .unwrap();
     assert_eq!(
@@ -153,28 +164,27 @@ async fn a_partition_set_mid_rotation_holds_it_at_that_target_and_the_old_key_st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemonset_made_on_delete_during_a_rollback_keeps_the_new_key_valid_until_its_pods_move()
 {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
+    let mut cluster = Cluster::start().await;
     // The engine runs only with the installed key: its rollout fails and the rotation rolls back.
-    sim.set_rollout_behavior(
+    cluster.sim.set_rollout_behavior(
         NS,
         "sirius-engine",
         kube_sim::RolloutBehavior::StallUnlessSecret(known_key().expose().to_string()),
     );
     let spec = json!({"failurePolicy": "Rollback", "progressDeadlineSeconds": 10});
-    install_with(&sim, &valkey, Value::Null, spec).await;
-    let operator = spawn_operator(&sim);
+    install_with(&cluster, Value::Null, spec).await;
+    cluster.run_operator();
     wait_for(Duration::from_secs(40), "the rollback", || {
-        in_flight(&sim).is_some_and(|r| r.rolling_back.is_some())
+        cluster
+            .in_flight()
+            .is_some_and(|r| r.rolling_back.is_some())
     })
     .await;
-    let new = akr_status(&sim)["currentRotation"]["newKeyId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (sim, valkey) = (&cluster.sim, &cluster.valkey);
+    let new_record = record_key(&KeyId(cluster.in_flight().unwrap().new_key_id.unwrap()));
     // The UI's pods run the new key; made OnDelete, its stamped template replaces none of them.
     set_update_strategy(
-        &sim,
+        sim,
         "daemonsets",
         "sirius-ui",
         json!({"type": "OnDelete", "rollingUpdate": null}),
@@ -183,23 +193,16 @@ async fn a_daemonset_made_on_delete_during_a_rollback_keeps_the_new_key_valid_un
         Duration::from_secs(30),
         "the pod gate to name the UI",
         || {
-            has_event(&sim, Reason::TargetCannotRoll)
-                && akr_status(&sim)["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| {
-                        c["reason"] == "WaitingForPods"
-                            && c["message"].as_str().is_some_and(|m| {
-                                m.contains(
-                                    "DaemonSet sirius-ui does not replace its pods by itself",
-                                )
-                            })
-                    })
+            cluster.has_event(Reason::TargetCannotRoll)
+                && cluster.status().conditions.iter().any(|c| {
+                    c.reason == Reason::WaitingForPods
+                        && c.message
+                            .contains("DaemonSet sirius-ui does not replace its pods by itself")
+                })
         },
     )
     .await;
-    let note = event(&sim, "TargetCannotRoll")["note"].clone();
+    let note = event(sim, "TargetCannotRoll")["note"].clone();
     assert!(
         note.as_str()
             .unwrap()
@@ -215,12 +218,12 @@ async fn a_daemonset_made_on_delete_during_a_rollback_keeps_the_new_key_valid_un
     };
     assert!(ui_on_new(), "OnDelete replaced none of the UI's pods");
     assert!(
-        valkey.exists(&format!("apikey:{new}")),
+        valkey.exists(&new_record),
         "the new key stays valid while the UI's pods hold it"
     );
 
     set_update_strategy(
-        &sim,
+        sim,
         "daemonsets",
         "sirius-ui",
         json!({"type": "RollingUpdate"}),
@@ -228,7 +231,7 @@ async fn a_daemonset_made_on_delete_during_a_rollback_keeps_the_new_key_valid_un
     // Until the last UI pod left the new key, its record stays.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let valid = valkey.exists(&format!("apikey:{new}"));
+        let valid = valkey.exists(&new_record);
         if !ui_on_new() {
             break;
         }
@@ -237,12 +240,13 @@ async fn a_daemonset_made_on_delete_during_a_rollback_keeps_the_new_key_valid_un
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     wait_for(Duration::from_secs(60), "the rollback to finish", || {
-        in_flight(&sim).is_none()
+        cluster.in_flight().is_none()
     })
     .await;
-    operator.abort();
-    assert!(!valkey.exists(&format!("apikey:{new}")));
-    assert!(valkey.exists(&format!("apikey:{}", known_key().id())));
+    cluster.kill_operator();
+    let (sim, valkey) = (&cluster.sim, &cluster.valkey);
+    assert!(!valkey.exists(&new_record));
+    assert!(cluster.accepts(&known_key()));
     assert!(sim.pods().iter().filter(|p| p.namespace == NS).all(|p| {
         p.secrets.get("sirius-api-key/SIRIUS_API_KEY") == Some(&Some(known_key().expose().into()))
     }));

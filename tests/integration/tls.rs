@@ -206,7 +206,7 @@ async fn a_rotation_runs_over_tls_with_the_ca_from_a_secret_and_the_change_feed_
         lost.elapsed().as_millis()
     );
     operator.abort();
-    assert_eq!(akr_status(&sim)["phase"], "Ready");
+    assert_eq!(status(&sim).phase, Some(Phase::Ready));
 }
 
 /// A CA that did not sign the server's certificate is refused: nothing reaches Valkey, and the

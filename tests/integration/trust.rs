@@ -77,9 +77,7 @@ async fn a_password_secret_without_its_owners_opt_in_is_never_sent() {
         "{message}"
     );
     wait_for(Duration::from_secs(5), "the Warning Event", || {
-        event_reasons(&sim)
-            .iter()
-            .any(|r| r == "SecretNotPermitted")
+        has_event(&sim, Reason::SecretNotPermitted)
     })
     .await;
     let note = event(&sim, "SecretNotPermitted")["note"].clone();
@@ -124,10 +122,9 @@ fn without_volatile(mut secret: Value) -> Value {
 /// refused: nothing minted, nothing written, the Secret as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_or_another_rotations_vault_is_not_adopted_as_the_consumers_secret() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
-    let old = known_key();
-    install_sirius(&sim, &valkey.url(), &old, 1, None, json!({})).await;
+    let mut cluster = Cluster::start().await;
+    cluster.install(1, None, json!({})).await;
+    let sim = &cluster.sim;
     sim.create_object(json!({
         "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
         "metadata": {"name": "robot-token", "namespace": NS,
@@ -138,11 +135,12 @@ async fn a_token_or_another_rotations_vault_is_not_adopted_as_the_consumers_secr
     for target in ["token-target", "vault-target"] {
         sim.create_object(sirius_deployment(target, 1)).unwrap();
     }
-    let operator = spawn_operator(&sim);
+    cluster.run_operator();
     wait_for(Duration::from_secs(15), "the first rotation Ready", || {
-        status(&sim).phase == Some(Phase::Ready)
+        cluster.status().phase == Some(Phase::Ready)
     })
     .await;
+    let (sim, valkey) = (&cluster.sim, &cluster.valkey);
     let vault_before = without_volatile(
         sim.get_object("", "secrets", NS, "sirius-apikey-vault")
             .unwrap(),
@@ -188,16 +186,17 @@ async fn a_token_or_another_rotations_vault_is_not_adopted_as_the_consumers_secr
             .clone();
         assert!(message.as_str().unwrap().contains(expected), "{message}");
         wait_for(Duration::from_secs(5), "a ClaimConflict Event", || {
-            events(&sim)
+            events(sim)
                 .iter()
                 .any(|e| e["reason"] == "ClaimConflict" && e["regarding"]["name"] == name)
         })
         .await;
-        assert!(!vault_exists(&sim, name), "{name} minted nothing");
-        assert_eq!(template_key(&sim, &format!("{name}-target")), Value::Null);
+        assert!(!vault_exists(sim, name), "{name} minted nothing");
+        assert_eq!(template_key(sim, &format!("{name}-target")), Value::Null);
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    operator.abort();
+    tokio::time::sleep(Duration::from_secs(1)).await; // neither Secret is touched meanwhile
+    cluster.kill_operator();
+    let sim = &cluster.sim;
     assert_eq!(
         without_volatile(sim.get_object("", "secrets", NS, "robot-token").unwrap()),
         token_before,
@@ -217,33 +216,26 @@ async fn a_token_or_another_rotations_vault_is_not_adopted_as_the_consumers_secr
 /// check, before anything happens (8.8.8.8 is never contacted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_url_over_http_to_a_public_address_is_invalid_spec() {
-    let valkey = Valkey::start();
-    let sim = start_sim().await;
-    let old = known_key();
-    install_sirius(
-        &sim,
-        &valkey.url(),
-        &old,
-        1,
-        Some("now"),
-        json!({"verification": {"url": "http://8.8.8.8/host/", "timeoutSeconds": 1}}),
-    )
-    .await;
-    let operator = spawn_operator(&sim);
-    wait_degraded(&sim, "InvalidSpec").await;
-    let message = condition_message(&sim);
+    let mut cluster = Cluster::start().await;
+    let old = cluster
+        .install(
+            1,
+            Some("now"),
+            json!({"verification": {"url": "http://8.8.8.8/host/", "timeoutSeconds": 1}}),
+        )
+        .await;
+    cluster.run_operator();
+    cluster.wait_degraded(Reason::InvalidSpec).await;
+    let message = condition_message(&cluster.sim);
     assert!(
         message.contains("spec.verification.url: http://8.8.8.8/host/ would go in clear text"),
         "{message}"
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    operator.abort();
-    assert!(!vault_exists(&sim, "sirius"), "nothing minted");
-    assert!(valkey.keys().is_empty(), "nothing registered");
-    assert_eq!(
-        secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref(),
-        Some(old.expose())
-    );
+    tokio::time::sleep(Duration::from_secs(1)).await; // nothing is minted meanwhile
+    cluster.kill_operator();
+    assert!(!vault_exists(&cluster.sim, "sirius"), "nothing minted");
+    assert!(cluster.valkey.keys().is_empty(), "nothing registered");
+    assert_eq!(cluster.consumers_key(), old);
 }
 
 /// An Opaque Secret holding something that is no Sirius key (here a database password under the
@@ -272,7 +264,7 @@ async fn a_value_that_is_no_sirius_key_is_never_adopted() {
     let message = condition_message(&sim);
     assert!(message.contains("not a Sirius API key"), "{message}");
     assert!(!message.contains("correct-horse"), "{message}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // nothing is adopted meanwhile
     operator.abort();
     assert!(!vault_exists(&sim, "sirius"), "nothing adopted or minted");
     assert!(

@@ -4,6 +4,7 @@
 
 use crate::common::sirius_api::{Behaviour, SiriusApi};
 use crate::common::*;
+use apikey_rotator::crd::TargetState;
 use apikey_rotator::key::RawKey;
 use kube_sim::Sim;
 use serde_json::{Value, json};
@@ -19,65 +20,50 @@ fn verification(api: &SiriusApi) -> Value {
 /// Sirius (its Secret, Deployments and a sirius-api that authenticates on the test Valkey), an
 /// ApiKeyRotation with verification probes, and the operator. `prepare` sets the API up first.
 struct Installed {
-    valkey: Valkey,
+    cluster: Cluster,
     api: SiriusApi,
-    sim: Sim,
     old: RawKey,
-    operator: tokio::task::JoinHandle<()>,
 }
 
 async fn install(prepare: impl FnOnce(&SiriusApi, &RawKey)) -> Installed {
-    let valkey = Valkey::start();
-    let api = SiriusApi::start(&valkey.url()).await;
-    let sim = start_sim().await;
-    let old = known_key();
-    prepare(&api, &old);
-    install_sirius(
-        &sim,
-        &valkey.url(),
-        &old,
-        2,
-        Some("first"),
-        verification(&api),
-    )
-    .await;
-    let operator = spawn_operator(&sim);
-    Installed {
-        valkey,
-        api,
-        sim,
-        old,
-        operator,
-    }
+    let mut cluster = Cluster::start().await;
+    let api = SiriusApi::start(&cluster.valkey.url()).await;
+    prepare(&api, &known_key());
+    let old = cluster.install(2, Some("first"), verification(&api)).await;
+    cluster.run_operator();
+    Installed { cluster, api, old }
 }
 
-fn count(sim: &Sim, reason: &str) -> usize {
-    event_reasons(sim).iter().filter(|r| *r == reason).count()
+/// How many Events with this reason were published.
+fn count(sim: &Sim, reason: Reason) -> usize {
+    event_reasons(sim)
+        .iter()
+        .filter(|r| *r == reason.as_str())
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_pass_on_a_good_rotation_and_the_old_keys_401_is_confirmed() {
     let Installed {
-        valkey,
+        mut cluster,
         api,
-        sim,
         old,
-        operator,
     } = install(|_, _| {}).await;
 
-    wait_revision(&sim, 1).await;
-    operator.abort();
-    let new = RawKey::new(secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").unwrap());
+    wait_revision(&cluster.sim, 1).await;
+    cluster.kill_operator();
+    let (sim, valkey) = (&cluster.sim, &cluster.valkey);
+    let new = cluster.consumers_key();
 
     // The new key was accepted after each target and before the revocation ...
-    assert_eq!(count(&sim, "TargetVerified"), 3);
-    assert_eq!(count(&sim, "NewKeyVerified"), 1);
+    assert_eq!(count(sim, Reason::TargetVerified), 3);
+    assert_eq!(count(sim, Reason::NewKeyVerified), 1);
     let new_answers = api.answers_to(new.id().as_str());
     assert!(new_answers.len() >= 4, "{new_answers:?}");
     assert!(new_answers.iter().all(|s| *s == 200), "{new_answers:?}");
     // ... and the old key got its 401 after the revocation, which is reported.
     assert_eq!(api.answers_to(old.id().as_str()), vec![401]);
-    let refused = event(&sim, "OldKeyRefused");
+    let refused = event(sim, "OldKeyRefused");
     assert!(
         refused["note"].as_str().unwrap().contains("HTTP 401"),
         "{refused}"
@@ -96,43 +82,47 @@ async fn probes_pass_on_a_good_rotation_and_the_old_keys_401_is_confirmed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_refusing_the_new_key_stops_the_rotation_before_the_next_target() {
     let Installed {
-        valkey,
+        mut cluster,
         api,
-        sim,
         old,
-        operator,
     } = install(|_, _| {}).await;
+    let (sim, valkey) = (&cluster.sim, &cluster.valkey);
 
     // The API refuses whatever key the rotation mints.
     let new_id = {
-        let mut id = Value::Null;
+        let mut id = None;
         wait_for(Duration::from_secs(10), "the new key", || {
-            id = akr_status(&sim)["currentRotation"]["newKeyId"].clone();
-            !id.is_null()
+            id = in_flight(sim).and_then(|r| r.new_key_id);
+            id.is_some()
         })
         .await;
-        id.as_str().unwrap().to_string()
+        id.unwrap()
     };
     api.set(Behaviour {
         refuse: [new_id.clone()].into(),
         ..Behaviour::default()
     });
 
-    wait_degraded(&sim, "VerificationFailed").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let status = akr_status(&sim);
-    assert_eq!(status["phase"], "Degraded");
-    assert_eq!(status["currentRotation"]["targets"][0]["state"], "Failed");
-    assert_eq!(template_key(&sim, "sirius-api"), json!(new_id));
+    cluster.wait_degraded(Reason::VerificationFailed).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // it goes no further meanwhile
+    let status = cluster.status();
+    assert_eq!(status.phase, Some(Phase::Degraded));
     assert_eq!(
-        template_key(&sim, "sirius-ui"),
+        (status.current_rotation.as_ref())
+            .and_then(|r| r.targets.first())
+            .map(|t| t.state),
+        Some(TargetState::Failed)
+    );
+    assert_eq!(template_key(sim, "sirius-api"), json!(new_id));
+    assert_eq!(
+        template_key(sim, "sirius-ui"),
         Value::Null,
         "stopped before ui"
     );
-    assert_eq!(template_key(&sim, "sirius-engine"), Value::Null);
+    assert_eq!(template_key(sim, "sirius-engine"), Value::Null);
     // Nothing was revoked: the old key stays valid.
     assert!(valkey.exists(&format!("apikey:{}", old.id())));
-    let failed = event(&sim, "VerificationFailed");
+    let failed = event(sim, "VerificationFailed");
     assert!(
         failed["note"].as_str().unwrap().contains("HTTP 401"),
         "{failed}"
@@ -149,20 +139,18 @@ async fn a_server_refusing_the_new_key_stops_the_rotation_before_the_next_target
         json!({"metadata": {"labels": {"nudge": "1"}}}),
     )
     .unwrap();
-    wait_revision(&sim, 1).await;
-    assert!(!valkey.exists(&format!("apikey:{}", old.id())));
-    operator.abort();
+    wait_revision(sim, 1).await;
+    assert!(!cluster.accepts(&old));
+    cluster.kill_operator();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_key_still_accepted_after_revocation_is_reported_and_revoked_again() {
     // An API that keeps the old key as its root key (never restarted with the new one).
     let Installed {
-        valkey: _valkey,
+        mut cluster,
         api,
-        sim,
         old: _,
-        operator,
     } = install(|api, old| {
         api.set(Behaviour {
             root_key_id: Some(old.id().0),
@@ -171,14 +159,14 @@ async fn an_old_key_still_accepted_after_revocation_is_reported_and_revoked_agai
     })
     .await;
 
-    wait_degraded(&sim, "OldKeyStillAccepted").await;
-    let status = akr_status(&sim);
-    assert_eq!(status["revision"], 0, "not declared finished");
-    assert_eq!(status["currentRotation"]["step"], "Revoke");
-    assert!(count(&sim, "OldKeyStillAccepted") >= 1);
+    cluster.wait_degraded(Reason::OldKeyStillAccepted).await;
+    let status = cluster.status();
+    assert_eq!(status.revision, 0, "not declared finished");
+    assert_eq!(status.current_rotation.map(|r| r.step), Some(Step::Revoke));
+    assert!(count(&cluster.sim, Reason::OldKeyStillAccepted) >= 1);
     // Once the API refuses it, the rotation confirms and finishes.
     api.set(Behaviour::default());
-    wait_revision(&sim, 1).await;
-    assert_eq!(count(&sim, "OldKeyRefused"), 1);
-    operator.abort();
+    wait_revision(&cluster.sim, 1).await;
+    assert_eq!(count(&cluster.sim, Reason::OldKeyRefused), 1);
+    cluster.kill_operator();
 }

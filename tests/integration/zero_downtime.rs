@@ -65,8 +65,7 @@ async fn wait_finished(sim: &Sim) {
         status(sim).revision == 1
     })
     .await;
-    // Let the retired pods finish terminating while the checker still samples.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_retired_pods_gone(sim).await;
 }
 
 impl Scenario {
@@ -250,13 +249,11 @@ async fn crashes_at_every_step_mint_one_key_and_keep_zero_downtime_v1_1() {
 /// checker still samples.
 async fn wait_rolled_back(sim: &Sim) {
     wait_for(Duration::from_secs(60), "the rollback to finish", || {
-        akr_status(sim)["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Degraded" && c["reason"] == "RolledBack")
-        })
+        (status(sim).conditions.iter())
+            .any(|c| c.type_ == "Degraded" && c.reason == Reason::RolledBack)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_retired_pods_gone(sim).await;
 }
 
 /// Stops the checker: it must have sampled enough and seen no 401. Returns the keys pods held.
@@ -281,14 +278,7 @@ async fn rollback_returns_everything_to_the_old_key_in_reverse_order_without_a_4
     // A new trigger starts a fresh rotation (engine now works with any key).
     sim.set_rollout_behavior(NS, "sirius-engine", kube_sim::RolloutBehavior::Normal);
     let operator = spawn_operator(&sim);
-    sim.merge_patch_object(
-        "keys.siriusscan.io",
-        "apikeyrotations",
-        NS,
-        "sirius",
-        json!({"metadata": {"annotations": {"keys.siriusscan.io/rotate": "again"}}}),
-    )
-    .unwrap();
+    request_rotation(&sim, "again");
     wait_for(Duration::from_secs(60), "rotation 2", || is_ready(&sim, 2)).await;
     operator.abort();
     assert_ne!(
@@ -364,23 +354,20 @@ async fn rolled_back_in_reverse_order(kinds: &[(&str, &str)]) -> (Arc<Sim>, Arc<
         record_ids(&valkey),
         [old.id().0.clone()].into_iter().collect()
     );
-    let status = akr_status(&sim);
-    assert_eq!(status["activeKeyId"], json!(old.id().0));
-    assert_eq!(status["phase"], "Degraded");
-    assert!(status["currentRotation"].is_null());
+    let rolled_back = status(&sim);
+    assert_eq!(rolled_back.active_key_id, Some(old.id().0.clone()));
+    assert_eq!(rolled_back.phase, Some(Phase::Degraded));
+    assert!(rolled_back.current_rotation.is_none());
     let history = valkey.dump();
     assert!(history.contains("\"result\":\"RolledBack\""), "{history}");
     for r in [
-        "RolloutFailed",
-        "SecretRolledBack",
-        "TargetRolledBack",
-        "NewKeyRemoved",
-        "RotationRolledBack",
+        Reason::RolloutFailed,
+        Reason::SecretRolledBack,
+        Reason::TargetRolledBack,
+        Reason::NewKeyRemoved,
+        Reason::RotationRolledBack,
     ] {
-        assert!(
-            event_reasons(&sim).iter().any(|x| x == r),
-            "missing Event {r}"
-        );
+        assert!(has_event(&sim, r), "missing Event {r}");
     }
 
     // Reverse order: engine, then ui (after engine completed), then api (after ui completed).
@@ -436,14 +423,7 @@ async fn rollback_also_restarts_pods_that_picked_up_the_new_key_by_themselves() 
         "sirius-engine",
         kube_sim::RolloutBehavior::StallUnlessSecret(active.expose().to_string()),
     );
-    sim.merge_patch_object(
-        "keys.siriusscan.io",
-        "apikeyrotations",
-        NS,
-        "sirius",
-        json!({"metadata": {"annotations": {"keys.siriusscan.io/rotate": "second"}}}),
-    )
-    .unwrap();
+    request_rotation(&sim, "second");
     wait_for(Duration::from_secs(30), "the Secret switched", || {
         secret_value(&sim, "sirius-api-key", "SIRIUS_API_KEY").as_deref() != Some(active.expose())
     })
