@@ -134,17 +134,17 @@ pub fn record_key(id: &KeyId) -> String {
     format!("apikey:{id}")
 }
 
-/// The ApiKeyRotation's status, typed (empty before the operator wrote one, or with the object
-/// gone).
+/// The ApiKeyRotation `sirius`'s status, typed (empty before the operator wrote one).
 pub fn status(sim: &Sim) -> ApiKeyRotationStatus {
     status_of(sim, "sirius")
 }
 
-/// The status of the ApiKeyRotation `name` (in [`NS`]), typed.
+/// The status of the ApiKeyRotation `name` (in [`NS`]), typed: empty until the operator wrote
+/// one. A rotation that does not exist has none to read (the test is wrong).
 pub fn status_of(sim: &Sim, name: &str) -> ApiKeyRotationStatus {
     let raw = (sim.get_object("keys.siriusscan.io", "apikeyrotations", NS, name))
-        .map(|o| o["status"].clone())
-        .unwrap_or(Value::Null);
+        .unwrap_or_else(|| panic!("no ApiKeyRotation {name} to read the status of"))["status"]
+        .clone();
     if raw.is_null() {
         return ApiKeyRotationStatus::default();
     }
@@ -156,23 +156,12 @@ pub fn find_condition(sim: &Sim, type_: &str) -> Option<Condition> {
     (status(sim).conditions.into_iter()).find(|c| c.type_ == type_)
 }
 
-/// Waits until the pods a rotation retired finished terminating (a checker samples them until
-/// they are gone).
-pub async fn wait_retired_pods_gone(sim: &Sim) {
-    wait_for(
-        Duration::from_secs(10),
-        "the retired pods to finish terminating",
-        || sim.pods().iter().all(|p| !p.terminating),
-    )
-    .await;
-}
-
 /// The rotation in flight, if one is.
 pub fn in_flight(sim: &Sim) -> Option<RotationProgress> {
     status(sim).current_rotation
 }
 
-/// `revision` rotations finished and none is in flight: `Ready`.
+/// `revision` rotations finished and the phase is `Ready`.
 pub fn is_ready(sim: &Sim, revision: u64) -> bool {
     let s = status(sim);
     s.revision == revision && s.phase == Some(Phase::Ready)

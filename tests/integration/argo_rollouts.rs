@@ -393,6 +393,7 @@ async fn the_stand_ins_pause_step_holds_the_progress_deadline_and_spec_paused_ho
         },
     )
     .await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // nothing degrades after Healthy either
     watch.abort();
     let phases = phases.lock().unwrap().clone();
     assert!(!phases.iter().any(|p| p == "Degraded"), "{phases:?}");
