@@ -628,29 +628,115 @@ impl DeploySim {
             state.uid = d["metadata"]["uid"].as_str().unwrap_or("").to_string();
         }
         let spec = &d["spec"];
-        let desired = spec["replicas"].as_u64().unwrap_or(1) as usize;
-        let paused = spec["paused"].as_bool().unwrap_or(false);
-        let deadline = Duration::from_secs(spec["progressDeadlineSeconds"].as_u64().unwrap_or(600));
-        let template = spec["template"].clone();
+        let mut pass = Pass {
+            store,
+            pods_rt,
+            state,
+            rollouts: &mut self.rollouts,
+            deployment_of: &mut self.deployment_of,
+            failing_analysis: &self.failing_analysis,
+            d,
+            ns,
+            name,
+            key,
+            argo,
+            behavior,
+            ready_after,
+            now,
+            desired: spec["replicas"].as_u64().unwrap_or(1) as usize,
+            paused: spec["paused"].as_bool().unwrap_or(false),
+            deadline: Duration::from_secs(spec["progressDeadlineSeconds"].as_u64().unwrap_or(600)),
+        };
+        let revisions = pass.revisions();
+        pass.kubelet_pass();
+        let progressed = pass.scale_pods(&revisions);
+        let counts = pass.count(&revisions);
+        let progressing = pass.progressing(&revisions, &counts, progressed);
+        pass.record_completion(&revisions, &counts);
+        let status = pass.status(&revisions, &counts, progressing);
+        pass.finish(rt, &revisions, &counts, status)
+    }
+}
 
-        // The new ReplicaSet is the one whose template is the Deployment's (`FindNewReplicaSet`).
-        // A new template is a new revision (a new ReplicaSet), unless the Deployment is paused:
-        // then the controller only syncs (`getAllReplicaSetsAndSyncRevision` with
-        // createIfNotExisted false), so after a template change there is no new ReplicaSet and no
-        // pod is updated; a Deployment created paused has no ReplicaSet at all.
+/// What the phases of one Deployment's (or Rollout's) reconcile share: the store, the
+/// simulator's state of this Deployment and the registries it updates, and what was read from
+/// the Deployment at the start of the pass.
+struct Pass<'a> {
+    store: &'a mut Store,
+    pods_rt: &'a ResourceType,
+    state: &'a mut DeploymentState,
+    rollouts: &'a mut Vec<RolloutRecord>,
+    deployment_of: &'a mut HashMap<(String, String), String>,
+    failing_analysis: &'a std::collections::HashSet<(String, String)>,
+    d: &'a Value,
+    ns: String,
+    name: String,
+    key: (String, String),
+    argo: bool,
+    behavior: RolloutBehavior,
+    ready_after: Duration,
+    now: Instant,
+    desired: usize,
+    paused: bool,
+    deadline: Duration,
+}
+
+/// The revisions a reconcile pass works with, and what it read from the previous status.
+struct Revisions {
+    /// The new ReplicaSet's revision (None while paused after a template change).
+    new_revision: Option<u64>,
+    /// `new_revision`, or 0 (no pod's) when there is none.
+    current: u64,
+    /// The revision pods are scaled to: the current one, or the stable one once aborted.
+    serving: u64,
+    old_status: Value,
+    /// The previous Progressing condition, with Deployment reasons for a Rollout's.
+    old_progressing: Value,
+    /// A canary Rollout's steps (empty for a Deployment).
+    steps: Vec<Value>,
+    /// Whether the Deployment was resumed in this pass.
+    resumed: bool,
+}
+
+/// The pod counts a pass reports, and where the rollout stands.
+struct Counts {
+    replicas: usize,
+    updated_replicas: usize,
+    ready: usize,
+    /// Whether a canary pause step holds the rollout.
+    step_paused: bool,
+    complete: bool,
+    stalled: bool,
+}
+
+/// Whether a pod counts as ready at `now`: ready and not terminating.
+fn ready_active(p: &Pod, now: Instant) -> bool {
+    p.ready_at.is_some_and(|t| t <= now) && p.terminating_since.is_none()
+}
+
+impl Pass<'_> {
+    /// The new ReplicaSet is the one whose template is the Deployment's (`FindNewReplicaSet`).
+    /// A new template is a new revision (a new ReplicaSet), unless the Deployment is paused:
+    /// then the controller only syncs (`getAllReplicaSetsAndSyncRevision` with
+    /// createIfNotExisted false), so after a template change there is no new ReplicaSet and no
+    /// pod is updated; a Deployment created paused has no ReplicaSet at all. Returns whether the
+    /// template was a known revision's, and the new revision.
+    fn new_revision(&mut self) -> (bool, Option<u64>) {
+        let state = &mut *self.state;
+        let template = self.d["spec"]["template"].clone();
         let template_known = state.templates.iter().position(|t| *t == template);
         let new_revision = match template_known {
             Some(i) => Some(i as u64 + 1),
-            None if !paused => {
+            None if !self.paused => {
                 let hash = template_hash(&template, &state.hashes);
                 state.hashes.push(hash);
                 state.templates.push(template.clone());
-                state.last_progress = Some(now);
+                state.last_progress = Some(self.now);
                 let revision = state.templates.len() as u64;
                 state.latest_rollout = Some(self.rollouts.len());
                 self.rollouts.push(RolloutRecord {
-                    namespace: ns.clone(),
-                    deployment: name.clone(),
+                    namespace: self.ns.clone(),
+                    deployment: self.name.clone(),
                     revision,
                     template_changed_at_ms: epoch_ms(),
                     completed_at_ms: None,
@@ -659,21 +745,30 @@ impl DeploySim {
             }
             None => None,
         };
+        (template_known.is_some(), new_revision)
+    }
+
+    /// Finds the revisions of this pass: the new one, and for a canary Rollout its steps and the
+    /// revision its pods serve; restarts the progress deadline on a resume, and records a
+    /// rollback to an earlier template as a new rollout.
+    fn revisions(&mut self) -> Revisions {
+        let (template_known, new_revision) = self.new_revision();
+        let state = &mut *self.state;
         // Revision 0 is no pod's: while there is no new ReplicaSet every pod is old.
         let current_revision = new_revision.unwrap_or(0);
-        let old_status = d.get("status").cloned().unwrap_or(json!({}));
+        let old_status = self.d.get("status").cloned().unwrap_or(json!({}));
         let mut old_progressing = old_status["conditions"]
             .as_array()
             .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing"))
             .cloned()
             .unwrap_or(Value::Null);
-        if argo {
+        if self.argo {
             argo::deployment_reason(&mut old_progressing);
         }
         // A canary Rollout's steps: how many pods may run the new template, and, once aborted,
         // the stable revision its pods return to.
-        let steps = if argo {
-            argo::steps(d).to_vec()
+        let steps = if self.argo {
+            argo::steps(self.d).to_vec()
         } else {
             Vec::new()
         };
@@ -693,34 +788,52 @@ impl DeploySim {
         };
         // `checkPausedConditions`: resuming starts the progress deadline anew.
         let resumed =
-            !paused && !step_paused_before && old_progressing["reason"] == "DeploymentPaused";
+            !self.paused && !step_paused_before && old_progressing["reason"] == "DeploymentPaused";
         if resumed {
-            state.last_progress = Some(now);
+            state.last_progress = Some(self.now);
         }
         // A rollback to an earlier template makes that revision current again.
-        if template_known.is_some()
-            && !paused
+        if template_known
+            && !self.paused
             && state
                 .latest_rollout
                 .is_some_and(|i| self.rollouts[i].revision != current_revision)
         {
-            state.last_progress = Some(now);
+            state.last_progress = Some(self.now);
             state.latest_rollout = Some(self.rollouts.len());
             self.rollouts.push(RolloutRecord {
-                namespace: ns.clone(),
-                deployment: name.clone(),
+                namespace: self.ns.clone(),
+                deployment: self.name.clone(),
                 revision: current_revision,
                 template_changed_at_ms: epoch_ms(),
                 completed_at_ms: None,
             });
         }
+        Revisions {
+            new_revision,
+            current: current_revision,
+            serving: serving_revision,
+            old_status,
+            old_progressing,
+            steps,
+            resumed,
+        }
+    }
 
+    /// The kubelet's work on the Deployment's pods before the controller scales them: those
+    /// whose grace period ended are removed, those not ready restart.
+    fn kubelet_pass(&mut self) {
+        let now = self.now;
+        let ns = &self.ns;
+        let store = &mut *self.store;
+        let pods_rt = self.pods_rt;
+        let state = &mut *self.state;
         // Pods finish terminating after their grace period: the kubelet removes them.
-        let deployment_of = &mut self.deployment_of;
+        let deployment_of = &mut *self.deployment_of;
         state.pods.retain(|p| {
             let gone = p.gone_at.is_some_and(|t| t <= now);
             if gone {
-                let _ = store.delete(pods_rt, &ns, &p.name, None, None, Some(0));
+                let _ = store.delete(pods_rt, ns, &p.name, None, None, Some(0));
                 deployment_of.remove(&(ns.clone(), p.name.clone()));
             }
             !gone
@@ -729,87 +842,48 @@ impl DeploySim {
         // each time; they become ready once the Secrets exist and the behavior lets them.
         {
             let templates = &state.templates;
+            let behavior = &self.behavior;
             for pod in state
                 .pods
                 .iter_mut()
                 .filter(|p| p.ready_at.is_none() && p.terminating_since.is_none())
             {
-                let read = read_pod_secrets(store, &ns, &templates[(pod.revision - 1) as usize]);
-                pod.start(read, |s| behavior.lets_ready(s), ready_after, now);
+                let read = read_pod_secrets(store, ns, &templates[(pod.revision - 1) as usize]);
+                pod.start(read, |s| behavior.lets_ready(s), self.ready_after, now);
             }
         }
-        let is_ready =
-            |p: &Pod| p.ready_at.is_some_and(|t| t <= now) && p.terminating_since.is_none();
+    }
+
+    /// The rolling update (maxSurge 1, maxUnavailable 0, a canary step's limit): surges one
+    /// new pod, or retires one old or excess pod. Returns whether the rollout progressed,
+    /// readiness transitions included, and restarts the progress deadline if it did.
+    fn scale_pods(&mut self, rev: &Revisions) -> bool {
+        let now = self.now;
+        let desired = self.desired;
+        let serving_revision = rev.serving;
+        let is_ready = |p: &Pod| ready_active(p, now);
         let active = |p: &Pod| p.terminating_since.is_none();
 
         let mut progressed = false;
+        let state = &*self.state;
         let updated: Vec<usize> = (0..state.pods.len())
             .filter(|&i| active(&state.pods[i]) && state.pods[i].revision == serving_revision)
             .collect();
         let old: Vec<usize> = (0..state.pods.len())
             .filter(|&i| active(&state.pods[i]) && state.pods[i].revision != serving_revision)
             .collect();
-        let allowed = if steps.is_empty() || state.canary.aborted.is_some() {
+        let allowed = if rev.steps.is_empty() || state.canary.aborted.is_some() {
             desired
         } else {
-            state.canary.allowed(&steps, desired)
+            state.canary.allowed(&rev.steps, desired)
         };
         let ready_total = state.pods.iter().filter(|p| is_ready(p)).count();
         let active_total = updated.len() + old.len();
 
-        if !paused {
+        if !self.paused {
             let mut victim = None;
             if updated.len() < allowed && active_total < desired + 1 {
-                // Surge one new pod (the ReplicaSet controller creates it from the template); it
-                // reads the Secrets as they are now.
-                let template = state.templates[(serving_revision - 1) as usize].clone();
-                let rs_name = state.rs_name(&name, serving_revision);
-                let rs_uid = replica_set_uid(&state.uid, &rs_name);
-                let object = loop {
-                    state.pod_counter += 1;
-                    let pod_name = format!("{rs_name}-{}", pod_suffix(state.pod_counter));
-                    let object = pod_from_template(
-                        &ns,
-                        &pod_name,
-                        &rs_name,
-                        &rs_uid,
-                        &template,
-                        &state.hashes[(serving_revision - 1) as usize],
-                        if argo {
-                            "rollouts-pod-template-hash"
-                        } else {
-                            "pod-template-hash"
-                        },
-                    );
-                    let w = Write {
-                        rt: pods_rt,
-                        namespace: &ns,
-                        name: "",
-                        subresource: "",
-                        manager: "kube-controller-manager",
-                    };
-                    match store.create(&w, object) {
-                        Err(e) if e.reason == "AlreadyExists" => continue,
-                        other => break other,
-                    }
-                };
-                if let Ok(object) = object {
-                    let pod_name = object["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string();
-                    let mut pod = Pod::new(pod_name.clone(), serving_revision);
-                    pod.start(
-                        read_pod_secrets(store, &ns, &template),
-                        |s| behavior.lets_ready(s),
-                        ready_after,
-                        now,
-                    );
-                    self.deployment_of
-                        .insert((ns.clone(), pod_name), name.clone());
-                    state.pods.push(pod);
-                    progressed = true;
-                }
+                progressed = self.surge_pod(serving_revision);
             } else if !old.is_empty() {
                 // Retire an old pod only while availability stays at `desired` (maxUnavailable 0).
                 let unready_old = old.iter().copied().find(|&i| !is_ready(&state.pods[i]));
@@ -819,13 +893,16 @@ impl DeploySim {
             }
             if let Some(victim) = victim {
                 // The ReplicaSet controller deletes the pod; it terminates for its grace period.
-                let pod = &mut state.pods[victim];
-                let _ = store.delete(pods_rt, &ns, &pod.name, None, None, None);
+                let pod = &mut self.state.pods[victim];
+                let _ = self
+                    .store
+                    .delete(self.pods_rt, &self.ns, &pod.name, None, None, None);
                 pod.terminating_since = Some(now);
-                pod.gone_at = Some(store.pod_deadline(&ns, &pod.name).unwrap_or(now));
+                pod.gone_at = Some(self.store.pod_deadline(&self.ns, &pod.name).unwrap_or(now));
                 progressed = true;
             }
         }
+        let state = &mut *self.state;
         // Readiness transitions count as progress.
         let ready_now = state.pods.iter().filter(|p| is_ready(p)).count();
         if ready_now != state.last_ready_count {
@@ -835,25 +912,96 @@ impl DeploySim {
         if progressed {
             state.last_progress = Some(now);
         }
+        progressed
+    }
 
-        let active_pods: Vec<&Pod> = state.pods.iter().filter(|p| active(p)).collect();
+    /// Surge one new pod of `serving_revision` (the ReplicaSet controller creates it from the
+    /// template); it reads the Secrets as they are now. Returns whether it was created.
+    fn surge_pod(&mut self, serving_revision: u64) -> bool {
+        let ns = &self.ns;
+        let state = &mut *self.state;
+        let template = state.templates[(serving_revision - 1) as usize].clone();
+        let rs_name = state.rs_name(&self.name, serving_revision);
+        let rs_uid = replica_set_uid(&state.uid, &rs_name);
+        let object = loop {
+            state.pod_counter += 1;
+            let pod_name = format!("{rs_name}-{}", pod_suffix(state.pod_counter));
+            let object = pod_from_template(
+                ns,
+                &pod_name,
+                &rs_name,
+                &rs_uid,
+                &template,
+                &state.hashes[(serving_revision - 1) as usize],
+                if self.argo {
+                    "rollouts-pod-template-hash"
+                } else {
+                    "pod-template-hash"
+                },
+            );
+            let w = Write {
+                rt: self.pods_rt,
+                namespace: ns,
+                name: "",
+                subresource: "",
+                manager: "kube-controller-manager",
+            };
+            match self.store.create(&w, object) {
+                Err(e) if e.reason == "AlreadyExists" => continue,
+                other => break other,
+            }
+        };
+        let Ok(object) = object else {
+            return false;
+        };
+        let pod_name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let mut pod = Pod::new(pod_name.clone(), serving_revision);
+        pod.start(
+            read_pod_secrets(self.store, ns, &template),
+            |s| self.behavior.lets_ready(s),
+            self.ready_after,
+            self.now,
+        );
+        self.deployment_of
+            .insert((ns.clone(), pod_name), self.name.clone());
+        state.pods.push(pod);
+        true
+    }
+
+    /// Counts the pods as the status reports them, runs a canary Rollout's steps as far as the
+    /// pods allow, and tells whether the rollout is complete or stalled.
+    fn count(&mut self, rev: &Revisions) -> Counts {
+        let now = self.now;
+        let desired = self.desired;
+        let is_ready = |p: &Pod| ready_active(p, now);
+        let state = &mut *self.state;
+        let active_pods: Vec<&Pod> = state
+            .pods
+            .iter()
+            .filter(|p| p.terminating_since.is_none())
+            .collect();
         let replicas = active_pods.len();
         let updated_replicas = active_pods
             .iter()
-            .filter(|p| p.revision == serving_revision)
+            .filter(|p| p.revision == rev.serving)
             .count();
         let ready = active_pods.iter().filter(|p| is_ready(p)).count();
-        if !steps.is_empty() {
+        if !rev.steps.is_empty() {
             let updated_ready = (active_pods.iter())
-                .filter(|p| p.revision == current_revision && is_ready(p))
+                .filter(|p| p.revision == rev.current && is_ready(p))
                 .count();
             let pods = argo::Pods {
                 desired,
                 updated_ready,
                 old_active: replicas - updated_replicas,
-                analysis_passes: !self.failing_analysis.contains(&key),
+                analysis_passes: !self.failing_analysis.contains(&self.key),
             };
-            state.canary.advance(&steps, &old_status, paused, pods, now);
+            state
+                .canary
+                .advance(&rev.steps, &rev.old_status, self.paused, pods, now);
         }
         // A pause step holds the progress deadline, as `spec.paused` does (Argo's
         // `checkPausedConditions`).
@@ -864,18 +1012,41 @@ impl DeploySim {
         let complete = updated_replicas >= desired
             && replicas <= updated_replicas
             && ready >= updated_replicas
-            && state.canary.done(&steps);
+            && state.canary.done(&rev.steps);
         let stalled = !complete
             && state
                 .last_progress
-                .is_some_and(|t| now.duration_since(t) > deadline);
-        let rs_name = new_revision
-            .map(|r| state.rs_name(&name, r))
+                .is_some_and(|t| now.duration_since(t) > self.deadline);
+        Counts {
+            replicas,
+            updated_replicas,
+            ready,
+            step_paused,
+            complete,
+            stalled,
+        }
+    }
+
+    /// The Progressing condition's status, reason and message: paused, resumed, stalled,
+    /// complete or progressing, a reported lack of progress staying while paused.
+    fn progressing(
+        &self,
+        rev: &Revisions,
+        counts: &Counts,
+        progressed: bool,
+    ) -> (&'static str, &'static str, String) {
+        let old_progressing = &rev.old_progressing;
+        let Counts {
+            complete, stalled, ..
+        } = *counts;
+        let rs_name = rev
+            .new_revision
+            .map(|r| self.state.rs_name(&self.name, r))
             .unwrap_or_default();
         let timed_out = old_progressing["reason"] == "ProgressDeadlineExceeded";
         let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-        let held = paused || step_paused;
-        let (progressing_status, progressing_reason, progressing_message) = if held && timed_out {
+        let held = self.paused || counts.step_paused;
+        if held && timed_out {
             // A reported lack of progress is not overwritten by the paused condition.
             (
                 "False",
@@ -888,7 +1059,7 @@ impl DeploySim {
                 "DeploymentPaused",
                 "Deployment is paused".to_string(),
             )
-        } else if (resumed || old_progressing["reason"] == "DeploymentResumed")
+        } else if (rev.resumed || old_progressing["reason"] == "DeploymentResumed")
             && !progressed
             && !complete
             && !stalled
@@ -916,14 +1087,37 @@ impl DeploySim {
                 "ReplicaSetUpdated",
                 format!("ReplicaSet \"{rs_name}\" is progressing."),
             )
-        };
-        if complete
-            && let Some(r) = state.latest_rollout.map(|i| &mut self.rollouts[i])
-            && r.revision == current_revision
+        }
+    }
+
+    /// A complete rollout of the current revision records when it completed (once).
+    fn record_completion(&mut self, rev: &Revisions, counts: &Counts) {
+        if counts.complete
+            && let Some(r) = self.state.latest_rollout.map(|i| &mut self.rollouts[i])
+            && r.revision == rev.current
             && r.completed_at_ms.is_none()
         {
             r.completed_at_ms = Some(epoch_ms());
         }
+    }
+
+    /// The status the controller reports: the counts, the Available and Progressing conditions
+    /// (their transition times kept while they do not change), and a Rollout's own fields.
+    fn status(
+        &mut self,
+        rev: &Revisions,
+        counts: &Counts,
+        progressing: (&str, &str, String),
+    ) -> Value {
+        let old_status = &rev.old_status;
+        let (progressing_status, progressing_reason, progressing_message) = progressing;
+        let Counts {
+            replicas,
+            updated_replicas,
+            ready,
+            complete,
+            ..
+        } = *counts;
         let condition = |type_: &str, status: &str, reason: &str, message: &str| {
             // Keep transition times stable while the condition does not change.
             let previous = old_status["conditions"]
@@ -940,9 +1134,9 @@ impl DeploySim {
             json!({"type": type_, "status": status, "reason": reason, "message": message,
                    "lastUpdateTime": time, "lastTransitionTime": time})
         };
-        let available = ready >= desired;
+        let available = ready >= self.desired;
         let mut status = json!({
-            "observedGeneration": d["metadata"]["generation"],
+            "observedGeneration": self.d["metadata"]["generation"],
             "replicas": replicas,
             "updatedReplicas": updated_replicas,
             "readyReplicas": ready,
@@ -967,27 +1161,42 @@ impl DeploySim {
                 status.as_object_mut().unwrap().remove(zero);
             }
         }
-        if argo {
-            let hash = new_revision.map(|r| state.hashes[(r - 1) as usize].clone());
-            status = argo::status(&status, d, &old_status, hash, complete && !paused);
-            if !steps.is_empty() {
-                let on_new = (active_pods.iter())
-                    .filter(|p| p.revision == current_revision)
+        if self.argo {
+            let state = &mut *self.state;
+            let hash = rev
+                .new_revision
+                .map(|r| state.hashes[(r - 1) as usize].clone());
+            status = argo::status(&status, self.d, old_status, hash, complete && !self.paused);
+            if !rev.steps.is_empty() {
+                let on_new = (state.pods.iter())
+                    .filter(|p| p.terminating_since.is_none() && p.revision == rev.current)
                     .count();
                 state
                     .canary
-                    .decorate(&mut status, &old_status, paused, on_new);
+                    .decorate(&mut status, old_status, self.paused, on_new);
             }
         }
-        if status != old_status {
-            store.controller_write_status(rt, &ns, &name, status);
+        status
+    }
+
+    /// Writes the status if it changed, then the kubelet reports each pod's status as it
+    /// changes. Returns whether the Deployment is settled.
+    fn finish(self, rt: &ResourceType, rev: &Revisions, counts: &Counts, status: Value) -> bool {
+        let now = self.now;
+        if status != rev.old_status {
+            self.store
+                .controller_write_status(rt, &self.ns, &self.name, status);
         }
         // The kubelet reports each pod's status as it changes.
+        let state = self.state;
         for pod in &mut state.pods {
             let spec = &state.templates[(pod.revision - 1) as usize]["spec"];
-            sync_pod_status(store, &ns, pod, spec, now);
+            sync_pod_status(self.store, &self.ns, pod, spec, now);
         }
-        complete && !paused && state.pods.iter().all(is_ready) && state.pods.len() == desired
+        counts.complete
+            && !self.paused
+            && state.pods.iter().all(|p| ready_active(p, now))
+            && state.pods.len() == self.desired
     }
 }
 

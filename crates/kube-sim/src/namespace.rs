@@ -129,68 +129,8 @@ impl NamespaceController {
             progress.done = progress.order.len();
             progress.order.clone()
         };
-        for key in &turn {
-            let Some(rt) = types.get(key) else { continue };
-            let grace = (!concurrent && is_pod(rt)).then_some(0);
-            for object in store.list(rt, Some(ns)) {
-                let name = object["metadata"]["name"].as_str().unwrap_or_default();
-                let deleting = object["metadata"].get("deletionTimestamp").is_some();
-                // A pod already terminating is deleted again only to shorten its grace.
-                if !deleting || (is_pod(rt) && grace.is_some()) {
-                    let _ = store.delete(rt, ns, name, None, None, grace);
-                }
-            }
-        }
-        // What is left (`allGVRDeletionMetadata`): objects per resource, and per finalizer.
-        let mut remaining: Vec<String> = Vec::new();
-        let mut by_finalizer: BTreeMap<String, usize> = BTreeMap::new();
-        let mut total = 0;
-        for rt in types.values() {
-            let left = store.list(rt, Some(ns));
-            if left.is_empty() {
-                continue;
-            }
-            total += left.len();
-            remaining.push(format!(
-                "{}.{} has {} resource instances",
-                rt.plural,
-                rt.group,
-                left.len()
-            ));
-            for object in &left {
-                for f in crate::meta::finalizer_names(object) {
-                    *by_finalizer.entry(f).or_default() += 1;
-                }
-            }
-        }
-        remaining.sort();
-        let mut failing: HashMap<&str, (&str, String)> = HashMap::new();
-        if !remaining.is_empty() {
-            failing.insert(
-                "NamespaceContentRemaining",
-                (
-                    "SomeResourcesRemain",
-                    format!("Some resources are remaining: {}", remaining.join(", ")),
-                ),
-            );
-        }
-        if !by_finalizer.is_empty() {
-            let mut listed: Vec<String> = by_finalizer
-                .iter()
-                .map(|(f, n)| format!("{f} in {n} resource instances"))
-                .collect();
-            listed.sort();
-            failing.insert(
-                "NamespaceFinalizersRemaining",
-                (
-                    "SomeFinalizersRemain",
-                    format!(
-                        "Some content in the namespace has finalizers remaining: {}",
-                        listed.join(", ")
-                    ),
-                ),
-            );
-        }
+        delete_turn(store, ns, &types, &turn, concurrent);
+        let (failing, total) = remaining_content(store, ns, &types);
         let status = conditions_status(&namespace, &failing);
         if status != namespace["status"] {
             store.controller_write_status(&ns_rt, "", ns, status);
@@ -199,34 +139,122 @@ impl NamespaceController {
         if total > 0 || untouched {
             return;
         }
-        // Empty: the controller's finalizer goes, then the Namespace (unless metadata
-        // finalizers still hold it).
-        let w = Write {
-            rt: &ns_rt,
-            namespace: "",
-            name: ns,
-            subresource: "finalize",
-            manager: "kube-controller-manager",
-        };
-        let _ = store.update(&w, None, |current, _| {
-            let mut next = current.clone();
-            let kept: Vec<Value> = current["spec"]["finalizers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|f| f.as_str() != Some("kubernetes"))
-                .cloned()
-                .collect();
-            next["spec"]["finalizers"] = json!(kept);
-            Ok(next)
-        });
-        if let Ok(n) = store.get(&ns_rt, "", ns)
-            && n["spec"]["finalizers"]
-                .as_array()
-                .is_none_or(|f| f.is_empty())
-        {
-            let _ = store.delete(&ns_rt, "", ns, None, None, None);
+        finalize_empty(store, &ns_rt, ns);
+    }
+}
+
+/// Deletes the objects in `ns` of each resource of `turn`: pods without grace unless the
+/// deletion is `concurrent`; an object already being deleted is left alone, except a
+/// terminating pod deleted again to shorten its grace.
+fn delete_turn(
+    store: &mut Store,
+    ns: &str,
+    types: &BTreeMap<String, ResourceType>,
+    turn: &[String],
+    concurrent: bool,
+) {
+    for key in turn {
+        let Some(rt) = types.get(key) else { continue };
+        let grace = (!concurrent && is_pod(rt)).then_some(0);
+        for object in store.list(rt, Some(ns)) {
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            let deleting = object["metadata"].get("deletionTimestamp").is_some();
+            // A pod already terminating is deleted again only to shorten its grace.
+            if !deleting || (is_pod(rt) && grace.is_some()) {
+                let _ = store.delete(rt, ns, name, None, None, grace);
+            }
         }
+    }
+}
+
+/// What is left in `ns` (`allGVRDeletionMetadata`): the failing conditions it makes (content
+/// remaining per resource, finalizers remaining) with their reason and message, and how many
+/// objects are left.
+fn remaining_content(
+    store: &Store,
+    ns: &str,
+    types: &BTreeMap<String, ResourceType>,
+) -> (HashMap<&'static str, (&'static str, String)>, usize) {
+    let mut remaining: Vec<String> = Vec::new();
+    let mut by_finalizer: BTreeMap<String, usize> = BTreeMap::new();
+    let mut total = 0;
+    for rt in types.values() {
+        let left = store.list(rt, Some(ns));
+        if left.is_empty() {
+            continue;
+        }
+        total += left.len();
+        remaining.push(format!(
+            "{}.{} has {} resource instances",
+            rt.plural,
+            rt.group,
+            left.len()
+        ));
+        for object in &left {
+            for f in crate::meta::finalizer_names(object) {
+                *by_finalizer.entry(f).or_default() += 1;
+            }
+        }
+    }
+    remaining.sort();
+    let mut failing: HashMap<&str, (&str, String)> = HashMap::new();
+    if !remaining.is_empty() {
+        failing.insert(
+            "NamespaceContentRemaining",
+            (
+                "SomeResourcesRemain",
+                format!("Some resources are remaining: {}", remaining.join(", ")),
+            ),
+        );
+    }
+    if !by_finalizer.is_empty() {
+        let mut listed: Vec<String> = by_finalizer
+            .iter()
+            .map(|(f, n)| format!("{f} in {n} resource instances"))
+            .collect();
+        listed.sort();
+        failing.insert(
+            "NamespaceFinalizersRemaining",
+            (
+                "SomeFinalizersRemain",
+                format!(
+                    "Some content in the namespace has finalizers remaining: {}",
+                    listed.join(", ")
+                ),
+            ),
+        );
+    }
+    (failing, total)
+}
+
+/// An emptied namespace: the controller's `kubernetes` finalizer goes (through
+/// `namespaces/finalize`), then the Namespace itself, unless metadata finalizers still hold it.
+fn finalize_empty(store: &mut Store, ns_rt: &ResourceType, ns: &str) {
+    let w = Write {
+        rt: ns_rt,
+        namespace: "",
+        name: ns,
+        subresource: "finalize",
+        manager: "kube-controller-manager",
+    };
+    let _ = store.update(&w, None, |current, _| {
+        let mut next = current.clone();
+        let kept: Vec<Value> = current["spec"]["finalizers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| f.as_str() != Some("kubernetes"))
+            .cloned()
+            .collect();
+        next["spec"]["finalizers"] = json!(kept);
+        Ok(next)
+    });
+    if let Ok(n) = store.get(ns_rt, "", ns)
+        && n["spec"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty())
+    {
+        let _ = store.delete(ns_rt, "", ns, None, None, None);
     }
 }
 

@@ -590,78 +590,7 @@ impl Store {
                 }
             }
         } else {
-            let mut proposed = proposed;
-            if rt.status_subresource {
-                match current.get("status") {
-                    Some(s) => proposed["status"] = s.clone(),
-                    None => {
-                        proposed.as_object_mut().unwrap().remove("status");
-                    }
-                }
-            }
-            // Server-owned metadata cannot be changed by clients.
-            for field in [
-                "uid",
-                "creationTimestamp",
-                "generation",
-                "deletionTimestamp",
-                "deletionGracePeriodSeconds",
-                "namespace",
-                "name",
-            ] {
-                match current["metadata"].get(field) {
-                    Some(v) => proposed["metadata"][field] = v.clone(),
-                    None => {
-                        if let Some(m) = proposed["metadata"].as_object_mut() {
-                            m.remove(field);
-                        }
-                    }
-                }
-            }
-            if current["metadata"].get("deletionTimestamp").is_some() {
-                let before = finalizers(&current);
-                let mut extra: Vec<String> = finalizers(&proposed)
-                    .into_iter()
-                    .filter(|f| !before.contains(f))
-                    .collect();
-                extra.sort();
-                extra.dedup();
-                if !extra.is_empty() {
-                    return Err(ApiError::invalid(
-                        &rt.group,
-                        &rt.kind,
-                        w.name,
-                        vec![crate::meta::forbidden(
-                            "metadata.finalizers",
-                            &format!(
-                                "no new finalizers can be added if the object is being deleted, found new finalizers {}",
-                                crate::meta::go_string_slice(&extra)
-                            ),
-                        )],
-                    ));
-                }
-            }
-            if is_secret(rt) {
-                crate::meta::normalize_secret(&mut proposed);
-            }
-            if is_namespace(rt) {
-                // PrepareForUpdate: spec.finalizers changes only through namespaces/finalize.
-                match current["spec"].get("finalizers") {
-                    Some(f) => proposed["spec"]["finalizers"] = f.clone(),
-                    None => {
-                        if let Some(spec) = proposed["spec"].as_object_mut() {
-                            spec.remove("finalizers");
-                        }
-                    }
-                }
-            }
-            proposed["apiVersion"] = json!(rt.api_version());
-            proposed["kind"] = json!(rt.kind);
-            if rt.tracks_generation && spec_changed(&current, &proposed) {
-                let generation = current["metadata"]["generation"].as_i64().unwrap_or(0);
-                proposed["metadata"]["generation"] = json!(generation + 1);
-            }
-            next = proposed;
+            next = Self::main_resource_write(rt, w.name, &current, proposed)?;
         }
         if crate::types::is_workload(rt) {
             decode_workload(&rt.kind, &next)?;
@@ -682,6 +611,65 @@ impl Store {
         let now = now_rfc3339();
         ownership.touch(w.manager, w.subresource, &now);
         next["metadata"]["managedFields"] = ownership.to_managed_fields(&rt.api_version(), &now);
+        Ok(self.commit_update(rt, key, current, next, ownership))
+    }
+
+    /// The object a write to the main resource (not `status` or `finalize`) leaves: `proposed`
+    /// with the status (when it is a subresource), server-owned metadata and a Namespace's
+    /// spec.finalizers kept from `current`, and the generation bumped when the spec changed.
+    /// Fails when it adds finalizers to an object being deleted.
+    fn main_resource_write(
+        rt: &ResourceType,
+        name: &str,
+        current: &Value,
+        mut proposed: Value,
+    ) -> Result<Value, ApiError> {
+        if rt.status_subresource {
+            match current.get("status") {
+                Some(s) => proposed["status"] = s.clone(),
+                None => {
+                    proposed.as_object_mut().unwrap().remove("status");
+                }
+            }
+        }
+        keep_server_metadata(current, &mut proposed);
+        if current["metadata"].get("deletionTimestamp").is_some() {
+            forbid_new_finalizers(rt, name, current, &proposed)?;
+        }
+        if is_secret(rt) {
+            crate::meta::normalize_secret(&mut proposed);
+        }
+        if is_namespace(rt) {
+            // PrepareForUpdate: spec.finalizers changes only through namespaces/finalize.
+            match current["spec"].get("finalizers") {
+                Some(f) => proposed["spec"]["finalizers"] = f.clone(),
+                None => {
+                    if let Some(spec) = proposed["spec"].as_object_mut() {
+                        spec.remove("finalizers");
+                    }
+                }
+            }
+        }
+        proposed["apiVersion"] = json!(rt.api_version());
+        proposed["kind"] = json!(rt.kind);
+        if rt.tracks_generation && spec_changed(current, &proposed) {
+            let generation = current["metadata"]["generation"].as_i64().unwrap_or(0);
+            proposed["metadata"]["generation"] = json!(generation + 1);
+        }
+        Ok(proposed)
+    }
+
+    /// Stores `next` (an update of `current`, resourceVersion and managedFields already set) and
+    /// sends its watch event, or deletes it when it is being deleted and nothing holds it any
+    /// more.
+    fn commit_update(
+        &mut self,
+        rt: &ResourceType,
+        key: ObjKey,
+        current: Value,
+        next: Value,
+        ownership: Ownership,
+    ) -> Value {
         // `ShouldDeleteDuringUpdate`; a Namespace's (`ShouldDeleteNamespaceDuringUpdate`) also
         // waits for its spec.finalizers.
         let spec_finalized = !is_namespace(rt)
@@ -695,7 +683,7 @@ impl Store {
             self.objects.remove(&key);
             self.emit(key.0.clone(), "DELETED", next.clone(), Some(current));
             self.collect_dependents(&next);
-            return Ok(next);
+            return next;
         }
         self.objects.insert(
             key.clone(),
@@ -705,7 +693,7 @@ impl Store {
             },
         );
         self.emit(key.0, "MODIFIED", next.clone(), Some(current));
-        Ok(next)
+        next
     }
 
     /// Server-side apply of `applied` by `w.manager`.
@@ -985,6 +973,61 @@ fn pod_grace(pod: &Value, requested: Option<i64>, default: Duration) -> Duration
         Some(seconds) => Duration::from_secs(seconds as u64),
         None => default,
     }
+}
+
+/// Server-owned metadata cannot be changed by clients: `proposed` gets `current`'s (or none
+/// where `current` has none).
+fn keep_server_metadata(current: &Value, proposed: &mut Value) {
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "generation",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "namespace",
+        "name",
+    ] {
+        match current["metadata"].get(field) {
+            Some(v) => proposed["metadata"][field] = v.clone(),
+            None => {
+                if let Some(m) = proposed["metadata"].as_object_mut() {
+                    m.remove(field);
+                }
+            }
+        }
+    }
+}
+
+/// An object being deleted (`current`) takes no new finalizers: 422 naming those `proposed`
+/// adds.
+fn forbid_new_finalizers(
+    rt: &ResourceType,
+    name: &str,
+    current: &Value,
+    proposed: &Value,
+) -> Result<(), ApiError> {
+    let before = finalizers(current);
+    let mut extra: Vec<String> = finalizers(proposed)
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    extra.sort();
+    extra.dedup();
+    if !extra.is_empty() {
+        return Err(ApiError::invalid(
+            &rt.group,
+            &rt.kind,
+            name,
+            vec![crate::meta::forbidden(
+                "metadata.finalizers",
+                &format!(
+                    "no new finalizers can be added if the object is being deleted, found new finalizers {}",
+                    crate::meta::go_string_slice(&extra)
+                ),
+            )],
+        ));
+    }
+    Ok(())
 }
 
 fn finalizers(object: &Value) -> Vec<String> {

@@ -88,26 +88,36 @@ fn column(name: &str, kind: &str, priority: i64) -> Column {
 }
 
 fn columns(rt: &ResourceType) -> Vec<Column> {
+    if rt.custom {
+        return custom_columns(rt);
+    }
+    builtin_columns(rt)
+}
+
+/// A custom resource's columns: its name, then its printer columns (or its age).
+fn custom_columns(rt: &ResourceType) -> Vec<Column> {
+    let mut columns = vec![column("Name", "string", 0)];
+    if rt.printer_columns.is_empty() {
+        columns.push(column("Age", "date", 0));
+    }
+    for p in &rt.printer_columns {
+        columns.push(Column {
+            name: p["name"].as_str().unwrap_or("").into(),
+            kind: p["type"].as_str().unwrap_or("string").into(),
+            format: p["format"].as_str().unwrap_or("").into(),
+            description: p["description"].as_str().unwrap_or("").into(),
+            priority: p["priority"].as_i64().unwrap_or(0),
+        });
+    }
+    columns
+}
+
+/// The columns kube-apiserver prints for a built-in kind (`Name`/`Created At` for one it has
+/// no printer for).
+fn builtin_columns(rt: &ResourceType) -> Vec<Column> {
     let c = |names: &[(&str, &str, i64)]| -> Vec<Column> {
         names.iter().map(|(n, k, p)| column(n, k, *p)).collect()
     };
-    if rt.custom {
-        // A custom resource: its name, then its printer columns (or its age).
-        let mut columns = vec![column("Name", "string", 0)];
-        if rt.printer_columns.is_empty() {
-            columns.push(column("Age", "date", 0));
-        }
-        for p in &rt.printer_columns {
-            columns.push(Column {
-                name: p["name"].as_str().unwrap_or("").into(),
-                kind: p["type"].as_str().unwrap_or("string").into(),
-                format: p["format"].as_str().unwrap_or("").into(),
-                description: p["description"].as_str().unwrap_or("").into(),
-                priority: p["priority"].as_i64().unwrap_or(0),
-            });
-        }
-        return columns;
-    }
     match (rt.group.as_str(), rt.plural.as_str()) {
         ("", "pods") => c(&[
             ("Name", "string", 0),
@@ -195,46 +205,12 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
 fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
     let name = json!(o["metadata"]["name"].as_str().unwrap_or(""));
     let age = json!(age(&o["metadata"]["creationTimestamp"]));
-    let int = |v: &Value| json!(v.as_i64().unwrap_or(0));
-    let or_none = |v: &Value| json!(v.as_str().filter(|s| !s.is_empty()).unwrap_or("<none>"));
     let (spec, status) = (&o["spec"], &o["status"]);
     if rt.custom {
-        let mut cells = vec![name];
-        if rt.printer_columns.is_empty() {
-            cells.push(age);
-        }
-        for p in &rt.printer_columns {
-            let path = p["jsonPath"].as_str().unwrap_or("");
-            cells.push(custom_cell(
-                p["type"].as_str().unwrap_or("string"),
-                lookup(o, path),
-            ));
-        }
-        return cells;
+        return custom_cells(rt, o, name, age);
     }
     match (rt.group.as_str(), rt.plural.as_str()) {
-        ("", "pods") => {
-            let statuses = status["containerStatuses"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let total = spec["containers"].as_array().map_or(0, Vec::len);
-            let ready = statuses.iter().filter(|s| s["ready"] == true).count();
-            let restarts: i64 = (statuses.iter())
-                .map(|s| s["restartCount"].as_i64().unwrap_or(0))
-                .sum();
-            vec![
-                name,
-                json!(format!("{ready}/{total}")),
-                json!(pod_status(o)),
-                json!(restarts.to_string()),
-                age,
-                or_none(&status["podIP"]),
-                or_none(&spec["nodeName"]),
-                or_none(&status["nominatedNodeName"]),
-                json!("<none>"),
-            ]
-        }
+        ("", "pods") => pod_cells(o, name, age),
         ("apps", "deployments") => {
             let desired = spec["replicas"].as_i64().unwrap_or(1);
             let ready = status["readyReplicas"].as_i64().unwrap_or(0);
@@ -256,31 +232,7 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
             cells.extend(containers_and_images(spec));
             cells
         }
-        ("apps", "daemonsets") => {
-            let node_selector = &spec["template"]["spec"]["nodeSelector"];
-            let node_selector = (node_selector.as_object())
-                .filter(|m| !m.is_empty())
-                .map(|m| {
-                    (m.iter())
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_else(|| "<none>".into());
-            let mut cells = vec![
-                name,
-                int(&status["desiredNumberScheduled"]),
-                int(&status["currentNumberScheduled"]),
-                int(&status["numberReady"]),
-                int(&status["updatedNumberScheduled"]),
-                int(&status["numberAvailable"]),
-                json!(node_selector),
-                age,
-            ];
-            cells.extend(containers_and_images(spec));
-            cells.push(json!(selector(&spec["selector"])));
-            cells
-        }
+        ("apps", "daemonsets") => daemonset_cells(o, name, age),
         ("", "secrets") => {
             let data = o["data"].as_object().map_or(0, |d| d.len());
             vec![
@@ -308,6 +260,87 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
         ("", "events") => event_cells(o),
         _ => vec![name, o["metadata"]["creationTimestamp"].clone()],
     }
+}
+
+/// An integer cell (0 when absent).
+fn int(v: &Value) -> Value {
+    json!(v.as_i64().unwrap_or(0))
+}
+
+/// A string cell, `<none>` when absent or empty.
+fn or_none(v: &Value) -> Value {
+    json!(v.as_str().filter(|s| !s.is_empty()).unwrap_or("<none>"))
+}
+
+/// A custom resource's cells: its name, then its printer columns' values (or its age).
+fn custom_cells(rt: &ResourceType, o: &Value, name: Value, age: Value) -> Vec<Value> {
+    let mut cells = vec![name];
+    if rt.printer_columns.is_empty() {
+        cells.push(age);
+    }
+    for p in &rt.printer_columns {
+        let path = p["jsonPath"].as_str().unwrap_or("");
+        cells.push(custom_cell(
+            p["type"].as_str().unwrap_or("string"),
+            lookup(o, path),
+        ));
+    }
+    cells
+}
+
+/// `printPod`: ready containers of all, status, restarts, age, then (wide) IP, node,
+/// nominated node and readiness gates.
+fn pod_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
+    let (spec, status) = (&o["spec"], &o["status"]);
+    let statuses = status["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let total = spec["containers"].as_array().map_or(0, Vec::len);
+    let ready = statuses.iter().filter(|s| s["ready"] == true).count();
+    let restarts: i64 = (statuses.iter())
+        .map(|s| s["restartCount"].as_i64().unwrap_or(0))
+        .sum();
+    vec![
+        name,
+        json!(format!("{ready}/{total}")),
+        json!(pod_status(o)),
+        json!(restarts.to_string()),
+        age,
+        or_none(&status["podIP"]),
+        or_none(&spec["nodeName"]),
+        or_none(&status["nominatedNodeName"]),
+        json!("<none>"),
+    ]
+}
+
+/// `printDaemonSet`: the scheduling counts, the template's node selector, age, then (wide)
+/// containers, images and selector.
+fn daemonset_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
+    let (spec, status) = (&o["spec"], &o["status"]);
+    let node_selector = &spec["template"]["spec"]["nodeSelector"];
+    let node_selector = (node_selector.as_object())
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            (m.iter())
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_else(|| "<none>".into());
+    let mut cells = vec![
+        name,
+        int(&status["desiredNumberScheduled"]),
+        int(&status["currentNumberScheduled"]),
+        int(&status["numberReady"]),
+        int(&status["updatedNumberScheduled"]),
+        int(&status["numberAvailable"]),
+        json!(node_selector),
+        age,
+    ];
+    cells.extend(containers_and_images(spec));
+    cells.push(json!(selector(&spec["selector"])));
+    cells
 }
 
 /// `printEvent`: the last and first time seen, the count (a series' when there is one), the
