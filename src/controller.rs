@@ -33,6 +33,22 @@ pub struct Settings {
     pub revoke_on_delete_timeout: std::time::Duration,
     /// Argo Rollouts may be targets: their CRD is installed and RBAC grants them.
     pub argo_rollouts: bool,
+    /// The client the pod gate lists pods with (the main client when not given).
+    pub pod_lists: PodListClient,
+}
+
+/// A client of its own for the pod gate's lists: a namespace's pods come in pages of megabytes,
+/// and each connection that reads one keeps a read buffer grown to hyper's maximum (about 400
+/// KiB) while it idles in the pool. With a pool of their own the lists grow the buffers of their
+/// few connections only, not of every connection the reconciles share.
+#[derive(Clone, Default)]
+pub struct PodListClient(pub Option<Client>);
+
+impl std::fmt::Debug for PodListClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let which = if self.0.is_some() { "own" } else { "shared" };
+        f.debug_tuple("PodListClient").field(&which).finish()
+    }
 }
 
 /// Enough to keep every rollout moving (reconciles are short; waiting is done by requeueing),
@@ -48,6 +64,7 @@ impl Settings {
             clock: Clock::default(),
             revoke_on_delete_timeout: crate::reconciler::DEFAULT_REVOKE_ON_DELETE_TIMEOUT,
             argo_rollouts: false,
+            pod_lists: PodListClient::default(),
         }
     }
 }
@@ -109,6 +126,7 @@ pub async fn run_with_metrics(
         valkey_watchers,
         revoke_on_delete_timeout: settings.revoke_on_delete_timeout,
         argo_rollouts: settings.argo_rollouts,
+        pod_list_client: settings.pod_lists.0.clone(),
         watched,
     };
     let ctx = Arc::new(Context::new(client, parts));

@@ -215,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
                         revoke_on_delete_timeout_seconds,
                     ),
                     argo_rollouts,
+                    pod_lists: controller::PodListClient(Some(kube::Client::try_default().await?)),
                 },
                 namespaces,
                 election,

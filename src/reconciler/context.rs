@@ -39,6 +39,8 @@ pub struct Context {
     pub valkey_watchers: Watchers,
     /// The pod lists the gate reads, shared by each namespace's rotations.
     pub(super) pod_lists: super::pod_lists::PodLists,
+    /// The client they are read with.
+    pub(super) pod_list_client: Client,
     /// How long a `Revoke` deletion tries an unreachable Valkey before it lets go.
     pub(super) revoke_on_delete_timeout: Duration,
     /// Whether Argo Rollouts may be targets (`--argo-rollouts`).
@@ -72,6 +74,9 @@ pub struct ContextParts {
     pub valkey_watchers: Watchers,
     pub revoke_on_delete_timeout: Duration,
     pub argo_rollouts: bool,
+    /// The client pod lists go through, where it is not `client` (see
+    /// [`crate::controller::PodListClient`]).
+    pub pod_list_client: Option<Client>,
     /// The metadata watches' stores (empty: every read goes to the API server).
     pub watched: super::world::Watched,
 }
@@ -81,6 +86,7 @@ impl Context {
     /// that start empty.
     pub fn new(client: Client, parts: ContextParts) -> Self {
         Self {
+            pod_list_client: parts.pod_list_client.unwrap_or_else(|| client.clone()),
             client,
             rotations: parts.rotations,
             reporter: Reporter {

@@ -122,7 +122,11 @@ impl Reconciliation<'_> {
         &self,
     ) -> Result<Vec<crate::pods::PodSummary>, String> {
         let spec = &self.planned.spec;
-        let pods = self.ctx.pod_lists.list(&self.ctx.client, &self.ns).await?;
+        let pods = self
+            .ctx
+            .pod_lists
+            .list(&self.ctx.pod_list_client, &self.ns)
+            .await?;
         Ok((pods.iter())
             .filter_map(|p| crate::pods::summarize(p, &spec.secret, &spec.targets))
             .collect())

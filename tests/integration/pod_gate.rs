@@ -395,3 +395,52 @@ async fn a_pod_on_the_second_page_of_the_namespaces_pods_still_holds_revocation(
         .unwrap();
     finishes_without_a_refusal(s).await;
 }
+
+/// The binary gives the gate a client of its own for pod lists (a pool whose connections alone
+/// grow the read buffers of megabyte pages): every pod list goes through it, none through the
+/// client the reconciles share. The lists' client here carries a token of its own, so the
+/// stand-in tells the two apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_lists_pods_through_the_pod_list_client_when_given_one() {
+    use apikey_rotator::controller::{PodListClient, Settings};
+    let cluster = Cluster::start().await;
+    cluster.install(1, Some("first"), json!({})).await;
+    let sim = &cluster.sim;
+    for rbac in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": "pod-lists", "namespace": NS},
+               "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "pod-lists", "namespace": NS},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-lists"},
+               "subjects": [{"kind": "ServiceAccount", "name": "pod-lists", "namespace": NS}]}),
+    ] {
+        sim.create_object(rbac).unwrap();
+    }
+    sim.authenticate(
+        "pod-lists-token",
+        kube_sim::User::service_account(NS, "pod-lists"),
+    );
+    let mut config = kube::Config::new(sim.url().parse().unwrap());
+    config.auth_info.token = Some("pod-lists-token".to_string().into());
+    let pod_lists = PodListClient(Some(kube::Client::try_from(config).unwrap()));
+    let operator = spawn_operator_with_settings(
+        sim,
+        Settings {
+            pod_lists,
+            ..Settings::namespaced(NS)
+        },
+    );
+    wait_revision(sim, 1).await;
+    operator.abort();
+    let own = (sim.user_request_counts())
+        .get(&("pod-lists-token".into(), "list".into(), "pods".into()))
+        .copied()
+        .unwrap_or(0);
+    let all = (sim.request_counts())
+        .get(&("list".into(), "pods".into()))
+        .copied()
+        .unwrap_or(0);
+    assert!(own >= 1, "the gate listed no pods through its client");
+    assert_eq!(own, all, "every pod list went through the gate's client");
+}
