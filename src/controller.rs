@@ -34,13 +34,14 @@ pub struct Settings {
     /// Argo Rollouts may be targets: their CRD is installed and RBAC grants them.
     pub argo_rollouts: bool,
     /// The client the pod gate lists pods with (the main client when not given).
-    pub pod_lists: PodListClient,
+    pub pod_list_client: PodListClient,
 }
 
-/// A client of its own for the pod gate's lists: a namespace's pods come in pages of megabytes,
-/// and each connection that reads one keeps a read buffer grown to hyper's maximum (about 400
-/// KiB) while it idles in the pool. With a pool of their own the lists grow the buffers of their
-/// few connections only, not of every connection the reconciles share.
+/// A client of its own for the pod gate's lists (built from the same configuration as the main
+/// one): a namespace's pods come in pages of megabytes, and each connection that reads one keeps a
+/// read buffer grown up to hyper's maximum (about 400 KiB) while it idles in the pool. With a pool
+/// of their own the lists grow the buffers of their few connections, not of the connections the
+/// reconciles share (the watches' list pages still come through the main pool).
 #[derive(Clone, Default)]
 pub struct PodListClient(pub Option<Client>);
 
@@ -64,7 +65,7 @@ impl Settings {
             clock: Clock::default(),
             revoke_on_delete_timeout: crate::reconciler::DEFAULT_REVOKE_ON_DELETE_TIMEOUT,
             argo_rollouts: false,
-            pod_lists: PodListClient::default(),
+            pod_list_client: PodListClient::default(),
         }
     }
 }
@@ -126,7 +127,7 @@ pub async fn run_with_metrics(
         valkey_watchers,
         revoke_on_delete_timeout: settings.revoke_on_delete_timeout,
         argo_rollouts: settings.argo_rollouts,
-        pod_list_client: settings.pod_lists.0.clone(),
+        pod_list_client: settings.pod_list_client.0.clone(),
         watched,
     };
     let ctx = Arc::new(Context::new(client, parts));

@@ -199,7 +199,11 @@ async fn main() -> anyhow::Result<()> {
                         .map_err(|e| anyhow::anyhow!("cannot serve metrics on {address}: {e}"))?,
                 ),
             };
-            let client = kube::Client::try_default().await?;
+            // One configuration for both clients: the pod gate's lists must reach the same cluster
+            // as the user the reconciles act as (a kubeconfig read twice could differ between).
+            let config = kube::Config::infer().await?;
+            let client = kube::Client::try_from(config.clone())?;
+            let pod_list_client = kube::Client::try_from(config)?;
             tracing::info!(
                 version = env!("CARGO_PKG_VERSION"),
                 leader_election = election.is_some(),
@@ -215,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
                         revoke_on_delete_timeout_seconds,
                     ),
                     argo_rollouts,
-                    pod_lists: controller::PodListClient(Some(kube::Client::try_default().await?)),
+                    pod_list_client: controller::PodListClient(Some(pod_list_client)),
                 },
                 namespaces,
                 election,

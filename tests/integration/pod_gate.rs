@@ -423,16 +423,17 @@ async fn the_gate_lists_pods_through_the_pod_list_client_when_given_one() {
     );
     let mut config = kube::Config::new(sim.url().parse().unwrap());
     config.auth_info.token = Some("pod-lists-token".to_string().into());
-    let pod_lists = PodListClient(Some(kube::Client::try_from(config).unwrap()));
+    let pod_list_client = PodListClient(Some(kube::Client::try_from(config).unwrap()));
     let operator = spawn_operator_with_settings(
         sim,
         Settings {
-            pod_lists,
+            pod_list_client,
             ..Settings::namespaced(NS)
         },
     );
     wait_revision(sim, 1).await;
     operator.abort();
+    let _ = operator.await; // no list is in flight while the counts are read
     let own = (sim.user_request_counts())
         .get(&("pod-lists-token".into(), "list".into(), "pods".into()))
         .copied()
@@ -442,5 +443,5 @@ async fn the_gate_lists_pods_through_the_pod_list_client_when_given_one() {
         .copied()
         .unwrap_or(0);
     assert!(own >= 1, "the gate listed no pods through its client");
-    assert_eq!(own, all, "every pod list went through the gate's client");
+    assert_eq!(own, all, "some pod lists went through the shared client");
 }
