@@ -470,7 +470,6 @@ fn create(r: &RequestContext) -> Response {
             "the namespace of the provided object does not match the namespace sent on the request",
         ));
     }
-    let mut store = r.shared.store.lock().unwrap();
     let w = Write {
         rt: &target.rt,
         namespace: &r.ns,
@@ -478,15 +477,7 @@ fn create(r: &RequestContext) -> Response {
         subresource: "",
         manager: &r.manager,
     };
-    store.take_warnings();
-    let result = store.create(&w, object);
-    r.shared.sync_pods(&mut store);
-    let warnings = store.take_warnings();
-    drop(store);
-    match result {
-        Ok(o) => with_warnings(ok_json(StatusCode::CREATED, &o), &warnings),
-        Err(e) => error_response(e),
-    }
+    write_and_sync(r, StatusCode::CREATED, |store| Ok(store.create(&w, object)))
 }
 
 /// `update`: the body replaces the named object (or its subresource), guarded by the body's
@@ -516,26 +507,19 @@ fn update(r: &RequestContext) -> Response {
         subresource: &target.subresource,
         manager: &r.manager,
     };
-    let mut store = r.shared.store.lock().unwrap();
-    store.take_warnings();
-    let result = store.update(&w, precondition, |current, ownership| {
-        crate::fields::track_update(
-            ownership,
-            Schema::of(&target.rt),
-            &r.manager,
-            &target.subresource,
-            current,
-            &object,
-        );
-        Ok(object.clone())
-    });
-    r.shared.sync_pods(&mut store);
-    let warnings = store.take_warnings();
-    drop(store);
-    match result {
-        Ok(o) => with_warnings(ok_json(StatusCode::OK, &o), &warnings),
-        Err(e) => error_response(e),
-    }
+    write_and_sync(r, StatusCode::OK, |store| {
+        Ok(store.update(&w, precondition, |current, ownership| {
+            crate::fields::track_update(
+                ownership,
+                Schema::of(&target.rt),
+                &r.manager,
+                &target.subresource,
+                current,
+                &object,
+            );
+            Ok(object.clone())
+        }))
+    })
 }
 
 /// `patch`: an apply, a merge or strategic-merge patch, or a JSON patch of the named object, by
@@ -554,17 +538,27 @@ fn patch(r: &RequestContext) -> Response {
         Ok(p) => p,
         Err(e) => return error_response(e),
     };
+    write_and_sync(r, StatusCode::OK, |store| match r.content_type.as_str() {
+        "application/apply-patch+yaml" => patch_apply(r, store, &w, patch),
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+            patch_merge(r, store, &w, patch)
+        }
+        "application/json-patch+json" => patch_json(r, store, &w, patch),
+        other => Err(ApiError::unsupported_media(other)),
+    })
+}
+
+/// One write under one lock of the store: the warnings it raises (and only those), then the pod
+/// sync, answered with the object and its warnings. `write`'s outer `Err` refuses the request
+/// before anything is written (no pod sync); its inner result is the store's.
+fn write_and_sync(
+    r: &RequestContext,
+    code: StatusCode,
+    write: impl FnOnce(&mut Store) -> Result<Result<Value, ApiError>, ApiError>,
+) -> Response {
     let mut store = r.shared.store.lock().unwrap();
     store.take_warnings();
-    let patched = match r.content_type.as_str() {
-        "application/apply-patch+yaml" => patch_apply(r, &mut store, &w, patch),
-        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-            patch_merge(r, &mut store, &w, patch)
-        }
-        "application/json-patch+json" => patch_json(r, &mut store, &w, patch),
-        other => return error_response(ApiError::unsupported_media(other)),
-    };
-    let result = match patched {
+    let result = match write(&mut store) {
         Ok(result) => result,
         Err(e) => return error_response(e),
     };
@@ -572,7 +566,7 @@ fn patch(r: &RequestContext) -> Response {
     let warnings = store.take_warnings();
     drop(store);
     match result {
-        Ok(o) => with_warnings(ok_json(StatusCode::OK, &o), &warnings),
+        Ok(o) => with_warnings(ok_json(code, &o), &warnings),
         Err(e) => error_response(e),
     }
 }
