@@ -255,6 +255,27 @@ pub fn install_argo_rollouts_crd(sim: &Sim) {
     .unwrap();
 }
 
+/// A client acting as the ServiceAccount `name` of [`NS`], which a Role of these `rules` (bound
+/// to it) authorizes; its token is `<name>-token`. The stand-in authorizes only such clients (the
+/// tests' own client is unrestricted), and counts their requests per token.
+pub fn client_as_service_account(sim: &Sim, name: &str, rules: Value) -> Client {
+    for rbac in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": name, "namespace": NS}, "rules": rules}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": name, "namespace": NS},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+               "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": NS}]}),
+    ] {
+        sim.create_object(rbac).unwrap();
+    }
+    let token = format!("{name}-token");
+    sim.authenticate(&token, kube_sim::User::service_account(NS, name));
+    let mut config = kube::Config::new(sim.url().parse().unwrap());
+    config.auth_info.token = Some(token.into());
+    Client::try_from(config).unwrap()
+}
+
 /// The operator with these settings.
 pub fn spawn_operator_with_settings(
     sim: &Sim,

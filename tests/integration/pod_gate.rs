@@ -406,24 +406,8 @@ async fn the_gate_lists_pods_through_the_pod_list_client_when_given_one() {
     let cluster = Cluster::start().await;
     cluster.install(1, Some("first"), json!({})).await;
     let sim = &cluster.sim;
-    for rbac in [
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-               "metadata": {"name": "pod-lists", "namespace": NS},
-               "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "pod-lists", "namespace": NS},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-lists"},
-               "subjects": [{"kind": "ServiceAccount", "name": "pod-lists", "namespace": NS}]}),
-    ] {
-        sim.create_object(rbac).unwrap();
-    }
-    sim.authenticate(
-        "pod-lists-token",
-        kube_sim::User::service_account(NS, "pod-lists"),
-    );
-    let mut config = kube::Config::new(sim.url().parse().unwrap());
-    config.auth_info.token = Some("pod-lists-token".to_string().into());
-    let pod_list_client = PodListClient(Some(kube::Client::try_from(config).unwrap()));
+    let rules = json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]);
+    let pod_list_client = PodListClient(Some(client_as_service_account(sim, "pod-lists", rules)));
     let operator = spawn_operator_with_settings(
         sim,
         Settings {

@@ -1004,24 +1004,10 @@ async fn lists_page_by_limit_and_continue_as_kube_apiserver_does() {
 #[tokio::test]
 async fn an_apply_that_creates_needs_the_create_verb() {
     let sim = start_sim().await;
-    for o in [
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-               "metadata": {"name": "patcher", "namespace": NS},
-               "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "patch"]}]}),
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "patcher", "namespace": NS},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "patcher"},
-               "subjects": [{"kind": "ServiceAccount", "name": "patcher", "namespace": NS}]}),
-    ] {
-        sim.create_object(o).unwrap();
-    }
-    sim.authenticate(
-        "patcher-token",
-        kube_sim::User::service_account(NS, "patcher"),
-    );
-    let mut config = kube::Config::new(sim.url().parse().unwrap());
-    config.auth_info.token = Some("patcher-token".to_string().into());
-    let api: Api<ConfigMap> = Api::namespaced(kube::Client::try_from(config).unwrap(), NS);
+    let rules =
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "patch"]}]);
+    let api: Api<ConfigMap> =
+        Api::namespaced(client_as_service_account(&sim, "patcher", rules), NS);
     let apply = |name: &str| {
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
                "data": {"k": "v"}})
